@@ -1,0 +1,122 @@
+// Package nodeapi is the contract between labos (the node), the lab harness,
+// the qemu-tests and fleetctl: where the node API listens, which console
+// markers labos prints, and the status document it serves.
+//
+// The node API itself is the Talos machine API (machinery's api/machine):
+// Version, Upgrade, Rollback, Reboot, ServiceList and Read are served by
+// labos with mTLS exactly as a Talos node serves them, so the same client
+// code drives real Talos nodes and lab nodes.
+package nodeapi
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+)
+
+const (
+	// APIPort is the port the machine API listens on inside the guest (Talos's apid port).
+	APIPort = 50000
+
+	// GuestRegistryAddr is the address a guest uses to reach the registry the
+	// test opened on the host (QEMU guestfwd to 127.0.0.1:<port>).
+	GuestRegistryAddr = "10.0.2.100:5000"
+
+	// StatusPath is the file labos serves through the machine API's Read call.
+	StatusPath = "/run/labos/status.json"
+
+	// MarkerPrefix starts every console line the tests may wait for.
+	MarkerPrefix = "LABOS: "
+)
+
+// Console markers, printed as MarkerPrefix + marker [+ " " + details].
+const (
+	MarkerInit          = "init"            // "LABOS: init version=1.0.0"
+	MarkerPhase         = "phase"           // "LABOS: phase enter-initrd"
+	MarkerSecureBoot    = "secureboot"      // "LABOS: secureboot enabled=true setupmode=false"
+	MarkerStateFormat   = "state-formatted" // first boot sealed and formatted STATE
+	MarkerStateUnlocked = "state-unlocked"
+	MarkerUnlockFailed  = "unlock-failed" // "LABOS: unlock-failed reason=..."
+	MarkerAPIUp         = "api-up"        // "LABOS: api-up addr=:50000"
+	MarkerHealthy       = "healthy"
+	MarkerUnhealthy     = "unhealthy" // "LABOS: unhealthy reason=..."
+	MarkerBlessed       = "blessed"   // "LABOS: blessed entry=..."
+	MarkerStatus        = "status"    // "LABOS: status {json Status}"
+	MarkerRebooting     = "rebooting"
+	MarkerPoweroff      = "poweroff"
+)
+
+// Service names reported by ServiceList; each carries a health flag.
+const (
+	ServiceTPMUnlock = "tpm-unlock"
+	ServiceState     = "state"
+	ServiceAPI       = "apid"
+	ServiceEBPF      = "ebpf"
+	ServiceAddons    = "addons"
+)
+
+// Check is one health check result.
+type Check struct {
+	Name    string `json:"name"`
+	Healthy bool   `json:"healthy"`
+	Message string `json:"message,omitempty"`
+}
+
+// Addon is an add-on labos found baked into the booted image.
+type Addon struct {
+	Name      string   `json:"name"`
+	Version   string   `json:"version,omitempty"`
+	Manifests []string `json:"manifests,omitempty"`
+	Images    []string `json:"images,omitempty"` // references by digest
+}
+
+// Status is what labos knows about itself; served at StatusPath and printed
+// as a MarkerStatus console line.
+type Status struct {
+	Version        string   `json:"version"`
+	SecureBoot     bool     `json:"secureBoot"`
+	SetupMode      bool     `json:"setupMode"`
+	TPMUnlocked    bool     `json:"tpmUnlocked"`
+	StateFormatted bool     `json:"stateFormatted"` // STATE was created on this boot
+	UnlockError    string   `json:"unlockError,omitempty"`
+	Healthy        bool     `json:"healthy"`
+	Checks         []Check  `json:"checks"`
+	BootEntry      string   `json:"bootEntry,omitempty"` // systemd-boot entry booted (LoaderEntrySelected)
+	Blessed        bool     `json:"blessed"`
+	FailedUpgrades []string `json:"failedUpgrades,omitempty"` // entries systemd-boot gave up on (+0)
+	Addons         []Addon  `json:"addons,omitempty"`
+	UptimeSeconds  float64  `json:"uptimeSeconds"`
+}
+
+// FormatMarker renders a console marker line (without newline).
+func FormatMarker(marker, details string) string {
+	if details == "" {
+		return MarkerPrefix + marker
+	}
+
+	return MarkerPrefix + marker + " " + details
+}
+
+// ParseMarker splits a console line into marker and details; ok is false for
+// lines that are not markers.
+func ParseMarker(line string) (marker, details string, ok bool) {
+	i := strings.Index(line, MarkerPrefix)
+	if i < 0 {
+		return "", "", false
+	}
+
+	rest := strings.TrimSpace(line[i+len(MarkerPrefix):])
+	marker, details, _ = strings.Cut(rest, " ")
+
+	return marker, details, marker != ""
+}
+
+// ParseStatus decodes the details of a MarkerStatus line or the StatusPath file.
+func ParseStatus(data string) (Status, error) {
+	var s Status
+	if err := json.Unmarshal([]byte(data), &s); err != nil {
+		return Status{}, fmt.Errorf("decoding labos status: %w", err)
+	}
+
+	return s, nil
+}
