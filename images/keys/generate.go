@@ -1,0 +1,363 @@
+package keys
+
+import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/big"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/foxboron/go-uefi/efi/signature"
+	"github.com/foxboron/go-uefi/efi/util"
+	"github.com/foxboron/go-uefi/efivar"
+	"github.com/siderolabs/talos/pkg/machinery/config"
+	"github.com/siderolabs/talos/pkg/machinery/config/generate"
+	"github.com/siderolabs/talos/pkg/machinery/config/generate/secrets"
+	"github.com/siderolabs/talos/pkg/machinery/constants"
+	"go.yaml.in/yaml/v4"
+)
+
+// GenerateOptions tunes Generate. The zero value is usable.
+type GenerateOptions struct {
+	// CommonName prefixes every certificate subject ("<name> UKI signing",
+	// "<name> PK", ...) and names the cluster/context in talosconfig.
+	// Default "labfleet".
+	CommonName string
+	// Force replaces keys already in the directory. Without it Generate
+	// returns ErrExists and touches nothing.
+	Force bool
+	// Now is the certificates' and secrets' issue time; zero means time.Now.
+	Now time.Time
+	// Validity is how long certificates stay valid. Default 10 years
+	// (firmware ignores expiry, but tools such as sbverify print it).
+	Validity time.Duration
+	// TalosVersion selects the machinery version contract for secrets.yaml
+	// ("v1.14"); empty means the contract of the linked machinery.
+	TalosVersion string
+	// Endpoints are the talosconfig endpoints. Default 127.0.0.1, where the
+	// lab forwards each VM's API port.
+	Endpoints []string
+}
+
+func (o *GenerateOptions) defaults() {
+	if o.CommonName == "" {
+		o.CommonName = "labfleet"
+	}
+
+	if o.Now.IsZero() {
+		o.Now = time.Now()
+	}
+
+	if o.Validity == 0 {
+		o.Validity = 10 * 365 * 24 * time.Hour
+	}
+
+	if len(o.Endpoints) == 0 {
+		o.Endpoints = []string{"127.0.0.1"}
+	}
+}
+
+// Generate writes a complete keys directory into dir (created if missing)
+// and returns the loaded set.
+//
+// Everything is written into a temporary directory beside dir first and
+// moved in only when all files exist, so an interrupted or failed run never
+// leaves a half-written set, and never touches existing keys unless
+// opts.Force is set.
+func Generate(dir string, opts GenerateOptions) (*Set, error) {
+	opts.defaults()
+
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+
+	existing, err := existingFiles(dir)
+	if err != nil {
+		return nil, err
+	}
+
+	if len(existing) > 0 && !opts.Force {
+		return nil, fmt.Errorf("%s already holds %s: %w; pass --force to replace them (images signed with the old keys stop booting on nodes enrolled with the new ones)",
+			dir, strings.Join(existing, ", "), ErrExists)
+	}
+
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return nil, fmt.Errorf("creating parent of keys directory: %w", err)
+	}
+
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), "."+filepath.Base(dir)+".tmp-")
+	if err != nil {
+		return nil, fmt.Errorf("creating temporary keys directory: %w", err)
+	}
+
+	defer os.RemoveAll(tmp) //nolint:errcheck
+
+	files, err := generateFiles(opts)
+	if err != nil {
+		return nil, err
+	}
+
+	for _, name := range allFiles {
+		mode := fs.FileMode(0o644)
+		if privateFiles[name] {
+			mode = 0o600
+		}
+
+		if err := writeFileSync(filepath.Join(tmp, name), files[name], mode); err != nil {
+			return nil, fmt.Errorf("writing %s: %w", name, err)
+		}
+	}
+
+	if err := moveInto(tmp, dir); err != nil {
+		return nil, err
+	}
+
+	return Load(dir)
+}
+
+// existingFiles lists which key files dir already holds.
+func existingFiles(dir string) ([]string, error) {
+	var found []string
+
+	for _, name := range allFiles {
+		_, err := os.Lstat(filepath.Join(dir, name))
+
+		switch {
+		case err == nil:
+			found = append(found, name)
+		case !errors.Is(err, fs.ErrNotExist):
+			return nil, fmt.Errorf("checking keys directory: %w", err)
+		}
+	}
+
+	return found, nil
+}
+
+// moveInto puts the finished set in place: one rename of the whole
+// directory when dir is missing or empty, else one rename per file (each
+// atomic; all files are complete before the first one moves).
+func moveInto(tmp, dir string) error {
+	entries, err := os.ReadDir(dir)
+
+	switch {
+	case errors.Is(err, fs.ErrNotExist) || (err == nil && len(entries) == 0):
+		if err := os.Chmod(tmp, 0o700); err != nil {
+			return err
+		}
+
+		if err := os.Rename(tmp, dir); err != nil {
+			return fmt.Errorf("moving keys into place: %w", err)
+		}
+
+		return nil
+	case err != nil:
+		return fmt.Errorf("reading keys directory: %w", err)
+	}
+
+	for _, name := range allFiles {
+		if err := os.Rename(filepath.Join(tmp, name), filepath.Join(dir, name)); err != nil {
+			return fmt.Errorf("moving %s into place: %w", name, err)
+		}
+	}
+
+	return nil
+}
+
+func writeFileSync(path string, data []byte, mode fs.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return err
+	}
+
+	if _, err := f.Write(data); err != nil {
+		f.Close() //nolint:errcheck
+
+		return err
+	}
+
+	if err := f.Sync(); err != nil {
+		f.Close() //nolint:errcheck
+
+		return err
+	}
+
+	return f.Close()
+}
+
+type keyPair struct {
+	key  *rsa.PrivateKey
+	cert *x509.Certificate
+}
+
+// generateFiles makes the contents of every file of a set, in memory.
+func generateFiles(opts GenerateOptions) (map[string][]byte, error) {
+	files := map[string][]byte{}
+
+	uki, err := newSelfSigned(opts, UKISigningKeyBits, opts.CommonName+" UKI signing",
+		x509.KeyUsageDigitalSignature, []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning})
+	if err != nil {
+		return nil, fmt.Errorf("generating UKI signing key: %w", err)
+	}
+
+	pcr, err := rsa.GenerateKey(rand.Reader, PCRSigningKeyBits)
+	if err != nil {
+		return nil, fmt.Errorf("generating PCR signing key: %w", err)
+	}
+
+	pk, err := newSelfSigned(opts, OwnerKeyBits, opts.CommonName+" PK", x509.KeyUsageDigitalSignature|x509.KeyUsageCertSign, nil)
+	if err != nil {
+		return nil, fmt.Errorf("generating PK: %w", err)
+	}
+
+	kek, err := newSelfSigned(opts, OwnerKeyBits, opts.CommonName+" KEK", x509.KeyUsageDigitalSignature|x509.KeyUsageCertSign, nil)
+	if err != nil {
+		return nil, fmt.Errorf("generating KEK: %w", err)
+	}
+
+	files[UKISigningKeyFile] = encodePKCS1(uki.key)
+	files[UKISigningCertFile] = encodeCert(uki.cert.Raw)
+	files[PCRSigningKeyFile] = encodePKCS1(pcr)
+	files[PKKeyFile] = encodePKCS1(pk.key)
+	files[PKCertFile] = encodeCert(pk.cert.Raw)
+	files[KEKKeyFile] = encodePKCS1(kek.key)
+	files[KEKCertFile] = encodeCert(kek.cert.Raw)
+
+	// The usual owner chain: PK signs itself and KEK, KEK signs db.
+	for _, v := range []struct {
+		name   string
+		v      efivar.Efivar
+		cert   *x509.Certificate
+		signer keyPair
+	}{
+		{PKAuthFile, efivar.PK, pk.cert, pk},
+		{KEKAuthFile, efivar.KEK, kek.cert, pk},
+		{DBAuthFile, efivar.Db, uki.cert, kek},
+	} {
+		b, err := signedVariable(v.v, v.cert, v.signer)
+		if err != nil {
+			return nil, fmt.Errorf("signing %s: %w", v.name, err)
+		}
+
+		files[v.name] = b
+	}
+
+	secretsYAML, talosconfig, err := machineSecrets(opts)
+	if err != nil {
+		return nil, err
+	}
+
+	files[SecretsFile] = secretsYAML
+	files[TalosconfigFile] = talosconfig
+
+	return files, nil
+}
+
+func newSelfSigned(opts GenerateOptions, bits int, cn string, usage x509.KeyUsage, ext []x509.ExtKeyUsage) (keyPair, error) {
+	key, err := rsa.GenerateKey(rand.Reader, bits)
+	if err != nil {
+		return keyPair{}, err
+	}
+
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return keyPair{}, err
+	}
+
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: cn},
+		// Backdated an hour so a VM whose RTC lags the host still sees a valid cert.
+		NotBefore:             opts.Now.Add(-time.Hour).UTC(),
+		NotAfter:              opts.Now.Add(opts.Validity).UTC(),
+		KeyUsage:              usage,
+		ExtKeyUsage:           ext,
+		BasicConstraintsValid: true,
+		IsCA:                  usage&x509.KeyUsageCertSign != 0,
+	}
+
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return keyPair{}, err
+	}
+
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return keyPair{}, err
+	}
+
+	return keyPair{key: key, cert: cert}, nil
+}
+
+// signedVariable builds the EFI_VARIABLE_AUTHENTICATION_2 update that sets
+// variable v to a signature database holding cert.
+func signedVariable(v efivar.Efivar, cert *x509.Certificate, signer keyPair) ([]byte, error) {
+	var owner [16]byte
+	if _, err := rand.Read(owner[:]); err != nil {
+		return nil, err
+	}
+
+	db := signature.NewSignatureDatabase()
+	if err := db.Append(signature.CERT_X509_GUID, *util.BytesToGUID(owner[:]), cert.Raw); err != nil {
+		return nil, err
+	}
+
+	_, signed, err := signature.SignEFIVariable(v, db, signer.key, signer.cert)
+	if err != nil {
+		return nil, err
+	}
+
+	return signed.Bytes(), nil
+}
+
+// machineSecrets makes the Talos secrets bundle and an os:admin client
+// config signed by its machine CA.
+func machineSecrets(opts GenerateOptions) (secretsYAML, talosconfig []byte, err error) {
+	var contract *config.VersionContract
+
+	if opts.TalosVersion != "" {
+		contract, err = config.ParseContractFromVersion(opts.TalosVersion)
+		if err != nil {
+			return nil, nil, fmt.Errorf("talos version %q: %w", opts.TalosVersion, err)
+		}
+	}
+
+	bundle, err := secrets.NewBundle(secrets.NewFixedClock(opts.Now), contract)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generating machine secrets: %w", err)
+	}
+
+	secretsYAML, err = yaml.Marshal(bundle)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encoding machine secrets: %w", err)
+	}
+
+	in, err := generate.NewInput(opts.CommonName, "https://"+opts.Endpoints[0]+":6443", constants.DefaultKubernetesVersion,
+		generate.WithSecretsBundle(bundle),
+		generate.WithEndpointList(slices.Clone(opts.Endpoints)),
+		generate.WithVersionContract(contract),
+	)
+	if err != nil {
+		return nil, nil, fmt.Errorf("preparing talosconfig: %w", err)
+	}
+
+	tc, err := in.Talosconfig()
+	if err != nil {
+		return nil, nil, fmt.Errorf("generating talosconfig: %w", err)
+	}
+
+	talosconfig, err = tc.Bytes()
+	if err != nil {
+		return nil, nil, fmt.Errorf("encoding talosconfig: %w", err)
+	}
+
+	return secretsYAML, talosconfig, nil
+}

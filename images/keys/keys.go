@@ -1,0 +1,116 @@
+// Package keys writes and reads a labfleet signing-keys directory: the UKI
+// (Authenticode) signer, the PCR policy signer, the Secure Boot PK/KEK/db
+// chain with signed .auth files for systemd-boot auto-enrollment, and the
+// Talos machine secrets with an admin talosconfig.
+//
+// File names are Talos's own (see docs/contracts.md), so a keys folder made
+// by `talosctl gen secureboot` plus `talosctl gen secrets` works unchanged.
+package keys
+
+import (
+	"errors"
+	"path/filepath"
+)
+
+// File names inside a keys directory.
+const (
+	UKISigningKeyFile  = "uki-signing-key.pem"
+	UKISigningCertFile = "uki-signing-cert.pem"
+	PCRSigningKeyFile  = "pcr-signing-key.pem"
+	PKAuthFile         = "PK.auth"
+	KEKAuthFile        = "KEK.auth"
+	DBAuthFile         = "db.auth"
+	PKKeyFile          = "pk-key.pem"
+	PKCertFile         = "pk-cert.pem"
+	KEKKeyFile         = "kek-key.pem"
+	KEKCertFile        = "kek-cert.pem"
+	SecretsFile        = "secrets.yaml"
+	TalosconfigFile    = "talosconfig"
+)
+
+// Key sizes written by Generate and required by Load.
+const (
+	// UKISigningKeyBits is the UKI signer size Generate writes; Load accepts
+	// any RSA key of at least MinUKISigningKeyBits (firmware verifies 2048+).
+	UKISigningKeyBits    = 4096
+	MinUKISigningKeyBits = 2048
+	// PCRSigningKeyBits is exact: the TPM loads this key for PolicyAuthorize,
+	// and TPMs (swtpm included) are only required to support RSA-2048.
+	PCRSigningKeyBits = 2048
+	// OwnerKeyBits is the PK/KEK size: RSA-2048 is what the UEFI spec
+	// requires every firmware to accept for authenticated variables.
+	OwnerKeyBits = 2048
+)
+
+// privateFiles are written with mode 0600; the rest are public (0644).
+var privateFiles = map[string]bool{
+	UKISigningKeyFile: true,
+	PCRSigningKeyFile: true,
+	PKKeyFile:         true,
+	KEKKeyFile:        true,
+	SecretsFile:       true,
+	TalosconfigFile:   true,
+}
+
+// allFiles lists every file of a complete set, in the order Load checks them.
+var allFiles = []string{
+	UKISigningKeyFile, UKISigningCertFile, PCRSigningKeyFile,
+	PKKeyFile, PKCertFile, KEKKeyFile, KEKCertFile,
+	PKAuthFile, KEKAuthFile, DBAuthFile,
+	SecretsFile, TalosconfigFile,
+}
+
+// ErrExists is returned by Generate when the directory already holds keys
+// and GenerateOptions.Force is not set.
+var ErrExists = errors.New("keys already exist")
+
+// Set is a validated keys directory. Every field is an absolute path.
+//
+// The key paths always point at PKCS#1 PEM files (what Talos's imager
+// needs): when the directory holds a PKCS#8 key, Load writes a PKCS#1 copy
+// into a private cache and the path points there (see Converted).
+type Set struct {
+	Dir string `json:"dir"`
+
+	UKISigningKey  string `json:"ukiSigningKey"`
+	UKISigningCert string `json:"ukiSigningCert"`
+	PCRSigningKey  string `json:"pcrSigningKey"`
+
+	PKKey   string `json:"pkKey"`
+	PKCert  string `json:"pkCert"`
+	KEKKey  string `json:"kekKey"`
+	KEKCert string `json:"kekCert"`
+
+	// PKAuth, KEKAuth and DBAuth are the signed EFI variable updates that
+	// go to loader/keys/auto/ on the ESP.
+	PKAuth  string `json:"pkAuth"`
+	KEKAuth string `json:"kekAuth"`
+	DBAuth  string `json:"dbAuth"`
+
+	Secrets     string `json:"secrets"`
+	Talosconfig string `json:"talosconfig"`
+
+	// Converted maps a file of Dir that held a PKCS#8 key to the PKCS#1
+	// copy Load made of it.
+	Converted map[string]string `json:"converted,omitempty"`
+}
+
+func newSet(dir string) *Set {
+	p := func(name string) string { return filepath.Join(dir, name) }
+
+	return &Set{
+		Dir:            dir,
+		UKISigningKey:  p(UKISigningKeyFile),
+		UKISigningCert: p(UKISigningCertFile),
+		PCRSigningKey:  p(PCRSigningKeyFile),
+		PKKey:          p(PKKeyFile),
+		PKCert:         p(PKCertFile),
+		KEKKey:         p(KEKKeyFile),
+		KEKCert:        p(KEKCertFile),
+		PKAuth:         p(PKAuthFile),
+		KEKAuth:        p(KEKAuthFile),
+		DBAuth:         p(DBAuthFile),
+		Secrets:        p(SecretsFile),
+		Talosconfig:    p(TalosconfigFile),
+	}
+}

@@ -1,0 +1,272 @@
+package keys
+
+import (
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/foxboron/go-uefi/efivar"
+	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
+	"github.com/siderolabs/talos/pkg/machinery/config/generate/secrets"
+)
+
+// ErrInvalid marks every error Load returns about the directory's content
+// (missing, malformed or mismatched files), as opposed to I/O failures.
+var ErrInvalid = errors.New("invalid keys directory")
+
+// PKCS1CacheDirEnv overrides where Load writes PKCS#1 copies of PKCS#8 keys
+// (default: $XDG_CACHE_HOME/labfleet/keys-pkcs1, else ~/.cache/...).
+const PKCS1CacheDirEnv = "LABFLEET_KEYS_CACHE"
+
+type invalid struct {
+	dir, file string
+	msg       string
+}
+
+func (e *invalid) Error() string {
+	return fmt.Sprintf("keys %s: %s %s (create a fresh set with `imagectl keys generate --dir %s`)",
+		e.dir, e.file, e.msg, e.dir)
+}
+
+func (e *invalid) Unwrap() error { return ErrInvalid }
+
+// Load validates the keys directory dir and returns its paths.
+//
+// It checks that every file exists and parses, that the UKI certificate
+// matches its key, key types and sizes (UKI RSA >= 2048 bits, PCR RSA
+// exactly 2048), and the Secure Boot chain: PK.auth is PK signed by PK,
+// KEK.auth is KEK signed by PK, db.auth lists the UKI certificate and is
+// signed by KEK.
+//
+// PKCS#8 keys are accepted: the directory is left untouched and a PKCS#1
+// copy (what Talos's imager reads) is written, mode 0600, into a private
+// cache named after the source's sha256 (see PKCS1CacheDirEnv); the Set's
+// key path points at the copy and Set.Converted records it.
+func Load(dir string) (*Set, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+
+	bad := func(file, format string, args ...any) error {
+		return &invalid{dir: dir, file: file, msg: fmt.Sprintf(format, args...)}
+	}
+
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return nil, bad("", "is not a directory")
+	}
+
+	var missing []string
+
+	for _, name := range allFiles {
+		if _, err := os.Stat(filepath.Join(dir, name)); errors.Is(err, fs.ErrNotExist) {
+			missing = append(missing, name)
+		}
+	}
+
+	if len(missing) > 0 {
+		return nil, bad(strings.Join(missing, ", "), "missing")
+	}
+
+	s := newSet(dir)
+
+	// readKey parses a private key and points *path at a PKCS#1 file.
+	readKey := func(name string, path *string) (*rsa.PrivateKey, error) {
+		data, err := os.ReadFile(*path)
+		if err != nil {
+			return nil, err
+		}
+
+		k, format, err := parseRSAKey(data)
+		if err != nil {
+			return nil, bad(name, "%v", err)
+		}
+
+		if format == formatPKCS8 {
+			conv, err := writePKCS1Copy(name, data, k)
+			if err != nil {
+				return nil, fmt.Errorf("converting %s from PKCS#8 to PKCS#1: %w", name, err)
+			}
+
+			if s.Converted == nil {
+				s.Converted = map[string]string{}
+			}
+
+			s.Converted[*path] = conv
+			*path = conv
+		}
+
+		return k, nil
+	}
+
+	readCert := func(name, path string) (*x509.Certificate, error) {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, err
+		}
+
+		c, err := parseCert(data)
+		if err != nil {
+			return nil, bad(name, "%v", err)
+		}
+
+		return c, nil
+	}
+
+	pair := func(keyName string, keyPath *string, certName, certPath string) (*rsa.PrivateKey, *x509.Certificate, error) {
+		k, err := readKey(keyName, keyPath)
+		if err != nil {
+			return nil, nil, err
+		}
+
+		c, err := readCert(certName, certPath)
+		if err != nil {
+			return nil, nil, err
+		}
+
+		if !matches(c, k) {
+			return nil, nil, bad(certName, "does not belong to %s (its public key differs)", keyName)
+		}
+
+		return k, c, nil
+	}
+
+	ukiKey, ukiCert, err := pair(UKISigningKeyFile, &s.UKISigningKey, UKISigningCertFile, s.UKISigningCert)
+	if err != nil {
+		return nil, err
+	}
+
+	if bits := ukiKey.N.BitLen(); bits < MinUKISigningKeyBits {
+		return nil, bad(UKISigningKeyFile, "is RSA-%d; at least RSA-%d is required (generated sets use RSA-%d)",
+			bits, MinUKISigningKeyBits, UKISigningKeyBits)
+	}
+
+	pcrKey, err := readKey(PCRSigningKeyFile, &s.PCRSigningKey)
+	if err != nil {
+		return nil, err
+	}
+
+	if bits := pcrKey.N.BitLen(); bits != PCRSigningKeyBits {
+		return nil, bad(PCRSigningKeyFile, "is RSA-%d; the PCR signing key must be RSA-%d (the TPM loads it for PolicyAuthorize)",
+			bits, PCRSigningKeyBits)
+	}
+
+	_, pkCert, err := pair(PKKeyFile, &s.PKKey, PKCertFile, s.PKCert)
+	if err != nil {
+		return nil, err
+	}
+
+	_, kekCert, err := pair(KEKKeyFile, &s.KEKKey, KEKCertFile, s.KEKCert)
+	if err != nil {
+		return nil, err
+	}
+
+	for _, c := range []struct {
+		name     string
+		path     string
+		v        efivar.Efivar
+		holds    *x509.Certificate
+		holdsWho string
+		signer   *x509.Certificate
+		signWho  string
+	}{
+		{PKAuthFile, s.PKAuth, efivar.PK, pkCert, PKCertFile, pkCert, PKCertFile},
+		{KEKAuthFile, s.KEKAuth, efivar.KEK, kekCert, KEKCertFile, pkCert, PKCertFile},
+		{DBAuthFile, s.DBAuth, efivar.Db, ukiCert, UKISigningCertFile, kekCert, KEKCertFile},
+	} {
+		data, err := os.ReadFile(c.path)
+		if err != nil {
+			return nil, err
+		}
+
+		av, err := ParseAuthVar(data)
+		if err != nil {
+			return nil, bad(c.name, "is not a signed EFI variable: %v", err)
+		}
+
+		if !av.Contains(c.holds) {
+			return nil, bad(c.name, "does not list %s", c.holdsWho)
+		}
+
+		if err := av.Verify(c.v, c.signer); err != nil {
+			return nil, bad(c.name, "is not validly signed by %s: %v", c.signWho, err)
+		}
+	}
+
+	bundle, err := secrets.LoadBundle(s.Secrets)
+	if err != nil {
+		return nil, bad(SecretsFile, "is not a Talos secrets bundle: %v", err)
+	}
+
+	if err := bundle.Validate(nil); err != nil {
+		return nil, bad(SecretsFile, "is incomplete: %v", err)
+	}
+
+	tc, err := clientconfig.Open(s.Talosconfig)
+	if err != nil {
+		return nil, bad(TalosconfigFile, "is not a talosconfig: %v", err)
+	}
+
+	if ctx, ok := tc.Contexts[tc.Context]; !ok || ctx.Crt == "" || ctx.Key == "" {
+		return nil, bad(TalosconfigFile, "has no current context with a client certificate")
+	}
+
+	return s, nil
+}
+
+// writePKCS1Copy writes k as PKCS#1 into the conversion cache and returns
+// the path. The name carries the source's digest, so repeated loads reuse
+// one file and a changed key gets a new one.
+func writePKCS1Copy(name string, source []byte, k *rsa.PrivateKey) (string, error) {
+	dir := os.Getenv(PKCS1CacheDirEnv)
+	if dir == "" {
+		base, err := os.UserCacheDir()
+		if err != nil {
+			base = filepath.Join(os.TempDir(), fmt.Sprintf("labfleet-%d", os.Getuid()))
+		}
+
+		dir = filepath.Join(base, "labfleet", "keys-pkcs1")
+	}
+
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+
+	sum := sha256.Sum256(source)
+	path := filepath.Join(dir, hex.EncodeToString(sum[:12])+"-"+name)
+
+	if _, err := os.Stat(path); err == nil {
+		return path, nil
+	}
+
+	tmp, err := os.CreateTemp(dir, ".tmp-")
+	if err != nil {
+		return "", err
+	}
+
+	defer os.Remove(tmp.Name()) //nolint:errcheck
+
+	if _, err := tmp.Write(encodePKCS1(k)); err != nil {
+		tmp.Close() //nolint:errcheck
+
+		return "", err
+	}
+
+	if err := tmp.Close(); err != nil {
+		return "", err
+	}
+
+	// CreateTemp already made it 0600.
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return "", err
+	}
+
+	return path, nil
+}
