@@ -1,0 +1,398 @@
+// Package bootentry manages systemd-boot type #2 entries (UKIs in
+// EFI/Linux on the ESP) with boot counting, as systemd-bless-boot does:
+// a new entry is written as NAME+3.efi, systemd-boot counts tries down by
+// renaming it, and labos blesses a healthy boot by renaming it to NAME.efi
+// or marks it bad (NAME+0-M.efi) so systemd-boot falls back.
+package bootentry
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Dir is where UKIs live, relative to the ESP root.
+const Dir = "EFI/Linux"
+
+// LoaderConf is systemd-boot's configuration, relative to the ESP root.
+const LoaderConf = "loader/loader.conf"
+
+// DefaultTries is the boot counter a new entry starts with.
+const DefaultTries = 3
+
+// Entry is one UKI file name parsed for its boot counter.
+type Entry struct {
+	File    string // file name, e.g. "lab-1.1.0+2-1.efi"
+	Base    string // name without counter and extension, e.g. "lab-1.1.0"
+	Counted bool   // carries a +LEFT[-DONE] counter (not yet blessed)
+	Left    int    // tries left
+	Done    int    // tries done
+}
+
+// ID is the entry id systemd-boot matches loader.conf's default against:
+// the file name with the counter removed.
+func (e Entry) ID() string { return e.Base + ".efi" }
+
+// Blessed reports whether the entry has no counter.
+func (e Entry) Blessed() bool { return !e.Counted }
+
+// Bad reports whether systemd-boot has given up on the entry.
+func (e Entry) Bad() bool { return e.Counted && e.Left == 0 }
+
+// Parse splits a file name into base and counter.
+func Parse(file string) (Entry, error) {
+	if !strings.HasSuffix(strings.ToLower(file), ".efi") {
+		return Entry{}, fmt.Errorf("parsing boot entry %q: not a .efi file", file)
+	}
+
+	stem := file[:len(file)-len(".efi")]
+	e := Entry{File: file, Base: stem}
+
+	i := strings.LastIndexByte(stem, '+')
+	if i < 0 {
+		return e, nil
+	}
+
+	left, done, hasDone := strings.Cut(stem[i+1:], "-")
+
+	l, err := strconv.Atoi(left)
+	if err != nil || l < 0 {
+		return e, nil // a '+' that is not a counter belongs to the name
+	}
+
+	d := 0
+	if hasDone {
+		if d, err = strconv.Atoi(done); err != nil || d < 0 {
+			return e, nil
+		}
+	}
+
+	e.Base, e.Counted, e.Left, e.Done = stem[:i], true, l, d
+
+	return e, nil
+}
+
+// ESP is a mounted EFI system partition.
+type ESP struct {
+	Root string // mount point
+}
+
+func (p ESP) path(rel string) string { return filepath.Join(p.Root, filepath.FromSlash(rel)) }
+
+// List returns the entries in EFI/Linux, newest version first (the order
+// systemd-boot uses, so bad entries still sort last by their state).
+func (p ESP) List() ([]Entry, error) {
+	des, err := os.ReadDir(p.path(Dir))
+	if err != nil {
+		return nil, fmt.Errorf("listing boot entries: %w", err)
+	}
+
+	var out []Entry
+
+	for _, de := range des {
+		if de.IsDir() || strings.HasPrefix(de.Name(), ".") {
+			continue
+		}
+
+		e, err := Parse(de.Name())
+		if err != nil {
+			continue
+		}
+
+		out = append(out, e)
+	}
+
+	sort.SliceStable(out, func(i, j int) bool { return CompareVersion(out[i].Base, out[j].Base) > 0 })
+
+	return out, nil
+}
+
+// Failed returns the ids of entries systemd-boot gave up on.
+func (p ESP) Failed() ([]string, error) {
+	es, err := p.List()
+	if err != nil {
+		return nil, err
+	}
+
+	var out []string
+
+	for _, e := range es {
+		if e.Bad() {
+			out = append(out, e.ID())
+		}
+	}
+
+	return out, nil
+}
+
+func (p ESP) rename(from, to string) error {
+	if err := os.Rename(p.path(Dir+"/"+from), p.path(Dir+"/"+to)); err != nil {
+		return fmt.Errorf("renaming boot entry: %w", err)
+	}
+
+	return syncDir(p.path(Dir))
+}
+
+// Bless removes the counter from file (as booted, e.g. from
+// LoaderBootCountPath) and returns the blessed entry.
+func (p ESP) Bless(file string) (Entry, error) {
+	e, err := Parse(filepath.Base(file))
+	if err != nil {
+		return Entry{}, err
+	}
+
+	if !e.Counted {
+		return e, nil
+	}
+
+	blessed := Entry{File: e.ID(), Base: e.Base}
+
+	if err := p.rename(e.File, blessed.File); err != nil {
+		return Entry{}, fmt.Errorf("blessing %s: %w", e.File, err)
+	}
+
+	return blessed, nil
+}
+
+// MarkBad sets file's tries left to zero so systemd-boot skips it.
+func (p ESP) MarkBad(file string) (Entry, error) {
+	e, err := Parse(filepath.Base(file))
+	if err != nil {
+		return Entry{}, err
+	}
+
+	if !e.Counted {
+		return Entry{}, fmt.Errorf("marking %s bad: entry is blessed", e.File)
+	}
+
+	bad := Entry{File: fmt.Sprintf("%s+0-%d.efi", e.Base, e.Done), Base: e.Base, Counted: true, Done: e.Done}
+
+	if bad.File == e.File {
+		return e, nil
+	}
+
+	if err := p.rename(e.File, bad.File); err != nil {
+		return Entry{}, fmt.Errorf("marking %s bad: %w", e.File, err)
+	}
+
+	return bad, nil
+}
+
+// Rollback picks the entry to roll back to: the newest blessed entry other
+// than the booted one (by id).
+func (p ESP) Rollback(bootedID string) (Entry, error) {
+	es, err := p.List()
+	if err != nil {
+		return Entry{}, err
+	}
+
+	for _, e := range es {
+		if e.Blessed() && e.ID() != bootedID {
+			return e, nil
+		}
+	}
+
+	return Entry{}, errors.New("no other blessed boot entry to roll back to")
+}
+
+// Default returns loader.conf's default value ("" when unset).
+func (p ESP) Default() (string, error) {
+	b, err := os.ReadFile(p.path(LoaderConf))
+	if err != nil {
+		return "", fmt.Errorf("reading loader.conf: %w", err)
+	}
+
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		k, v, _ := strings.Cut(strings.TrimSpace(sc.Text()), " ")
+		if k == "default" {
+			return strings.TrimSpace(v), nil
+		}
+	}
+
+	return "", nil
+}
+
+// SetDefault rewrites loader.conf's default line, keeping every other line.
+// Pin an exact id only for a blessed entry: an exact default naming an
+// unblessed entry makes systemd-boot boot it even after it went bad.
+func (p ESP) SetDefault(value string) error {
+	b, err := os.ReadFile(p.path(LoaderConf))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("reading loader.conf: %w", err)
+	}
+
+	var out []string
+
+	found := false
+
+	for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		k, _, _ := strings.Cut(strings.TrimSpace(line), " ")
+		if k == "default" {
+			if !found {
+				out = append(out, "default "+value)
+			}
+
+			found = true
+
+			continue
+		}
+
+		if line != "" || len(out) > 0 {
+			out = append(out, line)
+		}
+	}
+
+	if !found {
+		out = append(out, "default "+value)
+	}
+
+	if err := WriteFileAtomic(p.path(LoaderConf), strings.NewReader(strings.Join(out, "\n")+"\n")); err != nil {
+		return fmt.Errorf("writing loader.conf: %w", err)
+	}
+
+	return nil
+}
+
+// Glob is the default that follows the newest good entry of name.
+func Glob(name string) string { return name + "-*" }
+
+// Install writes a new entry NAME-VERSION+3.efi from r (temp file, fsync,
+// rename) after removing any other file of the same entry, and returns it.
+func (p ESP) Install(name, version string, r io.Reader) (Entry, error) {
+	base := name + "-" + version
+	e := Entry{File: fmt.Sprintf("%s+%d.efi", base, DefaultTries), Base: base, Counted: true, Left: DefaultTries}
+
+	if err := os.MkdirAll(p.path(Dir), 0o755); err != nil {
+		return Entry{}, fmt.Errorf("installing boot entry: %w", err)
+	}
+
+	if err := WriteFileAtomic(p.path(Dir+"/"+e.File), r); err != nil {
+		return Entry{}, fmt.Errorf("installing boot entry: %w", err)
+	}
+
+	es, err := p.List()
+	if err != nil {
+		return Entry{}, err
+	}
+
+	for _, old := range es {
+		if old.Base == base && old.File != e.File {
+			if err := os.Remove(p.path(Dir + "/" + old.File)); err != nil {
+				return Entry{}, fmt.Errorf("replacing boot entry: %w", err)
+			}
+		}
+	}
+
+	return e, syncDir(p.path(Dir))
+}
+
+// WriteFileAtomic writes r to path through a temporary file in the same
+// directory, fsyncs it and renames it into place, so a crash leaves either
+// the old or the new file (FAT has no journal to help).
+func WriteFileAtomic(path string, r io.Reader) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return err
+	}
+
+	tmp := f.Name()
+	defer os.Remove(tmp) //nolint:errcheck
+
+	if _, err := io.Copy(f, r); err != nil {
+		f.Close() //nolint:errcheck
+
+		return err
+	}
+
+	if err := f.Sync(); err != nil {
+		f.Close() //nolint:errcheck
+
+		return err
+	}
+
+	if err := f.Close(); err != nil {
+		return err
+	}
+
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+
+	return syncDir(filepath.Dir(path))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close() //nolint:errcheck
+
+	// vfat may refuse fsync on directories; the file data is already synced
+	_ = d.Sync()
+
+	return nil
+}
+
+// CompareVersion orders names as systemd's version comparison roughly
+// does: runs of digits compare numerically, other characters bytewise.
+func CompareVersion(a, b string) int {
+	for a != "" && b != "" {
+		da, db := isDigit(a[0]), isDigit(b[0])
+
+		switch {
+		case da && db:
+			na, ra := digits(a)
+			nb, rb := digits(b)
+			na, nb = strings.TrimLeft(na, "0"), strings.TrimLeft(nb, "0")
+
+			if len(na) != len(nb) {
+				return cmp(len(na), len(nb))
+			}
+
+			if na != nb {
+				return strings.Compare(na, nb)
+			}
+
+			a, b = ra, rb
+		default:
+			if a[0] != b[0] {
+				return cmp(int(a[0]), int(b[0]))
+			}
+
+			a, b = a[1:], b[1:]
+		}
+	}
+
+	return cmp(len(a), len(b))
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+
+func digits(s string) (string, string) {
+	i := 0
+	for i < len(s) && isDigit(s[i]) {
+		i++
+	}
+
+	return s[:i], s[i:]
+}
+
+func cmp(a, b int) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+
+	return 0
+}

@@ -1,0 +1,207 @@
+package bootentry_test
+
+import (
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/labfleet/labfleet/lab/labos/bootentry"
+)
+
+func TestParse(t *testing.T) {
+	cases := []struct {
+		file    string
+		base    string
+		counted bool
+		left    int
+		done    int
+		bad     bool
+		wantErr bool
+	}{
+		{file: "lab-1.0.0.efi", base: "lab-1.0.0"},
+		{file: "lab-1.1.0+3.efi", base: "lab-1.1.0", counted: true, left: 3},
+		{file: "lab-1.1.0+2-1.efi", base: "lab-1.1.0", counted: true, left: 2, done: 1},
+		{file: "lab-1.1.0+0-3.efi", base: "lab-1.1.0", counted: true, done: 3, bad: true},
+		{file: "lab+x.efi", base: "lab+x"},
+		{file: "lab-1.0.0.conf", wantErr: true},
+	}
+
+	for _, tc := range cases {
+		t.Run(tc.file, func(t *testing.T) {
+			e, err := bootentry.Parse(tc.file)
+			if tc.wantErr {
+				require.Error(t, err)
+
+				return
+			}
+
+			require.NoError(t, err)
+			require.Equal(t, tc.base, e.Base)
+			require.Equal(t, tc.counted, e.Counted)
+			require.Equal(t, tc.left, e.Left)
+			require.Equal(t, tc.done, e.Done)
+			require.Equal(t, tc.bad, e.Bad())
+			require.Equal(t, tc.base+".efi", e.ID())
+		})
+	}
+}
+
+func newESP(t *testing.T, files ...string) bootentry.ESP {
+	t.Helper()
+
+	root := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(root, "EFI/Linux"), 0o755))
+	require.NoError(t, os.MkdirAll(filepath.Join(root, "loader"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(root, "loader/loader.conf"),
+		[]byte("secure-boot-enroll if-safe\ndefault lab-*\ntimeout 0\n"), 0o644))
+
+	for _, f := range files {
+		require.NoError(t, os.WriteFile(filepath.Join(root, "EFI/Linux", f), []byte(f), 0o644))
+	}
+
+	return bootentry.ESP{Root: root}
+}
+
+func names(t *testing.T, esp bootentry.ESP) []string {
+	t.Helper()
+
+	des, err := os.ReadDir(filepath.Join(esp.Root, "EFI/Linux"))
+	require.NoError(t, err)
+
+	var out []string
+	for _, d := range des {
+		out = append(out, d.Name())
+	}
+
+	sort.Strings(out)
+
+	return out
+}
+
+func TestBlessAndBad(t *testing.T) {
+	cases := []struct {
+		name    string
+		files   []string
+		booted  string
+		bless   bool
+		want    []string
+		wantErr string
+	}{
+		{name: "bless counted", files: []string{"lab-1.0.0.efi", "lab-1.1.0+2-1.efi"}, booted: "EFI/Linux/lab-1.1.0+2-1.efi", bless: true,
+			want: []string{"lab-1.0.0.efi", "lab-1.1.0.efi"}},
+		{name: "bless already blessed", files: []string{"lab-1.0.0.efi"}, booted: "lab-1.0.0.efi", bless: true,
+			want: []string{"lab-1.0.0.efi"}},
+		{name: "mark bad", files: []string{"lab-1.0.0.efi", "lab-1.1.0+2-1.efi"}, booted: "lab-1.1.0+2-1.efi",
+			want: []string{"lab-1.0.0.efi", "lab-1.1.0+0-1.efi"}},
+		{name: "mark bad blessed refused", files: []string{"lab-1.0.0.efi"}, booted: "lab-1.0.0.efi",
+			want: []string{"lab-1.0.0.efi"}, wantErr: "entry is blessed"},
+		{name: "missing file", files: []string{"lab-1.0.0.efi"}, booted: "lab-2+3.efi", bless: true,
+			want: []string{"lab-1.0.0.efi"}, wantErr: "no such file"},
+	}
+
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			esp := newESP(t, tc.files...)
+
+			var err error
+			if tc.bless {
+				_, err = esp.Bless(tc.booted)
+			} else {
+				_, err = esp.MarkBad(tc.booted)
+			}
+
+			if tc.wantErr != "" {
+				require.ErrorContains(t, err, tc.wantErr)
+			} else {
+				require.NoError(t, err)
+			}
+
+			require.Equal(t, tc.want, names(t, esp))
+		})
+	}
+}
+
+func TestFailedAndRollback(t *testing.T) {
+	esp := newESP(t, "lab-1.0.0.efi", "lab-1.1.0.efi", "lab-1.10.0+0-3.efi", "lab-1.2.0+2-1.efi")
+
+	failed, err := esp.Failed()
+	require.NoError(t, err)
+	require.Equal(t, []string{"lab-1.10.0.efi"}, failed)
+
+	cases := []struct {
+		booted string
+		want   string
+	}{
+		{booted: "lab-1.1.0.efi", want: "lab-1.0.0.efi"},
+		{booted: "lab-1.2.0.efi", want: "lab-1.1.0.efi"},
+		{booted: "lab-1.0.0.efi", want: "lab-1.1.0.efi"},
+	}
+
+	for _, tc := range cases {
+		got, err := esp.Rollback(tc.booted)
+		require.NoError(t, err)
+		require.Equal(t, tc.want, got.ID(), "booted %s", tc.booted)
+	}
+
+	_, err = newESP(t, "lab-1.0.0.efi").Rollback("lab-1.0.0.efi")
+	require.Error(t, err)
+}
+
+func TestDefaultPinning(t *testing.T) {
+	esp := newESP(t)
+
+	d, err := esp.Default()
+	require.NoError(t, err)
+	require.Equal(t, "lab-*", d)
+
+	require.NoError(t, esp.SetDefault("lab-1.1.0.efi"))
+
+	b, err := os.ReadFile(filepath.Join(esp.Root, "loader/loader.conf"))
+	require.NoError(t, err)
+	require.Equal(t, "secure-boot-enroll if-safe\ndefault lab-1.1.0.efi\ntimeout 0\n", string(b))
+
+	require.NoError(t, esp.SetDefault(bootentry.Glob("lab")))
+	d, err = esp.Default()
+	require.NoError(t, err)
+	require.Equal(t, "lab-*", d)
+
+	// a loader.conf without default gets one
+	require.NoError(t, os.WriteFile(filepath.Join(esp.Root, "loader/loader.conf"), []byte("timeout 0\n"), 0o644))
+	require.NoError(t, esp.SetDefault("lab-*"))
+	b, err = os.ReadFile(filepath.Join(esp.Root, "loader/loader.conf"))
+	require.NoError(t, err)
+	require.Equal(t, "timeout 0\ndefault lab-*\n", string(b))
+}
+
+func TestInstall(t *testing.T) {
+	esp := newESP(t, "lab-1.0.0.efi", "lab-1.1.0+0-3.efi")
+
+	e, err := esp.Install("lab", "1.1.0", strings.NewReader("new uki"))
+	require.NoError(t, err)
+	require.Equal(t, "lab-1.1.0+3.efi", e.File)
+	require.Equal(t, []string{"lab-1.0.0.efi", "lab-1.1.0+3.efi"}, names(t, esp))
+
+	b, err := os.ReadFile(filepath.Join(esp.Root, "EFI/Linux/lab-1.1.0+3.efi"))
+	require.NoError(t, err)
+	require.Equal(t, "new uki", string(b))
+}
+
+func TestCompareVersion(t *testing.T) {
+	cases := []struct {
+		a, b string
+		want int
+	}{
+		{"lab-1.10.0", "lab-1.9.0", 1},
+		{"lab-1.0.0", "lab-1.0.0", 0},
+		{"lab-1.0", "lab-1.0.1", -1},
+		{"lab-v2", "lab-v10", -1},
+	}
+
+	for _, tc := range cases {
+		require.Equal(t, tc.want, bootentry.CompareVersion(tc.a, tc.b), "%s vs %s", tc.a, tc.b)
+	}
+}
