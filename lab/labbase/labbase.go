@@ -23,8 +23,8 @@ import (
 // machine. Built-in ones are skipped; dependencies are added automatically.
 var DefaultModules = []string{
 	"virtio_blk", "virtio_pci", "virtio_net", "virtio_rng", // q35 virtio disk, NIC, entropy
-	"efivarfs",                                             // Secure Boot / Setup Mode / boot counting variables
-	"dm_mod", "dm_crypt", "xts", "algif_skcipher",          // LUKS2 aes-xts-plain64; cryptsetup uses AF_ALG for keyslots
+	"efivarfs",                                    // Secure Boot / Setup Mode / boot counting variables
+	"dm_mod", "dm_crypt", "xts", "algif_skcipher", // LUKS2 aes-xts-plain64; cryptsetup uses AF_ALG for keyslots
 	"ext4", "crc32c_generic", // STATE; ext4 asks for crc32c by alias, which nothing loads without modprobe
 	"vfat", "nls_cp437", "nls_ascii", "nls_utf8", // ESP
 	"squashfs", "loop", // the embedded config extension image
