@@ -1,0 +1,116 @@
+package config_test
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/siderolabs/talos/pkg/machinery/config"
+	"github.com/siderolabs/talos/pkg/machinery/config/encoder"
+	"github.com/siderolabs/talos/pkg/machinery/config/generate"
+	"github.com/siderolabs/talos/pkg/machinery/config/generate/secrets"
+	"github.com/siderolabs/talos/pkg/machinery/config/machine"
+	"github.com/siderolabs/talos/pkg/machinery/config/types/v1alpha1"
+	"github.com/stretchr/testify/require"
+
+	labconfig "github.com/labfleet/labfleet/lab/labos/config"
+)
+
+const nsManifest = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: cilium\n"
+
+// machineConfig generates a real Talos controlplane config the way
+// imagectl embeds one.
+func machineConfig(t *testing.T) ([]byte, *secrets.Bundle) {
+	t.Helper()
+
+	bundle, err := secrets.NewBundle(secrets.NewFixedClock(time.Now()), config.TalosVersionCurrent)
+	require.NoError(t, err)
+
+	in, err := generate.NewInput("lab", "https://10.0.2.15:6443", "1.34.0", generate.WithSecretsBundle(bundle))
+	require.NoError(t, err)
+
+	cfg, err := in.Config(machine.TypeControlPlane)
+	require.NoError(t, err)
+
+	cfg.RawV1Alpha1().ClusterConfig.ClusterInlineManifests = v1alpha1.ClusterInlineManifests{
+		{InlineManifestName: "cilium", InlineManifestContents: nsManifest},
+	}
+
+	data, err := cfg.EncodeBytes(encoder.WithComments(encoder.CommentsDisabled))
+	require.NoError(t, err)
+
+	return data, bundle
+}
+
+func TestParseGenerated(t *testing.T) {
+	data, bundle := machineConfig(t)
+
+	m, err := labconfig.Parse(data)
+	require.NoError(t, err)
+	require.Equal(t, bundle.Certs.OS.Crt, m.CACert)
+	require.Equal(t, bundle.Certs.OS.Key, m.CAKey)
+	require.Equal(t, []labconfig.InlineManifest{{Name: "cilium", Contents: nsManifest}}, m.InlineManifests)
+
+	// typed inline manifest documents are read too
+	extra := "\n---\napiVersion: v1alpha1\nkind: KubeInlineManifestConfig\nname: metallb\nmanifest: |\n  kind: Namespace\n"
+	m, err = labconfig.Parse(append(data, []byte(extra)...))
+	require.NoError(t, err)
+	require.Len(t, m.InlineManifests, 2)
+	require.Equal(t, "metallb", m.InlineManifests[1].Name)
+}
+
+func TestParseErrors(t *testing.T) {
+	cases := map[string]string{
+		"no v1alpha1": "apiVersion: v1alpha1\nkind: KubeInlineManifestConfig\nname: x\nmanifest: y\n",
+		"bad ca":      "version: v1alpha1\nmachine:\n  ca:\n    crt: '!!'\n    key: a2V5\n",
+		"not yaml":    "version: [",
+	}
+
+	for name, in := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := labconfig.Parse([]byte(in))
+			require.Error(t, err)
+		})
+	}
+}
+
+// TestReadEmbedded builds the extension layout Talos's imager appends
+// (extensions.yaml + zstd squashfs) with the real mksquashfs.
+func TestReadEmbedded(t *testing.T) {
+	if _, err := exec.LookPath("mksquashfs"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("mksquashfs is required (apt-get install squashfs-tools)")
+		}
+
+		t.Skip("mksquashfs not installed")
+	}
+
+	data, _ := machineConfig(t)
+
+	src := t.TempDir()
+	cfgPath := filepath.Join(src, labconfig.EmbeddedPath)
+	require.NoError(t, os.MkdirAll(filepath.Dir(cfgPath), 0o755))
+	require.NoError(t, os.WriteFile(cfgPath, data, 0o644))
+
+	root := t.TempDir()
+
+	_, err := labconfig.ReadEmbedded(root)
+	require.ErrorIs(t, err, labconfig.ErrNotEmbedded)
+
+	for _, comp := range []string{"zstd", "xz"} {
+		t.Run(comp, func(t *testing.T) {
+			img := filepath.Join(root, "embedded-config.sqsh")
+			out, err := exec.Command("mksquashfs", src, img, "-all-root", "-noappend", "-no-progress", "-comp", comp).CombinedOutput()
+			require.NoError(t, err, string(out))
+
+			require.NoError(t, os.WriteFile(filepath.Join(root, "extensions.yaml"), []byte(
+				"layers:\n  - image: other.sqsh\n    metadata: {name: other, version: 1}\n  - image: embedded-config.sqsh\n    metadata:\n      name: embedded-config\n      version: 1.0.0\n"), 0o644))
+
+			got, err := labconfig.ReadEmbedded(root)
+			require.NoError(t, err)
+			require.Equal(t, data, got)
+		})
+	}
+}
