@@ -1,0 +1,254 @@
+package inspect
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"debug/pe"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/foxboron/go-uefi/authenticode"
+	"github.com/stretchr/testify/require"
+
+	"github.com/labfleet/labfleet/images/keys"
+)
+
+type testSection struct {
+	name string
+	data []byte
+}
+
+func alignUp(v, a uint32) uint32 { return (v + a - 1) &^ (a - 1) }
+
+// buildPE writes a minimal but well-formed PE32+ EFI application holding
+// the given sections: enough for debug/pe, Authenticode and sbsigntool.
+func buildPE(t *testing.T, sections []testSection) []byte {
+	t.Helper()
+
+	const (
+		fileAlign = 0x200
+		sectAlign = 0x1000
+		peOffset  = 0x40
+	)
+
+	headerLen := uint32(peOffset + 4 + 20 + 240 + 40*len(sections))
+	sizeOfHeaders := alignUp(headerLen, fileAlign)
+
+	var (
+		hdrs    []pe.SectionHeader32
+		body    bytes.Buffer
+		rawOff  = sizeOfHeaders
+		va      = uint32(sectAlign)
+		imgSize = uint32(sectAlign)
+	)
+
+	for _, s := range sections {
+		raw := alignUp(uint32(len(s.data)), fileAlign)
+
+		var name [8]uint8
+		copy(name[:], s.name)
+
+		hdrs = append(hdrs, pe.SectionHeader32{
+			Name:             name,
+			VirtualSize:      uint32(len(s.data)),
+			VirtualAddress:   va,
+			SizeOfRawData:    raw,
+			PointerToRawData: rawOff,
+			Characteristics:  0x40000040, // initialized data, readable
+		})
+
+		body.Write(s.data)
+		body.Write(make([]byte, raw-uint32(len(s.data))))
+
+		rawOff += raw
+		va += alignUp(uint32(len(s.data)), sectAlign)
+		imgSize = va
+	}
+
+	var out bytes.Buffer
+
+	dos := make([]byte, peOffset)
+	copy(dos, "MZ")
+	binary.LittleEndian.PutUint32(dos[0x3c:], peOffset)
+	out.Write(dos)
+	out.WriteString("PE\x00\x00")
+
+	w := func(v any) { require.NoError(t, binary.Write(&out, binary.LittleEndian, v)) }
+
+	w(pe.FileHeader{
+		Machine:              pe.IMAGE_FILE_MACHINE_AMD64,
+		NumberOfSections:     uint16(len(sections)),
+		SizeOfOptionalHeader: 240,
+		Characteristics:      pe.IMAGE_FILE_EXECUTABLE_IMAGE | pe.IMAGE_FILE_LARGE_ADDRESS_AWARE,
+	})
+	w(pe.OptionalHeader64{
+		Magic:               0x20b,
+		AddressOfEntryPoint: sectAlign,
+		BaseOfCode:          sectAlign,
+		ImageBase:           0x10000000,
+		SectionAlignment:    sectAlign,
+		FileAlignment:       fileAlign,
+		SizeOfImage:         imgSize,
+		SizeOfHeaders:       sizeOfHeaders,
+		Subsystem:           pe.IMAGE_SUBSYSTEM_EFI_APPLICATION,
+		NumberOfRvaAndSizes: 16,
+	})
+
+	for _, h := range hdrs {
+		w(h)
+	}
+
+	out.Write(make([]byte, int(sizeOfHeaders)-out.Len()))
+	out.Write(body.Bytes())
+
+	return out.Bytes()
+}
+
+func signPE(t *testing.T, data []byte, key crypto.Signer, cert *x509.Certificate) []byte {
+	t.Helper()
+
+	bin, err := authenticode.Parse(bytes.NewReader(data))
+	require.NoError(t, err)
+
+	_, err = bin.Sign(key, cert)
+	require.NoError(t, err)
+
+	return bin.Bytes()
+}
+
+// Generating RSA-4096 keys costs about a second: share one set.
+var (
+	keysOnce sync.Once
+	keysSet  *keys.Set
+	keysErr  error
+	keysBase string
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+
+	if keysBase != "" {
+		os.RemoveAll(keysBase) //nolint:errcheck
+	}
+
+	os.Exit(code)
+}
+
+func testKeys(t *testing.T) *keys.Set {
+	t.Helper()
+
+	keysOnce.Do(func() {
+		keysBase, keysErr = os.MkdirTemp("", "inspect-keys-")
+		if keysErr == nil {
+			keysSet, keysErr = keys.Generate(filepath.Join(keysBase, "keys"), keys.GenerateOptions{CommonName: "inspect-test"})
+		}
+	})
+
+	require.NoError(t, keysErr)
+
+	return keysSet
+}
+
+func loadRSA(t *testing.T, path string) *rsa.PrivateKey {
+	t.Helper()
+
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+
+	block, _ := pem.Decode(data)
+	require.NotNil(t, block)
+
+	k, err := x509.ParsePKCS1PrivateKey(block.Bytes)
+	require.NoError(t, err)
+
+	return k
+}
+
+func loadCert(t *testing.T, path string) *x509.Certificate {
+	t.Helper()
+
+	c, err := readCertificate(path)
+	require.NoError(t, err)
+
+	return c
+}
+
+// rogueCert makes a self-signed signer that is not in any db.
+func rogueCert(t *testing.T, dir string) (*rsa.PrivateKey, *x509.Certificate, string) {
+	t.Helper()
+
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	require.NoError(t, err)
+
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(42),
+		Subject:      pkix.Name{CommonName: "rogue"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+	}
+
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	require.NoError(t, err)
+
+	c, err := x509.ParseCertificate(der)
+	require.NoError(t, err)
+
+	path := filepath.Join(dir, "rogue.pem")
+	require.NoError(t, os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644))
+
+	return k, c, path
+}
+
+// ukiSections returns the sections of a fake UKI whose .pcrsig is signed
+// by pcrKey the way Talos's imager signs it.
+func ukiSections(t *testing.T, pcrKey *rsa.PrivateKey) []testSection {
+	t.Helper()
+
+	spki, err := x509.MarshalPKIXPublicKey(&pcrKey.PublicKey)
+	require.NoError(t, err)
+
+	fp := sha256.Sum256(x509.MarshalPKCS1PublicKey(&pcrKey.PublicKey))
+	pol := sha256.Sum256([]byte("policy"))
+	d := sha256.Sum256(pol[:])
+
+	sig, err := rsa.SignPKCS1v15(rand.Reader, pcrKey, crypto.SHA256, d[:])
+	require.NoError(t, err)
+
+	pcrsig, err := json.Marshal(map[string][]map[string]any{
+		"sha256": {{
+			"pcrs": []int{11},
+			"pkfp": hex.EncodeToString(fp[:]),
+			"pol":  hex.EncodeToString(pol[:]),
+			"sig":  base64.StdEncoding.EncodeToString(sig),
+		}},
+	})
+	require.NoError(t, err)
+
+	linux := make([]byte, 3000)
+	_, err = rand.Read(linux)
+	require.NoError(t, err)
+
+	return []testSection{
+		{".osrel", []byte("NAME=\"Talos\"\nID=talos\nVERSION_ID=v1.14.1\nPRETTY_NAME=\"Talos (v1.14.1)\"\n")},
+		{".cmdline", []byte("console=ttyS0 talos.platform=metal\x00")},
+		{".uname", []byte("6.12.48-talos")},
+		{".sbat", []byte("sbat,1,SBAT Version,sbat,1,https://github.com/rhboot/shim/blob/main/SBAT.md\n")},
+		{".pcrpkey", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: spki})},
+		{".pcrsig", pcrsig},
+		{".linux", linux},
+	}
+}
