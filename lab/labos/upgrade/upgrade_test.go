@@ -1,0 +1,148 @@
+package upgrade_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/x509"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/stretchr/testify/require"
+
+	"github.com/labfleet/labfleet/lab/labos/bootentry"
+	"github.com/labfleet/labfleet/lab/labos/internal/testpki"
+	"github.com/labfleet/labfleet/lab/labos/upgrade"
+)
+
+func installerImage(t *testing.T, uki []byte, labels map[string]string) v1.Image {
+	t.Helper()
+
+	var buf bytes.Buffer
+
+	tw := tar.NewWriter(&buf)
+	require.NoError(t, tw.WriteHeader(&tar.Header{Name: "labfleet/", Typeflag: tar.TypeDir, Mode: 0o755}))
+	require.NoError(t, tw.WriteHeader(&tar.Header{Name: upgrade.UKIPath, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(uki))}))
+	_, err := tw.Write(uki)
+	require.NoError(t, err)
+	require.NoError(t, tw.Close())
+
+	layer, err := tarball.LayerFromReader(bytes.NewReader(buf.Bytes()))
+	require.NoError(t, err)
+
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	require.NoError(t, err)
+
+	cf, err := img.ConfigFile()
+	require.NoError(t, err)
+	cf.Config.Labels = labels
+
+	img, err = mutate.ConfigFile(img, cf)
+	require.NoError(t, err)
+
+	return img
+}
+
+func push(t *testing.T, img v1.Image, repo string) (ref, host string) {
+	t.Helper()
+
+	srv := httptest.NewServer(registry.New())
+	t.Cleanup(srv.Close)
+
+	u, err := url.Parse(srv.URL)
+	require.NoError(t, err)
+
+	ref = u.Host + "/" + repo
+	r, err := name.ParseReference(ref, name.Insecure)
+	require.NoError(t, err)
+	require.NoError(t, remote.Write(r, img))
+
+	return ref, u.Host
+}
+
+func newESP(t *testing.T) bootentry.ESP {
+	t.Helper()
+
+	root := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(root, "EFI/Linux"), 0o755))
+	require.NoError(t, os.MkdirAll(filepath.Join(root, "loader"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(root, "EFI/Linux/lab-1.0.0.efi"), []byte("v1"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(root, "loader/loader.conf"), []byte("timeout 0\ndefault lab-1.0.0.efi\n"), 0o644))
+
+	return bootentry.ESP{Root: root}
+}
+
+func TestPullVerifyInstall(t *testing.T) {
+	pe := testpki.UnsignedPE(t)
+	db := testpki.NewSigner(t, "lab db")
+	rogue := testpki.NewSigner(t, "rogue")
+
+	labels := map[string]string{upgrade.LabelName: "lab", upgrade.LabelVersion: "1.1.0"}
+
+	cases := []struct {
+		name    string
+		uki     []byte
+		labels  map[string]string
+		certs   []*x509.Certificate
+		wantErr string
+	}{
+		{name: "signed by db", uki: db.Sign(t, pe), labels: labels, certs: []*x509.Certificate{rogue.Cert, db.Cert}},
+		{name: "unsigned", uki: pe, labels: labels, certs: []*x509.Certificate{db.Cert}, wantErr: "not signed"},
+		{name: "rogue signer", uki: rogue.Sign(t, pe), labels: labels, certs: []*x509.Certificate{db.Cert}, wantErr: "not signed"},
+		{name: "no db", uki: db.Sign(t, pe), labels: labels, wantErr: "no db certificates"},
+		{name: "tampered", uki: func() []byte {
+			b := db.Sign(t, pe)
+			b[len(b)/3] ^= 0xff
+
+			return b
+		}(), labels: labels, certs: []*x509.Certificate{db.Cert}, wantErr: "UKI"},
+		{name: "no labels", uki: db.Sign(t, pe), certs: []*x509.Certificate{db.Cert}, wantErr: "lacks labels"},
+	}
+
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ref, host := push(t, installerImage(t, tc.uki, tc.labels), "lab/installer:1.1.0")
+			esp := newESP(t)
+
+			img, err := upgrade.Pull(context.Background(), ref, []string{host})
+			if err == nil {
+				_, err = upgrade.Install(esp, img, tc.certs)
+			}
+
+			entries, lerr := os.ReadDir(filepath.Join(esp.Root, "EFI/Linux"))
+			require.NoError(t, lerr)
+
+			if tc.wantErr != "" {
+				require.ErrorContains(t, err, tc.wantErr)
+				require.Len(t, entries, 1, "nothing may be written before verification")
+
+				d, derr := esp.Default()
+				require.NoError(t, derr)
+				require.Equal(t, "lab-1.0.0.efi", d)
+
+				return
+			}
+
+			require.NoError(t, err)
+			require.Equal(t, "1.1.0", img.Version)
+
+			got, err := os.ReadFile(filepath.Join(esp.Root, "EFI/Linux/lab-1.1.0+3.efi"))
+			require.NoError(t, err)
+			require.Equal(t, tc.uki, got)
+
+			d, err := esp.Default()
+			require.NoError(t, err)
+			require.Equal(t, "lab-*", d, "the default stays a glob until the new entry is blessed")
+		})
+	}
+}
