@@ -1,6 +1,7 @@
 package inspect
 
 import (
+	"bytes"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -13,6 +14,8 @@ import (
 
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/partition/gpt"
+
+	"github.com/labfleet/labfleet/images/keys"
 )
 
 // Disk describes a GPT disk image.
@@ -51,6 +54,21 @@ type ESP struct {
 	// Binaries are the reports of every .efi file under EFI/ (systemd-boot,
 	// the UKIs in EFI/Linux).
 	Binaries []Binary `json:"binaries"`
+	// AuthVars are the signed EFI variable updates (*.auth, e.g.
+	// loader/keys/auto/db.auth) and the certificates they enroll.
+	AuthVars []AuthVar `json:"authVars,omitempty"`
+}
+
+// AuthVar is a signed EFI variable update found on the ESP.
+type AuthVar struct {
+	Path string `json:"path"`
+	// Certs are the subjects of the X.509 entries it enrolls.
+	Certs []string `json:"certs"`
+	// ListsCert says whether it enrolls the certificate given to Inspect
+	// (set for db.auth only: the db must hold the signer of the binaries).
+	ListsCert *bool `json:"listsCert,omitempty"`
+	// Error is set when the file does not parse.
+	Error string `json:"error,omitempty"`
 }
 
 // File is a file on the ESP.
@@ -162,6 +180,10 @@ func inspectDisk(p string, cert *x509.Certificate, certPath string) (*Disk, erro
 
 		out.ESP.Files = append(out.ESP.Files, File{Path: name, Size: info.Size()})
 
+		if strings.EqualFold(path.Ext(name), ".auth") {
+			out.ESP.AuthVars = append(out.ESP.AuthVars, inspectAuthVar(fsys, name, cert))
+		}
+
 		if strings.EqualFold(path.Ext(name), ".efi") && strings.HasPrefix(strings.ToUpper(name), "EFI/") {
 			out.ESP.Binaries = append(out.ESP.Binaries, inspectESPBinary(fsys, name, cert, certPath))
 		}
@@ -217,4 +239,45 @@ func inspectESPBinary(fsys fs.FS, name string, cert *x509.Certificate, certPath 
 	b.PE = pe
 
 	return b
+}
+
+// maxAuthSize bounds what is read of an .auth file; real ones are a few KiB
+// (a db with Microsoft's certificates is still under 16 KiB).
+const maxAuthSize = 1 << 20
+
+func inspectAuthVar(fsys fs.FS, name string, cert *x509.Certificate) AuthVar {
+	a := AuthVar{Path: name, Certs: []string{}}
+
+	f, err := fsys.Open(name)
+	if err != nil {
+		a.Error = err.Error()
+
+		return a
+	}
+	defer f.Close() //nolint:errcheck
+
+	var buf bytes.Buffer
+	if _, err := io.Copy(&buf, io.LimitReader(f, maxAuthSize)); err != nil {
+		a.Error = err.Error()
+
+		return a
+	}
+
+	av, err := keys.ParseAuthVar(buf.Bytes())
+	if err != nil {
+		a.Error = err.Error()
+
+		return a
+	}
+
+	for _, c := range av.Certs {
+		a.Certs = append(a.Certs, c.Subject.String())
+	}
+
+	if cert != nil && strings.EqualFold(path.Base(name), "db.auth") {
+		lists := av.Contains(cert)
+		a.ListsCert = &lists
+	}
+
+	return a
 }

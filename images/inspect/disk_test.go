@@ -125,6 +125,12 @@ func TestInspectDisk(t *testing.T) {
 
 	assert.Equal(t, "not a PE binary", byPath["efi/linux/notes-not-pe.efi"].Error)
 
+	require.Len(t, r.Disk.ESP.AuthVars, 1)
+	av := r.Disk.ESP.AuthVars[0]
+	assert.Equal(t, []string{"CN=inspect-test UKI signing"}, av.Certs)
+	require.NotNil(t, av.ListsCert)
+	assert.True(t, *av.ListsCert)
+
 	// One unreadable binary makes the whole disk fail verification.
 	checked, ok, failures := r.Verification()
 	assert.True(t, checked)
@@ -138,6 +144,32 @@ func TestInspectDisk(t *testing.T) {
 	for _, s := range []string{"partitions:", "STATE", "EFI System", "loader/loader.conf", "lab-v1+3.efi", "verification: FAILED"} {
 		assert.Contains(t, text.String(), s)
 	}
+}
+
+// A disk whose db.auth enrolls another certificate than the one that
+// signed its binaries would refuse to boot after enrollment.
+func TestInspectDiskDBWithoutSigner(t *testing.T) {
+	ks := testKeys(t)
+	dir := t.TempDir()
+	rogueKey, rogue, roguePath := rogueCert(t, dir)
+
+	dbAuth, err := os.ReadFile(ks.DBAuth)
+	require.NoError(t, err)
+
+	img := filepath.Join(dir, "disk.raw")
+	buildDisk(t, img, map[string][]byte{
+		"EFI/BOOT/BOOTX64.EFI":     signPE(t, buildPE(t, []testSection{{".text", []byte{0xc3}}}), rogueKey, rogue),
+		"loader/keys/auto/db.auth": dbAuth,
+	})
+
+	r, err := Inspect(img, Options{CertPath: roguePath})
+	require.NoError(t, err)
+
+	checked, ok, failures := r.Verification()
+	assert.True(t, checked)
+	assert.False(t, ok)
+	require.Len(t, failures, 1)
+	assert.Contains(t, failures[0], "loader/keys/auto/db.auth: does not enroll")
 }
 
 func TestInspectDiskWithoutESP(t *testing.T) {

@@ -177,6 +177,12 @@ func (r *Report) Verification() (checked, ok bool, failures []string) {
 		for _, b := range r.Disk.ESP.Binaries {
 			check(b.Path, b.PE, b.Error)
 		}
+
+		for _, a := range r.Disk.ESP.AuthVars {
+			if a.ListsCert != nil && !*a.ListsCert {
+				failures = append(failures, fmt.Sprintf("%s: does not enroll %s, so firmware would refuse binaries it signed", a.Path, r.Cert))
+			}
+		}
 	}
 
 	if count == 0 {

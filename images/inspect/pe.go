@@ -364,7 +364,8 @@ func (p *PE) authenticode(r io.ReaderAt, cert *x509.Certificate, certPath string
 	case errors.Is(err, authenticode.ErrNoSignatures):
 		v.Error = "the binary is not signed"
 	case errors.Is(err, authenticode.ErrNoValidSignatures):
-		v.Error = "no signature by this certificate (signed by: " + signerNames(p.Signers) + ")"
+		v.Error = fmt.Sprintf("no signature by this certificate (%s, serial %s); signed by: %s",
+			cert.Subject, cert.SerialNumber.Text(16), signerNames(p.Signers))
 	case err != nil && strings.Contains(err.Error(), "incorrect digest"):
 		v.Error = "the image digest does not match its signature (modified after signing)"
 	case err != nil:
@@ -381,7 +382,7 @@ func (p *PE) authenticode(r io.ReaderAt, cert *x509.Certificate, certPath string
 func signerNames(s []Signer) string {
 	names := make([]string, 0, len(s))
 	for _, x := range s {
-		names = append(names, x.Subject)
+		names = append(names, x.Subject+", serial "+x.Serial)
 	}
 
 	if len(names) == 0 {

@@ -142,6 +142,19 @@ func writeDisk(p func(string, ...any), d *Disk) {
 		p("  %d\t%s\n", f.Size, f.Path)
 	}
 
+	for _, a := range d.ESP.AuthVars {
+		switch {
+		case a.Error != "":
+			p("%s:\tunreadable: %s\n", a.Path, a.Error)
+		default:
+			p("%s:\tenrolls %s\n", a.Path, strings.Join(a.Certs, "; "))
+		}
+
+		if a.ListsCert != nil {
+			p("  lists the given certificate\t%v\n", *a.ListsCert)
+		}
+	}
+
 	for _, b := range d.ESP.Binaries {
 		p("%s:\n", b.Path)
 
