@@ -1,0 +1,331 @@
+package build_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"debug/pe"
+	"errors"
+	"io"
+	"log"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/stretchr/testify/require"
+
+	"github.com/labfleet/labfleet/images/base"
+	"github.com/labfleet/labfleet/images/build"
+	"github.com/labfleet/labfleet/images/keys"
+	"github.com/labfleet/labfleet/images/record"
+	"github.com/labfleet/labfleet/images/spec"
+)
+
+// staticBaker stands in for extensions/ (tested there): a fixed machine config.
+type staticBaker struct{ config string }
+
+func (s staticBaker) Fingerprint(*spec.Definition) (string, error) { return s.config, nil }
+
+func (s staticBaker) Bake(context.Context, build.BakeRequest) (*build.Baked, error) {
+	return &build.Baked{MachineConfig: []byte(s.config)}, nil
+}
+
+func repoRoot(t *testing.T) string {
+	dir, err := os.Getwd()
+	require.NoError(t, err)
+
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+
+		require.NotEqual(t, dir, filepath.Dir(dir), "go.mod not found")
+		dir = filepath.Dir(dir)
+	}
+}
+
+// labAssets returns the pinned trixie kernel and systemd EFI binaries
+// (hack/fetch-lab-assets.sh); the imager needs real PE inputs.
+func labAssets(t *testing.T) string {
+	dir := os.Getenv("LABFLEET_CACHE")
+	if dir == "" {
+		dir = filepath.Join(repoRoot(t), "_cache")
+	}
+
+	dir = filepath.Join(dir, "lab-assets")
+	if _, err := os.Stat(filepath.Join(dir, "systemd-stub.efi")); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("lab assets missing in %s: run hack/install-deps.sh (fetches them)", dir)
+		}
+
+		t.Skipf("lab assets missing in %s: run hack/fetch-lab-assets.sh", dir)
+	}
+
+	return dir
+}
+
+// talosLayoutImage builds an image shaped like Talos's imager image.
+func talosLayoutImage(t *testing.T, assets string, initramfs []byte) v1.Image {
+	var buf bytes.Buffer
+
+	tw := tar.NewWriter(&buf)
+	add := func(name string, data []byte) {
+		require.NoError(t, tw.WriteHeader(&tar.Header{Name: "usr/install/amd64/" + name, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg}))
+		_, err := tw.Write(data)
+		require.NoError(t, err)
+	}
+
+	for _, f := range []string{"vmlinuz", "systemd-stub.efi", "systemd-boot.efi"} {
+		data, err := os.ReadFile(filepath.Join(assets, f))
+		require.NoError(t, err)
+		add(f, data)
+	}
+
+	add("initramfs.xz", initramfs)
+	require.NoError(t, tw.Close())
+
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil })
+	require.NoError(t, err)
+
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	require.NoError(t, err)
+
+	return img
+}
+
+type fixture struct {
+	root, keys, ref, assets string
+	digest          v1.Hash
+	def             *spec.Definition
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+
+	assets := labAssets(t)
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+
+	u, err := url.Parse(srv.URL)
+	require.NoError(t, err)
+
+	ref := u.Host + "/siderolabs/imager:v1.14.1"
+	img := talosLayoutImage(t, assets, []byte("not a real initramfs"))
+	tag, err := name.NewTag(ref, name.Insecure)
+	require.NoError(t, err)
+	require.NoError(t, remote.Write(tag, img))
+
+	digest, err := img.Digest()
+	require.NoError(t, err)
+
+	root := t.TempDir()
+	keyDir := filepath.Join(root, "keys")
+	_, err = keys.Generate(keyDir, keys.GenerateOptions{})
+	require.NoError(t, err)
+
+	def, err := spec.Parse("edge.yaml", []byte(`
+name: edge
+version: 1.0.0
+talosVersion: v1.14.1
+base:
+  image: `+ref+`
+  digest: `+digest.String()+`
+  insecure: true
+schematic:
+  customization:
+    extraKernelArgs: [console=ttyS0]
+keys: keys
+outputs: [uki, disk, installer]
+disk: {espMiB: 64, stateMiB: 32}
+`))
+	require.NoError(t, err)
+
+	return &fixture{root: root, keys: keyDir, ref: ref, assets: assets, digest: digest, def: def}
+}
+
+func (f *fixture) build(t *testing.T, out string, force bool) (*build.Result, error) {
+	return build.Build(context.Background(), f.def, build.Options{
+		Root: f.root, OutDir: out, Baker: staticBaker{config: "version: v1alpha1\n"}, Force: force,
+		ToolsPath: filepath.Join(f.assets, "tools", "bin"),
+	})
+}
+
+func TestBuildFromRegistryBase(t *testing.T) {
+	f := newFixture(t)
+	out := filepath.Join(f.root, "_out")
+
+	res, err := f.build(t, out, false)
+	require.NoError(t, err)
+	require.False(t, res.Record.Cached)
+
+	rec, err := record.Load(res.Dir)
+	require.NoError(t, err)
+	require.Equal(t, f.digest.String(), rec.Inputs[0].Digest)
+	require.Len(t, rec.Inputs, 1+len(base.Inputs))
+	require.Contains(t, rec.Cmdline, "labos.version=1.0.0")
+
+	for _, kind := range spec.KnownOutputs {
+		o, ok := rec.Output(kind)
+		require.True(t, ok, "output %s missing", kind)
+		require.NotEmpty(t, o.SHA256)
+	}
+
+	uki, _ := rec.Output("uki")
+	p, err := pe.Open(filepath.Join(res.Dir, uki.Path))
+	require.NoError(t, err)
+
+	for _, s := range []string{".linux", ".initrd", ".cmdline", ".osrel", ".pcrsig", ".pcrpkey"} {
+		require.NotNil(t, p.Section(s), "section %s missing", s)
+	}
+	p.Close()
+
+	if _, err := exec.LookPath("sbverify"); err == nil {
+		cmd := exec.Command("sbverify", "--cert", filepath.Join(f.keys, keys.UKISigningCertFile), filepath.Join(res.Dir, uki.Path))
+		outp, err := cmd.CombinedOutput()
+		require.NoError(t, err, "sbverify: %s", outp)
+	}
+
+	// A rebuild with nothing changed is served from the cache.
+	again, err := f.build(t, out, false)
+	require.NoError(t, err)
+	require.True(t, again.Record.Cached)
+	require.Equal(t, rec.CacheKey, again.Record.CacheKey)
+}
+
+// signatureRange is where the Authenticode certificate table sits in a PE file.
+func signatureRange(t *testing.T, data []byte) (int, int) {
+	f, err := pe.NewFile(bytes.NewReader(data))
+	require.NoError(t, err)
+
+	oh, ok := f.OptionalHeader.(*pe.OptionalHeader64)
+	require.True(t, ok)
+
+	dd := oh.DataDirectory[pe.IMAGE_DIRECTORY_ENTRY_SECURITY]
+	require.NotZero(t, dd.Size, "not signed")
+
+	return int(dd.VirtualAddress), int(dd.Size)
+}
+
+// TestBuildIsReproducible builds twice from the same inputs and epoch. The
+// only bytes allowed to differ are inside the PKCS#7 signatures: go-uefi
+// stamps each signature with the signing time (docs: images/README.md).
+func TestBuildIsReproducible(t *testing.T) {
+	f := newFixture(t)
+
+	a, err := f.build(t, filepath.Join(f.root, "a"), true)
+	require.NoError(t, err)
+	b, err := f.build(t, filepath.Join(f.root, "b"), true)
+	require.NoError(t, err)
+
+	ukiA, err := os.ReadFile(filepath.Join(a.Dir, "edge.efi"))
+	require.NoError(t, err)
+	ukiB, err := os.ReadFile(filepath.Join(b.Dir, "edge.efi"))
+	require.NoError(t, err)
+	require.Equal(t, len(ukiA), len(ukiB))
+
+	off, size := signatureRange(t, ukiA)
+	require.Equal(t, ukiA[:off], ukiB[:off], "UKI differs outside its signature")
+	require.Equal(t, ukiA[off+size:], ukiB[off+size:], "UKI differs after its signature")
+
+	diskA, err := os.ReadFile(filepath.Join(a.Dir, "disk.raw"))
+	require.NoError(t, err)
+	diskB, err := os.ReadFile(filepath.Join(b.Dir, "disk.raw"))
+	require.NoError(t, err)
+	require.Equal(t, len(diskA), len(diskB))
+
+	// Signature blobs of disk A's signed files (the UKI and systemd-boot).
+	var allowed [][2]int
+
+	for _, blob := range signatureBlobs(t, diskA, ukiA) {
+		i := bytes.Index(diskA, blob)
+		require.GreaterOrEqual(t, i, 0)
+		allowed = append(allowed, [2]int{i, i + len(blob)})
+	}
+
+	differing := 0
+
+	for i := range diskA {
+		if diskA[i] == diskB[i] {
+			continue
+		}
+
+		differing++
+		inside := false
+
+		for _, r := range allowed {
+			if i >= r[0] && i < r[1] {
+				inside = true
+			}
+		}
+
+		require.True(t, inside, "disk images differ at byte %d, outside any signature", i)
+	}
+
+	t.Logf("disk images differ in %d bytes, all inside PKCS#7 signatures", differing)
+}
+
+// signatureBlobs returns the certificate tables of the UKI and of the signed
+// systemd-boot found on the disk (located by its PE header).
+func signatureBlobs(t *testing.T, disk, uki []byte) [][]byte {
+	off, size := signatureRange(t, uki)
+	blobs := [][]byte{uki[off : off+size]}
+
+	sdboot, err := os.ReadFile(filepath.Join(labAssets(t), "systemd-boot.efi"))
+	require.NoError(t, err)
+
+	// The signed systemd-boot is the unsigned one plus a certificate table
+	// (and a changed data directory); find it by its unchanged code.
+	i := bytes.Index(disk, sdboot[4096:8192])
+	require.GreaterOrEqual(t, i, 0, "signed systemd-boot not found on the disk")
+
+	start := i - 4096
+	signed := disk[start : start+len(sdboot)+16384]
+	f, err := pe.NewFile(bytes.NewReader(signed))
+	require.NoError(t, err)
+
+	dd := f.OptionalHeader.(*pe.OptionalHeader64).DataDirectory[pe.IMAGE_DIRECTORY_ENTRY_SECURITY]
+	blobs = append(blobs, signed[dd.VirtualAddress:dd.VirtualAddress+dd.Size])
+
+	return blobs
+}
+
+func TestDigestMismatchKeepsPreviousOutputs(t *testing.T) {
+	f := newFixture(t)
+	out := filepath.Join(f.root, "_out")
+
+	res, err := f.build(t, out, false)
+	require.NoError(t, err)
+
+	before, err := os.ReadFile(filepath.Join(res.Dir, record.FileName))
+	require.NoError(t, err)
+
+	f.def.Base.Digest = "sha256:" + string(bytes.Repeat([]byte("0"), 64))
+	_, err = f.build(t, out, true)
+	require.Error(t, err)
+	require.True(t, errors.Is(err, base.ErrDigestMismatch), "got %v", err)
+	require.Contains(t, err.Error(), "update base.digest")
+
+	after, err := os.ReadFile(filepath.Join(res.Dir, record.FileName))
+	require.NoError(t, err)
+	require.Equal(t, before, after, "previous outputs changed by a failed build")
+}
+
+func TestMissingKeysNamesTheFix(t *testing.T) {
+	f := newFixture(t)
+	require.NoError(t, os.Remove(filepath.Join(f.keys, keys.PCRSigningKeyFile)))
+
+	_, err := f.build(t, filepath.Join(f.root, "_out"), false)
+	require.Error(t, err)
+	require.Contains(t, err.Error(), keys.PCRSigningKeyFile)
+	require.Contains(t, err.Error(), "imagectl keys generate")
+}

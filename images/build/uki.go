@@ -1,0 +1,192 @@
+package build
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+
+	"github.com/siderolabs/talos/pkg/imager"
+	"github.com/siderolabs/talos/pkg/imager/profile"
+	"github.com/siderolabs/talos/pkg/machinery/meta"
+	"github.com/siderolabs/talos/pkg/reporter"
+
+	"github.com/labfleet/labfleet/images/base"
+)
+
+// imagerMu serialises imager runs: the imager reads SOURCE_DATE_EPOCH from the
+// environment and writes its progress to os.Stderr, both process-wide.
+var imagerMu sync.Mutex
+
+// profileVersion is the version the imager stamps into .osrel. It starts with
+// the Talos version so the imager applies that generation's rules (its quirks
+// look only at major.minor.patch), and carries the image version after it so
+// systemd-boot orders our boot entries by image version.
+func (b *builder) profileVersion() string {
+	return b.def.TalosVersion + "-" + b.def.Version
+}
+
+// KernelArgs are the arguments every labfleet image carries besides the
+// schematic's: the image identity, so a node (labos) can report it.
+func (b *builder) kernelArgs() []string {
+	args := append([]string{}, b.def.Schematic.Customization.ExtraKernelArgs...)
+
+	return append(args, "labos.version="+b.def.Version, "labos.name="+b.def.Name)
+}
+
+func (b *builder) buildUKI(ctx context.Context) error {
+	secureBoot := true
+	dir := filepath.Join(b.base.Files[base.Kernel].Path, "..")
+
+	prof := profile.Profile{
+		Arch:       base.Arch,
+		Platform:   "metal",
+		SecureBoot: &secureBoot,
+		Name:       b.def.Name,
+		Version:    b.profileVersion(),
+		Customization: profile.CustomizationProfile{
+			ExtraKernelArgs:              b.kernelArgs(),
+			EmbeddedMachineConfiguration: string(b.baked.MachineConfig),
+		},
+		Input: profile.Input{
+			Kernel:    profile.FileAsset{Path: filepath.Join(dir, base.Kernel)},
+			Initramfs: profile.FileAsset{Path: filepath.Join(dir, base.Initramfs)},
+			SDStub:    profile.FileAsset{Path: filepath.Join(dir, base.SDStub)},
+			SDBoot:    profile.FileAsset{Path: filepath.Join(dir, base.SDBoot)},
+			SecureBoot: &profile.SecureBootAssets{
+				SecureBootSigner: profile.SigningKeyAndCertificate{KeyPath: b.keys.UKISigningKey, CertPath: b.keys.UKISigningCert},
+				PCRSigner:        profile.SigningKey{KeyPath: b.keys.PCRSigningKey},
+			},
+		},
+		Output: profile.Output{Kind: profile.OutKindUKI, OutFormat: profile.OutFormatRaw},
+	}
+
+	for _, m := range b.def.Schematic.Customization.Meta {
+		prof.Customization.MetaContents = append(prof.Customization.MetaContents, meta.Value{Key: m.Key, Value: m.Value})
+	}
+
+	outDir := filepath.Join(b.work, "imager-out")
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return fmt.Errorf("creating imager output dir: %w", err)
+	}
+
+	out, err := b.runImager(ctx, prof, outDir)
+	if err != nil {
+		return err
+	}
+
+	b.uki = filepath.Join(b.stage, b.def.Name+".efi")
+	if err := os.Rename(out, b.uki); err != nil {
+		if err := copyFile(out, b.uki); err != nil {
+			return err
+		}
+	}
+
+	if b.cmdline, err = readCmdline(b.uki); err != nil {
+		return err
+	}
+
+	b.rec.Cmdline = b.cmdline
+
+	return b.addOutput("uki", b.uki, "")
+}
+
+func (b *builder) runImager(ctx context.Context, prof profile.Profile, outDir string) (string, error) {
+	imagerMu.Lock()
+	defer imagerMu.Unlock()
+
+	restoreEnv := setenv("SOURCE_DATE_EPOCH", strconv.FormatInt(b.epoch, 10))
+	defer restoreEnv()
+
+	shims, err := writeShims(filepath.Join(b.work, "shims"))
+	if err != nil {
+		return "", err
+	}
+
+	path := shims + string(os.PathListSeparator) + os.Getenv("PATH")
+	if b.opts.ToolsPath != "" {
+		path = b.opts.ToolsPath + string(os.PathListSeparator) + path
+	}
+
+	defer setenv("PATH", path)()
+
+	restoreStderr, err := redirectStderr(b.opts.ImagerLog)
+	if err != nil {
+		return "", err
+	}
+	defer restoreStderr()
+
+	img, err := imager.New(prof)
+	if err != nil {
+		return "", fmt.Errorf("creating imager: %w", err)
+	}
+
+	out, err := img.Execute(ctx, outDir, reporter.New(reporter.WithOutputMode(reporter.OutputModePlain)))
+	if err != nil {
+		return "", fmt.Errorf("talos imager: %w", err)
+	}
+
+	return out, nil
+}
+
+func setenv(k, v string) func() {
+	old, had := os.LookupEnv(k)
+	os.Setenv(k, v) //nolint:errcheck
+
+	return func() {
+		if had {
+			os.Setenv(k, old) //nolint:errcheck
+		} else {
+			os.Unsetenv(k) //nolint:errcheck
+		}
+	}
+}
+
+// redirectStderr sends os.Stderr to w until the returned func is called: the
+// imager library prints its profile and progress there unconditionally.
+func redirectStderr(w io.Writer) (func(), error) {
+	r, pw, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("capturing imager output: %w", err)
+	}
+
+	old := os.Stderr
+	os.Stderr = pw
+	done := make(chan struct{})
+
+	go func() {
+		io.Copy(w, r) //nolint:errcheck
+		close(done)
+	}()
+
+	return func() {
+		os.Stderr = old
+		pw.Close() //nolint:errcheck
+		<-done
+		r.Close() //nolint:errcheck
+	}, nil
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("copying %s: %w", src, err)
+	}
+	defer in.Close() //nolint:errcheck
+
+	out, err := os.Create(dst)
+	if err != nil {
+		return fmt.Errorf("copying to %s: %w", dst, err)
+	}
+
+	if _, err = io.Copy(out, in); err != nil {
+		out.Close() //nolint:errcheck
+
+		return fmt.Errorf("copying to %s: %w", dst, err)
+	}
+
+	return out.Close()
+}
