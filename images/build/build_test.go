@@ -105,8 +105,8 @@ func talosLayoutImage(t *testing.T, assets string, initramfs []byte) v1.Image {
 
 type fixture struct {
 	root, keys, ref, assets string
-	digest          v1.Hash
-	def             *spec.Definition
+	digest                  v1.Hash
+	def                     *spec.Definition
 }
 
 func newFixture(t *testing.T) *fixture {
