@@ -60,6 +60,10 @@ var allFiles = []string{
 	SecretsFile, TalosconfigFile,
 }
 
+// ownerFiles may be absent as a group: Talos's `talosctl gen secureboot`
+// signs PK/KEK/db with the UKI key and keeps no separate owner keys.
+var ownerFiles = map[string]bool{PKKeyFile: true, PKCertFile: true, KEKKeyFile: true, KEKCertFile: true}
+
 // ErrExists is returned by Generate when the directory already holds keys
 // and GenerateOptions.Force is not set.
 var ErrExists = errors.New("keys already exist")
@@ -76,10 +80,12 @@ type Set struct {
 	UKISigningCert string `json:"ukiSigningCert"`
 	PCRSigningKey  string `json:"pcrSigningKey"`
 
-	PKKey   string `json:"pkKey"`
-	PKCert  string `json:"pkCert"`
-	KEKKey  string `json:"kekKey"`
-	KEKCert string `json:"kekCert"`
+	// PKKey, PKCert, KEKKey and KEKCert are empty for a Talos-made set,
+	// which has no separate owner keys.
+	PKKey   string `json:"pkKey,omitempty"`
+	PKCert  string `json:"pkCert,omitempty"`
+	KEKKey  string `json:"kekKey,omitempty"`
+	KEKCert string `json:"kekCert,omitempty"`
 
 	// PKAuth, KEKAuth and DBAuth are the signed EFI variable updates that
 	// go to loader/keys/auto/ on the ESP.

@@ -397,6 +397,32 @@ func TestLoadErrors(t *testing.T) {
 			message: "does not belong to uki-signing-key.pem",
 		},
 		{
+			name: "PK cert that PK.auth does not enroll",
+			mutate: func(t *testing.T, dir string) {
+				copyFile(t, dir, KEKCertFile, PKCertFile)
+				copyFile(t, dir, KEKKeyFile, PKKeyFile)
+			},
+			file:    PKCertFile,
+			message: "is not the PK that PK.auth enrolls",
+		},
+		{
+			name:    "owner keys partly missing",
+			mutate:  func(t *testing.T, dir string) { require.NoError(t, os.Remove(filepath.Join(dir, KEKKeyFile))) },
+			file:    KEKKeyFile,
+			message: "missing",
+		},
+		{
+			name: "db.auth re-signed by the PK instead of a KEK",
+			mutate: func(t *testing.T, dir string) {
+				pk := keyPair{key: readKey(t, filepath.Join(dir, PKKeyFile)), cert: readCert(t, filepath.Join(dir, PKCertFile))}
+				b, err := signedVariable(efivar.Db, readCert(t, filepath.Join(dir, UKISigningCertFile)), pk)
+				require.NoError(t, err)
+				write(t, dir, DBAuthFile, b)
+			},
+			file:    DBAuthFile,
+			message: "is not signed by a KEK that KEK.auth enrolls",
+		},
+		{
 			name:    "not PEM",
 			mutate:  func(t *testing.T, dir string) { write(t, dir, KEKKeyFile, []byte("hello")) },
 			file:    KEKKeyFile,
@@ -406,7 +432,7 @@ func TestLoadErrors(t *testing.T) {
 			name:    "db.auth replaced by KEK.auth",
 			mutate:  func(t *testing.T, dir string) { copyFile(t, dir, KEKAuthFile, DBAuthFile) },
 			file:    DBAuthFile,
-			message: "does not list uki-signing-cert.pem",
+			message: "does not enroll uki-signing-cert.pem",
 		},
 		{
 			name: "db.auth payload tampered",
@@ -429,7 +455,7 @@ func TestLoadErrors(t *testing.T) {
 				write(t, dir, KEKAuthFile, data)
 			},
 			file:    KEKAuthFile,
-			message: "is not validly signed by pk-cert.pem: signature does not cover this KEK payload",
+			message: "is not signed by the PK that PK.auth enrolls (CN=fixture PK): signature does not cover this KEK payload",
 		},
 		{
 			name:    "PK.auth truncated",
@@ -503,3 +529,27 @@ func TestPEMRoundTrip(t *testing.T) {
 func nowForTest() time.Time { return time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) }
 
 func decodeB64(s string) ([]byte, error) { return base64.StdEncoding.DecodeString(s) }
+
+// A folder made by Talos (talosctl gen secureboot) has no owner keys and
+// signs PK, KEK and db with the UKI key; it must load unchanged.
+func TestLoadTalosStyleFolder(t *testing.T) {
+	dir := copySet(t)
+
+	for name := range ownerFiles {
+		require.NoError(t, os.Remove(filepath.Join(dir, name)))
+	}
+
+	uki := keyPair{key: readKey(t, filepath.Join(dir, UKISigningKeyFile)), cert: readCert(t, filepath.Join(dir, UKISigningCertFile))}
+
+	for name, v := range map[string]efivar.Efivar{PKAuthFile: efivar.PK, KEKAuthFile: efivar.KEK, DBAuthFile: efivar.Db} {
+		b, err := signedVariable(v, uki.cert, uki)
+		require.NoError(t, err)
+		write(t, dir, name, b)
+	}
+
+	s, err := Load(dir)
+	require.NoError(t, err)
+	assert.Empty(t, s.PKKey)
+	assert.Empty(t, s.KEKCert)
+	assert.Equal(t, filepath.Join(dir, DBAuthFile), s.DBAuth)
+}

@@ -39,11 +39,14 @@ func (e *invalid) Unwrap() error { return ErrInvalid }
 
 // Load validates the keys directory dir and returns its paths.
 //
-// It checks that every file exists and parses, that the UKI certificate
+// It checks that every file exists and parses, that each certificate
 // matches its key, key types and sizes (UKI RSA >= 2048 bits, PCR RSA
-// exactly 2048), and the Secure Boot chain: PK.auth is PK signed by PK,
-// KEK.auth is KEK signed by PK, db.auth lists the UKI certificate and is
-// signed by KEK.
+// exactly 2048), and the Secure Boot chain as firmware will walk it: PK.auth
+// is signed by the PK it enrolls, KEK.auth by that PK, db.auth by a KEK that
+// KEK.auth enrolls, and db.auth enrolls the UKI certificate. The owner keys
+// (pk-*.pem, kek-*.pem) may be absent together, as in a Talos-made folder
+// whose .auth files are all signed by the UKI key; when present they must be
+// the PK and KEK the .auth files enroll.
 //
 // PKCS#8 keys are accepted: the directory is left untouched and a PKCS#1
 // copy (what Talos's imager reads) is written, mode 0600, into a private
@@ -63,12 +66,22 @@ func Load(dir string) (*Set, error) {
 		return nil, bad("", "is not a directory")
 	}
 
-	var missing []string
+	var missing, missingOwners []string
 
 	for _, name := range allFiles {
 		if _, err := os.Stat(filepath.Join(dir, name)); errors.Is(err, fs.ErrNotExist) {
-			missing = append(missing, name)
+			if ownerFiles[name] {
+				missingOwners = append(missingOwners, name)
+			} else {
+				missing = append(missing, name)
+			}
 		}
+	}
+
+	// Owner keys are all there (labfleet) or all absent (Talos); a partial
+	// group means something was lost.
+	if len(missingOwners) > 0 && len(missingOwners) < len(ownerFiles) {
+		missing = append(missing, missingOwners...)
 	}
 
 	if len(missing) > 0 {
@@ -76,6 +89,11 @@ func Load(dir string) (*Set, error) {
 	}
 
 	s := newSet(dir)
+	haveOwners := len(missingOwners) == 0
+
+	if !haveOwners {
+		s.PKKey, s.PKCert, s.KEKKey, s.KEKCert = "", "", "", ""
+	}
 
 	// readKey parses a private key and points *path at a PKCS#1 file.
 	readKey := func(name string, path *string) (*rsa.PrivateKey, error) {
@@ -158,46 +176,8 @@ func Load(dir string) (*Set, error) {
 			bits, PCRSigningKeyBits)
 	}
 
-	_, pkCert, err := pair(PKKeyFile, &s.PKKey, PKCertFile, s.PKCert)
-	if err != nil {
+	if err := checkChain(dir, s, ukiCert, haveOwners, pair, bad); err != nil {
 		return nil, err
-	}
-
-	_, kekCert, err := pair(KEKKeyFile, &s.KEKKey, KEKCertFile, s.KEKCert)
-	if err != nil {
-		return nil, err
-	}
-
-	for _, c := range []struct {
-		name     string
-		path     string
-		v        efivar.Efivar
-		holds    *x509.Certificate
-		holdsWho string
-		signer   *x509.Certificate
-		signWho  string
-	}{
-		{PKAuthFile, s.PKAuth, efivar.PK, pkCert, PKCertFile, pkCert, PKCertFile},
-		{KEKAuthFile, s.KEKAuth, efivar.KEK, kekCert, KEKCertFile, pkCert, PKCertFile},
-		{DBAuthFile, s.DBAuth, efivar.Db, ukiCert, UKISigningCertFile, kekCert, KEKCertFile},
-	} {
-		data, err := os.ReadFile(c.path)
-		if err != nil {
-			return nil, err
-		}
-
-		av, err := ParseAuthVar(data)
-		if err != nil {
-			return nil, bad(c.name, "is not a signed EFI variable: %v", err)
-		}
-
-		if !av.Contains(c.holds) {
-			return nil, bad(c.name, "does not list %s", c.holdsWho)
-		}
-
-		if err := av.Verify(c.v, c.signer); err != nil {
-			return nil, bad(c.name, "is not validly signed by %s: %v", c.signWho, err)
-		}
 	}
 
 	bundle, err := secrets.LoadBundle(s.Secrets)
@@ -269,4 +249,105 @@ func writePKCS1Copy(name string, source []byte, k *rsa.PrivateKey) (string, erro
 	}
 
 	return path, nil
+}
+
+// checkChain follows the Secure Boot chain through the .auth files
+// themselves: PK.auth is signed by the PK it enrolls, KEK.auth by that PK,
+// db.auth by a KEK from KEK.auth and enrolls the UKI certificate. With owner
+// keys present, they must be the PK and KEK the files enroll.
+func checkChain(dir string, s *Set, ukiCert *x509.Certificate, haveOwners bool,
+	pair func(string, *string, string, string) (*rsa.PrivateKey, *x509.Certificate, error),
+	bad func(string, string, ...any) error,
+) error {
+	read := func(name, path string) (*AuthVar, error) {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, err
+		}
+
+		av, err := ParseAuthVar(data)
+		if err != nil {
+			return nil, bad(name, "is not a signed EFI variable: %v", err)
+		}
+
+		if len(av.Certs) == 0 {
+			return nil, bad(name, "enrolls no X.509 certificate")
+		}
+
+		return av, nil
+	}
+
+	// signedByOneOf returns the first of certs that signed av as variable v.
+	signedByOneOf := func(av *AuthVar, v efivar.Efivar, certs []*x509.Certificate) (*x509.Certificate, error) {
+		var firstErr error
+
+		for _, c := range certs {
+			err := av.Verify(v, c)
+			if err == nil {
+				return c, nil
+			}
+
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+
+		return nil, firstErr
+	}
+
+	pkAV, err := read(PKAuthFile, s.PKAuth)
+	if err != nil {
+		return err
+	}
+
+	kekAV, err := read(KEKAuthFile, s.KEKAuth)
+	if err != nil {
+		return err
+	}
+
+	dbAV, err := read(DBAuthFile, s.DBAuth)
+	if err != nil {
+		return err
+	}
+
+	pk, err := signedByOneOf(pkAV, efivar.PK, pkAV.Certs)
+	if err != nil {
+		return bad(PKAuthFile, "is not signed by the PK it enrolls: %v", err)
+	}
+
+	if _, err := signedByOneOf(kekAV, efivar.KEK, []*x509.Certificate{pk}); err != nil {
+		return bad(KEKAuthFile, "is not signed by the PK that PK.auth enrolls (%s): %v", pk.Subject, err)
+	}
+
+	if !dbAV.Contains(ukiCert) {
+		return bad(DBAuthFile, "does not enroll %s, so firmware would refuse the images it signs", UKISigningCertFile)
+	}
+
+	if _, err := signedByOneOf(dbAV, efivar.Db, kekAV.Certs); err != nil {
+		return bad(DBAuthFile, "is not signed by a KEK that KEK.auth enrolls: %v", err)
+	}
+
+	if !haveOwners {
+		return nil
+	}
+
+	_, pkCert, err := pair(PKKeyFile, &s.PKKey, PKCertFile, s.PKCert)
+	if err != nil {
+		return err
+	}
+
+	if !pkCert.Equal(pk) {
+		return bad(PKCertFile, "is not the PK that PK.auth enrolls")
+	}
+
+	_, kekCert, err := pair(KEKKeyFile, &s.KEKKey, KEKCertFile, s.KEKCert)
+	if err != nil {
+		return err
+	}
+
+	if !kekAV.Contains(kekCert) {
+		return bad(KEKCertFile, "is not a KEK that KEK.auth enrolls")
+	}
+
+	return nil
 }
