@@ -1,0 +1,41 @@
+// Package sysinit does the PID 1 chores: mounts, console, kernel modules,
+// the kernel command line, partitions by GPT name, the virtio NIC, and
+// reboot/power off.
+package sysinit
+
+import (
+	"os"
+	"strings"
+)
+
+// Kernel command line parameters labos reads.
+const (
+	ParamVersion = "labos.version" // image version (the builder sets it; the UKI's .osrel is not visible to the initrd)
+	ParamName    = "labos.name"    // image name, the boot entry prefix (NAME-VERSION.efi)
+	ParamInject  = "labos.inject"  // test injection: "health-fail"
+)
+
+// Cmdline is the parsed kernel command line (last value wins, as the kernel's own parsing does).
+type Cmdline map[string]string
+
+// ParseCmdline splits a command line into key=value pairs (flags get "").
+func ParseCmdline(s string) Cmdline {
+	c := Cmdline{}
+
+	for _, f := range strings.Fields(s) {
+		k, v, _ := strings.Cut(f, "=")
+		c[k] = strings.Trim(v, `"`)
+	}
+
+	return c
+}
+
+// ReadCmdline reads /proc/cmdline.
+func ReadCmdline() (Cmdline, error) {
+	b, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return nil, err
+	}
+
+	return ParseCmdline(string(b)), nil
+}
