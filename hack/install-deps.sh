@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Install what labfleet needs on a Debian 12 machine, idempotently:
+# Debian packages (apt, --no-install-recommends), the pinned lab assets
+# (trixie kernel + systemd-boot 257, hack/lab-assets.lock) and host tools
+# (trixie mksquashfs, hack/host-tools.lock). Nothing is downloaded from
+# anywhere but Debian's mirror and the Go module proxy.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "${HERE}/.." && pwd)"
+
+PACKAGES=(
+	qemu-system-x86 qemu-utils ovmf        # the lab's emulated hardware and UEFI firmware
+	swtpm swtpm-tools                       # software TPM 2.0 for the lab VMs
+	sbsigntool efitools                     # sbverify and EFI signature tools (checks, baseline bench)
+	cryptsetup-bin e2fsprogs                # LUKS2 and ext4 tools copied into labos's initramfs
+	mtools dosfstools                       # FAT inspection in tests
+	squashfs-tools xorriso cpio zstd xz-utils  # used by Talos's imager
+	binutils                                # objcopy: the baseline UKI assembly in make bench
+	tpm2-tools socat time                   # debugging, /usr/bin/time for peak RSS in benches
+	ca-certificates git make
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+	dpkg-query -W -f='${Status}' "${p}" 2>/dev/null | grep -q "install ok installed" || missing+=("${p}")
+done
+
+if ((${#missing[@]} > 0)); then
+	echo "install-deps: installing ${missing[*]}" >&2
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+	echo "install-deps: Debian packages present" >&2
+fi
+
+command -v go >/dev/null || { echo "install-deps: Go 1.26 is required (go not on PATH)" >&2; exit 1; }
+
+bash "${HERE}/fetch-lab-assets.sh"
+bash "${HERE}/fetch-host-tools.sh"
+
+(cd "${REPO}" && go mod download)
+echo "install-deps: done" >&2

@@ -1,0 +1,76 @@
+package spec_test
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/labfleet/labfleet/images/spec"
+)
+
+func TestShippedDefinitionsValidate(t *testing.T) {
+	files, err := filepath.Glob("../*.yaml")
+	require.NoError(t, err)
+	require.NotEmpty(t, files)
+
+	for _, f := range files {
+		d, err := spec.Load(f)
+		require.NoError(t, err, f)
+
+		id, err := d.SchematicID()
+		require.NoError(t, err)
+		require.Len(t, id, 64)
+	}
+}
+
+func TestEmptySchematicIDMatchesImageFactory(t *testing.T) {
+	d, err := spec.Parse("x.yaml", []byte("name: x\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l}\n"))
+	require.NoError(t, err)
+
+	id, err := d.SchematicID()
+	require.NoError(t, err)
+	// The ID image-factory reports for the empty schematic.
+	require.Equal(t, "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba", id)
+}
+
+func TestValidationNamesFileAndField(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml, want string
+	}{
+		{"bad name", "name: Lab_1\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l}\n", "bad.yaml: name:"},
+		{"plus in version", "name: lab\nversion: 1.0.0+3\ntalosVersion: v1.14.1\nbase: {layout: l}\n", "boot counter"},
+		{"no base", "name: lab\nversion: 1.0.0\ntalosVersion: v1.14.1\n", "bad.yaml: base:"},
+		{"both bases", "name: lab\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l, image: i}\n", "exclusive"},
+		{"bad digest", "name: lab\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l, digest: abc}\n", "base.digest"},
+		{"unknown output", "name: lab\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l}\noutputs: [uki, iso]\n", "outputs[1]: \"iso\" is unknown"},
+		{"disk without uki", "name: lab\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l}\noutputs: [disk]\n", "add \"uki\""},
+		{"unknown field", "name: lab\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l}\ncolour: red\n", "field colour not found"},
+		{"small esp", "name: lab\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l}\ndisk: {espMiB: 8}\n", "disk.espMiB"},
+		{"talos version", "name: lab\nversion: 1.0.0\ntalosVersion: 1.14\nbase: {layout: l}\n", "talosVersion"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := spec.Parse("bad.yaml", []byte(tc.yaml))
+			require.Error(t, err)
+			require.Contains(t, err.Error(), tc.want)
+		})
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := spec.Load(filepath.Join(t.TempDir(), "nope.yaml"))
+	require.Error(t, err)
+	require.True(t, os.IsNotExist(errorsUnwrapAll(err)))
+}
+
+func errorsUnwrapAll(err error) error {
+	for {
+		u, ok := err.(interface{ Unwrap() error })
+		if !ok {
+			return err
+		}
+
+		err = u.Unwrap()
+	}
+}
