@@ -1,0 +1,83 @@
+// Package driver is how the engine talks to nodes. The same small interface
+// is implemented over the Talos machine API (package driver/talos, for real
+// Talos and labos nodes) and by the simulator (package sim).
+package driver
+
+import (
+	"context"
+	"errors"
+	"sort"
+)
+
+// ErrInProgress is returned by Upgrade when the node is already executing an
+// upgrade (for instance one requested before a crash): the engine then
+// treats the upgrade as accepted instead of asking again.
+var ErrInProgress = errors.New("upgrade already in progress on node")
+
+// Target identifies the node to open.
+type Target struct {
+	Cluster     string // cluster name from the inventory
+	Node        string // node name within the cluster
+	Endpoint    string // host[:port] of the machine API
+	Role        string // controlplane or worker
+	Talosconfig string // client configuration (mTLS credentials) for the cluster
+}
+
+// Service is one service and its health as the node reports it.
+type Service struct {
+	ID      string `json:"id"`
+	State   string `json:"state"`
+	Healthy bool   `json:"healthy"`
+	Message string `json:"message,omitempty"`
+}
+
+// Health is a node's service list.
+type Health struct {
+	Services []Service `json:"services"`
+}
+
+// Healthy reports whether the node reported services and all of them are healthy.
+func (h Health) Healthy() bool {
+	return len(h.Services) > 0 && len(h.Unhealthy()) == 0
+}
+
+// Unhealthy names the services that are not healthy, sorted.
+func (h Health) Unhealthy() []string {
+	var bad []string
+
+	for _, s := range h.Services {
+		if !s.Healthy {
+			bad = append(bad, s.ID)
+		}
+	}
+
+	sort.Strings(bad)
+
+	return bad
+}
+
+// Node is an open connection to one node.
+type Node interface {
+	// Version is the version tag the node runs now.
+	Version(ctx context.Context) (string, error)
+	// Upgrade asks the node to install image and reboot into it. It returns once
+	// the node accepted the request (ErrInProgress if it is already upgrading).
+	Upgrade(ctx context.Context, image string) error
+	// Rollback asks the node to boot its previous image again.
+	Rollback(ctx context.Context) error
+	// Health lists the node's services with their health.
+	Health(ctx context.Context) (Health, error)
+	// Close releases the connection.
+	Close() error
+}
+
+// Factory opens nodes.
+type Factory interface {
+	Open(ctx context.Context, t Target) (Node, error)
+}
+
+// FactoryFunc adapts a function to Factory.
+type FactoryFunc func(ctx context.Context, t Target) (Node, error)
+
+// Open calls f.
+func (f FactoryFunc) Open(ctx context.Context, t Target) (Node, error) { return f(ctx, t) }

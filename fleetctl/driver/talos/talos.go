@@ -1,0 +1,153 @@
+// Package talos drives nodes through the Talos machine API with machinery's
+// client and mTLS credentials from a talosconfig. It works against real Talos
+// nodes, labos nodes and the simulator's API server alike.
+package talos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
+	"github.com/siderolabs/talos/pkg/machinery/client"
+	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/labfleet/labfleet/fleetctl/driver"
+)
+
+// Factory opens machine API clients; talosconfig files are read once and cached.
+type Factory struct {
+	mu      sync.Mutex
+	configs map[string]*clientconfig.Config
+}
+
+// NewFactory returns a Factory.
+func NewFactory() *Factory {
+	return &Factory{configs: map[string]*clientconfig.Config{}}
+}
+
+func (f *Factory) config(path string) (*clientconfig.Config, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	if c, ok := f.configs[path]; ok {
+		return c, nil
+	}
+
+	c, err := clientconfig.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading talosconfig %s: %w", path, err)
+	}
+
+	if c.Context == "" || c.Contexts[c.Context] == nil {
+		return nil, fmt.Errorf("talosconfig %s has no current context", path)
+	}
+
+	f.configs[path] = c
+
+	return c, nil
+}
+
+// Open connects to the node's endpoint with the cluster's credentials.
+// The connection is lazy: errors reaching the node surface on the first call.
+func (f *Factory) Open(ctx context.Context, t driver.Target) (driver.Node, error) {
+	if t.Talosconfig == "" {
+		return nil, fmt.Errorf("cluster %q has no talosconfig in the inventory", t.Cluster)
+	}
+
+	cfg, err := f.config(t.Talosconfig)
+	if err != nil {
+		return nil, err
+	}
+
+	c, err := client.New(ctx, client.WithConfig(cfg), client.WithEndpoints(t.Endpoint))
+	if err != nil {
+		return nil, fmt.Errorf("connecting to %s: %w", t.Endpoint, err)
+	}
+
+	return &node{c: c}, nil
+}
+
+type node struct {
+	c *client.Client
+}
+
+func (n *node) Version(ctx context.Context) (string, error) {
+	resp, err := n.c.Version(ctx)
+	if err != nil {
+		return "", fmt.Errorf("querying version: %w", err)
+	}
+
+	for _, m := range resp.GetMessages() {
+		if tag := m.GetVersion().GetTag(); tag != "" {
+			return tag, nil
+		}
+	}
+
+	return "", errors.New("querying version: node reported no version tag")
+}
+
+func (n *node) Upgrade(ctx context.Context, image string) error {
+	resp, err := n.c.MachineClient.Upgrade(ctx, &machineapi.UpgradeRequest{Image: image})
+	if err == nil {
+		_, err = client.FilterMessages(resp, err)
+	}
+
+	if err != nil {
+		if inProgress(err) {
+			return driver.ErrInProgress
+		}
+
+		return fmt.Errorf("requesting upgrade: %w", err)
+	}
+
+	return nil
+}
+
+// inProgress recognises "already upgrading": the simulator and labos answer
+// FailedPrecondition; Talos reports its sequence lock as a "locked" error.
+func inProgress(err error) bool {
+	if s, ok := status.FromError(err); ok && s.Code() == codes.FailedPrecondition {
+		return true
+	}
+
+	msg := strings.ToLower(err.Error())
+
+	return strings.Contains(msg, "in progress") || strings.Contains(msg, "locked")
+}
+
+func (n *node) Rollback(ctx context.Context) error {
+	if err := n.c.Rollback(ctx); err != nil {
+		return fmt.Errorf("requesting rollback: %w", err)
+	}
+
+	return nil
+}
+
+func (n *node) Health(ctx context.Context) (driver.Health, error) {
+	resp, err := n.c.ServiceList(ctx)
+	if err != nil {
+		return driver.Health{}, fmt.Errorf("listing services: %w", err)
+	}
+
+	var h driver.Health
+
+	for _, m := range resp.GetMessages() {
+		for _, s := range m.GetServices() {
+			h.Services = append(h.Services, driver.Service{
+				ID:      s.GetId(),
+				State:   s.GetState(),
+				Healthy: s.GetHealth().GetHealthy(),
+				Message: s.GetHealth().GetLastMessage(),
+			})
+		}
+	}
+
+	return h, nil
+}
+
+func (n *node) Close() error { return n.c.Close() }

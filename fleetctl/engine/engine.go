@@ -1,0 +1,309 @@
+// Package engine executes rollouts: waves in order, clusters in parallel up
+// to the wave's concurrency, nodes of a cluster one control plane node at a
+// time (workers up to maxUnavailable), inside each site's maintenance
+// windows, under regional and bandwidth caps, each node through a health
+// gate, with failure budgets that halt the rollout and automatic rollback.
+//
+// Every node transition is committed to the store before the node is asked
+// to act and again after, so Resume after a crash (kill -9 included) knows
+// which nodes may have been touched and asks them their version instead of
+// upgrading them again.
+package engine
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/labfleet/labfleet/fleetctl/driver"
+	"github.com/labfleet/labfleet/fleetctl/inventory"
+	"github.com/labfleet/labfleet/fleetctl/plan"
+	"github.com/labfleet/labfleet/fleetctl/store"
+)
+
+// Sentinel errors callers branch on (the CLI maps them to exit codes).
+var (
+	// ErrHalted: a failure budget was spent; the rollout stopped by itself.
+	ErrHalted = errors.New("rollout halted: failure budget spent")
+	// ErrPaused: an operator paused the rollout; Resume continues it.
+	ErrPaused = errors.New("rollout paused")
+	// ErrAborted: an operator aborted the rollout.
+	ErrAborted = errors.New("rollout aborted")
+	// ErrInterrupted: the process was asked to stop (signal); Resume continues.
+	ErrInterrupted = errors.New("rollout interrupted")
+)
+
+// Clock lets tests run maintenance windows and gates on simulated time.
+type Clock interface {
+	Now() time.Time
+	Sleep(ctx context.Context, d time.Duration) error
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+
+func (realClock) Sleep(ctx context.Context, d time.Duration) error {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+
+	select {
+	case <-tm.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Options configure Run and Resume.
+type Options struct {
+	// Inventory and Plan define a new rollout (Run only).
+	Inventory *inventory.Inventory
+	Plan      *plan.Plan
+	// Store persists the rollout (required).
+	Store *store.Store
+	// Driver opens nodes (required).
+	Driver driver.Factory
+	// DriverName is recorded with the rollout ("talos", "sim"); "sim" marks output SIMULATED.
+	DriverName string
+	// Logger receives progress; nil discards.
+	Logger *slog.Logger
+	// Actor is who acts, for the audit log (default user@host).
+	Actor string
+	// Clock defaults to the wall clock.
+	Clock Clock
+	// ControlPoll is how often pause/abort requests are read from the store (default 250ms).
+	ControlPoll time.Duration
+	// CallTimeout bounds each node API call (default 30s).
+	CallTimeout time.Duration
+	// Force takes over a rollout whose lease another live process holds.
+	Force bool
+	// OnResumed is called once state is loaded and the lease taken (resume latency measurements).
+	OnResumed func()
+}
+
+func (o *Options) defaults() {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+
+	if o.Actor == "" {
+		o.Actor = store.Actor()
+	}
+
+	if o.Clock == nil {
+		o.Clock = realClock{}
+	}
+
+	if o.ControlPoll <= 0 {
+		o.ControlPoll = 250 * time.Millisecond
+	}
+
+	if o.CallTimeout <= 0 {
+		o.CallTimeout = 30 * time.Second
+	}
+}
+
+// WaveResult summarises one wave.
+type WaveResult struct {
+	Index       int    `json:"index"`
+	Name        string `json:"name"`
+	State       string `json:"state"`
+	Nodes       int    `json:"nodes"`
+	Done        int    `json:"done"`
+	Failed      int    `json:"failed"`
+	Skipped     int    `json:"skipped"`
+	InFlight    int    `json:"inFlight"`
+	Pending     int    `json:"pending"`
+	MaxFailures int    `json:"maxFailures"`
+}
+
+// Result summarises a rollout after Run or Resume returns.
+type Result struct {
+	RolloutID  string       `json:"rollout"`
+	Name       string       `json:"name"`
+	State      string       `json:"state"`
+	Reason     string       `json:"reason,omitempty"`
+	Simulated  bool         `json:"simulated"`
+	Waves      []WaveResult `json:"waves"`
+	Nodes      int          `json:"nodes"`
+	Done       int          `json:"done"`
+	Failed     int          `json:"failed"`
+	RolledBack int          `json:"rolledBack"`
+	Skipped    int          `json:"skipped"`
+	Pending    int          `json:"pending"`
+}
+
+// NewID returns a rollout id: time-ordered and unique enough for one fleet.
+func NewID(now time.Time) string {
+	b := make([]byte, 3)
+	rand.Read(b) //nolint:errcheck // crypto/rand.Read never fails
+
+	return "r-" + now.UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b)
+}
+
+// Create writes a new rollout for opts.Inventory and opts.Plan and returns its id
+// without executing it.
+func Create(ctx context.Context, opts Options) (string, error) {
+	opts.defaults()
+
+	if opts.Store == nil || opts.Inventory == nil || opts.Plan == nil {
+		return "", errors.New("engine: Store, Inventory and Plan are required")
+	}
+
+	a, err := opts.Plan.Assign(opts.Inventory)
+	if err != nil {
+		return "", err
+	}
+
+	planJSON, err := json.Marshal(opts.Plan)
+	if err != nil {
+		return "", fmt.Errorf("encoding plan: %w", err)
+	}
+
+	r := store.Rollout{
+		ID: NewID(opts.Clock.Now()), Name: opts.Plan.Name, Image: opts.Plan.Image, Version: opts.Plan.Version,
+		Plan: string(planJSON), Driver: opts.DriverName,
+	}
+
+	clusters := map[string]inventory.Cluster{}
+	for _, c := range opts.Inventory.Clusters {
+		clusters[c.Name] = c
+	}
+
+	var (
+		sites []store.Site
+		waves []store.Wave
+		nodes []store.Node
+	)
+
+	seenSite := map[string]bool{}
+
+	for _, wa := range a.Waves {
+		waves = append(waves, store.Wave{
+			Index: wa.Index, Name: wa.Name, Clusters: len(wa.Clusters), Nodes: wa.Nodes,
+			MaxFailures: wa.MaxFailures, Concurrency: opts.Plan.WaveConcurrency(wa.Index),
+		})
+
+		for _, cn := range wa.Clusters {
+			c := clusters[cn]
+			s, _ := opts.Inventory.Site(c.Site)
+
+			if !seenSite[s.Name] {
+				seenSite[s.Name] = true
+
+				w, err := json.Marshal(s.Windows)
+				if err != nil {
+					return "", fmt.Errorf("encoding windows: %w", err)
+				}
+
+				sites = append(sites, store.Site{Name: s.Name, TimeZone: s.TimeZone, Windows: string(w)})
+			}
+
+			bw := s.Bandwidth
+			if bw == "" {
+				bw = inventory.BandwidthMedium
+			}
+
+			for _, n := range c.Nodes {
+				nodes = append(nodes, store.Node{
+					ID: len(nodes), Wave: wa.Index, Cluster: c.Name, Name: n.Name, Endpoint: n.Endpoint, Role: n.Role,
+					Site: s.Name, Region: s.Region, Bandwidth: bw, Talosconfig: c.Talosconfig,
+				})
+			}
+		}
+	}
+
+	if err := opts.Store.CreateRollout(ctx, r, sites, waves, nodes, opts.Actor); err != nil {
+		return "", fmt.Errorf("creating rollout: %w", err)
+	}
+
+	return r.ID, nil
+}
+
+// Run creates a rollout from opts.Inventory and opts.Plan and executes it to
+// the end (completed), or until it is halted, paused, aborted or ctx ends.
+// The returned error is nil only for a completed rollout; Result is filled
+// in every case where the rollout exists.
+func Run(ctx context.Context, opts Options) (Result, error) {
+	id, err := Create(ctx, opts)
+	if err != nil {
+		return Result{}, err
+	}
+
+	return Resume(ctx, opts, id)
+}
+
+// Resume continues rollout id (empty: the most recent one) after a pause, an
+// interruption or a crash, reconciling in-flight nodes by asking them their version.
+func Resume(ctx context.Context, opts Options, id string) (Result, error) {
+	opts.defaults()
+
+	if opts.Store == nil || opts.Driver == nil {
+		return Result{}, errors.New("engine: Store and Driver are required")
+	}
+
+	r, err := opts.Store.Rollout(ctx, id)
+	if err != nil {
+		return Result{}, err
+	}
+
+	e := &execution{opts: opts, rollout: r, log: opts.Logger.With("rollout", r.ID)}
+
+	return e.run(ctx)
+}
+
+// Summarise reads a rollout's progress from the store.
+func Summarise(ctx context.Context, st *store.Store, id string) (Result, error) {
+	r, err := st.Rollout(ctx, id)
+	if err != nil {
+		return Result{}, err
+	}
+
+	waves, err := st.Waves(ctx, r.ID)
+	if err != nil {
+		return Result{}, err
+	}
+
+	counts, err := st.NodeCounts(ctx, r.ID)
+	if err != nil {
+		return Result{}, err
+	}
+
+	var rolledBack int
+	if err := st.DB().QueryRowContext(ctx, `SELECT COUNT(*) FROM nodes WHERE rollout_id = ? AND rolled_back = 1`, r.ID).Scan(&rolledBack); err != nil {
+		return Result{}, fmt.Errorf("counting rollbacks: %w", err)
+	}
+
+	res := Result{RolloutID: r.ID, Name: r.Name, State: r.State, Reason: r.Reason, Simulated: r.Driver == "sim", RolledBack: rolledBack}
+
+	for _, w := range waves {
+		c := counts[w.Index]
+		wr := WaveResult{
+			Index: w.Index, Name: w.Name, State: w.State, Nodes: w.Nodes, MaxFailures: w.MaxFailures,
+			Done: c[store.NodeDone], Failed: c[store.NodeFailed], Skipped: c[store.NodeSkipped],
+			InFlight: c[store.NodeRequested] + c[store.NodeAccepted], Pending: c[store.NodePending],
+		}
+		res.Waves = append(res.Waves, wr)
+		res.Nodes += wr.Nodes
+		res.Done += wr.Done
+		res.Failed += wr.Failed
+		res.Skipped += wr.Skipped
+		res.Pending += wr.Pending + wr.InFlight
+	}
+
+	return res, nil
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+
+	return h
+}

@@ -1,0 +1,347 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/labfleet/labfleet/fleetctl/driver"
+	"github.com/labfleet/labfleet/fleetctl/store"
+)
+
+// processNode drives one node from its recorded state to done or failed and
+// reports whether it failed. Pending nodes start only when admitted; nodes
+// already requested or accepted (before a crash) are reconciled regardless
+// of pause or abort, so nothing is left half-upgraded.
+func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (failed bool) {
+	if terminal(n.State) {
+		return n.State == store.NodeFailed
+	}
+
+	subject := n.Cluster + "/" + n.Name
+	log := e.log.With("node", subject)
+
+	if n.State == store.NodePending {
+		release, err := e.admit(ctx, n)
+		if err != nil {
+			return false
+		}
+		defer release()
+	}
+
+	node, err := e.opts.Driver.Open(ctx, e.target(n))
+	if err != nil {
+		return e.fail(ctx, wave, n, nil, fmt.Sprintf("opening node: %v", err), false)
+	}
+	defer node.Close() //nolint:errcheck
+
+	nr := &nodeRun{e: e, n: n, node: node, subject: subject}
+	target := e.rollout.Version
+
+	switch n.State {
+	case store.NodePending:
+		v, err := nr.version(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return false
+			}
+
+			return e.fail(ctx, wave, n, nil, fmt.Sprintf("unreachable before upgrade: %v", err), false)
+		}
+
+		if v == target {
+			return !nr.record(ctx, store.Transition{State: store.NodeDone, FromVersion: v, Detail: "already at " + target})
+		}
+
+		// Written before the node is asked: after a crash this record is what
+		// tells resume that the node may have received the request.
+		if !nr.record(ctx, store.Transition{State: store.NodeRequested, FromVersion: v, UpgradeCall: true, Detail: "upgrade " + v + " -> " + target}) {
+			return false
+		}
+
+		if failed, ok := nr.upgrade(ctx, wave); !ok {
+			return failed
+		}
+	case store.NodeRequested:
+		// The request may or may not have reached the node: ask it.
+		v, err := nr.waitReachable(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return false
+			}
+
+			return e.fail(ctx, wave, n, node, fmt.Sprintf("reconciling: node unreachable: %v", err), true)
+		}
+
+		if v == target {
+			log.Info("reconciled: node already runs the target version")
+
+			if !nr.record(ctx, store.Transition{State: store.NodeAccepted, Detail: "reconciled: node reports " + v}) {
+				return false
+			}
+		} else {
+			if !nr.record(ctx, store.Transition{State: store.NodeRequested, UpgradeCall: true, Detail: "reconciled: node reports " + v + ", requesting again"}) {
+				return false
+			}
+
+			if failed, ok := nr.upgrade(ctx, wave); !ok {
+				return failed
+			}
+		}
+	}
+
+	// n.State is now accepted.
+	if reason, ok := nr.gate(ctx); !ok {
+		if ctx.Err() != nil {
+			return false
+		}
+
+		return e.fail(ctx, wave, n, node, reason, true)
+	}
+
+	return !nr.record(ctx, store.Transition{State: store.NodeDone, Detail: "healthy at " + target})
+}
+
+type nodeRun struct {
+	e       *execution
+	n       *store.Node
+	node    driver.Node
+	subject string
+}
+
+// record commits a transition and mirrors it in memory; false if the store failed.
+func (r *nodeRun) record(ctx context.Context, tr store.Transition) bool {
+	tr.Node, tr.Subject = r.n.ID, r.subject
+
+	// The node was (or is about to be) touched: the record must land even if
+	// ctx is being cancelled, or resume would lose track of it.
+	if err := r.e.opts.Store.RecordNode(context.WithoutCancel(ctx), r.e.rollout.ID, r.e.opts.Actor, tr); err != nil {
+		r.e.log.Error("recording node state", "node", r.subject, "state", tr.State, "err", err)
+
+		return false
+	}
+
+	r.n.State = tr.State
+	if tr.FromVersion != "" {
+		r.n.FromVersion = tr.FromVersion
+	}
+
+	if tr.RolledBack {
+		r.n.RolledBack = true
+	}
+
+	if tr.UpgradeCall {
+		r.n.UpgradeCalls++
+	}
+
+	return true
+}
+
+func (r *nodeRun) call(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, r.e.opts.CallTimeout)
+}
+
+func (r *nodeRun) version(ctx context.Context) (string, error) {
+	c, cancel := r.call(ctx)
+	defer cancel()
+
+	return r.node.Version(c)
+}
+
+// upgrade asks the node to upgrade; ok is false when processing must stop
+// here (failed tells whether the node was recorded as failed).
+func (r *nodeRun) upgrade(ctx context.Context, wave int) (failed, ok bool) {
+	c, cancel := r.call(ctx)
+	err := r.node.Upgrade(c, r.e.rollout.Image)
+
+	cancel()
+
+	switch {
+	case err == nil:
+		return false, r.record(ctx, store.Transition{State: store.NodeAccepted, Detail: "upgrade accepted"})
+	case errors.Is(err, driver.ErrInProgress):
+		return false, r.record(ctx, store.Transition{State: store.NodeAccepted, Detail: "upgrade already in progress on node"})
+	case ctx.Err() != nil:
+		return false, false // interrupted: stays requested, resume asks the node
+	}
+
+	return r.e.fail(ctx, wave, r.n, r.node, fmt.Sprintf("upgrade refused: %v", err), false), false
+}
+
+// waitReachable polls the node's version until it answers or the gate times out.
+func (r *nodeRun) waitReachable(ctx context.Context) (string, error) {
+	clock := r.e.opts.Clock
+	deadline := clock.Now().Add(r.e.plan.Health.Timeout.D())
+
+	for {
+		v, err := r.version(ctx)
+		if err == nil {
+			return v, nil
+		}
+
+		if ctx.Err() != nil || !clock.Now().Before(deadline) {
+			return "", err
+		}
+
+		if err := clock.Sleep(ctx, r.e.plan.Health.Interval.D()); err != nil {
+			return "", err
+		}
+	}
+}
+
+// check is one health probe: target version and all services healthy.
+func (r *nodeRun) check(ctx context.Context) (bool, string) {
+	v, err := r.version(ctx)
+	if err != nil {
+		return false, err.Error()
+	}
+
+	if v != r.e.rollout.Version {
+		return false, fmt.Sprintf("node reports version %s, want %s", v, r.e.rollout.Version)
+	}
+
+	c, cancel := r.call(ctx)
+	h, err := r.node.Health(c)
+
+	cancel()
+
+	if err != nil {
+		return false, err.Error()
+	}
+
+	if !h.Healthy() {
+		if len(h.Services) == 0 {
+			return false, "node reports no services"
+		}
+
+		return false, "unhealthy services: " + strings.Join(h.Unhealthy(), ", ")
+	}
+
+	return true, ""
+}
+
+// gate waits for the node to pass its health check within the timeout, then
+// to stay healthy for the soak time.
+func (r *nodeRun) gate(ctx context.Context) (string, bool) {
+	clock := r.e.opts.Clock
+	hg := r.e.plan.Health
+	deadline := clock.Now().Add(hg.Timeout.D())
+
+	var last string
+
+	for {
+		ok, why := r.check(ctx)
+		if ok {
+			break
+		}
+
+		last = why
+
+		if ctx.Err() != nil {
+			return ctx.Err().Error(), false
+		}
+
+		if !clock.Now().Before(deadline) {
+			return fmt.Sprintf("health gate timed out after %s: %s", hg.Timeout.D(), last), false
+		}
+
+		if err := clock.Sleep(ctx, hg.Interval.D()); err != nil {
+			return err.Error(), false
+		}
+	}
+
+	soakEnd := clock.Now().Add(hg.Soak.D())
+	for clock.Now().Before(soakEnd) {
+		if err := clock.Sleep(ctx, min(hg.Interval.D(), soakEnd.Sub(clock.Now()))); err != nil {
+			return err.Error(), false
+		}
+
+		if ok, why := r.check(ctx); !ok {
+			if ctx.Err() != nil {
+				return ctx.Err().Error(), false
+			}
+
+			return "unhealthy during soak: " + why, false
+		}
+	}
+
+	return "", true
+}
+
+// fail records a failed node, rolling it back first when the plan says so and
+// the node may have changed. It counts the failure against the budgets and
+// returns true.
+func (e *execution) fail(ctx context.Context, wave int, n *store.Node, node driver.Node, reason string, touched bool) bool {
+	subject := n.Cluster + "/" + n.Name
+	e.log.Warn("node failed", "node", subject, "reason", reason)
+
+	tr := store.Transition{Node: n.ID, Subject: subject, State: store.NodeFailed, Error: reason}
+
+	if touched && node != nil && e.plan.Rollback() {
+		tr.RolledBack, tr.Detail = e.rollback(ctx, n, node)
+	}
+
+	if err := e.opts.Store.RecordNode(context.WithoutCancel(ctx), e.rollout.ID, e.opts.Actor, tr); err != nil {
+		e.log.Error("recording node failure", "node", subject, "err", err)
+
+		return true
+	}
+
+	n.State = store.NodeFailed
+	n.RolledBack = tr.RolledBack
+
+	e.addFailure(wave)
+
+	return true
+}
+
+// rollback asks the node to boot its previous image and waits (up to the gate
+// timeout) for it to report the version it ran before.
+func (e *execution) rollback(ctx context.Context, n *store.Node, node driver.Node) (bool, string) {
+	clock := e.opts.Clock
+	hg := e.plan.Health
+	deadline := clock.Now().Add(hg.Timeout.D())
+
+	var err error
+
+	for {
+		c, cancel := context.WithTimeout(ctx, e.opts.CallTimeout)
+		err = node.Rollback(c)
+
+		cancel()
+
+		if err == nil || ctx.Err() != nil || !clock.Now().Before(deadline) {
+			break
+		}
+
+		if clock.Sleep(ctx, hg.Interval.D()) != nil {
+			break
+		}
+	}
+
+	if err != nil {
+		return false, fmt.Sprintf("rollback failed: %v", err)
+	}
+
+	if n.FromVersion == "" {
+		return true, "rollback requested"
+	}
+
+	for clock.Now().Before(deadline) && ctx.Err() == nil {
+		c, cancel := context.WithTimeout(ctx, e.opts.CallTimeout)
+		v, verr := node.Version(c)
+
+		cancel()
+
+		if verr == nil && v == n.FromVersion {
+			return true, "rolled back to " + v
+		}
+
+		if clock.Sleep(ctx, hg.Interval.D()) != nil {
+			break
+		}
+	}
+
+	return true, fmt.Sprintf("rollback requested; node did not report %s within %s", n.FromVersion, hg.Timeout.D())
+}

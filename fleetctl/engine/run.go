@@ -1,0 +1,573 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/labfleet/labfleet/fleetctl/driver"
+	"github.com/labfleet/labfleet/fleetctl/inventory"
+	"github.com/labfleet/labfleet/fleetctl/plan"
+	"github.com/labfleet/labfleet/fleetctl/store"
+	"github.com/labfleet/labfleet/fleetctl/window"
+)
+
+// leaseStale is how long a lease held on another host stays valid without a heartbeat.
+const leaseStale = 30 * time.Second
+
+type execution struct {
+	opts    Options
+	rollout *store.Rollout
+	log     *slog.Logger
+
+	plan      plan.Plan
+	schedules map[string]*window.Schedule
+	waves     []store.Wave
+	nodes     []store.Node
+
+	regionSem    map[string]chan struct{}
+	bandwidthSem map[string]chan struct{}
+
+	mu           sync.Mutex
+	waveFailures map[int]int
+	failures     int
+	maxFailures  int
+	stopKind     string // "", store.StateHalted, store.StatePaused, store.StateAborted
+	stopReason   string
+	stopCh       chan struct{}
+}
+
+func (e *execution) run(ctx context.Context) (Result, error) {
+	r := e.rollout
+
+	switch r.State {
+	case store.StateCompleted:
+		return e.result(ctx, nil)
+	case store.StateHalted:
+		return e.result(ctx, fmt.Errorf("%w: %s", ErrHalted, r.Reason))
+	case store.StateAborted:
+		return e.result(ctx, ErrAborted)
+	}
+
+	if err := e.load(ctx); err != nil {
+		return Result{}, err
+	}
+
+	pid := os.Getpid()
+	if err := e.opts.Store.AcquireLease(ctx, r.ID, hostname(), pid, leaseStale, e.opts.Force, e.opts.Actor); err != nil {
+		return Result{}, err
+	}
+
+	defer e.opts.Store.ReleaseLease(context.WithoutCancel(ctx), r.ID, pid) //nolint:errcheck
+
+	if r.State == store.StatePaused || r.Desired != store.DesiredRun {
+		if err := e.opts.Store.SetDesired(ctx, r.ID, store.DesiredRun, e.opts.Actor); err != nil {
+			return Result{}, err
+		}
+	}
+
+	if r.State != store.StateRunning {
+		if err := e.opts.Store.SetState(ctx, r.ID, store.StateRunning, "resumed", e.opts.Actor); err != nil {
+			return Result{}, err
+		}
+	}
+
+	if e.opts.OnResumed != nil {
+		e.opts.OnResumed()
+	}
+
+	ctlCtx, stopControl := context.WithCancel(ctx)
+	defer stopControl()
+
+	go e.control(ctlCtx, pid)
+
+	for i := range e.waves {
+		if err := ctx.Err(); err != nil {
+			break
+		}
+
+		if e.stopped() != "" {
+			break
+		}
+
+		if err := e.runWave(ctx, i); err != nil {
+			return Result{}, err
+		}
+	}
+
+	stopControl()
+
+	return e.finish(ctx)
+}
+
+// load reads the frozen rollout definition and its progress.
+func (e *execution) load(ctx context.Context) error {
+	st := e.opts.Store
+	id := e.rollout.ID
+
+	if err := json.Unmarshal([]byte(e.rollout.Plan), &e.plan); err != nil {
+		return fmt.Errorf("decoding stored plan: %w", err)
+	}
+
+	sites, err := st.Sites(ctx, id)
+	if err != nil {
+		return err
+	}
+
+	e.schedules = make(map[string]*window.Schedule, len(sites))
+
+	for _, s := range sites {
+		var ws []window.Window
+		if err := json.Unmarshal([]byte(s.Windows), &ws); err != nil {
+			return fmt.Errorf("decoding windows of site %s: %w", s.Name, err)
+		}
+
+		sch, err := window.NewSchedule(s.TimeZone, ws)
+		if err != nil {
+			return fmt.Errorf("site %s: %w", s.Name, err)
+		}
+
+		e.schedules[s.Name] = sch
+	}
+
+	if e.waves, err = st.Waves(ctx, id); err != nil {
+		return err
+	}
+
+	if e.nodes, err = st.Nodes(ctx, id); err != nil {
+		return err
+	}
+
+	e.waveFailures = map[int]int{}
+	for _, n := range e.nodes {
+		if n.State == store.NodeFailed {
+			e.waveFailures[n.Wave]++
+			e.failures++
+		}
+	}
+
+	e.maxFailures = plan.Allowed(e.plan.Budget.MaxFailures, e.plan.Budget.MaxFailurePercent, len(e.nodes))
+
+	e.regionSem = map[string]chan struct{}{}
+	for reg, c := range e.plan.RegionCaps {
+		if c > 0 {
+			e.regionSem[reg] = make(chan struct{}, c)
+		}
+	}
+
+	e.bandwidthSem = map[string]chan struct{}{}
+	for bw, c := range e.plan.BandwidthCaps {
+		if c > 0 {
+			e.bandwidthSem[bw] = make(chan struct{}, c)
+		}
+	}
+
+	e.stopCh = make(chan struct{})
+
+	return nil
+}
+
+// control polls operator requests and keeps the lease fresh.
+func (e *execution) control(ctx context.Context, pid int) {
+	tick := time.NewTicker(e.opts.ControlPoll)
+	defer tick.Stop()
+
+	lastBeat := time.Now()
+
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+
+		d, err := e.opts.Store.Desired(ctx, e.rollout.ID)
+		if err != nil {
+			if ctx.Err() == nil {
+				e.log.Warn("reading operator requests", "err", err)
+			}
+
+			continue
+		}
+
+		switch d {
+		case store.DesiredPause:
+			e.stop(store.StatePaused, "paused by operator")
+		case store.DesiredAbort:
+			e.stop(store.StateAborted, "aborted by operator")
+		}
+
+		if time.Since(lastBeat) > 5*time.Second {
+			lastBeat = time.Now()
+			if err := e.opts.Store.Heartbeat(ctx, e.rollout.ID, pid); err != nil && ctx.Err() == nil {
+				e.log.Warn("refreshing lease", "err", err)
+			}
+		}
+	}
+}
+
+// stop asks workers to start no new node; in-flight nodes finish.
+// The first reason wins except that abort overrides pause.
+func (e *execution) stop(kind, reason string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+
+	switch {
+	case e.stopKind == "":
+		close(e.stopCh)
+	case e.stopKind == store.StatePaused && kind == store.StateAborted:
+	default:
+		return
+	}
+
+	if e.stopKind == "" || kind == store.StateAborted {
+		e.log.Info("stopping rollout", "kind", kind, "reason", reason)
+	}
+
+	e.stopKind, e.stopReason = kind, reason
+}
+
+func (e *execution) stopped() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+
+	return e.stopKind
+}
+
+// addFailure counts a failed node and halts the rollout when a budget is spent.
+func (e *execution) addFailure(wave int) {
+	e.mu.Lock()
+	e.waveFailures[wave]++
+	e.failures++
+	wf, total := e.waveFailures[wave], e.failures
+	e.mu.Unlock()
+
+	e.checkBudget(wave, wf, total)
+}
+
+func (e *execution) checkBudget(wave, waveFailures, total int) {
+	w := e.waves[wave]
+
+	switch {
+	case waveFailures > w.MaxFailures:
+		e.stop(store.StateHalted, fmt.Sprintf("wave %d %q: %d failed nodes, budget %d", wave, w.Name, waveFailures, w.MaxFailures))
+	case total > e.maxFailures:
+		e.stop(store.StateHalted, fmt.Sprintf("rollout: %d failed nodes, budget %d", total, e.maxFailures))
+	}
+}
+
+// finish records how the execution ended and builds the result.
+func (e *execution) finish(ctx context.Context) (Result, error) {
+	st, id, actor := e.opts.Store, e.rollout.ID, e.opts.Actor
+	bg := context.WithoutCancel(ctx)
+
+	kind, reason := e.stopKind, e.stopReason
+
+	switch {
+	case kind != "":
+		if err := st.SetState(bg, id, kind, reason, actor); err != nil {
+			return Result{}, err
+		}
+
+		var sentinel error
+
+		switch kind {
+		case store.StateHalted:
+			sentinel = fmt.Errorf("%w: %s", ErrHalted, reason)
+		case store.StatePaused:
+			sentinel = ErrPaused
+		default:
+			sentinel = ErrAborted
+		}
+
+		return e.result(bg, sentinel)
+	case ctx.Err() != nil:
+		// Interrupted: the state stays "running" so resume picks it up.
+		return e.result(bg, fmt.Errorf("%w: %w", ErrInterrupted, ctx.Err()))
+	}
+
+	if err := st.SetState(bg, id, store.StateCompleted, "", actor); err != nil {
+		return Result{}, err
+	}
+
+	return e.result(bg, nil)
+}
+
+func (e *execution) result(ctx context.Context, runErr error) (Result, error) {
+	res, err := Summarise(ctx, e.opts.Store, e.rollout.ID)
+	if err != nil {
+		return res, err
+	}
+
+	return res, runErr
+}
+
+// runWave executes wave i; it returns an error only when the store fails.
+func (e *execution) runWave(ctx context.Context, i int) error {
+	w := e.waves[i]
+	if w.State == store.WaveDone {
+		return nil
+	}
+
+	// A budget may have been spent just before a crash, before the halt was recorded.
+	e.mu.Lock()
+	wf, total := e.waveFailures[i], e.failures
+	e.mu.Unlock()
+	e.checkBudget(i, wf, total)
+
+	if e.stopped() != "" {
+		return nil
+	}
+
+	if w.State == store.WavePending {
+		if err := e.opts.Store.SetWaveState(ctx, e.rollout.ID, i, store.WaveRunning, e.opts.Actor); err != nil {
+			return err
+		}
+	}
+
+	e.log.Info("wave started", "wave", i, "name", w.Name, "clusters", w.Clusters, "nodes", w.Nodes)
+
+	var clusters [][]*store.Node
+
+	index := map[string]int{}
+
+	for k := range e.nodes {
+		n := &e.nodes[k]
+		if n.Wave != i {
+			continue
+		}
+
+		ci, ok := index[n.Cluster]
+		if !ok {
+			ci = len(clusters)
+			index[n.Cluster] = ci
+			clusters = append(clusters, nil)
+		}
+
+		clusters[ci] = append(clusters[ci], n)
+	}
+
+	jobs := make(chan []*store.Node)
+
+	var wg sync.WaitGroup
+
+	workers := min(max(w.Concurrency, 1), len(clusters))
+	for range workers {
+		wg.Go(func() {
+			for c := range jobs {
+				e.runCluster(ctx, i, c)
+			}
+		})
+	}
+
+	for _, c := range clusters {
+		// Clusters with in-flight nodes are always handed out: their nodes must
+		// be reconciled even when the rollout is stopping.
+		if (e.stopped() != "" || ctx.Err() != nil) && !inFlight(c) {
+			continue
+		}
+
+		jobs <- c
+	}
+
+	close(jobs)
+	wg.Wait()
+
+	for _, n := range e.nodes {
+		if n.Wave == i && !terminal(n.State) {
+			return nil // stopped before the wave finished
+		}
+	}
+
+	e.log.Info("wave finished", "wave", i, "name", w.Name, "failures", e.waveFailures[i])
+
+	return e.opts.Store.SetWaveState(context.WithoutCancel(ctx), e.rollout.ID, i, store.WaveDone, e.opts.Actor)
+}
+
+func terminal(state string) bool {
+	return state == store.NodeDone || state == store.NodeFailed || state == store.NodeSkipped
+}
+
+func inFlight(c []*store.Node) bool {
+	for _, n := range c {
+		if n.State == store.NodeRequested || n.State == store.NodeAccepted {
+			return true
+		}
+	}
+
+	return false
+}
+
+// runCluster upgrades one cluster: control plane nodes one at a time, then
+// workers maxUnavailable at a time. After a failure the cluster's remaining
+// nodes are skipped so a broken image never takes a whole cluster down.
+func (e *execution) runCluster(ctx context.Context, wave int, nodes []*store.Node) {
+	var cps, workers []*store.Node
+
+	for _, n := range nodes {
+		if n.Role == inventory.RoleControlPlane {
+			cps = append(cps, n)
+		} else {
+			workers = append(workers, n)
+		}
+	}
+
+	var (
+		mu     sync.Mutex
+		failed = false
+	)
+
+	for _, n := range nodes {
+		if n.State == store.NodeFailed {
+			failed = true
+		}
+	}
+
+	// In-flight nodes first: they were touched before a crash and hold a slot
+	// of the cluster's unavailability budget.
+	ordered := func(list []*store.Node) []*store.Node {
+		var first, rest []*store.Node
+
+		for _, n := range list {
+			if n.State == store.NodeRequested || n.State == store.NodeAccepted {
+				first = append(first, n)
+			} else {
+				rest = append(rest, n)
+			}
+		}
+
+		return append(first, rest...)
+	}
+
+	step := func(n *store.Node) {
+		mu.Lock()
+		f := failed
+		mu.Unlock()
+
+		if f && n.State == store.NodePending {
+			e.skip(ctx, n, "another node of the cluster failed")
+
+			return
+		}
+
+		if e.processNode(ctx, wave, n) {
+			mu.Lock()
+			failed = true
+			mu.Unlock()
+		}
+	}
+
+	for _, n := range ordered(cps) {
+		step(n)
+	}
+
+	batch := max(e.plan.MaxUnavailable, 1)
+	ws := ordered(workers)
+
+	for len(ws) > 0 {
+		k := min(batch, len(ws))
+
+		var wg sync.WaitGroup
+		for _, n := range ws[:k] {
+			wg.Go(func() { step(n) })
+		}
+
+		wg.Wait()
+
+		ws = ws[k:]
+	}
+}
+
+func (e *execution) skip(ctx context.Context, n *store.Node, why string) {
+	if e.stopped() != "" || ctx.Err() != nil {
+		return // leave it pending: a resumed or new rollout decides
+	}
+
+	tr := store.Transition{Node: n.ID, Subject: n.Cluster + "/" + n.Name, State: store.NodeSkipped, Detail: why}
+	if err := e.opts.Store.RecordNode(context.WithoutCancel(ctx), e.rollout.ID, e.opts.Actor, tr); err != nil {
+		e.log.Error("recording skip", "node", tr.Subject, "err", err)
+
+		return
+	}
+
+	n.State = store.NodeSkipped
+}
+
+func (e *execution) target(n *store.Node) driver.Target {
+	return driver.Target{Cluster: n.Cluster, Node: n.Name, Endpoint: n.Endpoint, Role: n.Role, Talosconfig: n.Talosconfig}
+}
+
+// errStop means the rollout is stopping and the node was not started.
+var errStop = errors.New("stopping")
+
+// admit waits until node n may start: the rollout is running, its site's
+// window is open and its region and bandwidth class have a free slot.
+// release returns the slots.
+func (e *execution) admit(ctx context.Context, n *store.Node) (release func(), err error) {
+	sch := e.schedules[n.Site]
+
+	for {
+		if e.stopped() != "" {
+			return nil, errStop
+		}
+
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+
+		now := e.opts.Clock.Now()
+		if sch == nil || sch.Open(now) {
+			break
+		}
+
+		wait := min(sch.NextOpen(now).Sub(now), e.opts.ControlPoll)
+		if wait <= 0 {
+			wait = time.Millisecond
+		}
+
+		if err := e.opts.Clock.Sleep(ctx, wait); err != nil {
+			return nil, err
+		}
+	}
+
+	var held []chan struct{}
+
+	release = func() {
+		for _, c := range held {
+			<-c
+		}
+	}
+
+	for _, sem := range []chan struct{}{e.regionSem[n.Region], e.bandwidthSem[n.Bandwidth]} {
+		if sem == nil {
+			continue
+		}
+
+		select {
+		case sem <- struct{}{}:
+			held = append(held, sem)
+		case <-e.stopCh:
+			release()
+
+			return nil, errStop
+		case <-ctx.Done():
+			release()
+
+			return nil, ctx.Err()
+		}
+	}
+
+	// The window may have closed while waiting for a slot.
+	if sch != nil && !sch.Open(e.opts.Clock.Now()) {
+		release()
+
+		return e.admit(ctx, n)
+	}
+
+	return release, nil
+}

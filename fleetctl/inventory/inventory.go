@@ -1,0 +1,347 @@
+// Package inventory reads the fleet inventory: sites (where and when nodes may
+// be touched), clusters (which credentials reach them) and nodes (endpoint and
+// role). An inventory is one YAML file or a directory of them; entries from
+// all files are merged and every entry remembers the file it came from so
+// errors can point at it.
+package inventory
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/labfleet/labfleet/fleetctl/window"
+)
+
+// Roles a node may have.
+const (
+	RoleControlPlane = "controlplane"
+	RoleWorker       = "worker"
+)
+
+// Bandwidth classes of a site's uplink.
+const (
+	BandwidthLow    = "low"
+	BandwidthMedium = "medium"
+	BandwidthHigh   = "high"
+)
+
+// File is the YAML document shape of one inventory file.
+type File struct {
+	// Sites are physical locations sharing a time zone, windows and an uplink.
+	Sites []Site `yaml:"sites,omitempty" json:"sites,omitempty"`
+	// Clusters are Talos clusters; each lives in one site.
+	Clusters []Cluster `yaml:"clusters,omitempty" json:"clusters,omitempty"`
+}
+
+// Site is a location with its own maintenance windows.
+type Site struct {
+	// Name identifies the site (unique across the inventory).
+	Name string `yaml:"name" json:"name"`
+	// Region groups sites that share network capacity; plans cap concurrency per region.
+	Region string `yaml:"region" json:"region"`
+	// Country is the ISO 3166-1 alpha-2 code (e.g. DE); plans may select by it.
+	Country string `yaml:"country,omitempty" json:"country,omitempty"`
+	// TimeZone is the IANA zone the windows are written in (e.g. Europe/Berlin).
+	TimeZone string `yaml:"timezone" json:"timezone"`
+	// Windows are the maintenance windows in local time; empty means any time.
+	Windows []window.Window `yaml:"windows,omitempty" json:"windows,omitempty"`
+	// Bandwidth is the uplink class: low, medium or high (default medium).
+	Bandwidth string `yaml:"bandwidth,omitempty" json:"bandwidth,omitempty"`
+
+	// Source is the file the entry was read from.
+	Source string `yaml:"-" json:"source,omitempty"`
+}
+
+// Cluster is a set of nodes reached with one set of credentials.
+type Cluster struct {
+	// Name identifies the cluster (unique across the inventory).
+	Name string `yaml:"name" json:"name"`
+	// Site names the site the cluster is in.
+	Site string `yaml:"site" json:"site"`
+	// Talosconfig is the path to the client configuration (mTLS credentials) for
+	// this cluster's machine API; relative paths are relative to the inventory file.
+	Talosconfig string `yaml:"talosconfig,omitempty" json:"talosconfig,omitempty"`
+	// Labels are free-form key/values plans can select on.
+	Labels map[string]string `yaml:"labels,omitempty" json:"labels,omitempty"`
+	// Nodes are the machines of the cluster.
+	Nodes []Node `yaml:"nodes" json:"nodes"`
+
+	// Source is the file the entry was read from.
+	Source string `yaml:"-" json:"source,omitempty"`
+}
+
+// Node is one machine.
+type Node struct {
+	// Name identifies the node within its cluster.
+	Name string `yaml:"name" json:"name"`
+	// Endpoint is host:port of the node's machine API (port defaults to 50000).
+	Endpoint string `yaml:"endpoint" json:"endpoint"`
+	// Role is controlplane or worker; control plane nodes are upgraded one at a time.
+	Role string `yaml:"role" json:"role"`
+}
+
+// Inventory is the merged content of one or more files.
+type Inventory struct {
+	Sites    []Site
+	Clusters []Cluster
+
+	siteIndex map[string]int
+}
+
+// Site returns the named site.
+func (inv *Inventory) Site(name string) (Site, bool) {
+	if inv.siteIndex == nil {
+		inv.index()
+	}
+
+	i, ok := inv.siteIndex[name]
+	if !ok {
+		return Site{}, false
+	}
+
+	return inv.Sites[i], true
+}
+
+func (inv *Inventory) index() {
+	inv.siteIndex = make(map[string]int, len(inv.Sites))
+	for i, s := range inv.Sites {
+		inv.siteIndex[s.Name] = i
+	}
+}
+
+// NodeCount is the number of nodes over all clusters.
+func (inv *Inventory) NodeCount() int {
+	n := 0
+	for _, c := range inv.Clusters {
+		n += len(c.Nodes)
+	}
+
+	return n
+}
+
+// Load reads an inventory file or every *.yaml / *.yml file in a directory
+// (sorted by name) and merges them. It does not validate: call Validate.
+func Load(path string) (*Inventory, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading inventory: %w", err)
+	}
+
+	files := []string{path}
+
+	if st.IsDir() {
+		files = nil
+
+		entries, err := os.ReadDir(path)
+		if err != nil {
+			return nil, fmt.Errorf("reading inventory directory: %w", err)
+		}
+
+		for _, e := range entries {
+			ext := filepath.Ext(e.Name())
+			if !e.IsDir() && (ext == ".yaml" || ext == ".yml") {
+				files = append(files, filepath.Join(path, e.Name()))
+			}
+		}
+
+		sort.Strings(files)
+
+		if len(files) == 0 {
+			return nil, fmt.Errorf("inventory directory %s holds no .yaml files", path)
+		}
+	}
+
+	inv := &Inventory{}
+
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("reading inventory: %w", err)
+		}
+
+		if err := inv.add(f, data); err != nil {
+			return nil, err
+		}
+	}
+
+	inv.index()
+
+	return inv, nil
+}
+
+// Parse reads one inventory document; name is used in error messages and to
+// resolve relative talosconfig paths.
+func Parse(name string, data []byte) (*Inventory, error) {
+	inv := &Inventory{}
+	if err := inv.add(name, data); err != nil {
+		return nil, err
+	}
+
+	inv.index()
+
+	return inv, nil
+}
+
+func (inv *Inventory) add(name string, data []byte) error {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+
+	for {
+		var f File
+
+		err := dec.Decode(&f)
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+
+		dir := filepath.Dir(name)
+
+		for _, s := range f.Sites {
+			s.Source = name
+			inv.Sites = append(inv.Sites, s)
+		}
+
+		for _, c := range f.Clusters {
+			c.Source = name
+			if c.Talosconfig != "" && !filepath.IsAbs(c.Talosconfig) {
+				c.Talosconfig = filepath.Join(dir, c.Talosconfig)
+			}
+
+			inv.Clusters = append(inv.Clusters, c)
+		}
+	}
+}
+
+// FieldError names where an inventory or plan entry is wrong.
+type FieldError struct {
+	File  string // file the entry came from
+	Entry string // e.g. `site "ber-1"` or `cluster "a" node "cp1"`
+	Field string // YAML field name
+	Msg   string // what is wrong and what is allowed
+}
+
+func (e *FieldError) Error() string {
+	return fmt.Sprintf("%s: %s: %s: %s", e.File, e.Entry, e.Field, e.Msg)
+}
+
+// Errors is every problem found by Validate.
+type Errors []*FieldError
+
+func (es Errors) Error() string {
+	parts := make([]string, len(es))
+	for i, e := range es {
+		parts[i] = e.Error()
+	}
+
+	return strings.Join(parts, "\n")
+}
+
+// Validate checks every entry and returns all problems found (as Errors).
+func (inv *Inventory) Validate() error {
+	var errs Errors
+
+	add := func(file, entry, field, format string, args ...any) {
+		errs = append(errs, &FieldError{File: file, Entry: entry, Field: field, Msg: fmt.Sprintf(format, args...)})
+	}
+
+	sites := map[string]string{}
+
+	for i, s := range inv.Sites {
+		entry := fmt.Sprintf("sites[%d] %q", i, s.Name)
+		if s.Name == "" {
+			add(s.Source, entry, "name", "required")
+		} else if prev, dup := sites[s.Name]; dup {
+			add(s.Source, entry, "name", "duplicate site name (first defined in %s)", prev)
+		} else {
+			sites[s.Name] = s.Source
+		}
+
+		if s.Region == "" {
+			add(s.Source, entry, "region", "required (the region groups sites for concurrency caps)")
+		}
+
+		if s.Country != "" && (len(s.Country) != 2 || strings.ToUpper(s.Country) != s.Country) {
+			add(s.Source, entry, "country", "%q is not an ISO 3166-1 alpha-2 code (e.g. DE)", s.Country)
+		}
+
+		switch s.Bandwidth {
+		case "", BandwidthLow, BandwidthMedium, BandwidthHigh:
+		default:
+			add(s.Source, entry, "bandwidth", "%q is not a bandwidth class (want low, medium or high)", s.Bandwidth)
+		}
+
+		if s.TimeZone == "" {
+			add(s.Source, entry, "timezone", "required (an IANA zone such as Europe/Berlin or UTC)")
+		} else if _, err := window.NewSchedule(s.TimeZone, s.Windows); err != nil {
+			field, msg, _ := strings.Cut(err.Error(), ": ")
+			add(s.Source, entry, field, "%s", msg)
+		}
+	}
+
+	clusters := map[string]string{}
+
+	for i, c := range inv.Clusters {
+		entry := fmt.Sprintf("clusters[%d] %q", i, c.Name)
+		if c.Name == "" {
+			add(c.Source, entry, "name", "required")
+		} else if prev, dup := clusters[c.Name]; dup {
+			add(c.Source, entry, "name", "duplicate cluster name (first defined in %s)", prev)
+		} else {
+			clusters[c.Name] = c.Source
+		}
+
+		if c.Site == "" {
+			add(c.Source, entry, "site", "required (name of a site in the inventory)")
+		} else if _, ok := sites[c.Site]; !ok {
+			add(c.Source, entry, "site", "unknown site %q (define it under sites:)", c.Site)
+		}
+
+		if len(c.Nodes) == 0 {
+			add(c.Source, entry, "nodes", "a cluster needs at least one node")
+		}
+
+		names := map[string]bool{}
+		endpoints := map[string]bool{}
+
+		for j, n := range c.Nodes {
+			nentry := fmt.Sprintf("%s nodes[%d] %q", entry, j, n.Name)
+			if n.Name == "" {
+				add(c.Source, nentry, "name", "required")
+			} else if names[n.Name] {
+				add(c.Source, nentry, "name", "duplicate node name in cluster")
+			}
+
+			names[n.Name] = true
+
+			if n.Endpoint == "" {
+				add(c.Source, nentry, "endpoint", "required (host or host:port of the machine API)")
+			} else if endpoints[n.Endpoint] {
+				add(c.Source, nentry, "endpoint", "duplicate endpoint %q in cluster", n.Endpoint)
+			}
+
+			endpoints[n.Endpoint] = true
+
+			if n.Role != RoleControlPlane && n.Role != RoleWorker {
+				add(c.Source, nentry, "role", "%q is not a role (want controlplane or worker)", n.Role)
+			}
+		}
+	}
+
+	if len(errs) > 0 {
+		return errs
+	}
+
+	return nil
+}

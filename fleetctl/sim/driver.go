@@ -1,0 +1,73 @@
+package sim
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/labfleet/labfleet/fleetctl/driver"
+)
+
+// VersionOf derives the version a simulated node reports from an image
+// reference: its tag (repo:v1.2.0@sha256:...) or, without a tag, the digest.
+func VersionOf(image string) string {
+	ref, digest, _ := strings.Cut(image, "@")
+
+	if i := strings.LastIndex(ref, ":"); i >= 0 && !strings.Contains(ref[i:], "/") {
+		return ref[i+1:]
+	}
+
+	return digest
+}
+
+// Factory drives the fleet in-process (no network), for engine tests and benchmarks.
+func (f *Fleet) Factory() driver.Factory {
+	return driver.FactoryFunc(func(_ context.Context, t driver.Target) (driver.Node, error) {
+		return &localNode{f: f, key: Key(t.Cluster, t.Node)}, nil
+	})
+}
+
+type localNode struct {
+	f   *Fleet
+	key string
+}
+
+func (n *localNode) wait(ctx context.Context) error {
+	return sleep(ctx, time.Duration(n.f.b.Latency))
+}
+
+func (n *localNode) Version(ctx context.Context) (string, error) {
+	if err := n.wait(ctx); err != nil {
+		return "", err
+	}
+
+	return n.f.Version(n.key)
+}
+
+func (n *localNode) Upgrade(ctx context.Context, image string) error {
+	if err := n.wait(ctx); err != nil {
+		return err
+	}
+
+	return n.f.Upgrade(n.key, VersionOf(image))
+}
+
+func (n *localNode) Rollback(ctx context.Context) error {
+	if err := n.wait(ctx); err != nil {
+		return err
+	}
+
+	return n.f.Rollback(n.key)
+}
+
+func (n *localNode) Health(ctx context.Context) (driver.Health, error) {
+	if err := n.wait(ctx); err != nil {
+		return driver.Health{}, err
+	}
+
+	s, err := n.f.Services(n.key)
+
+	return driver.Health{Services: s}, err
+}
+
+func (n *localNode) Close() error { return nil }

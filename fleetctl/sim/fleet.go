@@ -1,0 +1,464 @@
+// Package sim is a SIMULATED fleet for scale tests and demos: nodes that
+// accept upgrades, stage, reboot, come back healthy or not, hang, and roll
+// back, deterministically for a given seed. Everything that happens to a
+// simulated node is appended to a journal file, so the simulated fleet
+// outlives the fleetctl process driving it (kill -9 included) and the number
+// of upgrades each node received can be counted afterwards.
+//
+// The fleet is driven in-process (Factory) or through the real Talos machine
+// API over gRPC with mTLS on 127.0.0.1 (Serve).
+package sim
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/labfleet/labfleet/fleetctl/driver"
+	"github.com/labfleet/labfleet/lab/nodeapi"
+)
+
+// Label marks every piece of simulator output.
+const Label = "SIMULATED"
+
+// Errors a simulated node answers with; the gRPC server maps them to status codes.
+var (
+	ErrUnreachable = errors.New("simulated node unreachable (rebooting or hung)")
+	ErrNoPrevious  = errors.New("simulated node has no previous image to roll back to")
+)
+
+// Duration is a time.Duration written as "10ms".
+type Duration time.Duration
+
+// UnmarshalYAML accepts Go duration strings.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration", n.Line, n.Value)
+	}
+
+	*d = Duration(v)
+
+	return nil
+}
+
+// MarshalYAML writes the Go duration string.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// Behaviour is sim.yaml: how the simulated nodes behave.
+type Behaviour struct {
+	// Seed makes failures reproducible: the same seed fails the same nodes.
+	Seed int64 `yaml:"seed"`
+	// InitialVersion is what every node runs before its first upgrade.
+	InitialVersion string `yaml:"initialVersion"`
+	// FailRate is the share (0-1) of nodes whose new version boots with an unhealthy service.
+	FailRate float64 `yaml:"failRate,omitempty"`
+	// HangRate is the share (0-1) of nodes that never come back from the upgrade reboot.
+	HangRate float64 `yaml:"hangRate,omitempty"`
+	// BadVersions fail on every node (a broken image).
+	BadVersions []string `yaml:"badVersions,omitempty"`
+	// Latency is added to every API call.
+	Latency Duration `yaml:"latency,omitempty"`
+	// StageTime is how long a node keeps running its old version after accepting an upgrade.
+	StageTime Duration `yaml:"stageTime,omitempty"`
+	// RebootTime is how long a node is unreachable while rebooting.
+	RebootTime Duration `yaml:"rebootTime,omitempty"`
+}
+
+// Validate checks the behaviour.
+func (b Behaviour) Validate() error {
+	switch {
+	case b.InitialVersion == "":
+		return errors.New("sim.yaml: initialVersion: required")
+	case b.FailRate < 0 || b.FailRate > 1:
+		return fmt.Errorf("sim.yaml: failRate: %v is out of range (0-1)", b.FailRate)
+	case b.HangRate < 0 || b.HangRate+b.FailRate > 1:
+		return fmt.Errorf("sim.yaml: hangRate: %v is out of range (0-1, failRate+hangRate <= 1)", b.HangRate)
+	}
+
+	return nil
+}
+
+const journalName = "journal.log"
+
+// Fleet is the simulated fleet state.
+type Fleet struct {
+	b   Behaviour
+	now func() time.Time
+
+	mu      sync.Mutex
+	nodes   map[string]*simNode
+	journal *os.File
+}
+
+type simNode struct {
+	versions  []string // boot history; last is the current image
+	lastKind  byte     // 'U' upgrade, 'R' rollback, 0 none
+	lastAt    time.Time
+	upgrades  int
+	rollbacks int
+}
+
+// Open loads (or starts) the fleet journal in dir. An empty dir keeps the
+// fleet in memory only.
+func Open(dir string, b Behaviour) (*Fleet, error) {
+	if err := b.Validate(); err != nil {
+		return nil, err
+	}
+
+	f := &Fleet{b: b, now: time.Now, nodes: map[string]*simNode{}}
+	if dir == "" {
+		return f, nil
+	}
+
+	path := filepath.Join(dir, journalName)
+
+	if err := f.replay(path); err != nil {
+		return nil, err
+	}
+
+	j, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("opening simulator journal: %w", err)
+	}
+
+	f.journal = j
+
+	return f, nil
+}
+
+// LoadBehaviour reads dir/sim.yaml.
+func LoadBehaviour(dir string) (Behaviour, error) {
+	var b Behaviour
+
+	data, err := os.ReadFile(filepath.Join(dir, "sim.yaml"))
+	if err != nil {
+		return b, fmt.Errorf("reading simulator behaviour: %w", err)
+	}
+
+	if err := yaml.Unmarshal(data, &b); err != nil {
+		return b, fmt.Errorf("sim.yaml: %w", err)
+	}
+
+	return b, b.Validate()
+}
+
+// OpenDir opens the fleet described by dir/sim.yaml with its journal.
+func OpenDir(dir string) (*Fleet, error) {
+	b, err := LoadBehaviour(dir)
+	if err != nil {
+		return nil, err
+	}
+
+	return Open(dir, b)
+}
+
+func (f *Fleet) replay(path string) error {
+	fh, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+
+	if err != nil {
+		return fmt.Errorf("reading simulator journal: %w", err)
+	}
+	defer fh.Close() //nolint:errcheck
+
+	sc := bufio.NewScanner(fh)
+	for sc.Scan() {
+		parts := strings.Split(sc.Text(), "\t")
+		if len(parts) != 4 {
+			continue // a line torn by a crash mid-write was never acknowledged
+		}
+
+		ns, err := strconv.ParseInt(parts[3], 10, 64)
+		if err != nil {
+			continue
+		}
+
+		f.apply(parts[1], parts[0][0], parts[2], time.Unix(0, ns))
+	}
+
+	return sc.Err()
+}
+
+func (f *Fleet) node(key string) *simNode {
+	n := f.nodes[key]
+	if n == nil {
+		n = &simNode{versions: []string{f.b.InitialVersion}}
+		f.nodes[key] = n
+	}
+
+	return n
+}
+
+func (f *Fleet) apply(key string, kind byte, version string, at time.Time) {
+	n := f.node(key)
+
+	switch kind {
+	case 'U':
+		n.versions = append(n.versions, version)
+		n.upgrades++
+	case 'R':
+		if len(n.versions) > 1 {
+			n.versions = n.versions[:len(n.versions)-1]
+		}
+
+		n.rollbacks++
+	}
+
+	n.lastKind, n.lastAt = kind, at
+}
+
+// record persists an event before it takes effect: a node "accepts" only what
+// survives the simulator's own crash.
+func (f *Fleet) record(key string, kind byte, version string) error {
+	at := f.now()
+
+	if f.journal != nil {
+		line := fmt.Sprintf("%c\t%s\t%s\t%d\n", kind, key, version, at.UnixNano())
+		if _, err := f.journal.WriteString(line); err != nil {
+			return fmt.Errorf("writing simulator journal: %w", err)
+		}
+	}
+
+	f.apply(key, kind, version, at)
+
+	return nil
+}
+
+// Close closes the journal.
+func (f *Fleet) Close() error {
+	if f.journal == nil {
+		return nil
+	}
+
+	return f.journal.Close()
+}
+
+// fate is a deterministic number in [0,1) per node and version.
+func (f *Fleet) fate(key, version string) float64 {
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%d/%s/%s", f.b.Seed, key, version)
+
+	return float64(h.Sum64()>>11) / math.Exp2(53)
+}
+
+func (f *Fleet) fails(key, version string) bool {
+	for _, v := range f.b.BadVersions {
+		if v == version {
+			return true
+		}
+	}
+
+	return f.fate(key, version) < f.b.FailRate
+}
+
+func (f *Fleet) hangs(key, version string) bool {
+	x := f.fate(key, version)
+
+	return x >= f.b.FailRate && x < f.b.FailRate+f.b.HangRate
+}
+
+// phase of a node now.
+type phase int
+
+const (
+	phaseUp phase = iota
+	phaseStaging
+	phaseRebooting
+	phaseHung
+)
+
+func (f *Fleet) phase(key string, n *simNode) phase {
+	if n.lastKind == 0 {
+		return phaseUp
+	}
+
+	since := f.now().Sub(n.lastAt)
+	stage, reboot := time.Duration(f.b.StageTime), time.Duration(f.b.RebootTime)
+
+	if n.lastKind == 'U' {
+		switch {
+		case since < stage:
+			return phaseStaging
+		case since < stage+reboot:
+			return phaseRebooting
+		case f.hangs(key, n.versions[len(n.versions)-1]):
+			return phaseHung
+		}
+
+		return phaseUp
+	}
+
+	if since < reboot {
+		return phaseRebooting
+	}
+
+	return phaseUp
+}
+
+// Version is what the node reports now.
+func (f *Fleet) Version(key string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	n := f.node(key)
+
+	switch f.phase(key, n) {
+	case phaseStaging:
+		return n.versions[len(n.versions)-2], nil
+	case phaseRebooting, phaseHung:
+		return "", ErrUnreachable
+	}
+
+	return n.versions[len(n.versions)-1], nil
+}
+
+// Upgrade accepts an upgrade to version, unless one is in progress.
+func (f *Fleet) Upgrade(key, version string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	n := f.node(key)
+
+	switch f.phase(key, n) {
+	case phaseStaging:
+		return driver.ErrInProgress
+	case phaseRebooting, phaseHung:
+		return ErrUnreachable
+	}
+
+	return f.record(key, 'U', version)
+}
+
+// Rollback boots the previous image.
+func (f *Fleet) Rollback(key string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	n := f.node(key)
+
+	switch f.phase(key, n) {
+	case phaseRebooting, phaseHung:
+		return ErrUnreachable
+	}
+
+	if len(n.versions) < 2 {
+		return ErrNoPrevious
+	}
+
+	return f.record(key, 'R', "")
+}
+
+// Services is the node's service list (the labos set).
+func (f *Fleet) Services(key string) ([]driver.Service, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	n := f.node(key)
+
+	switch f.phase(key, n) {
+	case phaseRebooting, phaseHung:
+		return nil, ErrUnreachable
+	}
+
+	current := n.versions[len(n.versions)-1]
+	bad := n.lastKind == 'U' && f.fails(key, current)
+
+	out := make([]driver.Service, 0, 5)
+	for _, id := range []string{nodeapi.ServiceTPMUnlock, nodeapi.ServiceState, nodeapi.ServiceAPI, nodeapi.ServiceEBPF, nodeapi.ServiceAddons} {
+		s := driver.Service{ID: id, State: "Running", Healthy: true}
+		if bad && id == nodeapi.ServiceAddons {
+			s.Healthy, s.State, s.Message = false, "Failed", "SIMULATED failure of "+current
+		}
+
+		out = append(out, s)
+	}
+
+	return out, nil
+}
+
+// Counts are per-node event counts.
+type Counts struct {
+	Upgrades  int
+	Rollbacks int
+}
+
+// Counts returns the event counts of every node the fleet has seen.
+func (f *Fleet) Counts() map[string]Counts {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	out := make(map[string]Counts, len(f.nodes))
+	for k, n := range f.nodes {
+		out[k] = Counts{Upgrades: n.upgrades, Rollbacks: n.rollbacks}
+	}
+
+	return out
+}
+
+// ReadJournal returns the events recorded in dir, in order: kind ('U' or 'R') and node key.
+func ReadJournal(dir string) ([]Event, error) {
+	data, err := os.ReadFile(filepath.Join(dir, journalName))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+
+	if err != nil {
+		return nil, fmt.Errorf("reading simulator journal: %w", err)
+	}
+
+	var out []Event
+
+	for line := range strings.Lines(string(data)) {
+		parts := strings.Split(strings.TrimSuffix(line, "\n"), "\t")
+		if len(parts) != 4 || !strings.HasSuffix(line, "\n") {
+			continue
+		}
+
+		ns, _ := strconv.ParseInt(parts[3], 10, 64)
+		out = append(out, Event{Kind: parts[0], Node: parts[1], Version: parts[2], At: time.Unix(0, ns)})
+	}
+
+	return out, nil
+}
+
+// Event is one journal line.
+type Event struct {
+	Kind    string // "U" or "R"
+	Node    string // cluster/node
+	Version string
+	At      time.Time
+}
+
+// Key names a node in the journal.
+func Key(cluster, node string) string { return cluster + "/" + node }
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+
+	select {
+	case <-tm.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

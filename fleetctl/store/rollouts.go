@@ -1,0 +1,539 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"syscall"
+	"time"
+)
+
+// Rollout is one row of the rollouts table.
+type Rollout struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Image     string    `json:"image"`
+	Version   string    `json:"version"`
+	Plan      string    `json:"-"` // the plan as JSON, frozen at start
+	Driver    string    `json:"driver"`
+	State     string    `json:"state"`
+	Desired   string    `json:"desired"`
+	Reason    string    `json:"reason,omitempty"`
+	CreatedBy string    `json:"createdBy"`
+	CreatedAt time.Time `json:"createdAt"`
+	UpdatedAt time.Time `json:"updatedAt"`
+	StartedAt time.Time `json:"startedAt"`
+	LeaseHost string    `json:"leaseHost,omitempty"`
+	LeasePID  int       `json:"leasePid,omitempty"`
+	LeaseAt   time.Time `json:"leaseAt"`
+}
+
+// Site is a site's schedule frozen at rollout start.
+type Site struct {
+	Name     string
+	TimeZone string
+	Windows  string // JSON list of window.Window
+}
+
+// Wave is one row of the waves table.
+type Wave struct {
+	Index       int       `json:"index"`
+	Name        string    `json:"name"`
+	State       string    `json:"state"`
+	Clusters    int       `json:"clusters"`
+	Nodes       int       `json:"nodes"`
+	MaxFailures int       `json:"maxFailures"`
+	Concurrency int       `json:"concurrency"`
+	StartedAt   time.Time `json:"startedAt"`
+	FinishedAt  time.Time `json:"finishedAt"`
+}
+
+// Node is one row of the nodes table: the node as frozen at rollout start plus its progress.
+type Node struct {
+	ID          int    `json:"id"`
+	Wave        int    `json:"wave"`
+	Cluster     string `json:"cluster"`
+	Name        string `json:"name"`
+	Endpoint    string `json:"endpoint"`
+	Role        string `json:"role"`
+	Site        string `json:"site"`
+	Region      string `json:"region"`
+	Bandwidth   string `json:"bandwidth"`
+	Talosconfig string `json:"talosconfig,omitempty"`
+	State       string `json:"state"`
+	FromVersion string `json:"fromVersion,omitempty"`
+	Error       string `json:"error,omitempty"`
+	RolledBack  bool   `json:"rolledBack,omitempty"`
+	// UpgradeCalls counts Upgrade requests this fleetctl sent (a resumed
+	// request whose first attempt may not have reached the node counts again).
+	UpgradeCalls int       `json:"upgradeCalls"`
+	UpdatedAt    time.Time `json:"updatedAt"`
+}
+
+// AuditEntry is one line of the audit log.
+type AuditEntry struct {
+	ID      int64     `json:"id"`
+	At      time.Time `json:"at"`
+	Actor   string    `json:"actor"`
+	Rollout string    `json:"rollout"`
+	Action  string    `json:"action"`
+	Subject string    `json:"subject"`
+	Detail  string    `json:"detail,omitempty"`
+}
+
+func t(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+
+	return time.Unix(0, ns).UTC()
+}
+
+// CreateRollout writes a new rollout with its frozen sites, waves and nodes in one transaction.
+// It refuses when another rollout is still running or paused.
+func (s *Store) CreateRollout(ctx context.Context, r Rollout, sites []Site, waves []Wave, nodes []Node, actor string) error {
+	return s.write(ctx, func(tx *sql.Tx) error {
+		var active string
+
+		err := tx.QueryRow(`SELECT id FROM rollouts WHERE state IN (?, ?) LIMIT 1`, StateRunning, StatePaused).Scan(&active)
+		if err == nil {
+			return fmt.Errorf("rollout %s is still active (resume or abort it first)", active)
+		}
+
+		if !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("looking for active rollouts: %w", err)
+		}
+
+		at := now()
+
+		if _, err := tx.Exec(`INSERT INTO rollouts (id, name, image, version, plan, driver, state, desired, created_by, created_at, updated_at)
+			VALUES (?,?,?,?,?,?,?,?,?,?,?)`, r.ID, r.Name, r.Image, r.Version, r.Plan, r.Driver, StateRunning, DesiredRun, actor, at, at); err != nil {
+			return fmt.Errorf("writing rollout: %w", err)
+		}
+
+		for _, st := range sites {
+			if _, err := tx.Exec(`INSERT INTO sites (rollout_id, name, timezone, windows) VALUES (?,?,?,?)`,
+				r.ID, st.Name, st.TimeZone, st.Windows); err != nil {
+				return fmt.Errorf("writing site: %w", err)
+			}
+		}
+
+		for _, w := range waves {
+			if _, err := tx.Exec(`INSERT INTO waves (rollout_id, idx, name, state, clusters, nodes, max_failures, concurrency)
+				VALUES (?,?,?,?,?,?,?,?)`, r.ID, w.Index, w.Name, WavePending, w.Clusters, w.Nodes, w.MaxFailures, w.Concurrency); err != nil {
+				return fmt.Errorf("writing wave: %w", err)
+			}
+		}
+
+		stmt, err := tx.Prepare(`INSERT INTO nodes (rollout_id, id, wave, cluster, name, endpoint, role, site, region, bandwidth, talosconfig, state)
+			VALUES (?,?,?,?,?,?,?,?,?,?,?,?)`)
+		if err != nil {
+			return fmt.Errorf("preparing node insert: %w", err)
+		}
+		defer stmt.Close() //nolint:errcheck
+
+		for _, n := range nodes {
+			if _, err := stmt.Exec(r.ID, n.ID, n.Wave, n.Cluster, n.Name, n.Endpoint, n.Role, n.Site, n.Region, n.Bandwidth, n.Talosconfig, NodePending); err != nil {
+				return fmt.Errorf("writing node: %w", err)
+			}
+		}
+
+		return audit(tx, at, actor, r.ID, "rollout.create", r.Name,
+			fmt.Sprintf("image=%s version=%s waves=%d nodes=%d", r.Image, r.Version, len(waves), len(nodes)))
+	})
+}
+
+const rolloutCols = `id, name, image, version, plan, driver, state, desired, reason, created_by, created_at, updated_at, started_at, lease_host, lease_pid, lease_at`
+
+func scanRollout(sc interface{ Scan(...any) error }) (*Rollout, error) {
+	var (
+		r                           Rollout
+		created, updated, start, la int64
+	)
+
+	if err := sc.Scan(&r.ID, &r.Name, &r.Image, &r.Version, &r.Plan, &r.Driver, &r.State, &r.Desired, &r.Reason, &r.CreatedBy,
+		&created, &updated, &start, &r.LeaseHost, &r.LeasePID, &la); err != nil {
+		return nil, err
+	}
+
+	r.CreatedAt, r.UpdatedAt, r.StartedAt, r.LeaseAt = t(created), t(updated), t(start), t(la)
+
+	return &r, nil
+}
+
+// Rollout reads one rollout; an empty id means the most recent one.
+func (s *Store) Rollout(ctx context.Context, id string) (*Rollout, error) {
+	var row *sql.Row
+	if id == "" {
+		row = s.db.QueryRowContext(ctx, `SELECT `+rolloutCols+` FROM rollouts ORDER BY created_at DESC LIMIT 1`)
+	} else {
+		row = s.db.QueryRowContext(ctx, `SELECT `+rolloutCols+` FROM rollouts WHERE id = ?`, id)
+	}
+
+	r, err := scanRollout(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+
+	if err != nil {
+		return nil, fmt.Errorf("reading rollout: %w", err)
+	}
+
+	return r, nil
+}
+
+// Rollouts lists all rollouts, newest first.
+func (s *Store) Rollouts(ctx context.Context) ([]Rollout, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+rolloutCols+` FROM rollouts ORDER BY created_at DESC`)
+	if err != nil {
+		return nil, fmt.Errorf("listing rollouts: %w", err)
+	}
+	defer rows.Close() //nolint:errcheck
+
+	var out []Rollout
+
+	for rows.Next() {
+		r, err := scanRollout(rows)
+		if err != nil {
+			return nil, fmt.Errorf("reading rollout: %w", err)
+		}
+
+		out = append(out, *r)
+	}
+
+	return out, rows.Err()
+}
+
+// Desired reads what operators asked for; cheap enough to poll.
+func (s *Store) Desired(ctx context.Context, id string) (string, error) {
+	var d string
+	if err := s.db.QueryRowContext(ctx, `SELECT desired FROM rollouts WHERE id = ?`, id).Scan(&d); err != nil {
+		return "", fmt.Errorf("reading desired state: %w", err)
+	}
+
+	return d, nil
+}
+
+// SetDesired records an operator's request (pause, abort, run) and audits it.
+func (s *Store) SetDesired(ctx context.Context, id, desired, actor string) error {
+	return s.write(ctx, func(tx *sql.Tx) error {
+		res, err := tx.Exec(`UPDATE rollouts SET desired = ?, updated_at = ? WHERE id = ?`, desired, now(), id)
+		if err != nil {
+			return fmt.Errorf("updating desired state: %w", err)
+		}
+
+		if n, _ := res.RowsAffected(); n == 0 {
+			return ErrNotFound
+		}
+
+		return audit(tx, now(), actor, id, "rollout."+desired, id, "")
+	})
+}
+
+// SetState records the rollout's state (and why).
+func (s *Store) SetState(ctx context.Context, id, state, reason, actor string) error {
+	return s.write(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.Exec(`UPDATE rollouts SET state = ?, reason = ?, updated_at = ? WHERE id = ?`, state, reason, now(), id); err != nil {
+			return fmt.Errorf("updating rollout state: %w", err)
+		}
+
+		return audit(tx, now(), actor, id, "rollout.state", state, reason)
+	})
+}
+
+// AcquireLease makes this process the rollout's executor. A lease held by a
+// live process is refused unless it is older than staleAfter (a process on
+// another host that stopped heartbeating) or force is set. A holder on this
+// host whose pid is gone (kill -9) is taken over at once.
+func (s *Store) AcquireLease(ctx context.Context, id, host string, pid int, staleAfter time.Duration, force bool, actor string) error {
+	return s.write(ctx, func(tx *sql.Tx) error {
+		var (
+			lh string
+			lp int
+			la int64
+		)
+
+		err := tx.QueryRow(`SELECT lease_host, lease_pid, lease_at FROM rollouts WHERE id = ?`, id).Scan(&lh, &lp, &la)
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrNotFound
+		}
+
+		if err != nil {
+			return fmt.Errorf("reading lease: %w", err)
+		}
+
+		held := lp != 0 && !(lh == host && lp == pid)
+		if held && !force {
+			alive := true
+			if lh == host {
+				alive = pidAlive(lp)
+			}
+
+			if alive && time.Since(t(la)) < staleAfter {
+				return fmt.Errorf("%w (%s pid %d, last seen %s)", ErrLeaseHeld, lh, lp, t(la).Format(time.RFC3339))
+			}
+		}
+
+		at := now()
+		if _, err := tx.Exec(`UPDATE rollouts SET lease_host = ?, lease_pid = ?, lease_at = ?, started_at = CASE WHEN started_at = 0 THEN ? ELSE started_at END WHERE id = ?`,
+			host, pid, at, at, id); err != nil {
+			return fmt.Errorf("taking lease: %w", err)
+		}
+
+		detail := fmt.Sprintf("host=%s pid=%d", host, pid)
+		if held {
+			detail += fmt.Sprintf(" took over from %s pid %d", lh, lp)
+		}
+
+		return audit(tx, at, actor, id, "rollout.lease", id, detail)
+	})
+}
+
+// Heartbeat refreshes the lease.
+func (s *Store) Heartbeat(ctx context.Context, id string, pid int) error {
+	return s.write(ctx, func(tx *sql.Tx) error {
+		_, err := tx.Exec(`UPDATE rollouts SET lease_at = ? WHERE id = ? AND lease_pid = ?`, now(), id, pid)
+
+		return err
+	})
+}
+
+// ReleaseLease clears the lease held by pid.
+func (s *Store) ReleaseLease(ctx context.Context, id string, pid int) error {
+	return s.write(ctx, func(tx *sql.Tx) error {
+		_, err := tx.Exec(`UPDATE rollouts SET lease_host = '', lease_pid = 0 WHERE id = ? AND lease_pid = ?`, id, pid)
+
+		return err
+	})
+}
+
+func pidAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// Sites reads the frozen site schedules.
+func (s *Store) Sites(ctx context.Context, id string) ([]Site, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT name, timezone, windows FROM sites WHERE rollout_id = ? ORDER BY name`, id)
+	if err != nil {
+		return nil, fmt.Errorf("reading sites: %w", err)
+	}
+	defer rows.Close() //nolint:errcheck
+
+	var out []Site
+
+	for rows.Next() {
+		var st Site
+		if err := rows.Scan(&st.Name, &st.TimeZone, &st.Windows); err != nil {
+			return nil, fmt.Errorf("reading site: %w", err)
+		}
+
+		out = append(out, st)
+	}
+
+	return out, rows.Err()
+}
+
+// Waves reads the waves in order.
+func (s *Store) Waves(ctx context.Context, id string) ([]Wave, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT idx, name, state, clusters, nodes, max_failures, concurrency, started_at, finished_at
+		FROM waves WHERE rollout_id = ? ORDER BY idx`, id)
+	if err != nil {
+		return nil, fmt.Errorf("reading waves: %w", err)
+	}
+	defer rows.Close() //nolint:errcheck
+
+	var out []Wave
+
+	for rows.Next() {
+		var (
+			w      Wave
+			st, fi int64
+		)
+
+		if err := rows.Scan(&w.Index, &w.Name, &w.State, &w.Clusters, &w.Nodes, &w.MaxFailures, &w.Concurrency, &st, &fi); err != nil {
+			return nil, fmt.Errorf("reading wave: %w", err)
+		}
+
+		w.StartedAt, w.FinishedAt = t(st), t(fi)
+		out = append(out, w)
+	}
+
+	return out, rows.Err()
+}
+
+// SetWaveState records a wave starting or finishing.
+func (s *Store) SetWaveState(ctx context.Context, id string, idx int, state, actor string) error {
+	return s.write(ctx, func(tx *sql.Tx) error {
+		at := now()
+
+		var q string
+
+		switch state {
+		case WaveRunning:
+			q = `UPDATE waves SET state = ?, started_at = CASE WHEN started_at = 0 THEN ? ELSE started_at END WHERE rollout_id = ? AND idx = ?`
+		default:
+			q = `UPDATE waves SET state = ?, finished_at = ? WHERE rollout_id = ? AND idx = ?`
+		}
+
+		if _, err := tx.Exec(q, state, at, id, idx); err != nil {
+			return fmt.Errorf("updating wave: %w", err)
+		}
+
+		return audit(tx, at, actor, id, "wave."+state, fmt.Sprintf("wave %d", idx), "")
+	})
+}
+
+// Nodes reads every node of the rollout ordered by id.
+func (s *Store) Nodes(ctx context.Context, id string) ([]Node, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, wave, cluster, name, endpoint, role, site, region, bandwidth, talosconfig,
+		state, from_version, error, rolled_back, upgrade_calls, updated_at FROM nodes WHERE rollout_id = ? ORDER BY id`, id)
+	if err != nil {
+		return nil, fmt.Errorf("reading nodes: %w", err)
+	}
+	defer rows.Close() //nolint:errcheck
+
+	var out []Node
+
+	for rows.Next() {
+		var (
+			n  Node
+			rb int
+			up int64
+		)
+
+		if err := rows.Scan(&n.ID, &n.Wave, &n.Cluster, &n.Name, &n.Endpoint, &n.Role, &n.Site, &n.Region, &n.Bandwidth,
+			&n.Talosconfig, &n.State, &n.FromVersion, &n.Error, &rb, &n.UpgradeCalls, &up); err != nil {
+			return nil, fmt.Errorf("reading node: %w", err)
+		}
+
+		n.RolledBack, n.UpdatedAt = rb != 0, t(up)
+		out = append(out, n)
+	}
+
+	return out, rows.Err()
+}
+
+// Transition is one node state change.
+type Transition struct {
+	Node        int    // node id
+	Subject     string // cluster/node, for the audit log
+	State       string // new state
+	FromVersion string // recorded when the state is NodeRequested
+	Error       string
+	RolledBack  bool
+	UpgradeCall bool   // count an Upgrade request
+	Detail      string // audit detail
+}
+
+// RecordNode commits a node transition with its audit line. It returns only
+// once the change is durable, so callers may then act on the node.
+func (s *Store) RecordNode(ctx context.Context, rollout, actor string, tr Transition) error {
+	return s.write(ctx, func(tx *sql.Tx) error {
+		at := now()
+
+		rb, calls := 0, 0
+		if tr.RolledBack {
+			rb = 1
+		}
+
+		if tr.UpgradeCall {
+			calls = 1
+		}
+
+		if _, err := tx.Exec(`UPDATE nodes SET state = ?, from_version = CASE WHEN ? = '' THEN from_version ELSE ? END,
+			error = ?, rolled_back = MAX(rolled_back, ?), upgrade_calls = upgrade_calls + ?, updated_at = ?
+			WHERE rollout_id = ? AND id = ?`,
+			tr.State, tr.FromVersion, tr.FromVersion, tr.Error, rb, calls, at, rollout, tr.Node); err != nil {
+			return fmt.Errorf("recording node %s: %w", tr.Subject, err)
+		}
+
+		detail := tr.Detail
+		if tr.Error != "" {
+			detail += " error=" + tr.Error
+		}
+
+		return audit(tx, at, actor, rollout, "node."+tr.State, tr.Subject, detail)
+	})
+}
+
+// Audit reads the audit log of a rollout (all rollouts if id is empty), oldest
+// first; limit > 0 keeps the last limit entries.
+func (s *Store) Audit(ctx context.Context, id string, limit int) ([]AuditEntry, error) {
+	q := `SELECT id, at, actor, rollout_id, action, subject, detail FROM audit`
+	args := []any{}
+
+	if id != "" {
+		q += ` WHERE rollout_id = ?`
+
+		args = append(args, id)
+	}
+
+	q += ` ORDER BY id DESC`
+	if limit > 0 {
+		q += fmt.Sprintf(` LIMIT %d`, limit)
+	}
+
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("reading audit log: %w", err)
+	}
+	defer rows.Close() //nolint:errcheck
+
+	var out []AuditEntry
+
+	for rows.Next() {
+		var (
+			e  AuditEntry
+			at int64
+		)
+
+		if err := rows.Scan(&e.ID, &at, &e.Actor, &e.Rollout, &e.Action, &e.Subject, &e.Detail); err != nil {
+			return nil, fmt.Errorf("reading audit entry: %w", err)
+		}
+
+		e.At = t(at)
+		out = append(out, e)
+	}
+
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+
+	return out, rows.Err()
+}
+
+// Counts is the number of nodes per state, per wave.
+type Counts map[int]map[string]int
+
+// NodeCounts aggregates node states per wave.
+func (s *Store) NodeCounts(ctx context.Context, id string) (Counts, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT wave, state, COUNT(*) FROM nodes WHERE rollout_id = ? GROUP BY wave, state`, id)
+	if err != nil {
+		return nil, fmt.Errorf("counting nodes: %w", err)
+	}
+	defer rows.Close() //nolint:errcheck
+
+	out := Counts{}
+
+	for rows.Next() {
+		var (
+			w, n  int
+			state string
+		)
+
+		if err := rows.Scan(&w, &state, &n); err != nil {
+			return nil, fmt.Errorf("counting nodes: %w", err)
+		}
+
+		if out[w] == nil {
+			out[w] = map[string]int{}
+		}
+
+		out[w][state] = n
+	}
+
+	return out, rows.Err()
+}

@@ -1,0 +1,289 @@
+// Package store keeps every rollout step in an embedded SQLite database
+// (modernc.org/sqlite, no cgo). Node transitions are written in a transaction
+// before the node is touched and again after, so a process killed at any
+// moment leaves a record of which nodes may have been asked to change.
+//
+// Writes from the engine's many workers go through one writer goroutine
+// that commits whatever is queued in a single transaction (group commit):
+// each caller still returns only after its own change is committed, but
+// thousands of concurrent node updates cost a few hundred commits.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+// Rollout states.
+const (
+	StateRunning   = "running"   // an engine is (or was, before a crash) executing it
+	StatePaused    = "paused"    // stopped on request; resume continues
+	StateHalted    = "halted"    // a failure budget was spent
+	StateAborted   = "aborted"   // stopped on request for good
+	StateCompleted = "completed" // every wave finished
+)
+
+// Desired states an operator can ask for (from any process).
+const (
+	DesiredRun   = "run"
+	DesiredPause = "pause"
+	DesiredAbort = "abort"
+)
+
+// Node states.
+const (
+	NodePending   = "pending"   // not touched yet
+	NodeRequested = "requested" // about to call Upgrade (the call may or may not have reached the node)
+	NodeAccepted  = "accepted"  // the node accepted the upgrade; health gate running
+	NodeDone      = "done"      // passed its health gate (or already ran the target version)
+	NodeFailed    = "failed"    // failed; rolled back if the plan says so
+	NodeSkipped   = "skipped"   // not upgraded because another node of its cluster failed
+)
+
+// Wave states.
+const (
+	WavePending = "pending"
+	WaveRunning = "running"
+	WaveDone    = "done"
+)
+
+// ErrNotFound is returned when a rollout does not exist.
+var ErrNotFound = errors.New("rollout not found")
+
+// ErrLeaseHeld is returned when another live process is executing the rollout.
+var ErrLeaseHeld = errors.New("rollout is being executed by another process")
+
+const schema = `
+CREATE TABLE IF NOT EXISTS rollouts (
+	id TEXT PRIMARY KEY,
+	name TEXT NOT NULL,
+	image TEXT NOT NULL,
+	version TEXT NOT NULL,
+	plan TEXT NOT NULL,
+	driver TEXT NOT NULL DEFAULT '',
+	state TEXT NOT NULL,
+	desired TEXT NOT NULL,
+	reason TEXT NOT NULL DEFAULT '',
+	created_by TEXT NOT NULL,
+	created_at INTEGER NOT NULL,
+	updated_at INTEGER NOT NULL,
+	started_at INTEGER NOT NULL DEFAULT 0,
+	lease_host TEXT NOT NULL DEFAULT '',
+	lease_pid INTEGER NOT NULL DEFAULT 0,
+	lease_at INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS sites (
+	rollout_id TEXT NOT NULL,
+	name TEXT NOT NULL,
+	timezone TEXT NOT NULL,
+	windows TEXT NOT NULL,
+	PRIMARY KEY (rollout_id, name)
+);
+CREATE TABLE IF NOT EXISTS waves (
+	rollout_id TEXT NOT NULL,
+	idx INTEGER NOT NULL,
+	name TEXT NOT NULL,
+	state TEXT NOT NULL,
+	clusters INTEGER NOT NULL,
+	nodes INTEGER NOT NULL,
+	max_failures INTEGER NOT NULL,
+	concurrency INTEGER NOT NULL,
+	started_at INTEGER NOT NULL DEFAULT 0,
+	finished_at INTEGER NOT NULL DEFAULT 0,
+	PRIMARY KEY (rollout_id, idx)
+);
+CREATE TABLE IF NOT EXISTS nodes (
+	rollout_id TEXT NOT NULL,
+	id INTEGER NOT NULL,
+	wave INTEGER NOT NULL,
+	cluster TEXT NOT NULL,
+	name TEXT NOT NULL,
+	endpoint TEXT NOT NULL,
+	role TEXT NOT NULL,
+	site TEXT NOT NULL,
+	region TEXT NOT NULL,
+	bandwidth TEXT NOT NULL,
+	talosconfig TEXT NOT NULL,
+	state TEXT NOT NULL,
+	from_version TEXT NOT NULL DEFAULT '',
+	error TEXT NOT NULL DEFAULT '',
+	rolled_back INTEGER NOT NULL DEFAULT 0,
+	upgrade_calls INTEGER NOT NULL DEFAULT 0,
+	updated_at INTEGER NOT NULL DEFAULT 0,
+	PRIMARY KEY (rollout_id, id)
+);
+CREATE TABLE IF NOT EXISTS audit (
+	id INTEGER PRIMARY KEY AUTOINCREMENT,
+	at INTEGER NOT NULL,
+	actor TEXT NOT NULL,
+	rollout_id TEXT NOT NULL,
+	action TEXT NOT NULL,
+	subject TEXT NOT NULL,
+	detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_rollout ON audit (rollout_id, id);
+`
+
+// Options tune durability.
+type Options struct {
+	// Synchronous is SQLite's synchronous pragma: FULL (default) survives power
+	// loss; NORMAL survives a killed process (kill -9) but may lose the last
+	// commits on power loss.
+	Synchronous string
+}
+
+// Store is an open database.
+type Store struct {
+	db  *sql.DB
+	ops chan op
+
+	closed chan struct{}
+}
+
+type op struct {
+	fn   func(*sql.Tx) error
+	done chan error
+}
+
+// Open opens (creating if needed) the database at path.
+func Open(path string, opts Options) (*Store, error) {
+	syncMode := opts.Synchronous
+	if syncMode == "" {
+		syncMode = "FULL"
+	}
+
+	dsn := fmt.Sprintf("file:%s?_txlock=immediate&_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(%s)", path, syncMode)
+
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("opening database: %w", err)
+	}
+
+	db.SetMaxOpenConns(4)
+
+	if _, err := db.Exec(schema); err != nil {
+		db.Close() //nolint:errcheck
+
+		return nil, fmt.Errorf("creating schema in %s: %w", path, err)
+	}
+
+	s := &Store{db: db, ops: make(chan op, 1024), closed: make(chan struct{})}
+	go s.writer()
+
+	return s, nil
+}
+
+// Close stops the writer and closes the database.
+func (s *Store) Close() error {
+	close(s.ops)
+	<-s.closed
+
+	return s.db.Close()
+}
+
+// DB exposes the database for read-only inspection (tests, tools).
+func (s *Store) DB() *sql.DB { return s.db }
+
+// writer commits queued operations in batches.
+func (s *Store) writer() {
+	defer close(s.closed)
+
+	const maxBatch = 1024
+
+	for first := range s.ops {
+		batch := []op{first}
+
+	drain:
+		for len(batch) < maxBatch {
+			select {
+			case o, ok := <-s.ops:
+				if !ok {
+					break drain
+				}
+
+				batch = append(batch, o)
+			default:
+				break drain
+			}
+		}
+
+		if err := s.commit(batch); err != nil {
+			// One bad operation must not fail its neighbours: retry them one by one.
+			for _, o := range batch {
+				o.done <- s.commit([]op{o})
+			}
+
+			continue
+		}
+
+		for _, o := range batch {
+			o.done <- nil
+		}
+	}
+}
+
+func (s *Store) commit(batch []op) error {
+	tx, err := s.db.Begin()
+	if err != nil {
+		return fmt.Errorf("beginning transaction: %w", err)
+	}
+
+	for _, o := range batch {
+		if err := o.fn(tx); err != nil {
+			tx.Rollback() //nolint:errcheck
+
+			return err
+		}
+	}
+
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("committing: %w", err)
+	}
+
+	return nil
+}
+
+// write runs fn in a (group-committed) transaction and returns once it is durable.
+func (s *Store) write(ctx context.Context, fn func(*sql.Tx) error) error {
+	o := op{fn: fn, done: make(chan error, 1)}
+
+	select {
+	case s.ops <- o:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+
+	// Once queued the operation is committed or failed; wait for it even if ctx
+	// ends, so callers never act on a record whose fate is unknown.
+	return <-o.done
+}
+
+func now() int64 { return time.Now().UnixNano() }
+
+func audit(tx *sql.Tx, at int64, actor, rollout, action, subject, detail string) error {
+	_, err := tx.Exec(`INSERT INTO audit (at, actor, rollout_id, action, subject, detail) VALUES (?,?,?,?,?,?)`,
+		at, actor, rollout, action, subject, detail)
+	if err != nil {
+		return fmt.Errorf("writing audit log: %w", err)
+	}
+
+	return nil
+}
+
+// Actor names who runs this process: user@host.
+func Actor() string {
+	user := os.Getenv("USER")
+	if user == "" {
+		user = fmt.Sprintf("uid%d", os.Getuid())
+	}
+
+	host, _ := os.Hostname()
+
+	return user + "@" + host
+}

@@ -1,0 +1,193 @@
+// Package window decides whether a site may be touched now: maintenance
+// windows are written in the site's local wall-clock time, so a window at
+// 02:00 stays at 02:00 across daylight-saving changes.
+package window
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Window is one recurring maintenance window in site local time.
+type Window struct {
+	// Days the window starts on: mon, tue, wed, thu, fri, sat, sun. Empty means every day.
+	Days []string `yaml:"days,omitempty" json:"days,omitempty"`
+	// Start is the local start time, "HH:MM" (24 h clock).
+	Start string `yaml:"start" json:"start"`
+	// Duration is how long the window stays open, e.g. "4h" or "90m"; at most 24h.
+	// A window may run past midnight into the next day.
+	Duration string `yaml:"duration" json:"duration"`
+}
+
+var dayNames = map[string]time.Weekday{
+	"sun": time.Sunday, "mon": time.Monday, "tue": time.Tuesday, "wed": time.Wednesday,
+	"thu": time.Thursday, "fri": time.Friday, "sat": time.Saturday,
+}
+
+// compiled is a Window with its fields parsed.
+type compiled struct {
+	days     [7]bool
+	hour     int
+	minute   int
+	duration time.Duration
+}
+
+// Validate reports the first malformed field, named so callers can prefix the entry.
+func (w Window) Validate() error {
+	_, err := w.compile()
+
+	return err
+}
+
+func (w Window) compile() (compiled, error) {
+	var c compiled
+
+	if len(w.Days) == 0 {
+		for i := range c.days {
+			c.days[i] = true
+		}
+	}
+
+	for _, d := range w.Days {
+		wd, ok := dayNames[strings.ToLower(d)]
+		if !ok {
+			return c, fmt.Errorf("days: %q is not a day (want mon, tue, wed, thu, fri, sat or sun)", d)
+		}
+
+		c.days[wd] = true
+	}
+
+	if _, err := fmt.Sscanf(w.Start, "%d:%d", &c.hour, &c.minute); err != nil || len(w.Start) != 5 ||
+		c.hour < 0 || c.hour > 23 || c.minute < 0 || c.minute > 59 {
+		return c, fmt.Errorf("start: %q is not a time of day (want HH:MM, e.g. 02:30)", w.Start)
+	}
+
+	d, err := time.ParseDuration(w.Duration)
+	if err != nil || d <= 0 || d > 24*time.Hour {
+		return c, fmt.Errorf("duration: %q is not a duration between 1m and 24h (e.g. 4h, 90m)", w.Duration)
+	}
+
+	c.duration = d
+
+	return c, nil
+}
+
+// Schedule is the set of windows of one site, bound to its time zone.
+type Schedule struct {
+	loc     *time.Location
+	windows []compiled
+}
+
+// NewSchedule parses the time zone (an IANA name such as Europe/Berlin) and
+// the windows. No windows means the site may be touched at any time.
+func NewSchedule(timeZone string, windows []Window) (*Schedule, error) {
+	loc, err := time.LoadLocation(timeZone)
+	if err != nil {
+		return nil, fmt.Errorf("timezone: %q is not an IANA time zone (e.g. Europe/Berlin, UTC): %w", timeZone, err)
+	}
+
+	s := &Schedule{loc: loc}
+
+	for i, w := range windows {
+		c, err := w.compile()
+		if err != nil {
+			return nil, fmt.Errorf("windows[%d]: %w", i, err)
+		}
+
+		s.windows = append(s.windows, c)
+	}
+
+	return s, nil
+}
+
+// Location is the site's time zone.
+func (s *Schedule) Location() *time.Location { return s.loc }
+
+// Always reports whether the site has no windows (open at all times).
+func (s *Schedule) Always() bool { return len(s.windows) == 0 }
+
+// starts returns the window start instants (in s.loc) whose start day is day.
+func (s *Schedule) startOn(c compiled, day time.Time) (time.Time, bool) {
+	if !c.days[day.Weekday()] {
+		return time.Time{}, false
+	}
+
+	// time.Date normalises wall-clock times that DST skips, so a 02:30 start
+	// on a spring-forward day still opens (at 03:30).
+	return time.Date(day.Year(), day.Month(), day.Day(), c.hour, c.minute, 0, 0, s.loc), true
+}
+
+// OpenUntil reports whether t falls inside a window and, if so, when that window closes.
+func (s *Schedule) OpenUntil(t time.Time) (bool, time.Time) {
+	if s.Always() {
+		return true, time.Time{}
+	}
+
+	local := t.In(s.loc)
+	open := false
+
+	var until time.Time
+
+	// A window that started yesterday may still be open (it crosses midnight).
+	for back := 1; back >= 0; back-- {
+		day := local.AddDate(0, 0, -back)
+
+		for _, c := range s.windows {
+			start, ok := s.startOn(c, day)
+			if !ok {
+				continue
+			}
+
+			end := start.Add(c.duration)
+			if !t.Before(start) && t.Before(end) {
+				if !open || end.After(until) {
+					until = end
+				}
+
+				open = true
+			}
+		}
+	}
+
+	return open, until
+}
+
+// Open reports whether t falls inside one of the windows.
+func (s *Schedule) Open(t time.Time) bool {
+	open, _ := s.OpenUntil(t)
+
+	return open
+}
+
+// NextOpen returns t if a window is open at t, otherwise the start of the next window.
+func (s *Schedule) NextOpen(t time.Time) time.Time {
+	if s.Open(t) {
+		return t
+	}
+
+	local := t.In(s.loc)
+
+	var best time.Time
+
+	for ahead := 0; ahead <= 8; ahead++ {
+		day := local.AddDate(0, 0, ahead)
+
+		for _, c := range s.windows {
+			start, ok := s.startOn(c, day)
+			if !ok || !start.After(t) {
+				continue
+			}
+
+			if best.IsZero() || start.Before(best) {
+				best = start
+			}
+		}
+
+		if !best.IsZero() {
+			return best
+		}
+	}
+
+	return best
+}
