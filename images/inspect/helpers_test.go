@@ -32,11 +32,13 @@ type testSection struct {
 	data []byte
 }
 
+func writeFileErr(path string, data []byte) error { return os.WriteFile(path, data, 0o644) }
+
 func alignUp(v, a uint32) uint32 { return (v + a - 1) &^ (a - 1) }
 
 // buildPE writes a minimal but well-formed PE32+ EFI application holding
 // the given sections: enough for debug/pe, Authenticode and sbsigntool.
-func buildPE(t *testing.T, sections []testSection) []byte {
+func buildPE(t testing.TB, sections []testSection) []byte {
 	t.Helper()
 
 	const (
@@ -118,7 +120,7 @@ func buildPE(t *testing.T, sections []testSection) []byte {
 	return out.Bytes()
 }
 
-func signPE(t *testing.T, data []byte, key crypto.Signer, cert *x509.Certificate) []byte {
+func signPE(t testing.TB, data []byte, key crypto.Signer, cert *x509.Certificate) []byte {
 	t.Helper()
 
 	bin, err := authenticode.Parse(bytes.NewReader(data))
@@ -148,7 +150,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func testKeys(t *testing.T) *keys.Set {
+func testKeys(t testing.TB) *keys.Set {
 	t.Helper()
 
 	keysOnce.Do(func() {
@@ -163,7 +165,7 @@ func testKeys(t *testing.T) *keys.Set {
 	return keysSet
 }
 
-func loadRSA(t *testing.T, path string) *rsa.PrivateKey {
+func loadRSA(t testing.TB, path string) *rsa.PrivateKey {
 	t.Helper()
 
 	data, err := os.ReadFile(path)
@@ -178,7 +180,7 @@ func loadRSA(t *testing.T, path string) *rsa.PrivateKey {
 	return k
 }
 
-func loadCert(t *testing.T, path string) *x509.Certificate {
+func loadCert(t testing.TB, path string) *x509.Certificate {
 	t.Helper()
 
 	c, err := readCertificate(path)
@@ -188,7 +190,7 @@ func loadCert(t *testing.T, path string) *x509.Certificate {
 }
 
 // rogueCert makes a self-signed signer that is not in any db.
-func rogueCert(t *testing.T, dir string) (*rsa.PrivateKey, *x509.Certificate, string) {
+func rogueCert(t testing.TB, dir string) (*rsa.PrivateKey, *x509.Certificate, string) {
 	t.Helper()
 
 	k, err := rsa.GenerateKey(rand.Reader, 2048)
@@ -215,7 +217,7 @@ func rogueCert(t *testing.T, dir string) (*rsa.PrivateKey, *x509.Certificate, st
 
 // ukiSections returns the sections of a fake UKI whose .pcrsig is signed
 // by pcrKey the way Talos's imager signs it.
-func ukiSections(t *testing.T, pcrKey *rsa.PrivateKey) []testSection {
+func ukiSections(t testing.TB, pcrKey *rsa.PrivateKey) []testSection {
 	t.Helper()
 
 	spki, err := x509.MarshalPKIXPublicKey(&pcrKey.PublicKey)
