@@ -53,12 +53,18 @@ var ErrUnknownFormat = errors.New("not a PE/EFI binary or a GPT disk image")
 
 // Inspect reads path, a PE/EFI binary (a UKI, systemd-boot) or a GPT disk
 // image, and reports its contents. The file is never modified.
-func Inspect(path string, opts Options) (*Report, error) {
+func Inspect(path string, opts Options) (_ *Report, err error) {
+	// The parsers below (debug/pe, go-diskfs, go-uefi) read untrusted input;
+	// a malformed file must be an error, not a crash of the caller.
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%s: malformed input: %v", path, p)
+		}
+	}()
+
 	var cert *x509.Certificate
 
 	if opts.CertPath != "" {
-		var err error
-
 		cert, err = readCertificate(opts.CertPath)
 		if err != nil {
 			return nil, err

@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
+	"debug/pe"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"os"
@@ -227,4 +229,34 @@ func TestSbsigntoolInterop(t *testing.T) {
 	r, err := Inspect(theirs, Options{CertPath: ks.UKISigningCert})
 	require.NoError(t, err)
 	assert.True(t, r.PE.Verification.Verified, r.PE.Verification.Error)
+}
+
+// Damaged files are errors or partial reports, never a crash.
+func TestInspectDamagedPE(t *testing.T) {
+	ks := testKeys(t)
+	signed := signPE(t, buildPE(t, ukiSections(t, loadRSA(t, ks.PCRSigningKey))), loadRSA(t, ks.UKISigningKey), loadCert(t, ks.UKISigningCert))
+	dir := t.TempDir()
+
+	for cut := 0; cut < len(signed); cut += 61 {
+		path := writeFile(t, dir, "cut.efi", signed[:cut])
+		assert.NotPanics(t, func() { _, _ = Inspect(path, Options{CertPath: ks.UKISigningCert}) }, "cut at %d", cut)
+	}
+
+	// A certificate table entry whose length is below its own header size.
+	bad := bytes.Clone(signed)
+	binary.LittleEndian.PutUint32(bad[len(bad)-int(certTableSize(t, signed)):], 4)
+	path := writeFile(t, dir, "badcert.efi", bad)
+
+	_, err := Inspect(path, Options{})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "certificate table")
+}
+
+func certTableSize(t *testing.T, data []byte) uint32 {
+	t.Helper()
+
+	f, err := pe.NewFile(bytes.NewReader(data))
+	require.NoError(t, err)
+
+	return f.OptionalHeader.(*pe.OptionalHeader64).DataDirectory[pe.IMAGE_DIRECTORY_ENTRY_SECURITY].Size
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"debug/pe"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -328,6 +329,10 @@ func (p *PE) authenticode(r io.ReaderAt, cert *x509.Certificate, certPath string
 
 	p.AuthenticodeSHA256 = hex.EncodeToString(bin.Hash(crypto.SHA256))
 
+	if err := checkCertTable(r, bin.Datadir); err != nil {
+		return fmt.Errorf("certificate table: %w", err)
+	}
+
 	sigs, err := bin.Signatures()
 	if err != nil {
 		return fmt.Errorf("reading signatures: %w", err)
@@ -390,4 +395,32 @@ func signerNames(s []Signer) string {
 	}
 
 	return strings.Join(names, "; ")
+}
+
+// checkCertTable validates the WIN_CERTIFICATE framing before go-uefi reads
+// it: a length below the header size would underflow its allocation.
+func checkCertTable(r io.ReaderAt, dd pe.DataDirectory) error {
+	if dd.Size == 0 {
+		return nil
+	}
+
+	if dd.Size > 64<<20 {
+		return fmt.Errorf("size %d is implausible", dd.Size)
+	}
+
+	table := make([]byte, dd.Size)
+	if _, err := r.ReadAt(table, int64(dd.VirtualAddress)); err != nil {
+		return fmt.Errorf("reading %d bytes at %d: %w", dd.Size, dd.VirtualAddress, err)
+	}
+
+	for off := 0; len(table)-off > 8; {
+		length := int(binary.LittleEndian.Uint32(table[off:]))
+		if length <= 8 || length > len(table)-off {
+			return fmt.Errorf("entry at %d has length %d", off, length)
+		}
+
+		off += (length + 7) &^ 7
+	}
+
+	return nil
 }
