@@ -553,3 +553,17 @@ func TestLoadTalosStyleFolder(t *testing.T) {
 	assert.Empty(t, s.KEKCert)
 	assert.Equal(t, filepath.Join(dir, DBAuthFile), s.DBAuth)
 }
+
+func TestParseAuthVarNeverPanicsOnCorruption(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(fixture(t), KEKAuthFile))
+	require.NoError(t, err)
+
+	for i := range data {
+		for _, v := range []byte{0x00, 0xff, data[i] ^ 0x80} {
+			bad := bytes.Clone(data)
+			bad[i] = v
+
+			assert.NotPanics(t, func() { _, _ = ParseAuthVar(bad) }, "byte %d = %#x", i, v)
+		}
+	}
+}
