@@ -1,0 +1,331 @@
+// Package extensions bakes the platform add-ons (Cilium, MetalLB, an
+// OpenTelemetry collector, Prometheus with a Thanos sidecar) into an image:
+// it renders their pinned Helm charts, embeds the manifests in a validated
+// Talos machine configuration and writes every referenced container image,
+// by digest, into an OCI image layout for the disk's IMAGECACHE partition.
+package extensions
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/labfleet/labfleet/extensions/addons"
+	"github.com/labfleet/labfleet/extensions/machineconfig"
+	"github.com/labfleet/labfleet/extensions/standin"
+)
+
+// SiteValues are the per-site add-on parameters (an inventory site entry).
+type SiteValues = addons.SiteValues
+
+// BakeOptions are the inputs of Bake.
+type BakeOptions struct {
+	// Dir is the add-ons root (extensions/ in the repository).
+	Dir string
+	// Addons to bake, in install order; empty means addons.DefaultAddons.
+	Addons []string
+	// Mirror maps upstream hosts to where charts and images are fetched
+	// (StartStandinMirror's mapping in the lab); nil fetches from upstream.
+	Mirror map[string]string
+	// SecretsPath is the machinery secrets bundle (keys dir's secrets.yaml).
+	SecretsPath string
+	// ClusterName and Endpoint (https://host:6443) of the cluster.
+	ClusterName string
+	Endpoint    string
+	// KubernetesVersion defaults to the machinery release's default.
+	KubernetesVersion string
+	// Site, when set, renders the site parameters and applies them as a
+	// per-site machine config patch; nil bakes the values files' defaults.
+	Site *SiteValues
+	// CacheDir is where the OCI image layout is written; it must not exist
+	// or be empty.
+	CacheDir string
+	// Logger receives progress; nil is silent.
+	Logger *slog.Logger
+}
+
+// Baked is what Bake produced.
+type Baked struct {
+	// MachineConfig is the validated machine configuration (YAML).
+	MachineConfig []byte `json:"-"`
+	// SitePatch is the per-site patch applied, if Site was set.
+	SitePatch []byte `json:"-"`
+	// CacheLayoutDir is the OCI image layout directory (= CacheDir).
+	CacheLayoutDir string `json:"cacheLayoutDir"`
+	// Addons records what was baked, for the build record.
+	Addons []AddonRecord `json:"addons"`
+	// CacheBytes is the layout's size on disk.
+	CacheBytes int64 `json:"cacheBytes"`
+	// DedupSavedBytes is what sharing layers across images saved.
+	DedupSavedBytes int64 `json:"dedupSavedBytes"`
+	// RenderTime and CacheTime are the durations of the two phases.
+	RenderTime time.Duration `json:"renderTime"`
+	CacheTime  time.Duration `json:"cacheTime"`
+}
+
+// AddonRecord is one baked add-on.
+type AddonRecord struct {
+	// Name of the add-on (also its inline manifest's name).
+	Name string `json:"name"`
+	// Chart and Version of the upstream chart; ChartDigest is sha256 of
+	// its archive.
+	Chart       string `json:"chart"`
+	Version     string `json:"version"`
+	ChartDigest string `json:"chartDigest"`
+	// PinSource is "upstream" or "standin" (addon.yaml pins.source).
+	PinSource string `json:"pinSource"`
+	// Objects is how many Kubernetes objects its manifest holds.
+	Objects int `json:"objects"`
+	// Images are the pinned images its manifests reference.
+	Images []ImageRecord `json:"images"`
+}
+
+// ImageRecord is one cached image.
+type ImageRecord struct {
+	Ref    string `json:"ref"`
+	Digest string `json:"digest"`
+}
+
+// Bake renders the add-ons, generates and validates the machine
+// configuration with them as inline manifests, and writes the image cache.
+// It fails, naming manifest and image, if a manifest references an image
+// that is not pinned or not in the cache. Same inputs, same bytes.
+func Bake(ctx context.Context, opts BakeOptions) (*Baked, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+
+	if opts.CacheDir == "" {
+		return nil, errors.New("bake: cache directory is required")
+	}
+
+	if opts.Site != nil {
+		if err := opts.Site.Validate("site"); err != nil {
+			return nil, err
+		}
+	}
+
+	list, err := addons.LoadAll(opts.Dir, opts.Addons)
+	if err != nil {
+		return nil, err
+	}
+
+	m := addons.Mirror(opts.Mirror)
+	start := time.Now()
+
+	// Defaults first: the image's manifests do not depend on a site.
+	rendered, err := renderAll(ctx, list, m, nil, opts.KubernetesVersion, log)
+	if err != nil {
+		return nil, err
+	}
+
+	manifests := make([]machineconfig.Manifest, len(rendered))
+	for i, r := range rendered {
+		manifests[i] = machineconfig.Manifest{Name: r.Addon.Name, Contents: r.Manifest}
+	}
+
+	mcOpts := machineconfig.Options{
+		ClusterName:       opts.ClusterName,
+		Endpoint:          opts.Endpoint,
+		SecretsPath:       opts.SecretsPath,
+		KubernetesVersion: opts.KubernetesVersion,
+		Manifests:         manifests,
+	}
+
+	baked := &Baked{CacheLayoutDir: opts.CacheDir}
+	uses := collectUses(rendered)
+
+	if opts.Site != nil {
+		siteRendered, patch, err := sitePatch(ctx, list, m, opts.Site, opts.KubernetesVersion, log)
+		if err != nil {
+			return nil, err
+		}
+
+		mcOpts.Patches = append(mcOpts.Patches, patch)
+		baked.SitePatch = patch
+		uses = append(uses, collectUses(siteRendered)...)
+	}
+
+	cfg, err := machineconfig.Generate(mcOpts)
+	if err != nil {
+		return nil, err
+	}
+
+	baked.MachineConfig = cfg
+	baked.RenderTime = time.Since(start)
+
+	log.Info("rendered add-ons", "addons", len(rendered), "duration", baked.RenderTime)
+
+	var pins []addons.PinnedImage
+
+	for _, r := range rendered {
+		rec := AddonRecord{
+			Name: r.Addon.Name, Chart: r.Addon.Chart.Name, Version: r.Addon.Chart.Version,
+			ChartDigest: r.Addon.Chart.Digest, PinSource: r.Addon.Pins.Source, Objects: len(r.Objects),
+		}
+
+		for _, img := range r.Addon.Images {
+			rec.Images = append(rec.Images, ImageRecord{Ref: img.Ref, Digest: img.Digest})
+			pins = append(pins, addons.PinnedImage{Ref: img.Ref, Digest: img.Digest})
+		}
+
+		baked.Addons = append(baked.Addons, rec)
+	}
+
+	start = time.Now()
+
+	stats, err := addons.BuildCache(ctx, opts.CacheDir, pins, m, log)
+	if err != nil {
+		return nil, err
+	}
+
+	if err := addons.CheckCache(opts.CacheDir, uses); err != nil {
+		return nil, err
+	}
+
+	baked.CacheTime = time.Since(start)
+	baked.CacheBytes = stats.Bytes
+	baked.DedupSavedBytes = stats.DedupSavedBytes
+
+	log.Info("wrote image cache", "dir", opts.CacheDir, "images", stats.Images, "bytes", stats.Bytes,
+		"dedupSavedBytes", stats.DedupSavedBytes, "duration", baked.CacheTime)
+
+	return baked, nil
+}
+
+func renderAll(ctx context.Context, list []*addons.Addon, m addons.Mirror, site *SiteValues, kubeVersion string, log *slog.Logger) ([]*addons.Rendered, error) {
+	var (
+		out  []*addons.Rendered
+		errs []error
+	)
+
+	for _, a := range list {
+		fc, err := addons.VerifyChart(ctx, a.Chart, m)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", a.Name, err)
+		}
+
+		r, err := addons.Render(ctx, a, fc, addons.RenderOptions{Site: site, KubeVersion: kubeVersion})
+		if err != nil {
+			return nil, err
+		}
+
+		if err := r.CheckPinned(); err != nil {
+			errs = append(errs, err)
+		}
+
+		log.Debug("rendered add-on", "addon", a.Name, "chart", fc.From, "objects", len(r.Objects), "images", len(r.Images))
+		out = append(out, r)
+	}
+
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+
+	if err := addons.CheckCustomResources(out); err != nil {
+		return nil, err
+	}
+
+	return out, nil
+}
+
+func collectUses(rs []*addons.Rendered) []addons.ImageUse {
+	var out []addons.ImageUse
+	for _, r := range rs {
+		out = append(out, r.Images...)
+	}
+
+	return out
+}
+
+// sitePatch renders the add-ons that take site parameters with the site's
+// values and returns them as a machine config patch replacing their inline
+// manifests.
+func sitePatch(ctx context.Context, list []*addons.Addon, m addons.Mirror, site *SiteValues, kubeVersion string, log *slog.Logger) ([]*addons.Rendered, []byte, error) {
+	var withParams []*addons.Addon
+
+	for _, a := range list {
+		if len(a.Parameters) > 0 {
+			withParams = append(withParams, a)
+		}
+	}
+
+	// Custom resources of a site chart (MetalLB's pools) need the CRDs of
+	// the full set, so render everything and keep the parameterised ones.
+	all, err := renderAll(ctx, list, m, site, kubeVersion, log)
+	if err != nil {
+		return nil, nil, fmt.Errorf("rendering site %s: %w", site.Name, err)
+	}
+
+	var (
+		rendered  []*addons.Rendered
+		manifests []machineconfig.Manifest
+	)
+
+	for _, r := range all {
+		for _, a := range withParams {
+			if r.Addon == a {
+				rendered = append(rendered, r)
+				manifests = append(manifests, machineconfig.Manifest{Name: a.Name, Contents: r.Manifest})
+			}
+		}
+	}
+
+	patch, err := machineconfig.InlineManifestPatch(manifests)
+	if err != nil {
+		return nil, nil, err
+	}
+
+	return rendered, patch, nil
+}
+
+// SitePatchOptions are the inputs of SitePatch.
+type SitePatchOptions struct {
+	// Dir, Addons, Mirror, KubernetesVersion: as in BakeOptions.
+	Dir               string
+	Addons            []string
+	Mirror            map[string]string
+	KubernetesVersion string
+	// Site is the site entry; required.
+	Site *SiteValues
+}
+
+// SitePatch renders the per-site machine config patch for a site entry: a
+// KubeInlineManifestConfig document per add-on with site parameters,
+// replacing the image's default manifest of that add-on. Missing or
+// malformed site values are an error naming the field.
+func SitePatch(ctx context.Context, opts SitePatchOptions) ([]byte, error) {
+	if opts.Site == nil {
+		return nil, errors.New("site patch: a site entry is required")
+	}
+
+	if err := opts.Site.Validate("site"); err != nil {
+		return nil, err
+	}
+
+	list, err := addons.LoadAll(opts.Dir, opts.Addons)
+	if err != nil {
+		return nil, err
+	}
+
+	_, patch, err := sitePatch(ctx, list, addons.Mirror(opts.Mirror), opts.Site, opts.KubernetesVersion, slog.New(slog.DiscardHandler))
+
+	return patch, err
+}
+
+// StartStandinMirror starts an in-process registry and chart repository on
+// 127.0.0.1, publishes the project's stand-ins for every pinned chart and
+// image under their upstream names, and returns the mirror mapping to pass
+// as BakeOptions.Mirror. The lab build uses it so `make images` works
+// offline; stop shuts the server down.
+func StartStandinMirror(ctx context.Context) (mirror map[string]string, stop func(), err error) {
+	s, err := standin.Start(ctx, standin.DefaultCatalog())
+	if err != nil {
+		return nil, nil, fmt.Errorf("starting stand-in mirror: %w", err)
+	}
+
+	return s.Mirror, func() { s.Close() }, nil //nolint:errcheck
+}

@@ -1,0 +1,3 @@
+{{- define "standin.image" -}}
+{{ .repository }}:{{ .tag }}{{ if .digest }}@{{ .digest }}{{ end }}
+{{- end -}}
