@@ -1,0 +1,63 @@
+# labfleet: `make help` lists the targets.
+SHELL := /bin/bash
+export CGO_ENABLED := 0
+GO ?= go
+BIN := bin
+OUT := _out
+KEYS := $(OUT)/keys
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
+
+.PHONY: deps
+deps: ## install Debian packages, pinned lab assets and host tools (idempotent)
+	bash hack/install-deps.sh
+
+.PHONY: build
+build: ## build imagectl, labctl and fleetctl into bin/
+	$(GO) build -trimpath -o $(BIN)/ ./images/cmd/imagectl ./lab/cmd/labctl ./fleetctl/cmd/fleetctl
+
+$(KEYS)/uki-signing-key.pem: | build
+	$(BIN)/imagectl keys generate --dir $(KEYS)
+
+.PHONY: keys
+keys: $(KEYS)/uki-signing-key.pem ## generate the lab's keys in _out/keys (never overwrites)
+
+.PHONY: labbase
+labbase: build ## build the lab base (Debian kernel + labos initramfs) as an OCI layout in _out/labbase/oci
+	$(BIN)/labctl base build --out $(OUT)/labbase
+
+.PHONY: images
+images: keys labbase ## build every definition whose inputs are offline (images/lab.yaml) into _out/<name>/
+	$(BIN)/imagectl build images/lab.yaml
+	@echo "images/edge.yaml needs ghcr.io (Talos's imager image): build it with 'bin/imagectl build images/edge.yaml' where the registry is reachable"
+
+.PHONY: demo
+demo: deps images ## the main job: build the lab image and boot it under Secure Boot + TPM, twice
+	$(BIN)/labctl demo $(OUT)/labos/disk.raw
+
+.PHONY: test
+test: ## run all tests: unit tests, then the emulated-hardware scenarios (qemu-tests)
+	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v -e /qemu-tests -e /lab/harness)
+	@mkdir -p $(OUT)
+	set -o pipefail; $(GO) test -count=1 -timeout 25m -v ./lab/harness/... ./qemu-tests/... 2>&1 | tee $(OUT)/qemu-tests.log
+
+.PHONY: unit
+unit: ## unit tests only (no VMs)
+	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v -e /qemu-tests -e /lab/harness)
+
+.PHONY: bench
+bench: build ## performance report (builder, add-ons, boot, fleetctl) into _out/bench.md
+	bash hack/bench.sh | tee $(OUT)/bench.md
+
+.PHONY: fmt
+fmt: ## gofmt and go vet
+	gofmt -l -w .
+	$(GO) vet ./...
+
+.PHONY: clean
+clean: ## remove build outputs (keeps _out/keys and the asset cache)
+	rm -rf $(BIN) $(OUT)/labbase $(OUT)/labos $(OUT)/lab

@@ -1,0 +1,170 @@
+// Package bake connects the builder to extensions/: it renders the
+// definition's add-ons into the embedded machine configuration and the
+// IMAGECACHE OCI layout, starting the stand-in mirror when the pins are the
+// project's stand-ins (see extensions/README.md).
+package bake
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/labfleet/labfleet/extensions"
+	"github.com/labfleet/labfleet/extensions/addons"
+	"github.com/labfleet/labfleet/extensions/machineconfig"
+	"github.com/labfleet/labfleet/images/build"
+	"github.com/labfleet/labfleet/images/record"
+	"github.com/labfleet/labfleet/images/spec"
+)
+
+// Baker implements build.Baker over extensions.Bake.
+type Baker struct {
+	// Dir is the add-ons root (<repo>/extensions).
+	Dir string
+	// Site, when set, bakes a per-site machine config patch.
+	Site *extensions.SiteValues
+
+	mu     sync.Mutex
+	mirror map[string]string
+	stop   func()
+}
+
+// New returns a Baker reading add-ons from <root>/extensions.
+func New(root string) *Baker {
+	return &Baker{Dir: filepath.Join(root, "extensions")}
+}
+
+// Close stops the stand-in mirror if one was started.
+func (b *Baker) Close() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+
+	if b.stop != nil {
+		b.stop()
+		b.stop = nil
+	}
+}
+
+// Fingerprint hashes every file of the definition's add-ons and of the
+// stand-in catalogue: what Bake reads besides the definition itself.
+func (b *Baker) Fingerprint(def *spec.Definition) (string, error) {
+	h := sha256.New()
+
+	dirs := []string{filepath.Join(b.Dir, "standin")}
+	for _, a := range def.Addons {
+		dirs = append(dirs, filepath.Join(b.Dir, a))
+	}
+
+	for _, d := range dirs {
+		err := filepath.WalkDir(d, func(p string, de fs.DirEntry, err error) error {
+			if err != nil || de.IsDir() {
+				return err
+			}
+
+			f, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			defer f.Close() //nolint:errcheck
+
+			fmt.Fprintf(h, "%s\n", p[len(b.Dir):])
+			_, err = io.Copy(h, f)
+
+			return err
+		})
+		if err != nil {
+			return "", fmt.Errorf("reading add-on %s: %w", d, err)
+		}
+	}
+
+	if b.Site != nil {
+		fmt.Fprintf(h, "site %+v\n", *b.Site)
+	}
+
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// Bake renders add-ons (if any) and the machine configuration.
+func (b *Baker) Bake(ctx context.Context, req build.BakeRequest) (*build.Baked, error) {
+	def := req.Def
+
+	if len(def.Addons) == 0 {
+		cfg, err := machineconfig.Generate(machineconfig.Options{
+			ClusterName: def.Cluster.Name, Endpoint: def.Cluster.Endpoint, SecretsPath: req.SecretsPath,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("generating machine config: %w", err)
+		}
+
+		return &build.Baked{MachineConfig: cfg}, nil
+	}
+
+	mirror, err := b.mirrorFor(ctx, def)
+	if err != nil {
+		return nil, err
+	}
+
+	baked, err := extensions.Bake(ctx, extensions.BakeOptions{
+		Dir: b.Dir, Addons: def.Addons, Mirror: mirror, SecretsPath: req.SecretsPath,
+		ClusterName: def.Cluster.Name, Endpoint: def.Cluster.Endpoint, Site: b.Site,
+		CacheDir: filepath.Join(req.WorkDir, "imagecache"),
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	out := &build.Baked{MachineConfig: baked.MachineConfig, CacheLayoutDir: baked.CacheLayoutDir}
+
+	for _, a := range baked.Addons {
+		ra := record.Addon{Name: a.Name, Version: a.Version, ChartDigest: a.ChartDigest, Source: a.PinSource}
+		for _, img := range a.Images {
+			ra.Images = append(ra.Images, record.AddonImage{Ref: img.Ref, Digest: img.Digest})
+		}
+
+		out.Addons = append(out.Addons, ra)
+	}
+
+	return out, nil
+}
+
+// mirrorFor starts the stand-in mirror when any add-on is pinned to the
+// stand-ins: those digests exist only there.
+func (b *Baker) mirrorFor(ctx context.Context, def *spec.Definition) (map[string]string, error) {
+	list, err := addons.LoadAll(b.Dir, def.Addons)
+	if err != nil {
+		return nil, err
+	}
+
+	standin := false
+
+	for _, a := range list {
+		if a.Pins.Source == "standin" {
+			standin = true
+		}
+	}
+
+	if !standin {
+		return nil, nil
+	}
+
+	b.mu.Lock()
+	defer b.mu.Unlock()
+
+	if b.mirror == nil {
+		// The mirror outlives this build's context: Close stops it.
+		m, stop, err := extensions.StartStandinMirror(context.WithoutCancel(ctx))
+		if err != nil {
+			return nil, err
+		}
+
+		b.mirror, b.stop = m, stop
+	}
+
+	return b.mirror, nil
+}
