@@ -21,7 +21,7 @@ func writeSwtpmConfig(stateDir string) (string, error) {
 	}
 
 	files := map[string]string{
-		"swtpm-localca.conf": fmt.Sprintf("statedir = %[1]s\nsigningkey = %[1]s/signkey.pem\nissuercert = %[1]s/issuercert.pem\ncertserial = %[1]s/certserial\n", ca),
+		"swtpm-localca.conf":    fmt.Sprintf("statedir = %[1]s\nsigningkey = %[1]s/signkey.pem\nissuercert = %[1]s/issuercert.pem\ncertserial = %[1]s/certserial\n", ca),
 		"swtpm-localca.options": "--platform-manufacturer labfleet\n--platform-version 2.1\n--platform-model QEMU\n",
 	}
 
