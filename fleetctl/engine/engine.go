@@ -20,6 +20,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/labfleet/labfleet/fleetctl/driver"
@@ -282,7 +283,7 @@ func Summarise(ctx context.Context, st *store.Store, id string) (Result, error) 
 		return Result{}, fmt.Errorf("counting rollbacks: %w", err)
 	}
 
-	res := Result{RolloutID: r.ID, Name: r.Name, State: r.State, Reason: r.Reason, Simulated: r.Driver == "sim", RolledBack: rolledBack}
+	res := Result{RolloutID: r.ID, Name: r.Name, State: r.State, Reason: r.Reason, Simulated: strings.HasPrefix(r.Driver, "sim"), RolledBack: rolledBack}
 
 	for _, w := range waves {
 		c := counts[w.Index]

@@ -65,7 +65,12 @@ func (e *execution) run(ctx context.Context) (Result, error) {
 
 	defer e.opts.Store.ReleaseLease(context.WithoutCancel(ctx), r.ID, pid) //nolint:errcheck
 
-	if r.State == store.StatePaused || r.Desired != store.DesiredRun {
+	switch r.Desired {
+	case store.DesiredAbort:
+		// An abort recorded while no process ran: only reconcile in-flight nodes.
+		e.stop(store.StateAborted, "aborted by operator")
+	case store.DesiredPause:
+		// Resuming is the operator asking to run again.
 		if err := e.opts.Store.SetDesired(ctx, r.ID, store.DesiredRun, e.opts.Actor); err != nil {
 			return Result{}, err
 		}

@@ -302,11 +302,25 @@ func (f *Fleet) phase(key string, n *simNode) phase {
 		return phaseUp
 	}
 
+	// Rollback ('R') and plain reboot ('B') only take the reboot time.
 	if since < reboot {
 		return phaseRebooting
 	}
 
 	return phaseUp
+}
+
+// Reboot restarts the node on its current image.
+func (f *Fleet) Reboot(key string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	switch f.phase(key, f.node(key)) {
+	case phaseRebooting, phaseHung:
+		return ErrUnreachable
+	}
+
+	return f.record(key, 'B', "")
 }
 
 // Version is what the node reports now.

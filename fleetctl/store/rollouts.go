@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"os"
 	"syscall"
 	"time"
 )
@@ -536,4 +537,19 @@ func (s *Store) NodeCounts(ctx context.Context, id string) (Counts, error) {
 	}
 
 	return out, rows.Err()
+}
+
+// LeaseLive reports whether the rollout's lease holder is (probably) alive:
+// on this host its pid exists; elsewhere it heartbeated recently.
+func LeaseLive(r *Rollout) bool {
+	if r.LeasePID == 0 {
+		return false
+	}
+
+	host, _ := os.Hostname()
+	if r.LeaseHost == host {
+		return pidAlive(r.LeasePID)
+	}
+
+	return time.Since(r.LeaseAt) < 30*time.Second
 }

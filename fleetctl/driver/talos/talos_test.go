@@ -1,0 +1,171 @@
+package talos_test
+
+import (
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/labfleet/labfleet/fleetctl/driver"
+	"github.com/labfleet/labfleet/fleetctl/driver/talos"
+	"github.com/labfleet/labfleet/fleetctl/engine"
+	"github.com/labfleet/labfleet/fleetctl/inventory"
+	"github.com/labfleet/labfleet/fleetctl/plan"
+	"github.com/labfleet/labfleet/fleetctl/sim"
+	"github.com/labfleet/labfleet/fleetctl/site"
+	"github.com/labfleet/labfleet/fleetctl/store"
+)
+
+// servedFleet serves a simulated fleet over the machine API with mTLS and
+// writes the talosconfig clients need.
+func servedFleet(t *testing.T, spec sim.Spec, b sim.Behaviour) (*inventory.Inventory, *sim.Fleet, string) {
+	t.Helper()
+
+	dir := t.TempDir()
+
+	creds, err := site.Generate("sim", []string{"127.0.0.1"})
+	require.NoError(t, err)
+	require.NoError(t, creds.Write(dir, false))
+
+	tlsCfg, err := site.ServerTLS(creds.Bundle, []net.IP{net.IPv4(127, 0, 0, 1)})
+	require.NoError(t, err)
+
+	fleet, err := sim.Open(dir, b)
+	require.NoError(t, err)
+	t.Cleanup(func() { fleet.Close() })
+
+	f := sim.Inventory(spec)
+
+	var keys []string
+
+	for _, c := range f.Clusters {
+		for _, n := range c.Nodes {
+			keys = append(keys, sim.Key(c.Name, n.Name))
+		}
+	}
+
+	srv, err := sim.Serve(fleet, keys, tlsCfg)
+	require.NoError(t, err)
+	t.Cleanup(srv.Close)
+
+	for i := range f.Clusters {
+		c := &f.Clusters[i]
+		c.Talosconfig = filepath.Join(dir, site.TalosconfigFile)
+
+		for j := range c.Nodes {
+			c.Nodes[j].Endpoint = srv.Endpoints[sim.Key(c.Name, c.Nodes[j].Name)]
+		}
+	}
+
+	inv := &inventory.Inventory{Sites: f.Sites, Clusters: f.Clusters}
+	require.NoError(t, inv.Validate())
+
+	return inv, fleet, dir
+}
+
+func TestDriverCallsOverMTLS(t *testing.T) {
+	inv, fleet, _ := servedFleet(t, sim.Spec{Clusters: 1, NodesPerCluster: 1}, sim.Behaviour{InitialVersion: "v1.0.0"})
+	c := inv.Clusters[0]
+	tgt := driver.Target{Cluster: c.Name, Node: c.Nodes[0].Name, Endpoint: c.Nodes[0].Endpoint, Talosconfig: c.Talosconfig}
+
+	n, err := talos.NewFactory().Open(t.Context(), tgt)
+	require.NoError(t, err)
+
+	defer n.Close()
+
+	v, err := n.Version(t.Context())
+	require.NoError(t, err)
+	assert.Equal(t, "v1.0.0", v)
+
+	h, err := n.Health(t.Context())
+	require.NoError(t, err)
+	assert.True(t, h.Healthy())
+	assert.Len(t, h.Services, 5)
+
+	require.NoError(t, n.Upgrade(t.Context(), sim.Image("v2.0.0")))
+
+	v, err = n.Version(t.Context())
+	require.NoError(t, err)
+	assert.Equal(t, "v2.0.0", v)
+
+	require.NoError(t, n.Rollback(t.Context()))
+
+	v, err = n.Version(t.Context())
+	require.NoError(t, err)
+	assert.Equal(t, "v1.0.0", v)
+	assert.Equal(t, sim.Counts{Upgrades: 1, Rollbacks: 1}, fleet.Counts()[sim.Key(tgt.Cluster, tgt.Node)])
+}
+
+func TestDriverMapsInProgress(t *testing.T) {
+	inv, _, _ := servedFleet(t, sim.Spec{Clusters: 1, NodesPerCluster: 1},
+		sim.Behaviour{InitialVersion: "v1.0.0", StageTime: sim.Duration(time.Minute)})
+	c := inv.Clusters[0]
+
+	n, err := talos.NewFactory().Open(t.Context(), driver.Target{Cluster: c.Name, Node: "n0", Endpoint: c.Nodes[0].Endpoint, Talosconfig: c.Talosconfig})
+	require.NoError(t, err)
+
+	defer n.Close()
+
+	require.NoError(t, n.Upgrade(t.Context(), sim.Image("v2.0.0")))
+	require.ErrorIs(t, n.Upgrade(t.Context(), sim.Image("v2.0.0")), driver.ErrInProgress)
+}
+
+func TestDriverRejectsForeignCredentials(t *testing.T) {
+	inv, _, _ := servedFleet(t, sim.Spec{Clusters: 1, NodesPerCluster: 1}, sim.Behaviour{InitialVersion: "v1.0.0"})
+
+	// Credentials from another cluster's CA: the server must refuse them and
+	// the client must refuse the server.
+	other := t.TempDir()
+	creds, err := site.Generate("other", []string{"127.0.0.1"})
+	require.NoError(t, err)
+	require.NoError(t, creds.Write(other, false))
+
+	c := inv.Clusters[0]
+
+	n, err := talos.NewFactory().Open(t.Context(), driver.Target{Cluster: c.Name, Node: "n0", Endpoint: c.Nodes[0].Endpoint, Talosconfig: filepath.Join(other, site.TalosconfigFile)})
+	require.NoError(t, err)
+
+	defer n.Close()
+
+	_, err = n.Version(t.Context())
+	require.Error(t, err)
+}
+
+// TestRolloutOverMachineAPIAtScale drives a few hundred simulated nodes
+// through the real client, TLS included.
+func TestRolloutOverMachineAPIAtScale(t *testing.T) {
+	inv, fleet, dir := servedFleet(t, sim.Spec{Clusters: 100, NodesPerCluster: 3},
+		sim.Behaviour{InitialVersion: "v1.0.0", Seed: 3, FailRate: 0.02})
+
+	p := &plan.Plan{
+		Name: "scale", Image: sim.Image("v2.0.0"), Version: "v2.0.0",
+		Waves: []plan.Wave{
+			{Name: "canary", Count: 2, MaxFailures: 1},
+			{Name: "rest", Percent: 100, MaxFailurePercent: 10},
+		},
+		Concurrency: 50, MaxUnavailable: 2,
+		Health: plan.HealthGate{Timeout: plan.Duration(300 * time.Millisecond), Interval: plan.Duration(10 * time.Millisecond)},
+		Budget: plan.Budget{MaxFailurePercent: 10},
+	}
+	p.Default()
+	require.NoError(t, p.Validate())
+
+	st, err := store.Open(filepath.Join(dir, "fleet.db"), store.Options{})
+	require.NoError(t, err)
+
+	defer st.Close()
+
+	res, err := engine.Run(t.Context(), engine.Options{Inventory: inv, Plan: p, Store: st, Driver: talos.NewFactory(), DriverName: "talos"})
+	require.NoError(t, err)
+	assert.Equal(t, 300, res.Nodes)
+	assert.Equal(t, 300, res.Done+res.Failed+res.Skipped)
+	assert.Positive(t, res.Failed, "2% of 300 nodes fail with seed 3")
+	assert.Equal(t, res.Failed, res.RolledBack)
+
+	for key, c := range fleet.Counts() {
+		assert.LessOrEqual(t, c.Upgrades, 1, "node %s", key)
+	}
+}

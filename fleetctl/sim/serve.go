@@ -1,0 +1,158 @@
+package sim
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/labfleet/labfleet/fleetctl/driver"
+)
+
+// Server serves the Talos machine API subset fleetctl uses (Version,
+// Upgrade, Rollback, Reboot, ServiceList) for simulated nodes, one listener
+// per node on 127.0.0.1, with mTLS.
+type Server struct {
+	// Endpoints maps node keys (cluster/node) to their 127.0.0.1:port address.
+	Endpoints map[string]string
+
+	servers []*grpc.Server
+}
+
+// Serve starts one gRPC server per node key. tlsCfg must require client certificates.
+func Serve(f *Fleet, keys []string, tlsCfg *tls.Config) (*Server, error) {
+	s := &Server{Endpoints: make(map[string]string, len(keys))}
+
+	for _, key := range keys {
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			s.Close()
+
+			return nil, fmt.Errorf("listening for simulated node %s: %w", key, err)
+		}
+
+		g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)))
+		machineapi.RegisterMachineServiceServer(g, &machineService{f: f, key: key})
+
+		go g.Serve(lis) //nolint:errcheck // ends with Stop
+
+		s.servers = append(s.servers, g)
+		s.Endpoints[key] = lis.Addr().String()
+	}
+
+	return s, nil
+}
+
+// Close stops every server.
+func (s *Server) Close() {
+	for _, g := range s.servers {
+		g.Stop()
+	}
+}
+
+type machineService struct {
+	machineapi.UnimplementedMachineServiceServer
+
+	f   *Fleet
+	key string
+}
+
+func (m *machineService) wait(ctx context.Context) error {
+	return sleep(ctx, time.Duration(m.f.b.Latency))
+}
+
+func grpcErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, driver.ErrInProgress):
+		return status.Error(codes.FailedPrecondition, "SIMULATED: upgrade in progress")
+	case errors.Is(err, ErrUnreachable):
+		return status.Error(codes.Unavailable, "SIMULATED: "+err.Error())
+	case errors.Is(err, ErrNoPrevious):
+		return status.Error(codes.NotFound, "SIMULATED: "+err.Error())
+	}
+
+	return status.Error(codes.Internal, err.Error())
+}
+
+func (m *machineService) Version(ctx context.Context, _ *emptypb.Empty) (*machineapi.VersionResponse, error) {
+	if err := m.wait(ctx); err != nil {
+		return nil, err
+	}
+
+	v, err := m.f.Version(m.key)
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+
+	return &machineapi.VersionResponse{Messages: []*machineapi.Version{{
+		Version: &machineapi.VersionInfo{Tag: v, Os: "labfleet-sim", Arch: "amd64"},
+	}}}, nil
+}
+
+func (m *machineService) Upgrade(ctx context.Context, req *machineapi.UpgradeRequest) (*machineapi.UpgradeResponse, error) {
+	if err := m.wait(ctx); err != nil {
+		return nil, err
+	}
+
+	if err := m.f.Upgrade(m.key, VersionOf(req.GetImage())); err != nil {
+		return nil, grpcErr(err)
+	}
+
+	return &machineapi.UpgradeResponse{Messages: []*machineapi.Upgrade{{Ack: "SIMULATED: upgrade request received"}}}, nil
+}
+
+func (m *machineService) Rollback(ctx context.Context, _ *machineapi.RollbackRequest) (*machineapi.RollbackResponse, error) {
+	if err := m.wait(ctx); err != nil {
+		return nil, err
+	}
+
+	if err := m.f.Rollback(m.key); err != nil {
+		return nil, grpcErr(err)
+	}
+
+	return &machineapi.RollbackResponse{Messages: []*machineapi.Rollback{{}}}, nil
+}
+
+func (m *machineService) Reboot(ctx context.Context, _ *machineapi.RebootRequest) (*machineapi.RebootResponse, error) {
+	if err := m.wait(ctx); err != nil {
+		return nil, err
+	}
+
+	if err := m.f.Reboot(m.key); err != nil {
+		return nil, grpcErr(err)
+	}
+
+	return &machineapi.RebootResponse{Messages: []*machineapi.Reboot{{}}}, nil
+}
+
+func (m *machineService) ServiceList(ctx context.Context, _ *emptypb.Empty) (*machineapi.ServiceListResponse, error) {
+	if err := m.wait(ctx); err != nil {
+		return nil, err
+	}
+
+	svcs, err := m.f.Services(m.key)
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+
+	list := &machineapi.ServiceList{}
+	for _, s := range svcs {
+		list.Services = append(list.Services, &machineapi.ServiceInfo{
+			Id: s.ID, State: s.State,
+			Health: &machineapi.ServiceHealth{Healthy: s.Healthy, LastMessage: s.Message},
+		})
+	}
+
+	return &machineapi.ServiceListResponse{Messages: []*machineapi.ServiceList{list}}, nil
+}
