@@ -1,0 +1,111 @@
+package addonscmd_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/labfleet/labfleet/extensions/addons"
+	"github.com/labfleet/labfleet/extensions/addonscmd"
+)
+
+func run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+
+	cmd := addonscmd.NewCommand()
+
+	var out bytes.Buffer
+
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs(args)
+	cmd.SilenceUsage = true
+	cmd.SilenceErrors = true
+
+	err := cmd.ExecuteContext(context.Background())
+
+	return out.String(), err
+}
+
+func TestList(t *testing.T) {
+	out, err := run(t, "list", "--dir", "..")
+	require.NoError(t, err)
+	assert.Contains(t, out, "cilium")
+	assert.Contains(t, out, "opentelemetry-collector")
+
+	out, err = run(t, "list", "--dir", "..", "-o", "json")
+	require.NoError(t, err)
+
+	var list []addons.Addon
+	require.NoError(t, json.Unmarshal([]byte(out), &list))
+	require.Len(t, list, 4)
+	assert.Equal(t, "cilium", list[0].Name)
+	assert.Regexp(t, `^sha256:[0-9a-f]{64}$`, list[0].Chart.Digest)
+}
+
+func TestShow(t *testing.T) {
+	out, err := run(t, "show", "thanos", "--dir", "..")
+	require.NoError(t, err)
+	assert.Contains(t, out, "quay.io/thanos/thanos:v0.39.2@sha256:")
+	assert.Contains(t, out, "thanos.objstoreSecret")
+
+	out, err = run(t, "show", "metallb", "--dir", "..", "-o", "json")
+	require.NoError(t, err)
+
+	var a addons.Addon
+	require.NoError(t, json.Unmarshal([]byte(out), &a))
+	assert.Equal(t, "0.15.2", a.Chart.Version)
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"list", "--dir", "..", "-o", "yaml"},
+		{"show", "nope", "--dir", ".."},
+		{"bump", "cilium", "--dir", "..", "--mirror", "quay.io"},
+		{"bump", "cilium", "--dir", "..", "--tag", "agent"},
+		{"bump", "cilium", "--dir", "..", "--standin", "--source", "upstream"},
+	} {
+		_, err := run(t, args...)
+		require.Error(t, err, args)
+		assert.ErrorIs(t, err, addonscmd.ErrUsage, args)
+	}
+}
+
+func TestBumpStandin(t *testing.T) {
+	root := t.TempDir()
+	out, err := exec.Command("cp", "-r", "../cilium", root).CombinedOutput()
+	require.NoError(t, err, string(out))
+
+	file := filepath.Join(root, "cilium", addons.SpecFile)
+
+	orig, err := os.ReadFile(file)
+	require.NoError(t, err)
+
+	out2, err := run(t, "bump", "cilium", "--dir", root, "--version", "1.18.1", "--standin", "--dry-run", "-o", "json")
+	require.NoError(t, err)
+
+	var res addons.BumpResult
+	require.NoError(t, json.Unmarshal([]byte(out2), &res))
+	assert.Equal(t, "1.18.1", res.Chart.NewVersion)
+	assert.False(t, res.Written)
+
+	now, err := os.ReadFile(file)
+	require.NoError(t, err)
+	assert.Equal(t, string(orig), string(now), "dry run writes nothing")
+
+	_, err = run(t, "bump", "cilium", "--dir", root, "--version", "1.18.1", "--standin")
+	require.NoError(t, err)
+
+	a, err := addons.Load(filepath.Join(root, "cilium"))
+	require.NoError(t, err)
+	assert.Equal(t, "1.18.1", a.Chart.Version)
+	assert.Equal(t, "standin", a.Pins.Source)
+	assert.Equal(t, "imagectl addons bump cilium --version=1.18.1 --standin", a.Pins.Note)
+}
