@@ -1,0 +1,670 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-tpm/tpm2/transport"
+	"github.com/google/go-tpm/tpm2/transport/linuxtpm"
+	"golang.org/x/sys/unix"
+
+	"github.com/labfleet/labfleet/lab/labos/addons"
+	"github.com/labfleet/labfleet/lab/labos/api"
+	"github.com/labfleet/labfleet/lab/labos/bootentry"
+	"github.com/labfleet/labfleet/lab/labos/config"
+	"github.com/labfleet/labfleet/lab/labos/efivars"
+	"github.com/labfleet/labfleet/lab/labos/health"
+	"github.com/labfleet/labfleet/lab/labos/luks"
+	"github.com/labfleet/labfleet/lab/labos/pcrphase"
+	"github.com/labfleet/labfleet/lab/labos/state"
+	"github.com/labfleet/labfleet/lab/labos/sysinit"
+	"github.com/labfleet/labfleet/lab/labos/upgrade"
+	"github.com/labfleet/labfleet/lab/nodeapi"
+)
+
+// Paths and names inside the guest.
+const (
+	TPMDevice    = "/dev/tpmrm0"
+	ESPMount     = "/efi"
+	StateMount   = "/var"
+	StateMapName = "state"
+	VersionFile  = "/etc/labos/version"
+	ModulesDir   = "/lib/modules"
+
+	PartESP   = "EFI"
+	PartState = "STATE"
+	PartCache = "IMAGECACHE"
+)
+
+// MarkerError is printed for a step that failed fatally (proposed for nodeapi).
+const MarkerError = "error"
+
+// Node is the running system.
+type Node struct {
+	Out io.Writer // the console: markers go here
+	Log *slog.Logger
+
+	mu     sync.Mutex
+	status nodeapi.Status
+	start  time.Time
+
+	cmdline sysinit.Cmdline
+	name    string
+	efi     efivars.Store
+	esp     *bootentry.ESP
+	tpm     transport.TPMCloser
+	mounts  []string
+	machine *config.Machine
+	parts   []sysinit.Partition
+	disk    string
+
+	actions chan action
+	once    sync.Once
+}
+
+type action struct{ powerOff bool }
+
+// New returns a node writing markers to out.
+func New(out io.Writer, log *slog.Logger) *Node {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+
+	return &Node{Out: out, Log: log, start: time.Now(), actions: make(chan action, 1)}
+}
+
+func (n *Node) marker(m, details string) {
+	fmt.Fprintln(n.Out, nodeapi.FormatMarker(m, details))
+}
+
+func (n *Node) fatal(step string, err error) {
+	n.marker(MarkerError, fmt.Sprintf("step=%s err=%q", step, err.Error()))
+}
+
+func (n *Node) update(f func(s *nodeapi.Status)) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+
+	f(&n.status)
+}
+
+// Status implements api.Node.
+func (n *Node) Status() nodeapi.Status {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+
+	s := n.status
+	s.Checks = append([]nodeapi.Check(nil), s.Checks...)
+	s.UptimeSeconds = time.Since(n.start).Seconds()
+
+	return s
+}
+
+// Boot runs the boot sequence. Errors of single steps are reported as
+// markers and in the status; Boot returns an error only when nothing more
+// can be done, and even then the caller keeps PID 1 alive.
+func (n *Node) Boot(ctx context.Context) error {
+	for _, m := range sysinit.EarlyMounts {
+		if err := m.Do(); err != nil {
+			return err
+		}
+	}
+
+	_ = sysinit.Console()
+
+	cmdline, err := sysinit.ReadCmdline()
+	if err != nil {
+		return fmt.Errorf("reading kernel command line: %w", err)
+	}
+
+	n.cmdline = cmdline
+	version := n.version()
+	n.update(func(s *nodeapi.Status) { s.Version = version })
+	n.marker(nodeapi.MarkerInit, "version="+version)
+
+	// TPM drivers are built into the Debian kernel: extend enter-initrd
+	// before anything else; retry after modules if the device is late.
+	n.openTPM(0)
+	n.phase(pcrphase.EnterInitrd)
+
+	n.loadModules()
+	if n.tpm == nil {
+		n.openTPM(3 * time.Second)
+		n.phase(pcrphase.EnterInitrd)
+	}
+
+	if err := sysinit.EFIVarsMount.Do(); err != nil {
+		n.fatal("efivarfs", err)
+	}
+
+	n.readSecureBoot()
+	n.readConfig()
+
+	go n.network()
+
+	if parts, err := n.waitPartitions(ctx); err != nil {
+		n.fatal("partitions", err)
+	} else {
+		n.parts = parts
+	}
+
+	n.mountESP()
+
+	// machined's side of the handover: only now may the key unseal
+	n.phase(pcrphase.LeaveInitrd)
+	n.phase(pcrphase.EnterMachined)
+	n.unlockState(ctx)
+	// whatever happened, make the key unsealable until the next boot
+	n.phase(pcrphase.StartTheWorld)
+
+	apiCheck := n.startAPI(ctx)
+
+	n.settle(ctx, apiCheck)
+
+	return nil
+}
+
+func (n *Node) version() string {
+	if v := n.cmdline[sysinit.ParamVersion]; v != "" {
+		return v
+	}
+
+	if b, err := os.ReadFile(VersionFile); err == nil {
+		return strings.TrimSpace(string(b))
+	}
+
+	return "unknown"
+}
+
+func (n *Node) openTPM(wait time.Duration) {
+	deadline := time.Now().Add(wait)
+
+	for {
+		t, err := linuxtpm.Open(TPMDevice)
+		if err == nil {
+			n.tpm = t
+
+			return
+		}
+
+		if time.Now().After(deadline) {
+			n.Log.Info("no TPM", "err", err)
+
+			return
+		}
+
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (n *Node) phase(p pcrphase.Phase) {
+	if n.tpm == nil {
+		return
+	}
+
+	if err := pcrphase.Extend(n.tpm, p); err != nil {
+		n.fatal("phase", err)
+
+		return
+	}
+
+	n.marker(nodeapi.MarkerPhase, string(p))
+}
+
+func (n *Node) loadModules() {
+	data, err := os.ReadFile(sysinit.ModulesList)
+	if err != nil {
+		n.Log.Info("no module list", "err", err)
+
+		return
+	}
+
+	loaded, err := sysinit.LoadModules(sysinit.ParseModules(data), filepath.Join(ModulesDir, sysinit.KernelRelease()))
+	if err != nil {
+		n.fatal("modules", err)
+	}
+
+	n.Log.Info("modules loaded", "count", len(loaded))
+}
+
+func (n *Node) readSecureBoot() {
+	sb, err1 := n.efi.SecureBoot()
+	sm, err2 := n.efi.SetupMode()
+
+	if err := errors.Join(err1, err2); err != nil {
+		n.fatal("secureboot", err)
+	}
+
+	n.update(func(s *nodeapi.Status) { s.SecureBoot, s.SetupMode = sb, sm })
+	n.marker(nodeapi.MarkerSecureBoot, fmt.Sprintf("enabled=%t setupmode=%t", sb, sm))
+}
+
+func (n *Node) readConfig() {
+	data, err := config.ReadEmbedded("/")
+	if err != nil {
+		n.fatal("config", err)
+
+		return
+	}
+
+	m, err := config.Parse(data)
+	if err != nil {
+		n.fatal("config", err)
+
+		return
+	}
+
+	n.machine = m
+}
+
+func (n *Node) network() {
+	link, err := sysinit.ConfigureNetwork(sysinit.DefaultAddress, sysinit.DefaultGateway)
+	if err != nil {
+		n.fatal("network", err)
+
+		return
+	}
+
+	n.Log.Info("network up", "link", link)
+}
+
+// waitPartitions waits for the ESP to appear: virtio-blk probes
+// asynchronously after its module loads.
+func (n *Node) waitPartitions(ctx context.Context) ([]sysinit.Partition, error) {
+	deadline := time.Now().Add(10 * time.Second)
+
+	for {
+		parts, err := sysinit.FindPartitions("/sys")
+		if err == nil {
+			if esp, err := sysinit.FindPartition(parts, PartESP, ""); err == nil {
+				n.disk = esp.Disk
+
+				return parts, nil
+			}
+		}
+
+		if time.Now().After(deadline) {
+			return parts, fmt.Errorf("no %s partition after 10s", PartESP)
+		}
+
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (n *Node) mountESP() {
+	p, err := sysinit.FindPartition(n.parts, PartESP, n.disk)
+	if err != nil {
+		n.fatal("esp", err)
+
+		return
+	}
+
+	m := sysinit.Mount{Source: p.Device, Target: ESPMount, FSType: "vfat", Flags: unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC}
+	if err := m.Do(); err != nil {
+		n.fatal("esp", err)
+
+		return
+	}
+
+	n.mounts = append(n.mounts, ESPMount)
+	n.esp = &bootentry.ESP{Root: ESPMount}
+}
+
+func (n *Node) unlockState(ctx context.Context) {
+	var (
+		res state.Result
+		err error
+	)
+
+	p, perr := sysinit.FindPartition(n.parts, PartState, n.disk)
+	if perr != nil {
+		err = &state.Error{Reason: state.ReasonNoPartition, Err: perr}
+	} else {
+		keys, kerr := state.ReadKeys()
+
+		if kerr != nil && len(keys.PCRPublicKey) == 0 {
+			err = kerr
+		} else {
+			vol := state.Volume{Device: p.Device, MapName: StateMapName, MountPoint: StateMount, Crypt: luks.Cryptsetup{}}
+
+			var t transport.TPM
+			if n.tpm != nil {
+				t = n.tpm
+			}
+
+			res, err = vol.Unlock(ctx, t, keys)
+		}
+	}
+
+	if err != nil {
+		reason := state.ReasonOf(err)
+		n.update(func(s *nodeapi.Status) { s.UnlockError = err.Error() })
+		n.marker(nodeapi.MarkerUnlockFailed, "reason="+string(reason))
+
+		return
+	}
+
+	n.mounts = append(n.mounts, StateMount)
+	n.update(func(s *nodeapi.Status) { s.TPMUnlocked, s.StateFormatted = true, res.Formatted })
+
+	if res.Formatted {
+		n.marker(nodeapi.MarkerStateFormat, "device="+p.Device)
+	}
+
+	n.marker(nodeapi.MarkerStateUnlocked, "device="+p.Device)
+}
+
+func (n *Node) startAPI(ctx context.Context) nodeapi.Check {
+	c := nodeapi.Check{Name: nodeapi.ServiceAPI}
+
+	if n.machine == nil {
+		c.Message = "no machine config: no CA to issue the server certificate"
+
+		return c
+	}
+
+	ips := []net.IP{net.IP(sysinit.DefaultAddress.Addr().AsSlice()), net.ParseIP("127.0.0.1")}
+	dns := []string{"localhost", n.entryName()}
+
+	for _, san := range n.machine.CertSANs {
+		if ip := net.ParseIP(san); ip != nil {
+			ips = append(ips, ip)
+		} else {
+			dns = append(dns, san)
+		}
+	}
+
+	tlsCfg, err := api.TLSConfig(n.machine.CACert, n.machine.CAKey, ips, dns)
+	if err != nil {
+		c.Message = err.Error()
+		n.fatal("api", err)
+
+		return c
+	}
+
+	addr := fmt.Sprintf(":%d", nodeapi.APIPort)
+
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		c.Message = err.Error()
+		n.fatal("api", err)
+
+		return c
+	}
+
+	srv := &api.Server{Node: n, Tag: n.Status().Version, Host: n.entryName()}
+
+	go func() {
+		if err := api.Serve(ctx, lis, srv, tlsCfg); err != nil {
+			n.fatal("api", err)
+		}
+	}()
+
+	n.marker(nodeapi.MarkerAPIUp, "addr="+addr)
+
+	c.Healthy, c.Message = true, "listening on "+addr
+
+	return c
+}
+
+// entryName is the image name: the boot entry prefix.
+func (n *Node) entryName() string {
+	if v := n.cmdline[sysinit.ParamName]; v != "" {
+		return v
+	}
+
+	if sel, err := n.efi.LoaderEntrySelected(); err == nil {
+		if e, err := bootentry.Parse(sel); err == nil {
+			if i := strings.LastIndexByte(e.Base, '-'); i > 0 {
+				return e.Base[:i]
+			}
+		}
+	}
+
+	return "labos"
+}
+
+func (n *Node) addons() ([]nodeapi.Addon, error) {
+	if n.machine == nil {
+		return nil, errors.New("no machine config")
+	}
+
+	as, err := addons.FromManifests(n.machine.InlineManifests)
+	if err != nil {
+		return nil, err
+	}
+
+	if p, err := sysinit.FindPartition(n.parts, PartCache, n.disk); err == nil {
+		if idx, err := addons.ReadCacheIndex(p.Device); err == nil {
+			if cached, err := addons.CachedDigests(idx); err == nil {
+				addons.PinImages(as, cached)
+			}
+		} else {
+			n.Log.Info("image cache not readable", "err", err)
+		}
+	}
+
+	return as, nil
+}
+
+func (n *Node) checks(apiCheck nodeapi.Check) []nodeapi.Check {
+	st := n.Status()
+
+	tpmCheck := nodeapi.Check{Name: nodeapi.ServiceTPMUnlock, Healthy: st.TPMUnlocked, Message: st.UnlockError}
+	if st.TPMUnlocked {
+		tpmCheck.Message = "STATE key unsealed with the signed PCR 11 policy"
+	}
+
+	stateCheck := nodeapi.Check{Name: nodeapi.ServiceState}
+
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(StateMount, &sfs); err == nil && sfs.Type == unix.EXT4_SUPER_MAGIC && st.TPMUnlocked {
+		stateCheck.Healthy, stateCheck.Message = true, "ext4 on /dev/mapper/"+StateMapName+" at "+StateMount
+	} else {
+		stateCheck.Message = StateMount + " is not the STATE volume"
+	}
+
+	ebpfCheck := health.RunProbes(nodeapi.ServiceEBPF, health.CiliumProbes())
+
+	as, err := n.addons()
+	addonCheck := health.Addons(as, nil)
+
+	if err != nil {
+		addonCheck.Message = err.Error()
+	}
+
+	n.update(func(s *nodeapi.Status) { s.Addons = as })
+
+	return []nodeapi.Check{tpmCheck, stateCheck, apiCheck, ebpfCheck, addonCheck}
+}
+
+func (n *Node) settle(_ context.Context, apiCheck nodeapi.Check) {
+	checks, healthy, reason := health.Evaluate(n.checks(apiCheck), n.cmdline[sysinit.ParamInject])
+
+	selected, _ := n.efi.LoaderEntrySelected()
+	countPath, _ := n.efi.LoaderBootCountPath()
+
+	n.update(func(s *nodeapi.Status) {
+		s.Checks, s.Healthy, s.BootEntry = checks, healthy, selected
+	})
+
+	if healthy {
+		n.marker(nodeapi.MarkerHealthy, "")
+	} else {
+		n.marker(nodeapi.MarkerUnhealthy, "reason="+reason)
+	}
+
+	var out Outcome
+
+	if n.esp == nil {
+		n.fatal("bless", errors.New("ESP not mounted"))
+	} else {
+		var err error
+
+		out, err = Settle(*n.esp, countPath, selected, healthy)
+		if err != nil {
+			n.fatal("bless", err)
+		}
+
+		if failed, err := n.esp.Failed(); err == nil {
+			n.update(func(s *nodeapi.Status) { s.FailedUpgrades = failed })
+		}
+
+		n.update(func(s *nodeapi.Status) {
+			s.Blessed = out.Blessed
+			if out.Entry != "" {
+				s.BootEntry = out.Entry
+			}
+		})
+
+		if out.Blessed && healthy {
+			n.marker(nodeapi.MarkerBlessed, "entry="+out.Entry)
+		}
+	}
+
+	n.writeStatus()
+
+	if out.Reboot {
+		n.Log.Info("entry marked bad", "file", out.MarkedBad)
+		n.schedule(action{}, 0)
+	}
+}
+
+func (n *Node) writeStatus() {
+	st := n.Status()
+
+	b, err := json.Marshal(st)
+	if err != nil {
+		n.fatal("status", err)
+
+		return
+	}
+
+	n.marker(nodeapi.MarkerStatus, string(b))
+
+	if err := os.MkdirAll(filepath.Dir(nodeapi.StatusPath), 0o755); err == nil {
+		err = bootentry.WriteFileAtomic(nodeapi.StatusPath, strings.NewReader(string(b)+"\n"))
+		if err != nil {
+			n.fatal("status", err)
+		}
+	}
+}
+
+func (n *Node) schedule(a action, delay time.Duration) {
+	// the first request wins; the API reply goes out before it happens
+	n.once.Do(func() {
+		go func() {
+			time.Sleep(delay)
+			n.actions <- a
+		}()
+	})
+}
+
+// Upgrade implements api.Node.
+func (n *Node) Upgrade(ctx context.Context, image string) (string, error) {
+	if n.esp == nil {
+		return "", errors.New("ESP not mounted")
+	}
+
+	certs, err := n.efi.DBCertificates()
+	if err != nil {
+		return "", fmt.Errorf("reading db certificates: %w", err)
+	}
+
+	img, err := upgrade.Pull(ctx, image, []string{nodeapi.GuestRegistryAddr})
+	if err != nil {
+		return "", err
+	}
+
+	e, err := upgrade.Install(*n.esp, img, certs)
+	if err != nil {
+		return "", err
+	}
+
+	n.schedule(action{}, time.Second)
+
+	return fmt.Sprintf("installed %s from %s@%s; rebooting", e.File, image, img.Digest), nil
+}
+
+// Rollback implements api.Node.
+func (n *Node) Rollback(context.Context) (string, error) {
+	if n.esp == nil {
+		return "", errors.New("ESP not mounted")
+	}
+
+	booted := n.Status().BootEntry
+	if e, err := bootentry.Parse(booted); err == nil {
+		booted = e.ID()
+	}
+
+	prev, err := n.esp.Rollback(booted)
+	if err != nil {
+		return "", err
+	}
+
+	if err := n.esp.SetDefault(prev.ID()); err != nil {
+		return "", err
+	}
+
+	n.schedule(action{}, time.Second)
+
+	return prev.ID(), nil
+}
+
+// Reboot implements api.Node.
+func (n *Node) Reboot(_ context.Context, powerOff bool) error {
+	n.schedule(action{powerOff: powerOff}, time.Second)
+
+	return nil
+}
+
+// Wait blocks until a reboot or power off is requested, then performs it.
+// It returns only if the reboot syscall fails.
+func (n *Node) Wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case a := <-n.actions:
+		if a.powerOff {
+			n.marker(nodeapi.MarkerPoweroff, "")
+		} else {
+			n.marker(nodeapi.MarkerRebooting, "")
+		}
+
+		if n.tpm != nil {
+			_ = n.tpm.Close()
+		}
+
+		unix.Sync()
+
+		for i := len(n.mounts) - 1; i >= 0; i-- {
+			if err := unix.Unmount(n.mounts[i], 0); err != nil {
+				n.Log.Info("unmount failed", "target", n.mounts[i], "err", err)
+			}
+		}
+
+		if n.Status().TPMUnlocked {
+			// close the mapping only after its filesystem is unmounted
+			_ = luks.Cryptsetup{}.Close(context.Background(), StateMapName)
+		}
+
+		return sysinit.Shutdown(a.powerOff, nil)
+	}
+}
+
+// ensure Node satisfies the API's needs
+var _ api.Node = (*Node)(nil)
