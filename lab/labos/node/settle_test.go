@@ -74,7 +74,7 @@ func TestSettle(t *testing.T) {
 		},
 		{
 			name: "blessed but unhealthy: no reboot loop", files: []string{"lab-1.0.0.efi"},
-			selected: "lab-1.0.0.efi",
+			selected:  "lab-1.0.0.efi",
 			want:      node.Outcome{Entry: "lab-1.0.0.efi", Blessed: true},
 			wantFiles: []string{"lab-1.0.0.efi"}, wantDefault: "lab-*",
 		},
