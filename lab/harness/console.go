@@ -22,6 +22,7 @@ type consoleTail struct {
 
 	mu      sync.Mutex
 	lines   []string
+	times   []time.Time   // when each line was read: boot timings come from these
 	changed chan struct{} // closed and replaced whenever lines grow
 	done    bool          // no more lines will come
 
@@ -132,8 +133,14 @@ func (c *consoleTail) addLines(data []byte) []byte {
 		return data
 	}
 
+	now := time.Now()
+
 	c.mu.Lock()
 	c.lines = append(c.lines, added...)
+
+	for range added {
+		c.times = append(c.times, now)
+	}
 
 	if c.sink != nil {
 		for _, l := range added {
@@ -183,6 +190,13 @@ func (vm *VM) TeeConsole(w io.Writer) { vm.console.setSink(w) }
 // boot in order. It fails when ctx ends (default timeout Spec.WaitTimeout)
 // or QEMU exits first, quoting the console's last lines.
 func (vm *VM) WaitConsole(ctx context.Context, re *regexp.Regexp) (string, error) {
+	line, _, err := vm.waitConsole(ctx, re)
+
+	return line, err
+}
+
+// waitConsole is WaitConsole that also returns when the line was seen.
+func (vm *VM) waitConsole(ctx context.Context, re *regexp.Regexp) (string, time.Time, error) {
 	ctx, cancel := vm.withTimeout(ctx)
 	defer cancel()
 
@@ -196,20 +210,20 @@ func (vm *VM) WaitConsole(ctx context.Context, re *regexp.Regexp) (string, error
 			if re.MatchString(l) {
 				vm.cursor += i + 1
 
-				return l, nil
+				return l, vm.console.timeOf(vm.cursor - 1), nil
 			}
 		}
 
 		vm.cursor += len(lines)
 
 		if done {
-			return "", fmt.Errorf("waiting for %q on %s console: %w (%s)\n%s", re, vm.spec.Name, ErrExited, vm.exitDescription(), vm.consoleTailText(20))
+			return "", time.Time{}, fmt.Errorf("waiting for %q on %s console: %w (%s)\n%s", re, vm.spec.Name, ErrExited, vm.exitDescription(), vm.consoleTailText(20))
 		}
 
 		select {
 		case <-changed:
 		case <-ctx.Done():
-			return "", fmt.Errorf("waiting for %q on %s console: %w\n%s", re, vm.spec.Name, ctx.Err(), vm.consoleTailText(20))
+			return "", time.Time{}, fmt.Errorf("waiting for %q on %s console: %w\n%s", re, vm.spec.Name, ctx.Err(), vm.consoleTailText(20))
 		}
 	}
 }
@@ -219,12 +233,20 @@ func (vm *VM) WaitConsole(ctx context.Context, re *regexp.Regexp) (string, error
 // It fails early when labos reports unlock-failed or unhealthy while
 // waiting for another marker; the error carries the reason.
 func (vm *VM) WaitMarker(ctx context.Context, marker string) (string, error) {
-	re := regexp.MustCompile(regexp.QuoteMeta(nodeapi.MarkerPrefix))
+	details, _, err := vm.WaitMarkerAt(ctx, marker)
 
+	return details, err
+}
+
+var markerRe = regexp.MustCompile(regexp.QuoteMeta(nodeapi.MarkerPrefix))
+
+// WaitMarkerAt is WaitMarker that also returns when the marker appeared on
+// the console (for boot timings: subtract StartedAt).
+func (vm *VM) WaitMarkerAt(ctx context.Context, marker string) (string, time.Time, error) {
 	for {
-		line, err := vm.WaitConsole(ctx, re)
+		line, at, err := vm.waitConsole(ctx, markerRe)
 		if err != nil {
-			return "", fmt.Errorf("waiting for marker %s: %w", marker, err)
+			return "", time.Time{}, fmt.Errorf("waiting for marker %s: %w", marker, err)
 		}
 
 		m, details, ok := nodeapi.ParseMarker(line)
@@ -233,23 +255,42 @@ func (vm *VM) WaitMarker(ctx context.Context, marker string) (string, error) {
 		}
 
 		if m == marker {
-			return details, nil
+			return details, at, nil
 		}
 
 		if (m == nodeapi.MarkerUnlockFailed || m == nodeapi.MarkerUnhealthy) && marker != nodeapi.MarkerStatus {
-			return details, fmt.Errorf("waiting for marker %s: labos reported %s %s", marker, m, details)
+			return details, at, fmt.Errorf("waiting for marker %s: labos reported %s %s", marker, m, details)
 		}
 	}
 }
 
 // WaitStatus waits for the labos status marker and decodes it.
 func (vm *VM) WaitStatus(ctx context.Context) (nodeapi.Status, error) {
-	details, err := vm.WaitMarker(ctx, nodeapi.MarkerStatus)
+	st, _, err := vm.waitStatusAt(ctx)
+
+	return st, err
+}
+
+func (vm *VM) waitStatusAt(ctx context.Context) (nodeapi.Status, time.Time, error) {
+	details, at, err := vm.WaitMarkerAt(ctx, nodeapi.MarkerStatus)
 	if err != nil {
-		return nodeapi.Status{}, err
+		return nodeapi.Status{}, at, err
 	}
 
-	return nodeapi.ParseStatus(details)
+	st, err := nodeapi.ParseStatus(details)
+
+	return st, at, err
+}
+
+func (c *consoleTail) timeOf(i int) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+
+	if i < 0 || i >= len(c.times) {
+		return time.Now()
+	}
+
+	return c.times[i]
 }
 
 func (vm *VM) consoleTailText(n int) string {

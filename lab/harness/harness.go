@@ -194,23 +194,11 @@ func (vm *VM) prepareDisk(ctx context.Context) error {
 		return err
 	}
 
-	format, err := imageFormat(abs)
-	if err != nil {
-		return err
-	}
-
 	// A copy-on-write overlay costs nothing where a copy of a disk image
 	// would cost seconds, and leaves the caller's image untouched all the same.
 	vm.diskPath = filepath.Join(vm.workDir, "disk.qcow2")
-	_ = os.Remove(vm.diskPath)
 
-	out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2",
-		"-b", abs, "-F", format, vm.diskPath).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("qemu-img create overlay: %w: %s", err, strings.TrimSpace(string(out)))
-	}
-
-	return nil
+	return CreateOverlay(ctx, abs, vm.diskPath)
 }
 
 // imageFormat tells qcow2 from raw by the qcow2 magic.
