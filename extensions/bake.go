@@ -133,6 +133,7 @@ func Bake(ctx context.Context, opts BakeOptions) (*Baked, error) {
 		SecretsPath:       opts.SecretsPath,
 		KubernetesVersion: opts.KubernetesVersion,
 		Manifests:         manifests,
+		LocalImageCache:   true,
 	}
 
 	baked := &Baked{CacheLayoutDir: opts.CacheDir}

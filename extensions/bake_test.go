@@ -98,6 +98,10 @@ func TestBake(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, none)
 
+	ic, err := machineconfig.LocalImageCacheEnabled(baked.MachineConfig)
+	require.NoError(t, err)
+	assert.True(t, ic, "the add-on images come from the IMAGECACHE partition")
+
 	// Every pinned image is in the cache by digest.
 	var uses []addons.ImageUse
 

@@ -2,8 +2,11 @@ package addons_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -169,4 +172,43 @@ func treeBytes(t *testing.T, dir string) map[string]string {
 	}))
 
 	return out
+}
+
+func TestWriteTalosCache(t *testing.T) {
+	list := loadAll(t)
+	oci := filepath.Join(t.TempDir(), "oci")
+
+	_, err := addons.BuildCache(context.Background(), oci, allPins(list), mirror, nil)
+	require.NoError(t, err)
+
+	dst := filepath.Join(t.TempDir(), "talos")
+	require.NoError(t, addons.WriteTalosCache(oci, dst))
+
+	for _, a := range list {
+		for _, img := range a.Images {
+			repo, tag, _ := strings.Cut(img.Ref, ":v")
+			if !strings.Contains(img.Ref, ":v") {
+				repo, tag, _ = strings.Cut(img.Ref, ":")
+			} else {
+				tag = "v" + tag
+			}
+
+			byTag, err := os.ReadFile(filepath.Join(dst, "manifests", repo, "reference", tag))
+			require.NoError(t, err, img.Ref)
+
+			byDigest, err := os.ReadFile(filepath.Join(dst, "manifests", repo, "digest", strings.Replace(img.Digest, "sha256:", "sha256-", 1)))
+			require.NoError(t, err, img.Ref)
+			assert.Equal(t, byTag, byDigest)
+
+			sum := sha256.Sum256(byDigest)
+			assert.Equal(t, img.Digest, "sha256:"+hex.EncodeToString(sum[:]), "manifest bytes hash to the pin")
+		}
+	}
+
+	blobs, err := os.ReadDir(filepath.Join(dst, "blob"))
+	require.NoError(t, err)
+
+	ociBlobs, err := os.ReadDir(filepath.Join(oci, "blobs", "sha256"))
+	require.NoError(t, err)
+	assert.Len(t, blobs, len(ociBlobs)-8, "every config and layer once; manifests live under manifests/")
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/config/generate"
 	"github.com/siderolabs/talos/pkg/machinery/config/generate/secrets"
 	"github.com/siderolabs/talos/pkg/machinery/config/machine"
+	"github.com/siderolabs/talos/pkg/machinery/config/types/cri"
 	"github.com/siderolabs/talos/pkg/machinery/config/types/k8s"
 	"github.com/siderolabs/talos/pkg/machinery/constants"
 )
@@ -46,6 +47,9 @@ type Options struct {
 	InstallDisk string
 	// Manifests become KubeInlineManifestConfig documents, in this order.
 	Manifests []Manifest
+	// LocalImageCache enables Talos's image cache on the IMAGECACHE
+	// partition (an ImageCacheConfig document), where the add-on images are.
+	LocalImageCache bool
 	// Patches are machine config patches (strategic merge or JSON6902)
 	// applied after generation, in order: the per-site patch goes here.
 	Patches [][]byte
@@ -107,6 +111,12 @@ func Generate(opts Options) ([]byte, error) {
 	docs, err := bakeDocuments(prov.Documents(), opts.Manifests)
 	if err != nil {
 		return nil, err
+	}
+
+	if opts.LocalImageCache {
+		ic := cri.NewImageCacheConfigV1Alpha1()
+		ic.LocalConfig.ConfigEnabled = new(true)
+		docs = append(docs, ic)
 	}
 
 	var cfg config.Provider
@@ -245,8 +255,20 @@ func InlineManifests(data []byte) ([]Manifest, error) {
 	return out, nil
 }
 
-// ProxyDisabled and FlannelAbsent let callers (and tests) assert the CNI
-// settings of a configuration.
+// LocalImageCacheEnabled reports whether the configuration turns on the
+// image cache partition.
+func LocalImageCacheEnabled(data []byte) (bool, error) {
+	cfg, err := configloader.NewFromBytes(data)
+	if err != nil {
+		return false, fmt.Errorf("parsing machine config: %w", err)
+	}
+
+	ic := cfg.ImageCacheConfig()
+
+	return ic != nil && ic.LocalEnabled(), nil
+}
+
+// ProxyDisabled reports whether the configuration disables kube-proxy.
 func ProxyDisabled(data []byte) (bool, error) {
 	cfg, err := configloader.NewFromBytes(data)
 	if err != nil {
