@@ -1,0 +1,421 @@
+#!/usr/bin/env bash
+# labfleet's performance report: prints Markdown on stdout (`make bench`
+# tees it into _out/bench.md). Every figure comes with the exact command
+# and the machine it ran on; nothing is estimated.
+#
+# Sections (each runs on its own: a failure is printed and the next section
+# still runs; the script exits 1 if any section failed):
+#   1. imagectl: full forced build of images/lab.yaml (UKI + disk + installer)
+#      and a no-op rebuild, wall time and peak RSS, beside the baseline in
+#      the same run: objcopy assembly + sbsign of a UKI from the same
+#      kernel, initramfs and stub (hack/bench/objcopy-uki.sh); then the
+#      builder's Go benchmarks (images/build/bench_test.go).
+#   2. extensions: its Go benchmarks (image cache size, dedup, render time).
+#   3. fleetctl: fleetctl/scripts/bench.sh, included as it prints.
+#   4. boot: boot-to-healthy of the lab image beside the trivial-init
+#      baseline, through labctl.
+#
+# Env:
+#   BIN          where imagectl/labctl are (default <repo>/bin; `make bench` builds them)
+#   BENCH_RUNS   timed repetitions per measurement (default 5; the median is reported)
+#   BENCH_WORK   scratch folder (default <repo>/_out/bench); its keys/ are reused between runs
+#   BENCH_SKIP   space-separated sections to skip: imagectl extensions fleetctl boot
+#
+# It never touches _out/labos or _out/keys: the bench builds into
+# $BENCH_WORK/out with its own key set, so VMs booting _out/labos/disk.raw
+# are not disturbed. It reads the lab base from _out/labbase/oci (make labbase).
+set -uo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO" || exit 1
+
+BIN="${BIN:-$REPO/bin}"
+RUNS="${BENCH_RUNS:-5}"
+WORK="${BENCH_WORK:-$REPO/_out/bench}"
+SKIP=" ${BENCH_SKIP:-} "
+TIME=/usr/bin/time
+
+# Targets from the issues (2 cores).
+T_NOOP=0.5     # s, no-op rebuild
+T_FULL=5       # s, full warm build
+T_RSS=500      # MB, peak RSS of either
+
+# A section returns NOT_MEASURED when what it measures does not exist yet
+# (it says why); that is reported but is not a failure.
+NOT_MEASURED=3
+
+mkdir -p "$WORK"
+failed=()
+missing=()
+
+log() { echo "bench: $*" >&2; }
+
+# median of the numbers on stdin
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1; if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+minmax() { sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }'; }
+kb2mb() { awk '{ printf "%.0f\n", $1 * 1024 / 1e6 }'; }
+# verdict VALUE TARGET: "met" when VALUE < TARGET
+verdict() { awk -v v="$1" -v t="$2" 'BEGIN { print (v < t) ? "met" : "**MISSED**" }'; }
+
+# measure NAME CMD...: run CMD $RUNS times under /usr/bin/time and leave the
+# samples in $WORK/samples/NAME.{wall,rss}; on a failed run print the end of
+# its output into the report and return 1.
+measure() {
+	local name=$1
+	shift
+	local dir="$WORK/samples"
+	mkdir -p "$dir"
+	: >"$dir/$name.wall"
+	: >"$dir/$name.rss"
+
+	for ((i = 1; i <= RUNS; i++)); do
+		if ! "$TIME" -f '%e %M' -o "$dir/$name.time" "$@" >"$dir/$name.log" 2>&1; then
+			echo
+			echo "**$name failed** (run $i): \`$*\`"
+			echo
+			echo '```'
+			tail -n 20 "$dir/$name.log"
+			echo '```'
+			return 1
+		fi
+
+		read -r wall rss < <(tail -n 1 "$dir/$name.time")
+		echo "$wall" >>"$dir/$name.wall"
+		echo "$rss" >>"$dir/$name.rss"
+	done
+}
+
+# row NAME LABEL WALL-TARGET: a Markdown table row from measure's samples.
+row() {
+	local name=$1 label=$2 target=$3 dir="$WORK/samples"
+	local wall rss range rssmax
+	wall=$(median <"$dir/$name.wall")
+	range=$(minmax <"$dir/$name.wall")
+	rss=$(kb2mb <"$dir/$name.rss" | median)
+	rssmax=$(kb2mb <"$dir/$name.rss" | sort -g | tail -n 1)
+
+	local wv="-" rv="-"
+	if [ "$target" != "-" ]; then
+		wv="< $target s: $(verdict "$wall" "$target")"
+		rv="< $T_RSS MB: $(verdict "$rssmax" "$T_RSS")"
+	fi
+
+	echo "| $label | $wall | $range | $rss ($rssmax) | $wv | $rv |"
+}
+
+# run_section KEY TITLE FUNC: a section that cannot abort the others.
+run_section() {
+	local key=$1 title=$2 fn=$3
+	echo
+	echo "## $title"
+	echo
+
+	if [[ "$SKIP" == *" $key "* ]]; then
+		echo "not measured: skipped (BENCH_SKIP)"
+		return
+	fi
+
+	log "section $key"
+	local start=$SECONDS
+	("$fn")
+	local rc=$?
+
+	echo
+	if [ $rc -eq "$NOT_MEASURED" ]; then
+		missing+=("$key")
+	elif [ $rc -ne 0 ]; then
+		echo "**Section failed** (exit $rc) after $((SECONDS - start)) s."
+		failed+=("$key")
+	else
+		echo "_Section took $((SECONDS - start)) s._"
+	fi
+}
+
+# ---------------------------------------------------------------- imagectl
+
+section_imagectl() {
+	local imagectl="$BIN/imagectl" keys="$WORK/keys" out="$WORK/out" layout="$REPO/_out/labbase/oci"
+
+	if [ ! -x "$imagectl" ]; then
+		echo "not measured: $imagectl missing (run \`make build\`)"
+		return 1
+	fi
+
+	if [ ! -f "$layout/index.json" ]; then
+		if [ -x "$BIN/labctl" ]; then
+			log "no lab base: building it (labctl base build)"
+			"$BIN/labctl" base build >&2 || { echo "the lab base is missing and \`labctl base build\` failed"; return 1; }
+		else
+			echo "not measured: the lab base $layout is missing (run \`make labbase\`)"
+			return 1
+		fi
+	fi
+
+	for tool in objcopy objdump sbsign sbverify; do
+		command -v "$tool" >/dev/null || { echo "not measured: $tool missing (apt-get install binutils sbsigntool)"; return 1; }
+	done
+
+	if [ ! -f "$keys/uki-signing-key.pem" ]; then
+		"$imagectl" keys generate --dir "$keys" -o json >/dev/null || { echo "generating bench keys failed"; return 1; }
+	fi
+
+	local benchtool="$WORK/benchtool"
+	go build -o "$benchtool" ./hack/bench/benchtool || { echo "building hack/bench/benchtool failed"; return 1; }
+
+	local build=("$imagectl" build images/lab.yaml --out "$out" --keys "$keys" --quiet)
+
+	# Warm-up: a first build fills the page cache and makes the no-op possible.
+	"${build[@]}" --force >"$WORK/warmup.log" 2>&1 || {
+		echo "**warm-up build failed**: \`${build[*]} --force\`"
+		echo '```'
+		tail -n 20 "$WORK/warmup.log"
+		echo '```'
+		return 1
+	}
+
+	measure full "${build[@]}" --force || return 1
+	cp "$out/labos/build.json" "$WORK/full-build.json"
+	measure noop "${build[@]}" || return 1
+
+	# A no-op must be answered from the cache; anything else is a bug, not a figure.
+	"${build[@]}" -o json >"$WORK/noop.json" || return 1
+	if [ "$("$benchtool" get "$WORK/noop.json" cached)" != "true" ]; then
+		echo "**the no-op rebuild was not served from the cache** (inputs changed during the bench?)"
+		return 1
+	fi
+
+	# Baseline: the same kernel, initramfs and stub (extracted from the same
+	# base), the .osrel and .cmdline of the UKI imagectl just built, the same key.
+	local bl="$WORK/baseline"
+	rm -rf "$bl"
+	mkdir -p "$bl"
+	"$benchtool" base "$layout" "$bl/base" >"$bl/inputs.txt" || return 1
+	"$benchtool" get "$out/labos/build.json" cmdline >"$bl/cmdline"
+	objcopy --dump-section .osrel="$bl/osrel" "$out/labos/labos.efi" "$bl/scratch.efi" || return 1
+	rm -f "$bl/scratch.efi"
+
+	local baseline=(bash hack/bench/objcopy-uki.sh "$bl/base/systemd-stub.efi" "$bl/base/vmlinuz" "$bl/base/initramfs.xz"
+		"$bl/cmdline" "$bl/osrel" "$keys/uki-signing-key.pem" "$keys/uki-signing-cert.pem" "$bl/uki.efi")
+	measure baseline "${baseline[@]}" || return 1
+
+	local v1 v2
+	v1=$(sbverify --cert "$keys/uki-signing-cert.pem" "$out/labos/labos.efi" 2>&1 | tail -n 1)
+	v2=$(sbverify --cert "$keys/uki-signing-cert.pem" "$bl/uki.efi" 2>&1 | tail -n 1)
+
+	local rel="${out#"$REPO"/}" krel="${keys#"$REPO"/}" blrel="${bl#"$REPO"/}"
+	echo "Commands (run from the repository root; $RUNS timed runs each after one untimed warm-up build, median reported):"
+	echo
+	echo '```sh'
+	echo "# full build (UKI + disk + installer), forced past the cache"
+	echo "/usr/bin/time -f '%e %M' bin/imagectl build images/lab.yaml --out $rel --keys $krel --quiet --force"
+	echo "# no-op rebuild (nothing changed: answered from the build record)"
+	echo "/usr/bin/time -f '%e %M' bin/imagectl build images/lab.yaml --out $rel --keys $krel --quiet"
+	echo "# baseline: objcopy assembly + sbsign of a UKI from the same kernel, initramfs and stub"
+	echo "/usr/bin/time -f '%e %M' bash hack/bench/objcopy-uki.sh $blrel/base/{systemd-stub.efi,vmlinuz,initramfs.xz} \\"
+	echo "    $blrel/cmdline $blrel/osrel $krel/uki-signing-{key,cert}.pem $blrel/uki.efi"
+	echo '```'
+	echo
+	echo "| what | wall s (median) | wall s (min-max) | peak RSS MB median (max) | wall target | RSS target |"
+	echo "| --- | ---: | ---: | ---: | --- | --- |"
+	row full "imagectl full build (UKI + disk + installer)" "$T_FULL"
+	row noop "imagectl no-op rebuild" "$T_NOOP"
+	row baseline "baseline: objcopy + sbsign (UKI only)" "-"
+	echo
+	echo "The baseline makes only a signed UKI (no .pcrsig/.pcrpkey/.sbat/.uname,"
+	echo "no embedded machine config, no disk, no installer); compare it with the"
+	echo "builder's \"assemble and sign UKI\" step below. Peak RSS is the largest"
+	echo "process of the run (imagectl or a tool it ran), as /usr/bin/time's %M reports."
+	echo
+	echo "Inputs (from \`_out/labbase/oci\`, as the builder extracts them):"
+	echo
+	echo '```'
+	cat "$bl/inputs.txt"
+	echo '```'
+	echo
+	"$benchtool" record "$WORK/full-build.json"
+	echo
+	echo "sbverify with the bench's db certificate: imagectl UKI: \`$v1\`; baseline UKI: \`$v2\`."
+
+	echo
+	echo "### Builder Go benchmarks (in-process, fixture of images/build's tests)"
+	echo
+	echo '```sh'
+	echo "go test -run '^\$' -bench . -benchtime 3x ./images/build/"
+	echo '```'
+	echo
+	if ! go test -run '^$' -bench . -benchtime 3x ./images/build/ >"$WORK/gobench-build.txt" 2>&1; then
+		echo '```'
+		tail -n 30 "$WORK/gobench-build.txt"
+		echo '```'
+		return 1
+	fi
+	echo '```'
+	grep -E '^(Benchmark|cpu:)' "$WORK/gobench-build.txt"
+	echo '```'
+}
+
+# -------------------------------------------------------------- extensions
+
+section_extensions() {
+	local pkgs
+	pkgs=$(grep -rl --include='*_test.go' '^func Benchmark' extensions 2>/dev/null | xargs -r -n1 dirname | sort -u | sed 's|^|./|')
+	if [ -z "$pkgs" ]; then
+		echo "not measured: extensions/ has no Go benchmarks (no \`func Benchmark\` in extensions/**/*_test.go)"
+		return "$NOT_MEASURED"
+	fi
+
+	# shellcheck disable=SC2086 # one word per package
+	local cmd=(go test -run '^$' -bench . -benchtime 1x -timeout 8m $pkgs)
+	echo '```sh'
+	echo "go test -run '^\$' -bench . -benchtime 1x -timeout 8m" $pkgs
+	echo '```'
+	echo
+
+	if ! "${cmd[@]}" >"$WORK/gobench-extensions.txt" 2>&1; then
+		echo '```'
+		tail -n 30 "$WORK/gobench-extensions.txt"
+		echo '```'
+		return 1
+	fi
+
+	# One row per benchmark, every reported metric as "value unit".
+	echo "| benchmark | metrics |"
+	echo "| --- | --- |"
+	awk '/^Benchmark/ { m = ""; for (i = 3; i < NF; i += 2) m = m (m == "" ? "" : ", ") $i " " $(i + 1); print "| " $1 " | " m " |" }' "$WORK/gobench-extensions.txt"
+	echo
+	echo '<details><summary>raw output</summary>'
+	echo
+	echo '```'
+	cat "$WORK/gobench-extensions.txt"
+	echo '```'
+	echo '</details>'
+}
+
+# ---------------------------------------------------------------- fleetctl
+
+section_fleetctl() {
+	if [ ! -f fleetctl/scripts/bench.sh ]; then
+		echo "not measured: fleetctl/scripts/bench.sh does not exist"
+		return "$NOT_MEASURED"
+	fi
+
+	echo '```sh'
+	echo "bash fleetctl/scripts/bench.sh"
+	echo '```'
+	echo
+	# Its output is Markdown already; headings are pushed one level down.
+	timeout 8m bash fleetctl/scripts/bench.sh 2>"$WORK/fleetctl-bench.err" | sed 's/^#/##/'
+	local rc=${PIPESTATUS[0]}
+	if [ "$rc" -ne 0 ]; then
+		echo
+		echo "fleetctl/scripts/bench.sh exited $rc:"
+		echo '```'
+		tail -n 20 "$WORK/fleetctl-bench.err"
+		echo '```'
+		return 1
+	fi
+}
+
+# -------------------------------------------------------------------- boot
+
+section_boot() {
+	local labctl="$BIN/labctl"
+	if [ ! -x "$labctl" ]; then
+		echo "not measured: $labctl does not exist (lab/cmd/labctl not built)"
+		return "$NOT_MEASURED"
+	fi
+
+	# The comparison needs the trivial-init baseline booted to its poweroff
+	# marker, which only a labctl bench verb can do (up waits for labos's status).
+	if "$labctl" bench boot --help >/dev/null 2>&1; then
+		echo '```sh'
+		echo "bin/labctl bench boot"
+		echo '```'
+		echo
+		timeout 8m "$labctl" bench boot 2>"$WORK/labctl-bench.err" | sed 's/^#/##/'
+		local rc=${PIPESTATUS[0]}
+		if [ "$rc" -ne 0 ]; then
+			echo "\`labctl bench boot\` exited $rc:"
+			echo '```'
+			tail -n 20 "$WORK/labctl-bench.err"
+			echo '```'
+			return 1
+		fi
+		return 0
+	fi
+
+	echo "not measured: the trivial-init baseline (\`labctl bench boot\`): bin/labctl has no \`bench boot\` verb."
+	echo
+
+	# What labctl can measure without it: the lab image alone, first boot
+	# (key enrollment + reset + STATE sealing) and second boot (TPM unlock).
+	local disk="$WORK/out/labos/disk.raw"
+	if [ ! -f "$disk" ] || ! "$labctl" up --help >/dev/null 2>&1; then
+		echo "not measured: lab image boot (no $disk from the imagectl section, or no \`labctl up\`)"
+		return 1
+	fi
+
+	local state="$WORK/vms" up=("$labctl" up "$disk" --name bench-labos -o json)
+	echo "Lab image only (\`--state-dir ${state#"$REPO"/}\`; bootSeconds is QEMU start to labos's status marker, TCG):"
+	echo
+	echo '```sh'
+	echo "bin/labctl --state-dir ${state#"$REPO"/} up ${disk#"$REPO"/} --name bench-labos -o json --fresh   # first boot"
+	echo "bin/labctl --state-dir ${state#"$REPO"/} up ${disk#"$REPO"/} --name bench-labos -o json           # second boot"
+	echo '```'
+	echo
+	echo "| boot | bootSeconds | firmware boots | healthy | TPM unlocked | Secure Boot | wall s | peak RSS MB (labctl) |"
+	echo "| --- | ---: | ---: | --- | --- | --- | ---: | ---: |"
+
+	local rc=0
+	for boot in first second; do
+		local extra=()
+		[ "$boot" = first ] && extra=(--fresh)
+		if ! "$TIME" -f '%e %M' -o "$WORK/up-$boot.time" "$labctl" --state-dir "$state" "${up[@]:1}" "${extra[@]}" >"$WORK/up-$boot.json" 2>"$WORK/up-$boot.err"; then
+			rc=1
+		fi
+
+		if [ ! -s "$WORK/up-$boot.json" ]; then
+			echo "| $boot | failed: $(tail -n 1 "$WORK/up-$boot.err") | | | | | | |"
+			rc=1
+			continue
+		fi
+
+		local vals wall rss
+		vals=$("$WORK/benchtool" get "$WORK/up-$boot.json" bootSeconds firmwareBoots healthy tpmUnlocked secureBoot | tr '\n' ' ')
+		read -r wall rss < <(tail -n 1 "$WORK/up-$boot.time")
+		# shellcheck disable=SC2086
+		set -- $vals
+		printf '| %s | %.1f | %s | %s | %s | %s | %s | %s |\n' "$boot" "$1" "$2" "$3" "$4" "$5" "$wall" "$(echo "$rss" | kb2mb)"
+	done
+
+	[ $rc -ne 0 ] && return 1
+
+	return "$NOT_MEASURED" # the comparison with the baseline
+}
+
+# ------------------------------------------------------------------ report
+
+echo "# labfleet bench"
+echo
+echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- 2>/dev/null || echo ' (working tree has changes)')"
+echo "- machine: $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, $(uname -sr)"
+echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg) (the machine may be shared: figures are wall times)"
+echo "- $(go version)"
+
+run_section imagectl "imagectl: lab image build vs objcopy + sbsign" section_imagectl
+run_section extensions "extensions: add-on rendering and image cache" section_extensions
+run_section fleetctl "fleetctl: simulated rollout" section_fleetctl
+run_section boot "boot: lab image vs trivial-init baseline" section_boot
+
+echo
+echo "## Summary"
+echo
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "- not measured (see each section for why): ${missing[*]}"
+fi
+if [ ${#failed[@]} -gt 0 ]; then
+	echo "- **failed: ${failed[*]}**"
+	exit 1
+fi
+
+echo "- no section failed."
