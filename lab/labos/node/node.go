@@ -114,6 +114,9 @@ func (n *Node) Status() nodeapi.Status {
 // markers and in the status; Boot returns an error only when nothing more
 // can be done, and even then the caller keeps PID 1 alive.
 func (n *Node) Boot(ctx context.Context) error {
+	// the kernel starts init with no PATH; cryptsetup and mke2fs live in /usr/sbin
+	_ = os.Setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+
 	for _, m := range sysinit.EarlyMounts {
 		if err := m.Do(); err != nil {
 			return err

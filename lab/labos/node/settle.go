@@ -24,8 +24,8 @@ type Outcome struct {
 //
 //   - healthy and counted: rename NAME+N-M.efi to NAME.efi, then pin
 //     loader.conf's default to it (safe only now that it is blessed);
-//   - unhealthy and counted: rename to NAME+0-M.efi and ask for a reboot,
-//     so systemd-boot falls back to the previous entry;
+//   - unhealthy and counted: rename to NAME+0-M.efi and, when another good
+//     entry exists, ask for a reboot so systemd-boot falls back to it;
 //   - not counted (already blessed): nothing to do either way; an
 //     unhealthy blessed entry is reported, not rebooted in a loop.
 func Settle(esp bootentry.ESP, countPath, selected string, healthy bool) (Outcome, error) {
@@ -49,7 +49,15 @@ func Settle(esp bootentry.ESP, countPath, selected string, healthy bool) (Outcom
 			return Outcome{Entry: e.ID()}, fmt.Errorf("settling boot entry: %w", err)
 		}
 
-		return Outcome{Entry: e.ID(), MarkedBad: bad.File, Reboot: true}, nil
+		// Reboot only when systemd-boot has something better to boot:
+		// with no other good entry it would boot this one again (bad
+		// entries are still booted as a last resort) and loop forever.
+		fallback, err := hasFallback(esp, e.Base)
+		if err != nil {
+			return Outcome{Entry: e.ID(), MarkedBad: bad.File}, fmt.Errorf("settling boot entry: %w", err)
+		}
+
+		return Outcome{Entry: e.ID(), MarkedBad: bad.File, Reboot: fallback}, nil
 	}
 
 	blessed, err := esp.Bless(e.File)
@@ -62,6 +70,21 @@ func Settle(esp bootentry.ESP, countPath, selected string, healthy bool) (Outcom
 	}
 
 	return Outcome{Entry: blessed.ID(), Blessed: true, Pinned: blessed.ID()}, nil
+}
+
+func hasFallback(esp bootentry.ESP, base string) (bool, error) {
+	es, err := esp.List()
+	if err != nil {
+		return false, err
+	}
+
+	for _, o := range es {
+		if o.Base != base && !o.Bad() {
+			return true, nil
+		}
+	}
+
+	return false, nil
 }
 
 func baseName(p string) string {

@@ -67,6 +67,18 @@ func TestSettle(t *testing.T) {
 			wantFiles: []string{"lab-1.0.0.efi", "lab-1.1.0+0-2.efi"}, wantDefault: "lab-*",
 		},
 		{
+			name: "unhealthy without fallback: no reboot loop", files: []string{"lab-1.0.0+2-1.efi"},
+			countPath: "EFI/Linux/lab-1.0.0+2-1.efi", selected: "lab-1.0.0.efi",
+			want:      node.Outcome{Entry: "lab-1.0.0.efi", MarkedBad: "lab-1.0.0+0-1.efi"},
+			wantFiles: []string{"lab-1.0.0+0-1.efi"}, wantDefault: "lab-*",
+		},
+		{
+			name: "last resort boot of a bad entry", files: []string{"lab-1.0.0+0-3.efi", "lab-0.9.0+0-3.efi"},
+			countPath: "EFI/Linux/lab-1.0.0+0-3.efi", selected: "lab-1.0.0.efi",
+			want:      node.Outcome{Entry: "lab-1.0.0.efi", MarkedBad: "lab-1.0.0+0-3.efi"},
+			wantFiles: []string{"lab-0.9.0+0-3.efi", "lab-1.0.0+0-3.efi"}, wantDefault: "lab-*",
+		},
+		{
 			name: "blessed and healthy", files: []string{"lab-1.0.0.efi"},
 			selected: "lab-1.0.0.efi", healthy: true,
 			want:      node.Outcome{Entry: "lab-1.0.0.efi", Blessed: true},
