@@ -17,6 +17,7 @@ import (
 
 	"github.com/labfleet/labfleet/extensions"
 	"github.com/labfleet/labfleet/extensions/addons"
+	"github.com/labfleet/labfleet/extensions/bakedinfo"
 	"github.com/labfleet/labfleet/extensions/machineconfig"
 )
 
@@ -114,6 +115,29 @@ func TestBake(t *testing.T) {
 	require.NoError(t, addons.CheckCache(baked.CacheLayoutDir, uses))
 	assert.Positive(t, baked.DedupSavedBytes)
 	assert.Positive(t, baked.CacheBytes)
+
+	// What labos reports from the booted image matches the record, from
+	// the OCI layout and from Talos's registry form alike.
+	var want []bakedinfo.Expect
+
+	for _, a := range baked.Addons {
+		e := bakedinfo.Expect{Addon: a.Name}
+		for _, img := range a.Images {
+			e.Images = append(e.Images, bakedinfo.Image{Ref: img.Ref, Digest: img.Digest})
+		}
+
+		want = append(want, e)
+	}
+
+	talos := filepath.Join(t.TempDir(), "talos")
+	require.NoError(t, addons.WriteTalosCache(baked.CacheLayoutDir, talos))
+
+	for _, dir := range []string{baked.CacheLayoutDir, talos} {
+		rep, err := bakedinfo.Inspect(baked.MachineConfig, os.DirFS(dir))
+		require.NoError(t, err)
+		require.Len(t, rep.Images, 8)
+		require.NoError(t, rep.Check(want), dir)
+	}
 }
 
 func TestBakeIsDeterministic(t *testing.T) {
