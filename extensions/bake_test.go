@@ -40,7 +40,7 @@ func TestMain(m *testing.M) {
 func writeSecrets(tb testing.TB) string {
 	tb.Helper()
 
-	b, err := secrets.NewBundle(secrets.NewFixedClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)), config.TalosVersionCurrent)
+	b, err := secrets.NewBundle(secrets.NewFixedClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)), config.TalosVersionCurrent, secrets.WithECDSAServiceAccountKey())
 	require.NoError(tb, err)
 
 	data, err := yaml.Marshal(b)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -39,8 +38,8 @@ func copyAddon(t *testing.T, name string) string {
 	t.Helper()
 
 	dst := t.TempDir()
-	if out, err := exec.Command("cp", "-r", filepath.Join(root, name), dst).CombinedOutput(); err != nil {
-		t.Fatalf("copying %s: %v: %s", name, err, out)
+	if err := os.CopyFS(filepath.Join(dst, name), os.DirFS(filepath.Join(root, name))); err != nil {
+		t.Fatalf("copying %s: %v", name, err)
 	}
 
 	return dst

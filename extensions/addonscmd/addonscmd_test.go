@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -80,8 +79,7 @@ func TestUsageErrors(t *testing.T) {
 
 func TestBumpStandin(t *testing.T) {
 	root := t.TempDir()
-	out, err := exec.Command("cp", "-r", "../cilium", root).CombinedOutput()
-	require.NoError(t, err, string(out))
+	require.NoError(t, os.CopyFS(filepath.Join(root, "cilium"), os.DirFS("../cilium")))
 
 	file := filepath.Join(root, "cilium", addons.SpecFile)
 

@@ -21,7 +21,7 @@ import (
 func writeSecrets(t *testing.T) string {
 	t.Helper()
 
-	b, err := secrets.NewBundle(secrets.NewFixedClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)), config.TalosVersionCurrent)
+	b, err := secrets.NewBundle(secrets.NewFixedClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)), config.TalosVersionCurrent, secrets.WithECDSAServiceAccountKey())
 	require.NoError(t, err)
 
 	data, err := yaml.Marshal(b)

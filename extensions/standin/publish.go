@@ -354,15 +354,14 @@ func Start(ctx context.Context, cat Catalog) (*Server, error) {
 	return s, nil
 }
 
-// Close stops the server.
+// Close stops the server. It closes open connections at once instead of
+// waiting for them to idle: clients that dialled but never sent a request
+// would otherwise hold a graceful shutdown for seconds.
 func (s *Server) Close() error {
 	var err error
 
 	s.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-
-		err = s.srv.Shutdown(ctx)
+		err = s.srv.Close()
 		<-s.done
 
 		if errors.Is(err, http.ErrServerClosed) {
