@@ -96,10 +96,8 @@ func (e *execution) run(ctx context.Context) (Result, error) {
 			break
 		}
 
-		if e.stopped() != "" {
-			break
-		}
-
+		// Waves keep being visited while stopping: one may hold nodes that
+		// were in flight when the previous process died.
 		if err := e.runWave(ctx, i); err != nil {
 			return Result{}, err
 		}
@@ -325,7 +323,7 @@ func (e *execution) runWave(ctx context.Context, i int) error {
 	e.mu.Unlock()
 	e.checkBudget(i, wf, total)
 
-	if e.stopped() != "" {
+	if e.stopped() != "" && !e.waveInFlight(i) {
 		return nil
 	}
 
@@ -392,6 +390,16 @@ func (e *execution) runWave(ctx context.Context, i int) error {
 	e.log.Info("wave finished", "wave", i, "name", w.Name, "failures", e.waveFailures[i])
 
 	return e.opts.Store.SetWaveState(context.WithoutCancel(ctx), e.rollout.ID, i, store.WaveDone, e.opts.Actor)
+}
+
+func (e *execution) waveInFlight(i int) bool {
+	for _, n := range e.nodes {
+		if n.Wave == i && (n.State == store.NodeRequested || n.State == store.NodeAccepted) {
+			return true
+		}
+	}
+
+	return false
 }
 
 func terminal(state string) bool {

@@ -345,3 +345,22 @@ func (inv *Inventory) Validate() error {
 
 	return nil
 }
+
+// Lab builds an inventory for a few standalone nodes (lab VMs): one site
+// "lab" in UTC with no maintenance windows, and one single-node cluster per
+// endpoint, named node-0, node-1, ... so that waves can take them one by one.
+// All clusters share the talosconfig at talosconfig.
+func Lab(talosconfig string, endpoints ...string) *Inventory {
+	inv := &Inventory{Sites: []Site{{Name: "lab", Region: "lab", TimeZone: "UTC", Bandwidth: BandwidthHigh, Source: "lab"}}}
+
+	for i, ep := range endpoints {
+		inv.Clusters = append(inv.Clusters, Cluster{
+			Name: fmt.Sprintf("node-%d", i), Site: "lab", Talosconfig: talosconfig, Source: "lab",
+			Nodes: []Node{{Name: "node", Endpoint: ep, Role: RoleControlPlane}},
+		})
+	}
+
+	inv.index()
+
+	return inv
+}

@@ -9,10 +9,13 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/siderolabs/talos/pkg/machinery/client"
 	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -64,7 +67,14 @@ func (f *Factory) Open(ctx context.Context, t driver.Target) (driver.Node, error
 		return nil, err
 	}
 
-	c, err := client.New(ctx, client.WithConfig(cfg), client.WithEndpoints(t.Endpoint))
+	c, err := client.New(ctx, client.WithConfig(cfg), client.WithEndpoints(t.Endpoint),
+		// A node that reboots into its new image drops the connection; with
+		// gRPC's default backoff (up to 120s) the health gate would notice
+		// the node back far later than it is.
+		client.WithGRPCDialOptions(grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 500 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		})))
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", t.Endpoint, err)
 	}

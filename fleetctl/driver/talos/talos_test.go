@@ -169,3 +169,52 @@ func TestRolloutOverMachineAPIAtScale(t *testing.T) {
 		assert.LessOrEqual(t, c.Upgrades, 1, "node %s", key)
 	}
 }
+
+// TestTwoNodeLabShape runs the lab scenario's shape against two simulated
+// nodes served over the machine API: the API qemu-tests use with real VMs.
+func TestTwoNodeLabShape(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		bad     []string
+		wantErr error
+		want    []sim.Counts // per node
+	}{
+		{name: "v1 to v2 succeeds in two waves", want: []sim.Counts{{Upgrades: 1}, {Upgrades: 1}}},
+		{name: "bad v2 halts at the canary", bad: []string{"v2.0.0"}, wantErr: engine.ErrHalted, want: []sim.Counts{{Upgrades: 1, Rollbacks: 1}, {}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			served, fleet, dir := servedFleet(t, sim.Spec{Clusters: 2, NodesPerCluster: 1},
+				sim.Behaviour{InitialVersion: "v1.0.0", BadVersions: tc.bad, RebootTime: sim.Duration(50 * time.Millisecond)})
+
+			inv := inventory.Lab(served.Clusters[0].Talosconfig, served.Clusters[0].Nodes[0].Endpoint, served.Clusters[1].Nodes[0].Endpoint)
+			require.NoError(t, inv.Validate())
+
+			p := &plan.Plan{
+				Name: "lab", Image: sim.Image("v2.0.0"), Version: "v2.0.0",
+				Waves:  []plan.Wave{{Name: "canary", Count: 1}, {Name: "rest", Percent: 100}},
+				Health: plan.HealthGate{Timeout: plan.Duration(time.Second), Interval: plan.Duration(20 * time.Millisecond)},
+			}
+			p.Default()
+			require.NoError(t, p.Validate())
+
+			st, err := store.Open(filepath.Join(dir, "fleet.db"), store.Options{})
+			require.NoError(t, err)
+
+			defer st.Close()
+
+			res, err := engine.Run(t.Context(), engine.Options{Inventory: inv, Plan: p, Store: st, Driver: talos.NewFactory(), DriverName: "talos"})
+			if tc.wantErr != nil {
+				require.ErrorIs(t, err, tc.wantErr)
+			} else {
+				require.NoError(t, err)
+			}
+
+			assert.False(t, res.Simulated, "the talos driver is not marked simulated")
+
+			// servedFleet names simulated nodes after its own inventory: c00000/n0 and c00001/n0.
+			counts := fleet.Counts()
+			assert.Equal(t, tc.want[0], counts["c00000/n0"])
+			assert.Equal(t, tc.want[1], counts["c00001/n0"])
+		})
+	}
+}

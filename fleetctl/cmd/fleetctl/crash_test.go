@@ -1,0 +1,280 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/labfleet/labfleet/fleetctl/sim"
+	"github.com/labfleet/labfleet/fleetctl/store"
+)
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+)
+
+// buildBinary compiles fleetctl once per test binary run.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "fleetctl-test-")
+		if err != nil {
+			buildErr = err
+
+			return
+		}
+
+		builtBin = filepath.Join(dir, "fleetctl")
+		cmd := exec.Command("go", "build", "-o", builtBin, ".")
+		cmd.Stderr = os.Stderr
+		buildErr = cmd.Run()
+	})
+
+	require.NoError(t, buildErr, "building fleetctl")
+
+	return builtBin
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+
+	if builtBin != "" {
+		os.RemoveAll(filepath.Dir(builtBin))
+	}
+
+	os.Exit(code)
+}
+
+var stateRank = map[string]int{
+	store.NodePending: 0, store.NodeRequested: 1, store.NodeAccepted: 2,
+	store.NodeDone: 3, store.NodeFailed: 3, store.NodeSkipped: 3,
+}
+
+type snapshot struct {
+	audit []store.AuditEntry
+	nodes map[int]store.Node
+}
+
+func takeSnapshot(t *testing.T, db string) (snapshot, bool) {
+	t.Helper()
+
+	st, err := store.Open(db, store.Options{})
+	require.NoError(t, err)
+
+	defer st.Close()
+
+	r, err := st.Rollout(t.Context(), "")
+	if errors.Is(err, store.ErrNotFound) {
+		return snapshot{}, false
+	}
+
+	require.NoError(t, err)
+
+	audit, err := st.Audit(t.Context(), r.ID, 0)
+	require.NoError(t, err)
+
+	nodes, err := st.Nodes(t.Context(), r.ID)
+	require.NoError(t, err)
+
+	s := snapshot{audit: audit, nodes: map[int]store.Node{}}
+	for _, n := range nodes {
+		s.nodes[n.ID] = n
+	}
+
+	return s, true
+}
+
+// checkNothingLost verifies that what was recorded before a kill is still
+// there after the next run: the audit log only grows and no node goes back.
+func checkNothingLost(t *testing.T, before, after snapshot) {
+	t.Helper()
+
+	require.GreaterOrEqual(t, len(after.audit), len(before.audit))
+	assert.Equal(t, before.audit, after.audit[:len(before.audit)], "audit log rewritten")
+
+	for id, b := range before.nodes {
+		a := after.nodes[id]
+		assert.GreaterOrEqual(t, stateRank[a.State], stateRank[b.State], "node %s/%s went from %s back to %s", b.Cluster, b.Name, b.State, a.State)
+
+		if stateRank[b.State] == 3 {
+			assert.Equal(t, b.State, a.State, "node %s/%s left terminal state %s", b.Cluster, b.Name, b.State)
+		}
+	}
+}
+
+// TestCrashAndResume kills fleetctl with SIGKILL at random moments of a
+// simulated rollout, resumes it, and checks the invariants: no node upgraded
+// twice, no wave skipped or overtaken, nothing recorded lost.
+func TestCrashAndResume(t *testing.T) {
+	bin := buildBinary(t)
+
+	const trials = 24
+
+	for trial := range trials {
+		t.Run(fmt.Sprintf("trial-%02d", trial), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(uint64(trial), 42))
+			dir := t.TempDir()
+			db := filepath.Join(dir, "fleet.db")
+
+			fleetctl := func(args ...string) *exec.Cmd {
+				cmd := exec.Command(bin, append([]string{"--db", db, "--log-level", "warn"}, args...)...)
+				cmd.Stdout, cmd.Stderr = nil, nil
+
+				return cmd
+			}
+
+			init := fleetctl("sim", "init", "--dir", dir, "--clusters", "24", "--nodes-per-cluster", "2",
+				"--seed", fmt.Sprint(trial), "--fail-rate", "0.05",
+				"--latency", "1ms", "--stage-time", "4ms", "--reboot-time", "8ms",
+				"--health-timeout", "150ms", "--health-interval", "2ms", "--concurrency", "4",
+				"--wave-failure-percent", "50", "--failure-percent", "50")
+			out, err := init.CombinedOutput()
+			require.NoError(t, err, string(out))
+
+			start := []string{"rollout", "start", "--inventory", filepath.Join(dir, "inventory.yaml"),
+				"--plan", filepath.Join(dir, "plan.yaml"), "--driver", "sim", "--sim-dir", dir}
+
+			kills := 1 + rng.IntN(3)
+
+			var (
+				prev    snapshot
+				hasPrev bool
+				exit    int
+			)
+
+			for attempt := 0; ; attempt++ {
+				args := []string{"rollout", "resume"}
+				if !hasPrev {
+					args = start // killed before the rollout was even recorded
+				}
+
+				cmd := fleetctl(args...)
+				require.NoError(t, cmd.Start())
+
+				if attempt < kills {
+					time.Sleep(time.Duration(rng.IntN(400)) * time.Millisecond)
+					require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+				}
+
+				err := cmd.Wait()
+
+				var ee *exec.ExitError
+				if err != nil {
+					require.ErrorAs(t, err, &ee)
+				}
+
+				exit = cmd.ProcessState.ExitCode()
+
+				snap, ok := takeSnapshot(t, db)
+				if hasPrev {
+					require.True(t, ok)
+					checkNothingLost(t, prev, snap)
+				}
+
+				prev, hasPrev = snap, ok
+
+				if attempt >= kills && exit != -1 {
+					break
+				}
+
+				require.Less(t, attempt, kills+3, "rollout does not finish")
+			}
+
+			require.Contains(t, []int{ExitOK, ExitHalted}, exit, "final run exit code")
+			checkInvariants(t, dir, db, exit)
+		})
+	}
+}
+
+func checkInvariants(t *testing.T, dir, db string, exit int) {
+	t.Helper()
+
+	st, err := store.Open(db, store.Options{})
+	require.NoError(t, err)
+
+	defer st.Close()
+
+	r, err := st.Rollout(t.Context(), "")
+	require.NoError(t, err)
+
+	nodes, err := st.Nodes(t.Context(), r.ID)
+	require.NoError(t, err)
+
+	waves, err := st.Waves(t.Context(), r.ID)
+	require.NoError(t, err)
+
+	events, err := sim.ReadJournal(dir)
+	require.NoError(t, err)
+
+	byKey := map[string]store.Node{}
+	for _, n := range nodes {
+		byKey[sim.Key(n.Cluster, n.Name)] = n
+	}
+
+	upgrades := map[string]int{}
+	lastWave := 0
+
+	for _, ev := range events {
+		if ev.Kind != "U" {
+			continue
+		}
+
+		upgrades[ev.Node]++
+		n := byKey[ev.Node]
+
+		assert.GreaterOrEqual(t, n.Wave, lastWave, "node %s of wave %d upgraded after wave %d had started", ev.Node, n.Wave, lastWave)
+		lastWave = max(lastWave, n.Wave)
+	}
+
+	for key, c := range upgrades {
+		assert.Equal(t, 1, c, "node %s upgraded %d times", key, c)
+		assert.Contains(t, []string{store.NodeDone, store.NodeFailed}, byKey[key].State, "node %s was upgraded but the record says %s", key, byKey[key].State)
+	}
+
+	fleet, err := sim.OpenDir(dir)
+	require.NoError(t, err)
+
+	defer fleet.Close()
+
+	for _, n := range nodes {
+		v, err := fleet.Version(sim.Key(n.Cluster, n.Name))
+		if n.State == store.NodeDone {
+			require.NoError(t, err)
+			assert.Equal(t, r.Version, v, "node %s/%s recorded done", n.Cluster, n.Name)
+		}
+	}
+
+	switch exit {
+	case ExitOK:
+		assert.Equal(t, store.StateCompleted, r.State)
+
+		for _, w := range waves {
+			assert.Equal(t, store.WaveDone, w.State, "wave %d %s", w.Index, w.Name)
+		}
+
+		for _, n := range nodes {
+			assert.Equal(t, 3, stateRank[n.State], "node %s/%s unfinished in a completed rollout", n.Cluster, n.Name)
+		}
+	case ExitHalted:
+		assert.Equal(t, store.StateHalted, r.State)
+
+		for _, n := range nodes {
+			if n.State == store.NodePending {
+				assert.Zero(t, upgrades[sim.Key(n.Cluster, n.Name)])
+			}
+		}
+	}
+}

@@ -1,0 +1,110 @@
+package inventory_test
+
+import (
+	"errors"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/labfleet/labfleet/fleetctl/inventory"
+)
+
+func TestLoadDirectoryMergesFiles(t *testing.T) {
+	inv, err := inventory.Load("testdata/dir")
+	require.NoError(t, err)
+	require.NoError(t, inv.Validate())
+
+	require.Len(t, inv.Sites, 1)
+	require.Len(t, inv.Clusters, 1)
+	assert.Equal(t, 2, inv.NodeCount())
+
+	c := inv.Clusters[0]
+	assert.Equal(t, filepath.Join("testdata", "dir", "clusters.yaml"), c.Source)
+	assert.Equal(t, filepath.Join("testdata", "dir", "creds", "ber-1-a", "talosconfig"), c.Talosconfig, "relative to the file")
+
+	s, ok := inv.Site("ber-1")
+	require.True(t, ok)
+	assert.Equal(t, "Europe/Berlin", s.TimeZone)
+}
+
+func TestValidateNamesFileEntryAndField(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		doc  string
+		want []string // substrings, each from one error
+	}{
+		{
+			name: "bad site fields",
+			doc: `
+sites:
+  - name: x
+    region: ""
+    country: Germany
+    timezone: Mars/Base
+    bandwidth: huge
+`,
+			want: []string{
+				`inv.yaml: sites[0] "x": region: required`,
+				`sites[0] "x": country: "Germany" is not an ISO 3166-1 alpha-2 code`,
+				`sites[0] "x": timezone: "Mars/Base" is not an IANA time zone`,
+				`sites[0] "x": bandwidth: "huge" is not a bandwidth class`,
+			},
+		},
+		{
+			name: "bad window",
+			doc: `
+sites:
+  - {name: x, region: r, timezone: UTC, windows: [{start: "25:00", duration: 1h}]}
+`,
+			want: []string{`sites[0] "x": windows[0]: start: "25:00" is not a time of day`},
+		},
+		{
+			name: "cluster and node problems",
+			doc: `
+sites:
+  - {name: s, region: r, timezone: UTC}
+clusters:
+  - name: a
+    site: nowhere
+    nodes:
+      - {name: n1, endpoint: "1.2.3.4", role: master}
+      - {name: n1, endpoint: "1.2.3.4", role: worker}
+  - name: a
+    site: s
+    nodes: []
+`,
+			want: []string{
+				`clusters[0] "a": site: unknown site "nowhere"`,
+				`clusters[0] "a" nodes[0] "n1": role: "master" is not a role (want controlplane or worker)`,
+				`clusters[0] "a" nodes[1] "n1": name: duplicate node name`,
+				`clusters[0] "a" nodes[1] "n1": endpoint: duplicate endpoint`,
+				`clusters[1] "a": name: duplicate cluster name (first defined in inv.yaml)`,
+				`clusters[1] "a": nodes: a cluster needs at least one node`,
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			inv, err := inventory.Parse("inv.yaml", []byte(tc.doc))
+			require.NoError(t, err)
+
+			err = inv.Validate()
+			require.Error(t, err)
+
+			var errs inventory.Errors
+			require.True(t, errors.As(err, &errs))
+			assert.Len(t, errs, len(tc.want), err.Error())
+
+			for _, w := range tc.want {
+				assert.Contains(t, err.Error(), w)
+			}
+		})
+	}
+}
+
+func TestParseRejectsUnknownFields(t *testing.T) {
+	_, err := inventory.Parse("inv.yaml", []byte("sites:\n  - name: x\n    timezon: UTC\n"))
+	require.ErrorContains(t, err, "inv.yaml")
+	require.ErrorContains(t, err, "timezon")
+}

@@ -1,0 +1,130 @@
+package window_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/labfleet/labfleet/fleetctl/window"
+)
+
+func mustLoc(t *testing.T, name string) *time.Location {
+	t.Helper()
+
+	loc, err := time.LoadLocation(name)
+	require.NoError(t, err)
+
+	return loc
+}
+
+func TestOpen(t *testing.T) {
+	berlin := mustLoc(t, "Europe/Berlin")
+
+	for _, tc := range []struct {
+		name    string
+		windows []window.Window
+		at      time.Time
+		open    bool
+		next    time.Time // expected NextOpen when closed
+	}{
+		{
+			name: "no windows is always open", at: time.Date(2026, 1, 1, 12, 0, 0, 0, berlin), open: true,
+		},
+		{
+			name:    "inside a daily window",
+			windows: []window.Window{{Start: "02:00", Duration: "4h"}},
+			at:      time.Date(2026, 1, 7, 3, 0, 0, 0, berlin), open: true,
+		},
+		{
+			name:    "end is exclusive",
+			windows: []window.Window{{Start: "02:00", Duration: "4h"}},
+			at:      time.Date(2026, 1, 7, 6, 0, 0, 0, berlin),
+			next:    time.Date(2026, 1, 8, 2, 0, 0, 0, berlin),
+		},
+		{
+			name:    "local time, not UTC: 02:30 Berlin is 01:30 UTC in winter",
+			windows: []window.Window{{Start: "02:00", Duration: "1h"}},
+			at:      time.Date(2026, 1, 7, 1, 30, 0, 0, time.UTC), open: true,
+		},
+		{
+			name:    "same window in summer time: 02:30 CEST is 00:30 UTC",
+			windows: []window.Window{{Start: "02:00", Duration: "1h"}},
+			at:      time.Date(2026, 7, 7, 0, 30, 0, 0, time.UTC), open: true,
+		},
+		{
+			name:    "window crossing midnight is open after midnight",
+			windows: []window.Window{{Days: []string{"sat"}, Start: "22:00", Duration: "6h"}},
+			at:      time.Date(2026, 1, 4, 1, 0, 0, 0, berlin), open: true, // Sunday 01:00
+		},
+		{
+			name:    "day filter: closed on a weekday, next is Saturday",
+			windows: []window.Window{{Days: []string{"sat", "sun"}, Start: "01:00", Duration: "2h"}},
+			at:      time.Date(2026, 1, 7, 1, 30, 0, 0, berlin), // Wednesday
+			next:    time.Date(2026, 1, 10, 1, 0, 0, 0, berlin),
+		},
+		{
+			name:    "earliest of several windows",
+			windows: []window.Window{{Start: "23:00", Duration: "1h"}, {Start: "13:00", Duration: "1h"}},
+			at:      time.Date(2026, 1, 7, 12, 0, 0, 0, berlin),
+			next:    time.Date(2026, 1, 7, 13, 0, 0, 0, berlin),
+		},
+		{
+			name:    "spring forward: a 02:30 start that does not exist still opens",
+			windows: []window.Window{{Start: "02:30", Duration: "1h"}},
+			at:      time.Date(2026, 3, 29, 3, 45, 0, 0, berlin), open: true,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := window.NewSchedule("Europe/Berlin", tc.windows)
+			require.NoError(t, err)
+
+			assert.Equal(t, tc.open, s.Open(tc.at))
+
+			if tc.open {
+				assert.Equal(t, tc.at, s.NextOpen(tc.at))
+			} else {
+				assert.True(t, tc.next.Equal(s.NextOpen(tc.at)), "next open %s, want %s", s.NextOpen(tc.at), tc.next)
+			}
+		})
+	}
+}
+
+func TestValidate(t *testing.T) {
+	for _, tc := range []struct {
+		w     window.Window
+		field string
+	}{
+		{window.Window{Start: "2:00", Duration: "1h"}, "start"},
+		{window.Window{Start: "24:00", Duration: "1h"}, "start"},
+		{window.Window{Start: "02:00", Duration: "25h"}, "duration"},
+		{window.Window{Start: "02:00", Duration: "soon"}, "duration"},
+		{window.Window{Days: []string{"funday"}, Start: "02:00", Duration: "1h"}, "days"},
+		{window.Window{Start: "02:00", Duration: "1h"}, ""},
+	} {
+		err := tc.w.Validate()
+		if tc.field == "" {
+			assert.NoError(t, err)
+
+			continue
+		}
+
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), tc.field+":")
+	}
+
+	_, err := window.NewSchedule("Mars/Olympus", nil)
+	require.ErrorContains(t, err, "timezone")
+}
+
+func BenchmarkOpen(b *testing.B) {
+	s, err := window.NewSchedule("America/New_York", []window.Window{{Days: []string{"sat", "sun"}, Start: "01:00", Duration: "3h"}})
+	require.NoError(b, err)
+
+	at := time.Date(2026, 1, 7, 12, 0, 0, 0, time.UTC)
+
+	for b.Loop() {
+		s.Open(at)
+	}
+}
