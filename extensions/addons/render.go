@@ -244,6 +244,18 @@ func setPath(m map[string]any, path string, v any) error {
 		}
 
 		if last {
+			// A map merges into an existing map, so keys the values file
+			// sets beside the injected ones (useDigest, pullPolicy) survive.
+			if vm, ok := v.(map[string]any); ok {
+				if existing, ok := cur[p].(map[string]any); ok {
+					for k, x := range vm {
+						existing[k] = x
+					}
+
+					return nil
+				}
+			}
+
 			cur[p] = v
 
 			return nil

@@ -272,3 +272,24 @@ func TestChartDigestMismatch(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "does not match the pinned sha256:0000")
 }
+
+func TestImageValuesMergeWithValuesFile(t *testing.T) {
+	dir := copyAddon(t, "cilium")
+	values := filepath.Join(dir, "cilium", "values.yaml")
+
+	b, err := os.ReadFile(values)
+	require.NoError(t, err)
+	require.Contains(t, string(b), "  pullPolicy: IfNotPresent\n")
+
+	// A key the values file sets beside the injected repository, tag and
+	// digest must survive the injection.
+	require.NoError(t, os.WriteFile(values, []byte(strings.Replace(string(b), "  pullPolicy: IfNotPresent\n", "  pullPolicy: Never\n", 1)), 0o644))
+
+	a, err := addons.Load(filepath.Join(dir, "cilium"))
+	require.NoError(t, err)
+
+	ds := find[*appsv1.DaemonSet](t, renderOne(t, a, nil), "cilium")
+	agent := ds.Spec.Template.Spec.Containers[0]
+	assert.Equal(t, a.Images[0].ImageRef(), agent.Image)
+	assert.Equal(t, corev1.PullNever, agent.ImagePullPolicy)
+}

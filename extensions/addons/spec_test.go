@@ -34,7 +34,7 @@ func TestValidateNamesFileAndField(t *testing.T) {
 		old, new  string
 		wantField string
 	}{
-		{"bad chart digest", "digest: sha256:0603", "digest: md5:0603", "chart.digest"},
+		{"bad chart digest", "  digest: sha256:", "  digest: md5:", "chart.digest"},
 		{"empty repository", "repository: https://helm.cilium.io", `repository: ""`, "chart.repository"},
 		{"ftp repository", "repository: https://helm.cilium.io", "repository: ftp://helm.cilium.io", "chart.repository"},
 		{"bad version", "version: 1.18.0", "version: latest", "chart.version"},
