@@ -99,6 +99,13 @@ func TestBake(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, none)
 
+	// Cilium reaches the API server through KubePrism on the port Talos
+	// serves it on.
+	port, err := machineconfig.KubePrismPort(baked.MachineConfig)
+	require.NoError(t, err)
+	assert.Equal(t, 7445, port)
+	assert.Contains(t, ms[0].Contents, `k8s-service-port: "7445"`)
+
 	ic, err := machineconfig.LocalImageCacheEnabled(baked.MachineConfig)
 	require.NoError(t, err)
 	assert.True(t, ic, "the add-on images come from the IMAGECACHE partition")

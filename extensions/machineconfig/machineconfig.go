@@ -319,3 +319,19 @@ func InlineManifestPatch(manifests []Manifest) ([]byte, error) {
 
 	return buf.Bytes(), nil
 }
+
+// KubePrismPort returns the port of KubePrism, Talos's node-local API server
+// load balancer (0 when disabled): Cilium must be pointed at it.
+func KubePrismPort(data []byte) (int, error) {
+	cfg, err := configloader.NewFromBytes(data)
+	if err != nil {
+		return 0, fmt.Errorf("parsing machine config: %w", err)
+	}
+
+	kp := cfg.K8sKubePrismConfig()
+	if kp == nil {
+		return 0, nil
+	}
+
+	return kp.Port(), nil
+}
