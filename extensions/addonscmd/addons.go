@@ -59,7 +59,7 @@ Pins carry a source: "upstream" (computed against the real registries) or
 real registries are unreachable). See extensions/README.md.`,
 	}
 
-	cmd.AddCommand(newListCommand(), newShowCommand(), newBumpCommand())
+	cmd.AddCommand(newListCommand(), newShowCommand(), newBumpCommand(), newSitePatchCommand())
 
 	return cmd
 }

@@ -107,3 +107,32 @@ func TestBumpStandin(t *testing.T) {
 	assert.Equal(t, "standin", a.Pins.Source)
 	assert.Equal(t, "imagectl addons bump cilium --version=1.18.1 --standin", a.Pins.Note)
 }
+
+func TestSitePatch(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "fra1.yaml")
+	require.NoError(t, os.WriteFile(good, []byte(`name: fra1
+region: eu-central
+metallb: {addressPools: [10.20.0.0/28]}
+otel: {endpoint: "otel.fra1.example:4317"}
+thanos: {objstoreSecret: thanos-bucket-fra1}
+`), 0o644))
+
+	out, err := run(t, "site-patch", "--dir", "..", "--site", good, "--standin")
+	require.NoError(t, err)
+	assert.Contains(t, out, "kind: KubeInlineManifestConfig")
+	assert.Contains(t, out, "name: metallb")
+	assert.Contains(t, out, "name: thanos")
+	assert.Contains(t, out, "name: otel-collector")
+	assert.NotContains(t, out, "name: cilium\n")
+
+	bad := filepath.Join(dir, "bad.yaml")
+	require.NoError(t, os.WriteFile(bad, []byte("name: fra1\nregion: eu-central\n"), 0o644))
+
+	_, err = run(t, "site-patch", "--dir", "..", "--site", bad, "--standin")
+	require.ErrorIs(t, err, addonscmd.ErrUsage)
+	assert.Contains(t, err.Error(), "site.metallb.addressPools: required")
+
+	_, err = run(t, "site-patch", "--dir", "..")
+	require.ErrorIs(t, err, addonscmd.ErrUsage)
+}
