@@ -38,7 +38,7 @@ and powers off, for the boot benchmark.`,
 		Example: `  hack/fetch-lab-assets.sh
   labctl base build --out _out/labbase
   labctl base build --trivial --out _out/labbase-trivial -o json`,
-		Args: cobra.NoArgs,
+		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runBaseBuild(cmd.Context(), g, o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},

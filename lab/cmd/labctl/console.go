@@ -25,7 +25,7 @@ state dir). With --follow it keeps printing new output while the VM runs,
 like tail -f; Ctrl-C stops following, not the VM.`,
 		Example: `  labctl console labos
   labctl console labos --follow`,
-		Args: cobra.ExactArgs(1),
+		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runConsole(cmd.Context(), g, args[0], follow, cmd.OutOrStdout())
 		},

@@ -30,7 +30,7 @@ func newDemoCommand(g *globals) *cobra.Command {
 It prints a short summary and stops the VM. Exit code 0 only if both boots
 are healthy with Secure Boot on, Setup Mode off and the TPM unlocked.`,
 		Example: `  make images && labctl demo _out/labos/disk.raw`,
-		Args:    cobra.ExactArgs(1),
+		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runDemo(cmd.Context(), g, o, args[0], cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},

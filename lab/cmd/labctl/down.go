@@ -29,7 +29,7 @@ follows. The state (disk overlay, vars, TPM) is kept so 'labctl up' boots
 the same machine again, unless --purge removes it.`,
 		Example: `  labctl down labos
   labctl down labos --purge`,
-		Args: cobra.ExactArgs(1),
+		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runDown(cmd.Context(), g, args[0], purge, grace, cmd.OutOrStdout())
 		},

@@ -23,7 +23,7 @@ func newPsCommand(g *globals) *cobra.Command {
 		Long:  `ps lists the VMs that have state in the state dir: running ones with their QEMU pid, API endpoint and uptime, stopped ones as stopped.`,
 		Example: `  labctl ps
   labctl ps -o json`,
-		Args: cobra.NoArgs,
+		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runPs(g, cmd.OutOrStdout())
 		},

@@ -116,3 +116,14 @@ func writeJSON(w io.Writer, v any) error {
 
 	return enc.Encode(v)
 }
+
+// exactArgs is cobra.ExactArgs with the usage exit code.
+func exactArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usageErr("%s takes %d argument(s), got %d (see --help)", cmd.CommandPath(), n, len(args))
+		}
+
+		return nil
+	}
+}
