@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/user"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -278,12 +279,16 @@ func audit(tx *sql.Tx, at int64, actor, rollout, action, subject, detail string)
 
 // Actor names who runs this process: user@host.
 func Actor() string {
-	user := os.Getenv("USER")
-	if user == "" {
-		user = fmt.Sprintf("uid%d", os.Getuid())
+	name := os.Getenv("USER")
+	if name == "" {
+		if u, err := user.Current(); err == nil {
+			name = u.Username
+		} else {
+			name = fmt.Sprintf("uid%d", os.Getuid())
+		}
 	}
 
 	host, _ := os.Hostname()
 
-	return user + "@" + host
+	return name + "@" + host
 }
