@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/labfleet/labfleet/extensions/addonscmd"
 	"github.com/labfleet/labfleet/images/cli"
 )
 
@@ -28,7 +29,7 @@ func main() {
 // (definitions, flags, keys), 1 for everything else.
 func exitCode(err error) int {
 	var u *cli.UsageError
-	if errors.As(err, &u) {
+	if errors.As(err, &u) || errors.Is(err, addonscmd.ErrUsage) {
 		return 2
 	}
 
