@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -16,7 +17,6 @@ import (
 	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/labfleet/labfleet/fleetctl/driver"
@@ -118,17 +118,21 @@ func (n *node) Upgrade(ctx context.Context, image string) error {
 	return nil
 }
 
-// inProgress recognises "already upgrading": the simulator and labos answer
-// FailedPrecondition; Talos reports its sequence lock as a "locked" error.
+// inProgress recognises "already upgrading" by its message: the simulator
+// and labos answer "upgrade in progress", Talos reports its sequence lock as
+// "locked". The status code alone says too little: labos answers
+// FailedPrecondition for every refused upgrade (a bad image too).
 func inProgress(err error) bool {
-	if s, ok := status.FromError(err); ok && s.Code() == codes.FailedPrecondition {
-		return true
+	msg := strings.ToLower(err.Error())
+	if s, ok := status.FromError(err); ok {
+		msg = strings.ToLower(s.Message())
 	}
 
-	msg := strings.ToLower(err.Error())
-
-	return strings.Contains(msg, "in progress") || strings.Contains(msg, "locked")
+	return strings.Contains(msg, "in progress") || lockedWord.MatchString(msg)
 }
+
+// lockedWord matches "locked" but not "unlocked".
+var lockedWord = regexp.MustCompile(`\blocked\b`)
 
 func (n *node) Rollback(ctx context.Context) error {
 	if err := n.c.Rollback(ctx); err != nil {
