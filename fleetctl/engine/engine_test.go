@@ -167,6 +167,25 @@ func TestBadImageHaltsAtCanaryAndRollsBack(t *testing.T) {
 	assert.Zero(t, f.fleet.Counts()["c00001/n0"].Upgrades)
 }
 
+func TestNodeThatFellBackIsNotRolledBackAgain(t *testing.T) {
+	f := newFixture(t, sim.Spec{Clusters: 2, NodesPerCluster: 1}, sim.Behaviour{FallbackVersions: []string{v2}}, func(p *plan.Plan) {
+		p.Waves = []plan.Wave{{Name: "canary", Count: 1}, {Name: "rest", Percent: 100}}
+		p.Budget = plan.Budget{}
+	})
+
+	res, err := engine.Run(t.Context(), f.opts())
+	require.ErrorIs(t, err, engine.ErrHalted)
+	assert.Equal(t, 1, res.Failed)
+	assert.Equal(t, 1, res.RolledBack, "back on the old version counts as rolled back")
+
+	assert.Equal(t, sim.Counts{Upgrades: 1}, f.fleet.Counts()["c00000/n0"], "no rollback call: the node fell back by itself")
+	assert.Zero(t, f.fleet.Counts()["c00001/n0"].Upgrades)
+
+	nodes, err := f.st.Nodes(t.Context(), res.RolloutID)
+	require.NoError(t, err)
+	assert.Contains(t, nodes[0].Error, "node reports version v1.0.0, want v2.0.0")
+}
+
 func TestFailureBudgets(t *testing.T) {
 	for _, tc := range []struct {
 		name       string

@@ -303,6 +303,19 @@ func (e *execution) rollback(ctx context.Context, n *store.Node, node driver.Nod
 	hg := e.plan.Health
 	deadline := clock.Now().Add(hg.Timeout.D())
 
+	// A node that fell back by itself (systemd-boot boot counting gave up on
+	// the new entry) already runs its old version: nothing to roll back.
+	if n.FromVersion != "" {
+		c, cancel := context.WithTimeout(ctx, e.opts.CallTimeout)
+		v, verr := node.Version(c)
+
+		cancel()
+
+		if verr == nil && v == n.FromVersion {
+			return true, "node already back on " + v + " (fell back by itself); no rollback call needed"
+		}
+	}
+
 	var err error
 
 	for {

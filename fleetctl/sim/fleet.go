@@ -18,6 +18,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -68,6 +69,9 @@ type Behaviour struct {
 	HangRate float64 `yaml:"hangRate,omitempty"`
 	// BadVersions fail on every node (a broken image).
 	BadVersions []string `yaml:"badVersions,omitempty"`
+	// FallbackVersions never finish booting: the node falls back to its
+	// previous image by itself (systemd-boot boot counting) and reports that.
+	FallbackVersions []string `yaml:"fallbackVersions,omitempty"`
 	// Latency is added to every API call.
 	Latency Duration `yaml:"latency,omitempty"`
 	// StageTime is how long a node keeps running its old version after accepting an upgrade.
@@ -337,7 +341,17 @@ func (f *Fleet) Version(key string) (string, error) {
 		return "", ErrUnreachable
 	}
 
-	return n.versions[len(n.versions)-1], nil
+	return f.running(n), nil
+}
+
+// running is the version a node that is up actually runs.
+func (f *Fleet) running(n *simNode) string {
+	current := n.versions[len(n.versions)-1]
+	if n.lastKind == 'U' && slices.Contains(f.b.FallbackVersions, current) {
+		return n.versions[len(n.versions)-2]
+	}
+
+	return current
 }
 
 // Upgrade accepts an upgrade to version, unless one is in progress.
@@ -388,8 +402,8 @@ func (f *Fleet) Services(key string) ([]driver.Service, error) {
 		return nil, ErrUnreachable
 	}
 
-	current := n.versions[len(n.versions)-1]
-	bad := n.lastKind == 'U' && f.fails(key, current)
+	current := f.running(n)
+	bad := n.lastKind == 'U' && current == n.versions[len(n.versions)-1] && f.fails(key, current)
 
 	out := make([]driver.Service, 0, 5)
 	for _, id := range []string{nodeapi.ServiceTPMUnlock, nodeapi.ServiceState, nodeapi.ServiceAPI, nodeapi.ServiceEBPF, nodeapi.ServiceAddons} {
