@@ -477,3 +477,81 @@ func TestResumeReconcilesNodesTouchedBeforeCrash(t *testing.T) {
 		assert.Equal(t, 1, c.Upgrades, "node %s", key)
 	}
 }
+
+// closingFactory closes the store when the n-th upgrade is requested, as a
+// failing disk would.
+type closingFactory struct {
+	inner driver.Factory
+	st    *store.Store
+	after int
+
+	mu       sync.Mutex
+	upgrades int
+}
+
+func (c *closingFactory) Open(ctx context.Context, t driver.Target) (driver.Node, error) {
+	n, err := c.inner.Open(ctx, t)
+
+	return &closingNode{Node: n, f: c}, err
+}
+
+type closingNode struct {
+	driver.Node
+	f *closingFactory
+}
+
+func (n *closingNode) Upgrade(ctx context.Context, image string) error {
+	n.f.mu.Lock()
+	n.f.upgrades++
+	if n.f.upgrades == n.f.after {
+		n.f.st.Close()
+	}
+	n.f.mu.Unlock()
+
+	return n.Node.Upgrade(ctx, image)
+}
+
+func TestStoreFailureStopsTheRollout(t *testing.T) {
+	f := newFixture(t, sim.Spec{Clusters: 30, NodesPerCluster: 1}, sim.Behaviour{}, func(p *plan.Plan) {
+		p.Waves = []plan.Wave{{Name: "all", Percent: 100}}
+		p.Concurrency = 2
+	})
+
+	cf := &closingFactory{inner: f.fleet.Factory(), st: f.st, after: 5}
+	o := f.opts()
+	o.Driver = cf
+
+	_, err := engine.Run(t.Context(), o)
+	require.ErrorIs(t, err, store.ErrClosed)
+
+	cf.mu.Lock()
+	defer cf.mu.Unlock()
+
+	assert.LessOrEqual(t, cf.upgrades, 5+1, "at most the other in-flight node is asked after the database failed")
+}
+
+func TestHungNodeFailsWithoutRollback(t *testing.T) {
+	f := newFixture(t, sim.Spec{Clusters: 1, NodesPerCluster: 1}, sim.Behaviour{HangRate: 1}, func(p *plan.Plan) {
+		p.Waves = []plan.Wave{{Name: "all", Percent: 100}}
+		p.Budget = plan.Budget{}
+	})
+
+	res, err := engine.Run(t.Context(), f.opts())
+	require.ErrorIs(t, err, engine.ErrHalted)
+	assert.Equal(t, 1, res.Failed)
+	assert.Zero(t, res.RolledBack, "a hung node cannot be rolled back through its API")
+
+	entries, err := f.st.Audit(t.Context(), res.RolloutID, 0)
+	require.NoError(t, err)
+
+	var failed store.AuditEntry
+
+	for _, e := range entries {
+		if e.Action == "node.failed" {
+			failed = e
+		}
+	}
+
+	assert.Contains(t, failed.Detail, "rollback failed")
+	assert.Contains(t, failed.Detail, "health gate timed out")
+}

@@ -117,7 +117,7 @@ func (r *nodeRun) record(ctx context.Context, tr store.Transition) bool {
 	// The node was (or is about to be) touched: the record must land even if
 	// ctx is being cancelled, or resume would lose track of it.
 	if err := r.e.opts.Store.RecordNode(context.WithoutCancel(ctx), r.e.rollout.ID, r.e.opts.Actor, tr); err != nil {
-		r.e.log.Error("recording node state", "node", r.subject, "state", tr.State, "err", err)
+		r.e.storeFailed(fmt.Errorf("recording %s as %s: %w", r.subject, tr.State, err))
 
 		return false
 	}
@@ -283,7 +283,7 @@ func (e *execution) fail(ctx context.Context, wave int, n *store.Node, node driv
 	}
 
 	if err := e.opts.Store.RecordNode(context.WithoutCancel(ctx), e.rollout.ID, e.opts.Actor, tr); err != nil {
-		e.log.Error("recording node failure", "node", subject, "err", err)
+		e.storeFailed(fmt.Errorf("recording %s as failed: %w", subject, err))
 
 		return true
 	}

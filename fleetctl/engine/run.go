@@ -40,6 +40,21 @@ type execution struct {
 	stopKind     string // "", store.StateHalted, store.StatePaused, store.StateAborted
 	stopReason   string
 	stopCh       chan struct{}
+	storeErr     error
+}
+
+// storeFailed stops the rollout when progress can no longer be recorded:
+// touching nodes without a record would defeat crash recovery.
+func (e *execution) storeFailed(err error) {
+	e.log.Error("database write failed; stopping", "err", err)
+
+	e.mu.Lock()
+	if e.storeErr == nil {
+		e.storeErr = err
+	}
+	e.mu.Unlock()
+
+	e.stop(store.StatePaused, "database write failed")
 }
 
 func (e *execution) run(ctx context.Context) (Result, error) {
@@ -270,6 +285,13 @@ func (e *execution) finish(ctx context.Context) (Result, error) {
 	bg := context.WithoutCancel(ctx)
 
 	kind, reason := e.stopKind, e.stopReason
+
+	if e.storeErr != nil {
+		// Best effort: the database may be failing for good.
+		st.SetState(bg, id, store.StatePaused, "database write failed: "+e.storeErr.Error(), actor) //nolint:errcheck
+
+		return Result{RolloutID: id, Name: e.rollout.Name, State: store.StatePaused}, fmt.Errorf("recording progress: %w", e.storeErr)
+	}
 
 	switch {
 	case kind != "":
@@ -503,7 +525,7 @@ func (e *execution) skip(ctx context.Context, n *store.Node, why string) {
 
 	tr := store.Transition{Node: n.ID, Subject: n.Cluster + "/" + n.Name, State: store.NodeSkipped, Detail: why}
 	if err := e.opts.Store.RecordNode(context.WithoutCancel(ctx), e.rollout.ID, e.opts.Actor, tr); err != nil {
-		e.log.Error("recording skip", "node", tr.Subject, "err", err)
+		e.storeFailed(fmt.Errorf("recording %s as skipped: %w", tr.Subject, err))
 
 		return
 	}

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"os/user"
+	"sync"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -144,8 +145,13 @@ type Store struct {
 	db  *sql.DB
 	ops chan op
 
-	closed chan struct{}
+	mu       sync.RWMutex // guards isClosed against sends on the closed ops channel
+	isClosed bool
+	closed   chan struct{}
 }
+
+// ErrClosed is returned by writes after Close.
+var ErrClosed = errors.New("store is closed")
 
 type op struct {
 	fn   func(*sql.Tx) error
@@ -182,7 +188,17 @@ func Open(path string, opts Options) (*Store, error) {
 
 // Close stops the writer and closes the database.
 func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.isClosed {
+		s.mu.Unlock()
+
+		return nil
+	}
+
+	s.isClosed = true
 	close(s.ops)
+	s.mu.Unlock()
+
 	<-s.closed
 
 	return s.db.Close()
@@ -254,11 +270,22 @@ func (s *Store) commit(batch []op) error {
 func (s *Store) write(ctx context.Context, fn func(*sql.Tx) error) error {
 	o := op{fn: fn, done: make(chan error, 1)}
 
+	s.mu.RLock()
+	if s.isClosed {
+		s.mu.RUnlock()
+
+		return ErrClosed
+	}
+
 	select {
 	case s.ops <- o:
 	case <-ctx.Done():
+		s.mu.RUnlock()
+
 		return ctx.Err()
 	}
+
+	s.mu.RUnlock()
 
 	// Once queued the operation is committed or failed; wait for it even if ctx
 	// ends, so callers never act on a record whose fate is unknown.
