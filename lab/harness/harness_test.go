@@ -20,7 +20,7 @@ import (
 )
 
 // need fails in CI and skips elsewhere when a tool or asset is missing.
-func need(t *testing.T, what string, err error) {
+func need(t testing.TB, what string, err error) {
 	t.Helper()
 
 	if err == nil {
@@ -34,7 +34,7 @@ func need(t *testing.T, what string, err error) {
 	t.Skipf("%s missing: %v", what, err)
 }
 
-func requireVMTools(t *testing.T) {
+func requireVMTools(t testing.TB) {
 	t.Helper()
 
 	for _, bin := range []string{"qemu-system-x86_64", "qemu-img", "swtpm", "swtpm_setup", "objcopy"} {
@@ -54,7 +54,7 @@ var (
 
 // trivialDisk builds, once per test binary, a disk whose UKI runs the
 // trivial init: it prints the init and poweroff markers and powers off.
-func trivialDisk(t *testing.T) string {
+func trivialDisk(t testing.TB) string {
 	t.Helper()
 	requireVMTools(t)
 

@@ -168,6 +168,7 @@ func CreateOverlay(ctx context.Context, base, overlay string) error {
 // BootReport is what a lab node reported about its boot.
 type BootReport struct {
 	Name        string  `json:"name"`
+	Marker      string  `json:"marker"` // the marker waited for (status unless WaitBootMarker)
 	APIEndpoint string  `json:"apiEndpoint"`
 	Version     string  `json:"version"`
 	SecureBoot  bool    `json:"secureBoot"`
@@ -175,7 +176,7 @@ type BootReport struct {
 	TPMUnlocked bool    `json:"tpmUnlocked"`
 	Healthy     bool    `json:"healthy"`
 	UnlockError string  `json:"unlockError,omitempty"`
-	BootSeconds float64 `json:"bootSeconds"` // QEMU start to the labos status marker
+	BootSeconds float64 `json:"bootSeconds"` // QEMU start to the marker
 	// FirmwareBoots counts firmware boot-manager starts: 2 when systemd-boot
 	// enrolled keys and reset first.
 	FirmwareBoots int            `json:"firmwareBoots"`
@@ -197,6 +198,7 @@ func (vm *VM) WaitBoot(ctx context.Context) (*BootReport, error) {
 
 	r := &BootReport{
 		Name:        vm.spec.Name,
+		Marker:      nodeapi.MarkerStatus,
 		APIEndpoint: vm.APIEndpoint(),
 		Version:     st.Version,
 		SecureBoot:  st.SecureBoot,
@@ -211,11 +213,35 @@ func (vm *VM) WaitBoot(ctx context.Context) (*BootReport, error) {
 		Status:      st,
 	}
 
+	r.FirmwareBoots = vm.firmwareBoots()
+
+	return r, nil
+}
+
+// WaitBootMarker waits for any labos marker (the trivial baseline prints
+// only init and poweroff) and reports the time to it; the status fields
+// stay empty.
+func (vm *VM) WaitBootMarker(ctx context.Context, marker string) (*BootReport, error) {
+	_, at, err := vm.WaitMarkerAt(ctx, marker)
+	if err != nil {
+		return nil, err
+	}
+
+	return &BootReport{
+		Name: vm.spec.Name, Marker: marker, APIEndpoint: vm.APIEndpoint(),
+		BootSeconds: at.Sub(vm.started).Seconds(), FirmwareBoots: vm.firmwareBoots(),
+		Accel: vm.accel, Console: vm.ConsolePath(),
+	}, nil
+}
+
+func (vm *VM) firmwareBoots() int {
+	n := 0
+
 	for _, l := range vm.Lines() {
 		if firmwareBootRe.MatchString(l) {
-			r.FirmwareBoots++
+			n++
 		}
 	}
 
-	return r, nil
+	return n
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/labfleet/labfleet/lab/harness"
+	"github.com/labfleet/labfleet/lab/nodeapi"
 )
 
 func init() { commands = append(commands, newUpCommand) }
@@ -32,6 +33,7 @@ type upOptions struct {
 	accel       string
 	registry    int
 	verbose     bool
+	until       string
 }
 
 func newUpCommand(g *globals) *cobra.Command {
@@ -81,6 +83,7 @@ keeps running for 'labctl console', 'labctl ps' and 'labctl down'.`,
 	f.StringVar(&o.accel, "accel", harness.AccelTCG, "accelerator: tcg, kvm, or auto (kvm only if a probe boots)")
 	f.IntVar(&o.registry, "registry-port", 0, "host 127.0.0.1 port the guest reaches as 10.0.2.100:5000 (0: none)")
 	f.BoolVar(&o.verbose, "verbose", false, "copy the serial console to stderr while booting")
+	f.StringVar(&o.until, "until", "", "wait for this labos marker instead of the status (e.g. init for the trivial baseline); reports only bootSeconds")
 
 	return cmd
 }
@@ -109,6 +112,8 @@ func runUp(ctx context.Context, g *globals, o *upOptions, disk string, stdout, s
 // verdict maps a boot report to the exit code contract.
 func verdict(o *upOptions, res *upResult) error {
 	switch {
+	case o.until != "" && o.until != nodeapi.MarkerStatus:
+		return nil // only timing was asked for
 	case !res.Healthy || !res.TPMUnlocked && !o.noTPM:
 		return withCode(exitUnhealthy, fmt.Errorf("%s is unhealthy (healthy=%t tpmUnlocked=%t%s)", res.Name, res.Healthy, res.TPMUnlocked, reason(res.UnlockError)))
 	case res.APICheck != "" && res.APICheck != "ok" && res.Healthy:
@@ -170,7 +175,13 @@ func bootNode(ctx context.Context, g *globals, o *upOptions, disk string, stderr
 	waitCtx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 
-	report, err := vm.WaitBoot(waitCtx)
+	var report *harness.BootReport
+	if o.until != "" && o.until != nodeapi.MarkerStatus {
+		report, err = vm.WaitBootMarker(waitCtx, o.until)
+	} else {
+		report, err = vm.WaitBoot(waitCtx)
+	}
+
 	if err != nil {
 		vm.Kill() //nolint:errcheck
 
@@ -180,7 +191,7 @@ func bootNode(ctx context.Context, g *globals, o *upOptions, disk string, stderr
 	res := &upResult{BootReport: report, Detached: o.detach, StateDir: vm.WorkDir()}
 
 	switch {
-	case o.talosconfig == "":
+	case o.talosconfig == "" || report.Marker != nodeapi.MarkerStatus:
 	case !report.Healthy:
 		// labos reboots an unhealthy unblessed entry; its API would vanish
 		// mid-check.
@@ -218,6 +229,14 @@ func printUp(output string, w io.Writer, r upResult) error {
 	}
 
 	fmt.Fprintf(w, "name:         %s\n", r.Name)
+
+	if r.Marker != nodeapi.MarkerStatus {
+		fmt.Fprintf(w, "marker:       %s\n", r.Marker)
+		fmt.Fprintf(w, "bootSeconds:  %.1f (firmware boots: %d)\n", r.BootSeconds, r.FirmwareBoots)
+
+		return nil
+	}
+
 	fmt.Fprintf(w, "version:      %s\n", r.Version)
 	fmt.Fprintf(w, "secureBoot:   %t\n", r.SecureBoot)
 	fmt.Fprintf(w, "setupMode:    %t\n", r.SetupMode)
