@@ -16,6 +16,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Dir is where UKIs live, relative to the ESP root.
@@ -329,6 +331,10 @@ func WriteFileAtomic(path string, r io.Reader) error {
 	return syncDir(filepath.Dir(path))
 }
 
+// syncDir makes a rename in dir durable. On vfat an fsync of the file or
+// of the directory does not write the directory entries (they live in the
+// block device's buffers), so a VM stopped right after a bless would find
+// a 0-byte or missing entry; syncfs flushes the whole ESP.
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
@@ -336,8 +342,11 @@ func syncDir(dir string) error {
 	}
 	defer d.Close() //nolint:errcheck
 
-	// vfat may refuse fsync on directories; the file data is already synced
-	_ = d.Sync()
+	_ = d.Sync() // vfat may refuse fsync on directories
+
+	if err := unix.Syncfs(int(d.Fd())); err != nil {
+		return fmt.Errorf("syncing filesystem of %s: %w", dir, err)
+	}
 
 	return nil
 }
