@@ -72,7 +72,8 @@ type Options struct {
 	Store *store.Store
 	// Driver opens nodes (required).
 	Driver driver.Factory
-	// DriverName is recorded with the rollout ("talos", "sim"); "sim" marks output SIMULATED.
+	// DriverName is recorded with the rollout ("talos", "sim:<dir>", "talos:simulated");
+	// see IsSimulated.
 	DriverName string
 	// Logger receives progress; nil discards.
 	Logger *slog.Logger
@@ -283,7 +284,7 @@ func Summarise(ctx context.Context, st *store.Store, id string) (Result, error) 
 		return Result{}, fmt.Errorf("counting rollbacks: %w", err)
 	}
 
-	res := Result{RolloutID: r.ID, Name: r.Name, State: r.State, Reason: r.Reason, Simulated: strings.HasPrefix(r.Driver, "sim"), RolledBack: rolledBack}
+	res := Result{RolloutID: r.ID, Name: r.Name, State: r.State, Reason: r.Reason, Simulated: IsSimulated(r.Driver), RolledBack: rolledBack}
 
 	for _, w := range waves {
 		c := counts[w.Index]
@@ -301,6 +302,13 @@ func Summarise(ctx context.Context, st *store.Store, id string) (Result, error) 
 	}
 
 	return res, nil
+}
+
+// IsSimulated reports whether a recorded driver name drives SIMULATED nodes:
+// the in-process simulator ("sim:<dir>") or the real driver against nodes
+// served by the simulator ("talos:simulated").
+func IsSimulated(driverName string) bool {
+	return strings.HasPrefix(driverName, "sim") || strings.HasSuffix(driverName, ":simulated")
 }
 
 func hostname() string {

@@ -22,6 +22,14 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 	subject := n.Cluster + "/" + n.Name
 	log := e.log.With("node", subject)
 
+	if n.State == store.NodeRequested || n.State == store.NodeAccepted {
+		defer func() {
+			if terminal(n.State) {
+				e.reconciledOne()
+			}
+		}()
+	}
+
 	if n.State == store.NodePending {
 		release, err := e.admit(ctx, n)
 		if err != nil {

@@ -41,6 +41,23 @@ type execution struct {
 	stopReason   string
 	stopCh       chan struct{}
 	storeErr     error
+
+	// in-flight nodes found at load (left by a previous process) and how many are still open
+	resumedAt      time.Time
+	inFlightAtLoad int
+	inFlightLeft   int
+}
+
+// reconciledOne notes that a node found in flight at load is finished.
+func (e *execution) reconciledOne() {
+	e.mu.Lock()
+	e.inFlightLeft--
+	left := e.inFlightLeft
+	e.mu.Unlock()
+
+	if left == 0 {
+		e.log.Info("in-flight nodes reconciled", "nodes", e.inFlightAtLoad, "after", time.Since(e.resumedAt).String())
+	}
 }
 
 // storeFailed stops the rollout when progress can no longer be recorded:
@@ -163,10 +180,20 @@ func (e *execution) load(ctx context.Context) error {
 
 	e.waveFailures = map[int]int{}
 	for _, n := range e.nodes {
-		if n.State == store.NodeFailed {
+		switch n.State {
+		case store.NodeFailed:
 			e.waveFailures[n.Wave]++
 			e.failures++
+		case store.NodeRequested, store.NodeAccepted:
+			e.inFlightAtLoad++
 		}
+	}
+
+	e.inFlightLeft = e.inFlightAtLoad
+	e.resumedAt = time.Now()
+
+	if e.inFlightAtLoad > 0 {
+		e.log.Info("reconciling nodes left in flight by a previous process", "nodes", e.inFlightAtLoad)
 	}
 
 	e.maxFailures = plan.Allowed(e.plan.Budget.MaxFailures, e.plan.Budget.MaxFailurePercent, len(e.nodes))

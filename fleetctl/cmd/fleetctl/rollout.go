@@ -125,6 +125,10 @@ from another terminal, with 'fleetctl rollout pause' or 'abort'.`,
 				return bad(err)
 			}
 
+			if spec == "talos" && servedBySim(inv) {
+				spec = "talos:simulated"
+			}
+
 			st, err := openStore()
 			if err != nil {
 				return err

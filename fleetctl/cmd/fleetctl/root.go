@@ -13,6 +13,7 @@ import (
 
 	"github.com/labfleet/labfleet/fleetctl/driver"
 	"github.com/labfleet/labfleet/fleetctl/driver/talos"
+	"github.com/labfleet/labfleet/fleetctl/engine"
 	"github.com/labfleet/labfleet/fleetctl/sim"
 	"github.com/labfleet/labfleet/fleetctl/store"
 )
@@ -131,7 +132,7 @@ func openDriver(spec string) (driver.Factory, func(), error) {
 	return talos.NewFactory(), func() {}, nil
 }
 
-func simulated(spec string) bool { return strings.HasPrefix(spec, "sim") }
+func simulated(spec string) bool { return engine.IsSimulated(spec) }
 
 func banner(w io.Writer, isSim bool) {
 	if isSim {

@@ -85,6 +85,7 @@ Runs until interrupted.`,
 
 			for _, c := range inv.Clusters {
 				c.Talosconfig = site.TalosconfigFile
+				c.Labels = map[string]string{simulatedLabel: "true"}
 				for i := range c.Nodes {
 					c.Nodes[i].Endpoint = srv.Endpoints[sim.Key(c.Name, c.Nodes[i].Name)]
 				}
@@ -114,6 +115,20 @@ Runs until interrupted.`,
 	cmd.Flags().StringVar(&dir, "dir", "", "simulated fleet directory (from sim init)")
 
 	return cmd
+}
+
+// simulatedLabel marks clusters served by sim serve, so rollouts against them
+// are labelled SIMULATED although they use the real driver.
+const simulatedLabel = "labfleet.io/simulated"
+
+func servedBySim(inv *inventory.Inventory) bool {
+	for _, c := range inv.Clusters {
+		if c.Labels[simulatedLabel] == "true" {
+			return true
+		}
+	}
+
+	return false
 }
 
 func loadOrCreateCredentials(dir string) (*secrets.Bundle, error) {

@@ -128,15 +128,27 @@ func run(bin, work string, clusters, nodes int, failRate, concurrency string, ki
 		return err
 	}
 
-	var resumedAfter time.Duration
+	var resumedAfter, reconciledAfter time.Duration
+
+	inFlight := "0"
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
 	sc := bufio.NewScanner(stderr)
 	for sc.Scan() {
-		if resumedAfter == 0 && strings.Contains(sc.Text(), "rollout resumed") {
+		line := sc.Text()
+
+		if resumedAfter == 0 && strings.Contains(line, "rollout resumed") {
 			resumedAfter = time.Since(t1)
+		}
+
+		if strings.Contains(line, "reconciling nodes left in flight") {
+			inFlight = field(line, "nodes")
+		}
+
+		if reconciledAfter == 0 && strings.Contains(line, "in-flight nodes reconciled") {
+			reconciledAfter = time.Since(t1)
 		}
 
 		if ctx.Err() != nil {
@@ -151,6 +163,11 @@ func run(bin, work string, clusters, nodes int, failRate, concurrency string, ki
 	fmt.Printf("full rollout:   cpu %.2fs  peak RSS %.0f MiB  wall %.2fs  exit %d  (%s)\n",
 		full.cpu.Seconds(), full.rssMiB, full.wall.Seconds(), full.exit, summary)
 	fmt.Printf("kill -9 after %s, then rollout resume: resumed (state loaded, lease taken, reconciling) after %dms;\n", killAfter, resumedAfter.Milliseconds())
+	if reconciledAfter > 0 {
+		fmt.Printf("  the %s nodes left in flight by the killed process were reconciled (version asked, gate passed or failed) after %dms\n",
+			inFlight, reconciledAfter.Milliseconds())
+	}
+
 	fmt.Printf("  resume run to the end: cpu %.2fs  peak RSS %.0f MiB  wall %.2fs  exit %d\n", res.cpu.Seconds(), res.rssMiB, res.wall.Seconds(), res.exit)
 
 	if resumedAfter == 0 {
@@ -158,6 +175,17 @@ func run(bin, work string, clusters, nodes int, failRate, concurrency string, ki
 	}
 
 	return nil
+}
+
+// field returns the value of key=value in a log line.
+func field(line, key string) string {
+	for _, f := range strings.Fields(line) {
+		if v, ok := strings.CutPrefix(f, key+"="); ok {
+			return v
+		}
+	}
+
+	return "?"
 }
 
 // grepJSON keeps the top-level lines of out that start with one of keys.
