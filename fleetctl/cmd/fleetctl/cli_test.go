@@ -20,6 +20,7 @@ import (
 	"github.com/labfleet/labfleet/fleetctl/inventory"
 	"github.com/labfleet/labfleet/fleetctl/sim"
 	"github.com/labfleet/labfleet/fleetctl/store"
+	"github.com/labfleet/labfleet/fleetctl/window"
 )
 
 func TestExitCodes(t *testing.T) {
@@ -224,4 +225,77 @@ func TestCLIAbortWithoutRunningProcess(t *testing.T) {
 
 	out, code = c.run("rollout", "resume")
 	assert.Equal(t, ExitStopped, code, "an aborted rollout stays aborted: %s", out)
+}
+
+// closedWindowStart finds a daily one-minute window start that is closed now
+// (and for the next minutes) in every time zone the simulator uses.
+func closedWindowStart(t *testing.T) string {
+	t.Helper()
+
+	now := time.Now()
+
+	for m := 0; m < 24*60; m += 7 {
+		start := fmt.Sprintf("%02d:%02d", m/60, m%60)
+		ok := true
+
+		for _, z := range []string{"Europe/Berlin", "America/New_York", "Asia/Tokyo", "Australia/Sydney", "Europe/London",
+			"America/Los_Angeles", "Asia/Kolkata", "America/Sao_Paulo", "Africa/Johannesburg", "UTC"} {
+			s, err := window.NewSchedule(z, []window.Window{{Start: start, Duration: "1m"}})
+			require.NoError(t, err)
+
+			if s.NextOpen(now).Sub(now) < 10*time.Minute {
+				ok = false
+			}
+		}
+
+		if ok {
+			return start
+		}
+	}
+
+	t.Fatal("no closed window start found")
+
+	return ""
+}
+
+// TestCLINothingOutsideWindows: with every window closed, a running rollout
+// touches no node, status says why it waits, and abort ends it.
+func TestCLINothingOutsideWindows(t *testing.T) {
+	dir := t.TempDir()
+	c := cli{t: t, bin: buildBinary(t), db: filepath.Join(dir, "fleet.db")}
+
+	out, code := c.run("sim", "init", "--dir", dir, "--clusters", "20", "--nodes-per-cluster", "2",
+		"--window-start", closedWindowStart(t), "--window-duration", "1m")
+	require.Equal(t, 0, code, out)
+
+	start := c.cmd("rollout", "start", "--inventory", filepath.Join(dir, "inventory.yaml"), "--plan", filepath.Join(dir, "plan.yaml"),
+		"--driver", "sim", "--sim-dir", dir)
+	require.NoError(t, start.Start())
+
+	var st map[string]any
+
+	require.Eventually(t, func() bool {
+		out, code := c.stdout("rollout", "status", "-o", "json")
+		if code != 0 || json.Unmarshal([]byte(out), &st) != nil {
+			return false
+		}
+
+		return st["executor"] != nil
+	}, 10*time.Second, 50*time.Millisecond)
+
+	out, code = c.stdout("rollout", "status", "-o", "json")
+	require.Equal(t, 0, code, out)
+	require.NoError(t, json.Unmarshal([]byte(out), &st))
+	assert.EqualValues(t, 2, st["waitingForWindow"], "the canary cluster's two nodes wait for their window")
+	assert.NotEmpty(t, st["nextWindow"])
+
+	out, code = c.run("rollout", "abort", "--wait")
+	require.Equal(t, 0, code, out)
+
+	_ = start.Wait()
+	assert.Equal(t, ExitStopped, start.ProcessState.ExitCode())
+
+	events, err := sim.ReadJournal(dir)
+	require.NoError(t, err)
+	assert.Empty(t, events, "no node touched outside its window")
 }

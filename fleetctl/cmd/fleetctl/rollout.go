@@ -295,6 +295,15 @@ func request(cmd *cobra.Command, id, desired string, wait bool) error {
 			}
 		}
 	case live:
+		asJSON, err := jsonOut()
+		if err != nil {
+			return err
+		}
+
+		if asJSON {
+			return printJSON(cmd.OutOrStdout(), map[string]any{"rollout": r.ID, "requested": desired, "executorHost": r.LeaseHost, "executorPid": r.LeasePID})
+		}
+
 		fmt.Fprintf(cmd.OutOrStdout(), "%s requested; %s pid %d stops after its in-flight nodes\n", desired, r.LeaseHost, r.LeasePID)
 
 		return nil

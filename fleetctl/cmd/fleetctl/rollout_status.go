@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -8,6 +9,7 @@ import (
 
 	"github.com/labfleet/labfleet/fleetctl/engine"
 	"github.com/labfleet/labfleet/fleetctl/store"
+	"github.com/labfleet/labfleet/fleetctl/window"
 )
 
 // statusOut is `rollout status` output: the summary plus live figures.
@@ -21,6 +23,10 @@ type statusOut struct {
 	NodesPerMinute float64 `json:"nodesPerMinute"`
 	// ETA estimates when every node is finished at that rate (zero when unknown).
 	ETA time.Time `json:"eta,omitzero"`
+	// WaitingForWindow counts not-started nodes of the current wave whose
+	// site is outside its maintenance window now; NextWindow is the earliest opening.
+	WaitingForWindow int       `json:"waitingForWindow"`
+	NextWindow       time.Time `json:"nextWindow,omitzero"`
 }
 
 func newRolloutStatusCmd() *cobra.Command {
@@ -72,6 +78,11 @@ func newRolloutStatusCmd() *cobra.Command {
 					}
 
 					fmt.Fprintln(w)
+
+					if out.WaitingForWindow > 0 {
+						fmt.Fprintf(w, "%d nodes of the current wave wait for their maintenance window (next opens %s)\n",
+							out.WaitingForWindow, out.NextWindow.Local().Format(time.RFC3339))
+					}
 				}
 
 				if watch <= 0 || out.State != store.StateRunning {
@@ -121,5 +132,78 @@ func status(cmd *cobra.Command, st *store.Store, id string) (statusOut, error) {
 		}
 	}
 
+	if r.State == store.StateRunning || r.State == store.StatePaused {
+		if err := windowWait(cmd, st, r.ID, res, &out); err != nil {
+			return statusOut{}, err
+		}
+	}
+
 	return out, nil
+}
+
+// windowWait fills the maintenance-window figures of the first unfinished wave.
+func windowWait(cmd *cobra.Command, st *store.Store, id string, res engine.Result, out *statusOut) error {
+	ctx := cmd.Context()
+
+	current := -1
+
+	for _, w := range res.Waves {
+		if w.State != store.WaveDone {
+			current = w.Index
+
+			break
+		}
+	}
+
+	if current < 0 {
+		return nil
+	}
+
+	sites, err := st.Sites(ctx, id)
+	if err != nil {
+		return err
+	}
+
+	now := time.Now()
+	closed := map[string]time.Time{}
+
+	for _, s := range sites {
+		var ws []window.Window
+		if err := json.Unmarshal([]byte(s.Windows), &ws); err != nil {
+			return fmt.Errorf("decoding windows of site %s: %w", s.Name, err)
+		}
+
+		sch, err := window.NewSchedule(s.TimeZone, ws)
+		if err != nil {
+			return err
+		}
+
+		if !sch.Open(now) {
+			closed[s.Name] = sch.NextOpen(now)
+		}
+	}
+
+	if len(closed) == 0 {
+		return nil
+	}
+
+	nodes, err := st.Nodes(ctx, id)
+	if err != nil {
+		return err
+	}
+
+	for _, n := range nodes {
+		next, isClosed := closed[n.Site]
+		if n.Wave != current || n.State != store.NodePending || !isClosed {
+			continue
+		}
+
+		out.WaitingForWindow++
+
+		if out.NextWindow.IsZero() || next.Before(out.NextWindow) {
+			out.NextWindow = next
+		}
+	}
+
+	return nil
 }

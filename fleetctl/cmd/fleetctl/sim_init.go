@@ -9,6 +9,7 @@ import (
 
 	"github.com/labfleet/labfleet/fleetctl/plan"
 	"github.com/labfleet/labfleet/fleetctl/sim"
+	"github.com/labfleet/labfleet/fleetctl/window"
 )
 
 func newSimCmd() *cobra.Command {
@@ -36,6 +37,7 @@ func newSimInitCmd() *cobra.Command {
 		concurrency, maxUnavail     int
 		timeout, interval, soak     time.Duration
 		waveFailPct, overallFailPct float64
+		windowStart, windowDuration string
 	)
 
 	cmd := &cobra.Command{
@@ -50,6 +52,15 @@ func newSimInitCmd() *cobra.Command {
 			}
 
 			b.Latency, b.StageTime, b.RebootTime = sim.Duration(latency), sim.Duration(stage), sim.Duration(reboot)
+
+			if windowStart != "" {
+				w := window.Window{Start: windowStart, Duration: windowDuration}
+				if err := w.Validate(); err != nil {
+					return bad(fmt.Errorf("--window-start/--window-duration: %w", err))
+				}
+
+				spec.Windows = []window.Window{w}
+			}
 			if err := b.Validate(); err != nil {
 				return bad(err)
 			}
@@ -99,6 +110,8 @@ func newSimInitCmd() *cobra.Command {
 	f.DurationVar(&latency, "latency", 0, "added to every node API call")
 	f.DurationVar(&stage, "stage-time", 0, "time a node keeps its old version after accepting an upgrade")
 	f.DurationVar(&reboot, "reboot-time", 0, "time a node is unreachable while rebooting")
+	f.StringVar(&windowStart, "window-start", "", "give every site a daily maintenance window starting at this local HH:MM (default: always open)")
+	f.StringVar(&windowDuration, "window-duration", "4h", "length of that window")
 	f.IntVar(&concurrency, "concurrency", 50, "plan: clusters in parallel per wave")
 	f.IntVar(&maxUnavail, "max-unavailable", 1, "plan: workers per cluster at once")
 	f.DurationVar(&timeout, "health-timeout", 2*time.Second, "plan: health gate timeout")
