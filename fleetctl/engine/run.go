@@ -119,9 +119,18 @@ func (e *execution) run(ctx context.Context) (Result, error) {
 	}
 
 	ctlCtx, stopControl := context.WithCancel(ctx)
-	defer stopControl()
+	ctlDone := make(chan struct{})
 
-	go e.control(ctlCtx, pid)
+	defer func() {
+		stopControl()
+		<-ctlDone
+	}()
+
+	go func() {
+		defer close(ctlDone)
+
+		e.control(ctlCtx, pid)
+	}()
 
 	for i := range e.waves {
 		if err := ctx.Err(); err != nil {
@@ -136,6 +145,7 @@ func (e *execution) run(ctx context.Context) (Result, error) {
 	}
 
 	stopControl()
+	<-ctlDone
 
 	return e.finish(ctx)
 }
