@@ -22,9 +22,12 @@
 #   BENCH_WORK   scratch folder (default <repo>/_out/bench); its keys/ are reused between runs
 #   BENCH_SKIP   space-separated sections to skip: imagectl extensions fleetctl boot
 #
-# It never touches _out/labos or _out/keys: the bench builds into
-# $BENCH_WORK/out with its own key set, so VMs booting _out/labos/disk.raw
-# are not disturbed. It reads the lab base from _out/labbase/oci (make labbase).
+# It never touches _out/labos, _out/labbase or _out/keys: the bench builds
+# its own lab bases (labos and the trivial-init baseline, with lab/labbase as
+# `make labbase` does), its own key set, and images/lab.yaml with base.layout
+# pointed at its lab base into $BENCH_WORK/out, so VMs booting
+# _out/labos/disk.raw are not disturbed and a base someone rebuilds meanwhile
+# does not change the figures.
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -135,21 +138,12 @@ run_section() {
 # ---------------------------------------------------------------- imagectl
 
 section_imagectl() {
-	local imagectl="$BIN/imagectl" keys="$WORK/keys" out="$WORK/out" layout="$REPO/_out/labbase/oci"
+	local imagectl="$BIN/imagectl" keys="$WORK/keys" out="$WORK/out" layout="$WORK/labbase/oci"
+	local benchtool="$WORK/benchtool"
 
 	if [ ! -x "$imagectl" ]; then
 		echo "not measured: $imagectl missing (run \`make build\`)"
 		return 1
-	fi
-
-	if [ ! -f "$layout/index.json" ]; then
-		if [ -x "$BIN/labctl" ]; then
-			log "no lab base: building it (labctl base build)"
-			"$BIN/labctl" base build >&2 || { echo "the lab base is missing and \`labctl base build\` failed"; return 1; }
-		else
-			echo "not measured: the lab base $layout is missing (run \`make labbase\`)"
-			return 1
-		fi
 	fi
 
 	for tool in objcopy objdump sbsign sbverify; do
@@ -160,10 +154,23 @@ section_imagectl() {
 		"$imagectl" keys generate --dir "$keys" -o json >/dev/null || { echo "generating bench keys failed"; return 1; }
 	fi
 
-	local benchtool="$WORK/benchtool"
-	go build -o "$benchtool" ./hack/bench/benchtool || { echo "building hack/bench/benchtool failed"; return 1; }
+	# The lab base, as `make labbase` builds it, and the trivial-init
+	# baseline (for the boot section), into the bench's folder.
+	"$benchtool" labbase "$WORK/labbase" >"$WORK/labbase.txt" 2>&1 &&
+		"$benchtool" labbase "$WORK/labbase-trivial" trivial >>"$WORK/labbase.txt" 2>&1 || {
+		echo "**building the lab base failed**: \`hack/bench/benchtool labbase\` (lab/labbase.Build)"
+		echo '```'
+		tail -n 20 "$WORK/labbase.txt"
+		echo '```'
+		return 1
+	}
 
-	local build=("$imagectl" build images/lab.yaml --out "$out" --keys "$keys" --quiet)
+	# images/lab.yaml with base.layout pointed at the bench's lab base.
+	local def="$WORK/lab.yaml"
+	sed "s|^\([[:space:]]*layout:\).*|\1 $layout|" images/lab.yaml >"$def"
+	grep -q "layout: $layout\$" "$def" || { echo "could not point base.layout of images/lab.yaml at $layout"; return 1; }
+
+	local build=("$imagectl" build "$def" --out "$out" --keys "$keys" --quiet)
 
 	# Warm-up: a first build fills the page cache and makes the no-op possible.
 	"${build[@]}" --force >"$WORK/warmup.log" 2>&1 || {
@@ -203,14 +210,21 @@ section_imagectl() {
 	v1=$(sbverify --cert "$keys/uki-signing-cert.pem" "$out/labos/labos.efi" 2>&1 | tail -n 1)
 	v2=$(sbverify --cert "$keys/uki-signing-cert.pem" "$bl/uki.efi" 2>&1 | tail -n 1)
 
-	local rel="${out#"$REPO"/}" krel="${keys#"$REPO"/}" blrel="${bl#"$REPO"/}"
-	echo "Commands (run from the repository root; $RUNS timed runs each after one untimed warm-up build, median reported):"
+	local rel="${out#"$REPO"/}" krel="${keys#"$REPO"/}" blrel="${bl#"$REPO"/}" drel="${def#"$REPO"/}"
+	echo "Lab bases built for the bench (\`hack/bench/benchtool labbase DIR [trivial]\`: lab/labbase.Build, as \`make labbase\`):"
+	echo
+	echo '```'
+	cat "$WORK/labbase.txt"
+	echo '```'
+	echo
+	echo "Commands (run from the repository root; \`$drel\` is images/lab.yaml with"
+	echo "\`base.layout: ${layout#"$REPO"/}\`; $RUNS timed runs each after one untimed warm-up build, median reported):"
 	echo
 	echo '```sh'
 	echo "# full build (UKI + disk + installer), forced past the cache"
-	echo "/usr/bin/time -f '%e %M' bin/imagectl build images/lab.yaml --out $rel --keys $krel --quiet --force"
+	echo "/usr/bin/time -f '%e %M' bin/imagectl build $drel --out $rel --keys $krel --quiet --force"
 	echo "# no-op rebuild (nothing changed: answered from the build record)"
-	echo "/usr/bin/time -f '%e %M' bin/imagectl build images/lab.yaml --out $rel --keys $krel --quiet"
+	echo "/usr/bin/time -f '%e %M' bin/imagectl build $drel --out $rel --keys $krel --quiet"
 	echo "# baseline: objcopy assembly + sbsign of a UKI from the same kernel, initramfs and stub"
 	echo "/usr/bin/time -f '%e %M' bash hack/bench/objcopy-uki.sh $blrel/base/{systemd-stub.efi,vmlinuz,initramfs.xz} \\"
 	echo "    $blrel/cmdline $blrel/osrel $krel/uki-signing-{key,cert}.pem $blrel/uki.efi"
@@ -227,7 +241,7 @@ section_imagectl() {
 	echo "builder's \"assemble and sign UKI\" step below. Peak RSS is the largest"
 	echo "process of the run (imagectl or a tool it ran), as /usr/bin/time's %M reports."
 	echo
-	echo "Inputs (from \`_out/labbase/oci\`, as the builder extracts them):"
+	echo "Inputs (from \`${layout#"$REPO"/}\`, as the builder extracts them):"
 	echo
 	echo '```'
 	cat "$bl/inputs.txt"
@@ -241,10 +255,10 @@ section_imagectl() {
 	echo "### Builder Go benchmarks (in-process, fixture of images/build's tests)"
 	echo
 	echo '```sh'
-	echo "go test -run '^\$' -bench . -benchtime 3x ./images/build/"
+	echo "LABFLEET_BENCH_INITRAMFS=${WORK#"$REPO"/}/labbase/initramfs.xz go test -run '^\$' -bench . -benchtime 3x ./images/build/"
 	echo '```'
 	echo
-	if ! go test -run '^$' -bench . -benchtime 3x ./images/build/ >"$WORK/gobench-build.txt" 2>&1; then
+	if ! LABFLEET_BENCH_INITRAMFS="$WORK/labbase/initramfs.xz" go test -run '^$' -bench . -benchtime 3x ./images/build/ >"$WORK/gobench-build.txt" 2>&1; then
 		echo '```'
 		tail -n 30 "$WORK/gobench-build.txt"
 		echo '```'
@@ -337,80 +351,114 @@ section_fleetctl() {
 # -------------------------------------------------------------------- boot
 
 section_boot() {
-	local labctl="$BIN/labctl"
+	local labctl="$BIN/labctl" imagectl="$BIN/imagectl" benchtool="$WORK/benchtool"
 	if [ ! -x "$labctl" ]; then
-		echo "not measured: $labctl does not exist (lab/cmd/labctl not built)"
+		echo "not measured: $labctl does not exist (run \`make build\`)"
 		return "$NOT_MEASURED"
 	fi
 
-	# The comparison needs the trivial-init baseline booted to its poweroff
-	# marker, which only a labctl bench verb can do (up waits for labos's status).
-	if "$labctl" bench boot --help >/dev/null 2>&1; then
-		echo '```sh'
-		echo "bin/labctl bench boot"
-		echo '```'
-		echo
-		echo '```'
-		timeout 8m "$labctl" bench boot 2>"$WORK/labctl-bench.err"
-		local rc=$?
-		echo '```'
-		if [ "$rc" -ne 0 ]; then
-			echo "\`labctl bench boot\` exited $rc:"
-			echo '```'
-			tail -n 20 "$WORK/labctl-bench.err"
-			echo '```'
-			return 1
-		fi
-		return 0
+	# The baseline prints only its init marker and powers off; timing it
+	# needs `labctl up --until MARKER`.
+	if ! "$labctl" up --help 2>/dev/null | grep -q -- '--until'; then
+		echo "not measured: bin/labctl up has no --until (needed to time the trivial-init baseline)"
+		return "$NOT_MEASURED"
 	fi
 
-	echo "not measured: the trivial-init baseline (\`labctl bench boot\`): bin/labctl has no \`bench boot\` verb."
-	echo
-
-	# What labctl can measure without it: the lab image alone, first boot
-	# (key enrollment + reset + STATE sealing) and second boot (TPM unlock).
-	local disk="$WORK/out/labos/disk.raw"
-	if [ ! -f "$disk" ] || ! "$labctl" up --help >/dev/null 2>&1; then
-		echo "not measured: lab image boot (no $disk from the imagectl section, or no \`labctl up\`)"
+	local disk="$WORK/out/labos/disk.raw" layout="$WORK/labbase-trivial/oci"
+	if [ ! -f "$disk" ] || [ ! -f "$layout/index.json" ]; then
+		echo "not measured: the lab image or the trivial base is missing (the imagectl section builds them)"
 		return 1
 	fi
 
-	local state="$WORK/vms" up=("$labctl" up "$disk" --name bench-labos -o json)
-	echo "Lab image only (\`--state-dir ${state#"$REPO"/}\`; bootSeconds is QEMU start to labos's status marker, TCG):"
+	# The baseline image: the same definition, keys and builder on the
+	# trivial-init base, so only /init differs.
+	local tdef="$WORK/lab-trivial.yaml" tdisk="$WORK/out-trivial/labos/disk.raw"
+	sed "s|^\([[:space:]]*layout:\).*|\1 $layout|" images/lab.yaml >"$tdef"
+	if ! "$imagectl" build "$tdef" --out "$WORK/out-trivial" --keys "$WORK/keys" --quiet >"$WORK/trivial-build.log" 2>&1; then
+		echo "**building the baseline image failed**"
+		echo '```'
+		tail -n 20 "$WORK/trivial-build.log"
+		echo '```'
+		return 1
+	fi
+
+	local state="$WORK/vms" srel="${WORK#"$REPO"/}/vms"
+	local boots=$((RUNS < 3 ? RUNS : 3))
+	echo "Each image boots as a new machine (\`--fresh\`: empty UEFI vars, so systemd-boot"
+	echo "enrolls the keys and resets, and labos seals STATE to the new TPM), then"
+	echo "$boots more times as the same machine (keys enrolled, STATE unlocked from the TPM)."
+	echo "bootSeconds is QEMU start to the marker: labos's status (healthy) for the"
+	echo "lab image, the init marker for the baseline (the same UKI with a trivial /init that powers off)."
+	echo "QEMU TCG, OVMF Secure Boot, swtpm, 1 GiB."
 	echo
 	echo '```sh'
-	echo "bin/labctl --state-dir ${state#"$REPO"/} up ${disk#"$REPO"/} --name bench-labos -o json --fresh   # first boot"
-	echo "bin/labctl --state-dir ${state#"$REPO"/} up ${disk#"$REPO"/} --name bench-labos -o json           # second boot"
+	echo "bin/imagectl build ${tdef#"$REPO"/} --out ${WORK#"$REPO"/}/out-trivial --keys ${WORK#"$REPO"/}/keys   # images/lab.yaml on the trivial base"
+	echo "bin/labctl --state-dir $srel up ${disk#"$REPO"/} --name bench-labos -o json [--fresh]"
+	echo "bin/labctl --state-dir $srel up ${tdisk#"$REPO"/} --name bench-trivial --until init -o json [--fresh]"
 	echo '```'
 	echo
-	echo "| boot | bootSeconds | firmware boots | healthy | TPM unlocked | Secure Boot | wall s | peak RSS MB (labctl) |"
-	echo "| --- | ---: | ---: | --- | --- | --- | ---: | ---: |"
 
 	local rc=0
-	for boot in first second; do
-		local extra=()
-		[ "$boot" = first ] && extra=(--fresh)
-		if ! "$TIME" -f '%e %M' -o "$WORK/up-$boot.time" "$labctl" --state-dir "$state" "${up[@]:1}" "${extra[@]}" >"$WORK/up-$boot.json" 2>"$WORK/up-$boot.err"; then
-			rc=1
+	# boot KIND NAME DISK RUN [labctl flags]: one boot, samples into $WORK/boot-KIND.{first,steady}
+	boot() {
+		local kind=$1 name=$2 img=$3 run=$4
+		shift 4
+		local f="$WORK/boot-$kind-$run"
+		if ! "$labctl" --state-dir "$state" up "$img" --name "$name" -o json "$@" >"$f.json" 2>"$f.err"; then
+			echo "**$kind boot $run failed** (\`labctl up ... $*\`):"
+			echo '```'
+			tail -n 15 "$f.err"
+			echo '```'
+			return 1
 		fi
 
-		if [ ! -s "$WORK/up-$boot.json" ]; then
-			echo "| $boot | failed: $(tail -n 1 "$WORK/up-$boot.err") | | | | | | |"
-			rc=1
-			continue
+		local v
+		v=$("$benchtool" get "$f.json" bootSeconds firmwareBoots | tr '\n' ' ')
+		echo "$v" >>"$WORK/boot-$kind.$([ "$run" = 0 ] && echo first || echo steady)"
+		if [ "$kind" = lab ]; then
+			local health
+			health=$("$benchtool" get "$f.json" healthy tpmUnlocked secureBoot setupMode | tr '\n' ' ')
+			echo "$run $health" >>"$WORK/boot-lab.health"
 		fi
+	}
 
-		local vals wall rss
-		vals=$("$WORK/benchtool" get "$WORK/up-$boot.json" bootSeconds firmwareBoots healthy tpmUnlocked secureBoot | tr '\n' ' ')
-		read -r wall rss < <(tail -n 1 "$WORK/up-$boot.time")
-		# shellcheck disable=SC2086
-		set -- $vals
-		printf '| %s | %.1f | %s | %s | %s | %s | %s | %s |\n' "$boot" "$1" "$2" "$3" "$4" "$5" "$wall" "$(echo "$rss" | kb2mb)"
+	rm -f "$WORK"/boot-*
+	for kind in lab trivial; do
+		local name=bench-labos img=$disk extra=()
+		[ $kind = trivial ] && name=bench-trivial img=$tdisk extra=(--until init)
+		boot $kind $name "$img" 0 --fresh "${extra[@]}" || { rc=1; continue; }
+		for ((r = 1; r <= boots; r++)); do
+			boot $kind $name "$img" $r "${extra[@]}" || { rc=1; break; }
+		done
 	done
 
 	[ $rc -ne 0 ] && return 1
 
-	return "$NOT_MEASURED" # the comparison with the baseline
+	local lf ls tf ts
+	lf=$(awk '{ print $1 }' "$WORK/boot-lab.first")
+	tf=$(awk '{ print $1 }' "$WORK/boot-trivial.first")
+	ls=$(awk '{ print $1 }' "$WORK/boot-lab.steady" | median)
+	ts=$(awk '{ print $1 }' "$WORK/boot-trivial.steady" | median)
+
+	echo "| boot | lab image (labos, to healthy) s | baseline (trivial init) s | labos adds | target |"
+	echo "| --- | ---: | ---: | ---: | --- |"
+	local fb
+	fb=$(awk '{ print $2 }' "$WORK/boot-lab.first")
+	awk -v l="$lf" -v t="$tf" -v fb="$fb" 'BEGIN { printf "| first boot (enroll keys, reset, seal STATE; %s firmware boots) | %.1f | %.1f | %+.0f%% | - |\n", fb, l, t, (l / t - 1) * 100 }'
+	awk -v l="$ls" -v t="$ts" -v n="$boots" 'BEGIN { pct = (l / t - 1) * 100; printf "| later boots (median of %d) | %.1f | %.1f | %+.0f%% | <= +30%%: %s |\n", n, l, t, pct, (pct <= 30) ? "met" : "**MISSED**" }'
+	echo
+	echo "Samples (bootSeconds, first boot first): lab $(awk '{ printf "%.1f ", $1 }' "$WORK/boot-lab.first" "$WORK/boot-lab.steady" | sed 's/ $//'); baseline $(awk '{ printf "%.1f ", $1 }' "$WORK/boot-trivial.first" "$WORK/boot-trivial.steady" | sed 's/ $//')."
+	echo
+	echo "Lab image per boot (run: healthy tpmUnlocked secureBoot setupMode): $(awk '{ printf "%s%s: %s %s %s %s", (NR > 1 ? "; " : ""), $1, $2, $3, $4, $5 }' "$WORK/boot-lab.health")."
+	echo
+	echo "The machine is shared and TCG is CPU-bound: boot times move with the load average (printed at the top)."
+
+	# A lab boot that is not healthy, unlocked and enforcing is a failure, not a figure.
+	if awk '$2 != "true" || $3 != "true" || $4 != "true" { bad = 1 } END { exit !bad }' "$WORK/boot-lab.health"; then
+		echo
+		echo "**a lab boot was not healthy, unlocked and under Secure Boot**"
+		return 1
+	fi
 }
 
 # ------------------------------------------------------------------ report
@@ -421,6 +469,13 @@ echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit $(git rev-parse --short H
 echo "- machine: $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, $(uname -sr)"
 echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg) (the machine may be shared: figures are wall times)"
 echo "- $(go version)"
+
+# The sections' Go helper (JSON, OCI layouts, lab bases).
+if ! go build -o "$WORK/benchtool" ./hack/bench/benchtool >&2; then
+	echo
+	echo "**building hack/bench/benchtool failed**: \`go build ./hack/bench/benchtool\` (the imagectl and boot sections need it)"
+	failed+=(benchtool)
+fi
 
 run_section imagectl "imagectl: lab image build vs objcopy + sbsign" section_imagectl
 run_section extensions "extensions: add-on rendering and image cache" section_extensions

@@ -14,9 +14,11 @@ import (
 
 	"github.com/labfleet/labfleet/images/base"
 	"github.com/labfleet/labfleet/images/record"
+	"github.com/labfleet/labfleet/lab/labbase"
 )
 
 const usage = `usage:
+  benchtool labbase OUT [trivial]  build the lab base (labos, or the trivial-init baseline) into OUT/oci
   benchtool base LAYOUT DIR       extract the base inputs of an OCI layout into DIR (as imagectl does)
   benchtool record BUILD.json     the record's outputs and step timings as Markdown tables
   benchtool get FILE.json KEY...  print top-level values of a JSON object, one per line
@@ -35,6 +37,8 @@ func run(args []string, w io.Writer) error {
 	}
 
 	switch {
+	case args[0] == "labbase" && (len(args) == 2 || len(args) == 3 && args[2] == "trivial"):
+		return buildLabbase(args[1], len(args) == 3, w)
 	case args[0] == "base" && len(args) == 3:
 		return extractBase(args[1], args[2], w)
 	case args[0] == "record" && len(args) == 2:
@@ -44,6 +48,25 @@ func run(args []string, w io.Writer) error {
 	}
 
 	return errors.New(usage)
+}
+
+// buildLabbase builds a lab base the way `make labbase` does, into the
+// bench's own folder so the bench never depends on (or rewrites) _out/labbase.
+func buildLabbase(out string, trivial bool, w io.Writer) error {
+	res, err := labbase.Build(context.Background(), labbase.Options{Version: "1.0.0", TrivialInit: trivial, OutDir: out})
+	if err != nil {
+		return err
+	}
+
+	kind := "labos"
+	if trivial {
+		kind = "trivial init"
+	}
+
+	fmt.Fprintf(w, "lab base (%s): kernel %s, initramfs %.2f MB compressed, %d modules, layout %s\n",
+		kind, res.KernelVersion, float64(res.InitramfsSize)/1e6, len(res.Modules), res.Digest)
+
+	return nil
 }
 
 func extractBase(layout, dir string, w io.Writer) error {
