@@ -177,6 +177,9 @@ type BootReport struct {
 	Healthy     bool    `json:"healthy"`
 	UnlockError string  `json:"unlockError,omitempty"`
 	BootSeconds float64 `json:"bootSeconds"` // QEMU start to the marker
+	// InitSeconds is QEMU start to labos's init marker of the same boot:
+	// firmware, systemd-boot, stub and kernel; BootSeconds-InitSeconds is labos.
+	InitSeconds float64 `json:"initSeconds,omitempty"`
 	// FirmwareBoots counts firmware boot-manager starts: 2 when systemd-boot
 	// enrolled keys and reset first.
 	FirmwareBoots int            `json:"firmwareBoots"`
@@ -214,8 +217,30 @@ func (vm *VM) WaitBoot(ctx context.Context) (*BootReport, error) {
 	}
 
 	r.FirmwareBoots = vm.firmwareBoots()
+	r.InitSeconds = vm.lastInitBefore(at)
 
 	return r, nil
+}
+
+// lastInitBefore finds the init marker of the boot that ended at t.
+func (vm *VM) lastInitBefore(t time.Time) float64 {
+	c := vm.console
+	c.mu.Lock()
+	defer c.mu.Unlock()
+
+	prefix := nodeapi.FormatMarker(nodeapi.MarkerInit, "")
+
+	for i := len(c.lines) - 1; i >= 0; i-- {
+		if c.times[i].After(t) {
+			continue
+		}
+
+		if strings.HasPrefix(c.lines[i], prefix) {
+			return c.times[i].Sub(vm.started).Seconds()
+		}
+	}
+
+	return 0
 }
 
 // WaitBootMarker waits for any labos marker (the trivial baseline prints

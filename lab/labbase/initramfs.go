@@ -20,7 +20,7 @@ func compressInitramfs(archive []byte) ([]byte, error) {
 	var buf bytes.Buffer
 
 	enc, err := zstd.NewWriter(&buf,
-		zstd.WithEncoderLevel(zstd.SpeedBetterCompression),
+		zstd.WithEncoderLevel(zstd.SpeedBestCompression),
 		zstd.WithEncoderConcurrency(1),
 		zstd.WithEncoderCRC(true),
 		// The kernel's single-pass decompressor wants the frame to

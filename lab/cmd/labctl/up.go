@@ -242,7 +242,7 @@ func printUp(output string, w io.Writer, r upResult) error {
 	fmt.Fprintf(w, "setupMode:    %t\n", r.SetupMode)
 	fmt.Fprintf(w, "tpmUnlocked:  %t%s\n", r.TPMUnlocked, reason(r.UnlockError))
 	fmt.Fprintf(w, "healthy:      %t\n", r.Healthy)
-	fmt.Fprintf(w, "bootSeconds:  %.1f (firmware boots: %d)\n", r.BootSeconds, r.FirmwareBoots)
+	fmt.Fprintf(w, "bootSeconds:  %.1f (init at %.1f, firmware boots: %d)\n", r.BootSeconds, r.InitSeconds, r.FirmwareBoots)
 	fmt.Fprintf(w, "bootEntry:    %s\n", r.BootEntry)
 	fmt.Fprintf(w, "apiEndpoint:  %s\n", r.APIEndpoint)
 
