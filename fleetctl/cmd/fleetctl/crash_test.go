@@ -123,6 +123,15 @@ func TestCrashAndResume(t *testing.T) {
 
 	const trials = 24
 
+	// Kills that left nodes in flight: the reconcile path must be exercised,
+	// not only kills between nodes.
+	inFlightAtKill := 0
+
+	defer func() {
+		assert.Positive(t, inFlightAtKill, "no kill landed while a node was being upgraded; the test proves little")
+		t.Logf("nodes left in flight by the kills, summed over trials: %d", inFlightAtKill)
+	}()
+
 	for trial := range trials {
 		t.Run(fmt.Sprintf("trial-%02d", trial), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(trial), 42))
@@ -179,6 +188,14 @@ func TestCrashAndResume(t *testing.T) {
 				exit = cmd.ProcessState.ExitCode()
 
 				snap, ok := takeSnapshot(t, db)
+				if exit == -1 {
+					for _, n := range snap.nodes {
+						if n.State == store.NodeRequested || n.State == store.NodeAccepted {
+							inFlightAtKill++
+						}
+					}
+				}
+
 				if hasPrev {
 					require.True(t, ok)
 					checkNothingLost(t, prev, snap)
