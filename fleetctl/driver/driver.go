@@ -81,3 +81,12 @@ type FactoryFunc func(ctx context.Context, t Target) (Node, error)
 
 // Open calls f.
 func (f FactoryFunc) Open(ctx context.Context, t Target) (Node, error) { return f(ctx, t) }
+
+// FallbackReporter is implemented by nodes that can say whether they already
+// tried a version and fell back from it by themselves (labos lists such boot
+// entries as FailedUpgrades in its status document). Resume uses it so a node
+// that took a request just before a crash, failed and fell back is not asked
+// to upgrade again.
+type FallbackReporter interface {
+	FellBackFrom(ctx context.Context, version string) (bool, error)
+}

@@ -555,3 +555,28 @@ func TestHungNodeFailsWithoutRollback(t *testing.T) {
 	assert.Contains(t, failed.Detail, "rollback failed")
 	assert.Contains(t, failed.Detail, "health gate timed out")
 }
+
+func TestResumeDoesNotReupgradeANodeThatFellBack(t *testing.T) {
+	f := newFixture(t, sim.Spec{Clusters: 2, NodesPerCluster: 1}, sim.Behaviour{FallbackVersions: []string{v2}}, func(p *plan.Plan) {
+		p.Waves = []plan.Wave{{Name: "all", Percent: 100, MaxFailures: 10}}
+	})
+
+	id, err := engine.Create(t.Context(), f.opts())
+	require.NoError(t, err)
+
+	// Crash: the request was recorded and reached the node, which then failed
+	// to boot v2 and fell back to v1 by itself before resume.
+	require.NoError(t, f.st.RecordNode(t.Context(), id, "t", store.Transition{Node: 0, Subject: "c00000/n0", State: store.NodeRequested, FromVersion: v1, UpgradeCall: true}))
+	require.NoError(t, f.fleet.Upgrade("c00000/n0", v2))
+
+	res, err := engine.Resume(t.Context(), f.opts(), id)
+	require.NoError(t, err)
+	assert.Equal(t, 2, res.Failed, "both nodes fail: v2 never boots")
+
+	assert.Equal(t, 1, f.fleet.Counts()["c00000/n0"].Upgrades, "not asked again after falling back")
+
+	nodes, err := f.st.Nodes(t.Context(), id)
+	require.NoError(t, err)
+	assert.Contains(t, nodes[0].Error, "fell back")
+	assert.True(t, nodes[0].RolledBack)
+}

@@ -89,6 +89,12 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 				return false
 			}
 		} else {
+			if nr.fellBack(ctx) {
+				log.Info("reconciled: node already tried the target version and fell back")
+
+				return e.fail(ctx, wave, n, node, "reconciled: node tried "+target+" before the crash and fell back to "+v, true)
+			}
+
 			if !nr.record(ctx, store.Transition{State: store.NodeRequested, UpgradeCall: true, Detail: "reconciled: node reports " + v + ", requesting again"}) {
 				return false
 			}
@@ -144,6 +150,27 @@ func (r *nodeRun) record(ctx context.Context, tr store.Transition) bool {
 	}
 
 	return true
+}
+
+// fellBack asks a node that can tell whether it already tried the target
+// version and fell back by itself; unknown counts as no.
+func (r *nodeRun) fellBack(ctx context.Context) bool {
+	fr, ok := r.node.(driver.FallbackReporter)
+	if !ok {
+		return false
+	}
+
+	c, cancel := r.call(ctx)
+	defer cancel()
+
+	yes, err := fr.FellBackFrom(c, r.e.rollout.Version)
+	if err != nil {
+		r.e.log.Debug("node cannot report fallbacks", "node", r.subject, "err", err)
+
+		return false
+	}
+
+	return yes
 }
 
 func (r *nodeRun) call(ctx context.Context) (context.Context, context.CancelFunc) {

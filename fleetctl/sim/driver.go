@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"time"
 
@@ -71,3 +72,12 @@ func (n *localNode) Health(ctx context.Context) (driver.Health, error) {
 }
 
 func (n *localNode) Close() error { return nil }
+
+// FellBackFrom implements driver.FallbackReporter like labos does.
+func (n *localNode) FellBackFrom(ctx context.Context, version string) (bool, error) {
+	if err := n.wait(ctx); err != nil {
+		return false, err
+	}
+
+	return slices.Contains(n.f.FailedEntries(n.key), "sim-"+version+".efi"), nil
+}

@@ -107,8 +107,9 @@ type Fleet struct {
 }
 
 type simNode struct {
-	versions  []string // boot history; last is the current image
-	lastKind  byte     // 'U' upgrade, 'R' rollback, 0 none
+	tried     map[string]bool // versions ever installed
+	versions  []string        // boot history; last is the current image
+	lastKind  byte            // 'U' upgrade, 'R' rollback, 0 none
 	lastAt    time.Time
 	upgrades  int
 	rollbacks int
@@ -214,6 +215,12 @@ func (f *Fleet) apply(key string, kind byte, version string, at time.Time) {
 	case 'U':
 		n.versions = append(n.versions, version)
 		n.upgrades++
+
+		if n.tried == nil {
+			n.tried = map[string]bool{}
+		}
+
+		n.tried[version] = true
 	case 'R':
 		if len(n.versions) > 1 {
 			n.versions = n.versions[:len(n.versions)-1]
@@ -342,6 +349,23 @@ func (f *Fleet) Version(key string) (string, error) {
 	}
 
 	return f.running(n), nil
+}
+
+// FailedEntries lists boot entries the node fell back from, named as labos
+// names them (sim-<version>.efi).
+func (f *Fleet) FailedEntries(key string) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	var out []string
+
+	for _, v := range f.b.FallbackVersions {
+		if f.node(key).tried[v] {
+			out = append(out, "sim-"+v+".efi")
+		}
+	}
+
+	return out
 }
 
 // running is the version a node that is up actually runs.

@@ -3,11 +3,13 @@ package sim
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"time"
 
+	"github.com/siderolabs/talos/pkg/machinery/api/common"
 	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -16,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/labfleet/labfleet/fleetctl/driver"
+	"github.com/labfleet/labfleet/lab/nodeapi"
 )
 
 // Server serves the Talos machine API subset fleetctl uses (Version,
@@ -134,6 +137,30 @@ func (m *machineService) Reboot(ctx context.Context, _ *machineapi.RebootRequest
 	}
 
 	return &machineapi.RebootResponse{Messages: []*machineapi.Reboot{{}}}, nil
+}
+
+// Read serves the labos status document (only FailedUpgrades and the version
+// are meaningful here); every other path is refused.
+func (m *machineService) Read(req *machineapi.ReadRequest, stream grpc.ServerStreamingServer[common.Data]) error {
+	if req.GetPath() != nodeapi.StatusPath {
+		return status.Errorf(codes.PermissionDenied, "SIMULATED: only %s is served", nodeapi.StatusPath)
+	}
+
+	if err := m.wait(stream.Context()); err != nil {
+		return err
+	}
+
+	v, err := m.f.Version(m.key)
+	if err != nil {
+		return grpcErr(err)
+	}
+
+	data, err := json.Marshal(nodeapi.Status{Version: v, Healthy: true, FailedUpgrades: m.f.FailedEntries(m.key)})
+	if err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
+
+	return stream.Send(&common.Data{Bytes: data})
 }
 
 func (m *machineService) ServiceList(ctx context.Context, _ *emptypb.Empty) (*machineapi.ServiceListResponse, error) {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"regexp"
 	"strings"
 	"sync"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/labfleet/labfleet/fleetctl/driver"
+	"github.com/labfleet/labfleet/lab/nodeapi"
 )
 
 // Factory opens machine API clients; talosconfig files are read once and cached.
@@ -162,6 +164,45 @@ func (n *node) Health(ctx context.Context) (driver.Health, error) {
 	}
 
 	return h, nil
+}
+
+// FellBackFrom reads labos's status document through the machine API's Read.
+// Real Talos nodes do not serve it; the error tells the engine it cannot know.
+func (n *node) FellBackFrom(ctx context.Context, version string) (bool, error) {
+	r, err := n.c.Read(ctx, nodeapi.StatusPath)
+	if err != nil {
+		return false, fmt.Errorf("reading %s: %w", nodeapi.StatusPath, err)
+	}
+	defer r.Close() //nolint:errcheck
+
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return false, fmt.Errorf("reading %s: %w", nodeapi.StatusPath, err)
+	}
+
+	st, err := nodeapi.ParseStatus(string(data))
+	if err != nil {
+		return false, err
+	}
+
+	return EntryFailed(st.FailedUpgrades, version), nil
+}
+
+// EntryFailed reports whether one of the boot entries systemd-boot gave up on
+// (named <name>-<version>[+counter].efi) holds version.
+func EntryFailed(entries []string, version string) bool {
+	for _, e := range entries {
+		base := strings.TrimSuffix(e, ".efi")
+		if i := strings.LastIndex(base, "+"); i >= 0 {
+			base = base[:i]
+		}
+
+		if strings.HasSuffix(base, "-"+version) {
+			return true
+		}
+	}
+
+	return false
 }
 
 func (n *node) Close() error { return n.c.Close() }

@@ -218,3 +218,31 @@ func TestTwoNodeLabShape(t *testing.T) {
 		})
 	}
 }
+
+func TestDriverReportsFallbackOverRead(t *testing.T) {
+	inv, fleet, _ := servedFleet(t, sim.Spec{Clusters: 1, NodesPerCluster: 1},
+		sim.Behaviour{InitialVersion: "v1.0.0", FallbackVersions: []string{"v2.0.0"}})
+	c := inv.Clusters[0]
+
+	n, err := talos.NewFactory().Open(t.Context(), driver.Target{Cluster: c.Name, Node: "n0", Endpoint: c.Nodes[0].Endpoint, Talosconfig: c.Talosconfig})
+	require.NoError(t, err)
+
+	defer n.Close()
+
+	fr, ok := n.(driver.FallbackReporter)
+	require.True(t, ok)
+
+	fell, err := fr.FellBackFrom(t.Context(), "v2.0.0")
+	require.NoError(t, err)
+	assert.False(t, fell)
+
+	require.NoError(t, fleet.Upgrade(sim.Key(c.Name, "n0"), "v2.0.0"))
+
+	fell, err = fr.FellBackFrom(t.Context(), "v2.0.0")
+	require.NoError(t, err)
+	assert.True(t, fell)
+
+	v, err := n.Version(t.Context())
+	require.NoError(t, err)
+	assert.Equal(t, "v1.0.0", v, "back on the old version")
+}
