@@ -580,3 +580,58 @@ func TestResumeDoesNotReupgradeANodeThatFellBack(t *testing.T) {
 	assert.Contains(t, nodes[0].Error, "fell back")
 	assert.True(t, nodes[0].RolledBack)
 }
+
+func TestAbortDoesNotRepeatARequest(t *testing.T) {
+	f := newFixture(t, sim.Spec{Clusters: 2, NodesPerCluster: 1}, sim.Behaviour{}, func(p *plan.Plan) {
+		p.Waves = []plan.Wave{{Name: "all", Percent: 100}}
+	})
+
+	id, err := engine.Create(t.Context(), f.opts())
+	require.NoError(t, err)
+
+	// Crash after recording the request, before sending it; then abort.
+	require.NoError(t, f.st.RecordNode(t.Context(), id, "t", store.Transition{Node: 0, Subject: "c00000/n0", State: store.NodeRequested, FromVersion: v1, UpgradeCall: true}))
+	require.NoError(t, f.st.SetDesired(t.Context(), id, store.DesiredAbort, "t"))
+
+	res, err := engine.Resume(t.Context(), f.opts(), id)
+	require.ErrorIs(t, err, engine.ErrAborted)
+	assert.Equal(t, 1, res.Skipped, "the node that stayed on v1 is skipped, not asked again")
+	assert.Equal(t, 1, res.Pending, "the untouched node stays pending")
+	for key, c := range f.fleet.Counts() {
+		assert.Zero(t, c.Upgrades, "node %s was asked to upgrade", key)
+	}
+}
+
+func TestReconcileRepeatsRequestsOnlyInsideWindows(t *testing.T) {
+	windows := []window.Window{{Start: "02:00", Duration: "1h"}}
+	f := newFixture(t, sim.Spec{Clusters: 1, NodesPerCluster: 1, Windows: windows}, sim.Behaviour{}, func(p *plan.Plan) {
+		p.Waves = []plan.Wave{{Name: "all", Percent: 100}}
+	})
+
+	clock := &fakeClock{now: time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)}
+	probe := &windowProbe{inner: f.fleet.Factory(), clock: clock, times: map[string][]time.Time{}}
+
+	o := f.opts()
+	o.Driver, o.Clock, o.ControlPoll = probe, clock, time.Minute
+
+	id, err := engine.Create(t.Context(), o)
+	require.NoError(t, err)
+	require.NoError(t, f.st.RecordNode(t.Context(), id, "t", store.Transition{Node: 0, Subject: "c00000/n0", State: store.NodeRequested, FromVersion: v1, UpgradeCall: true}))
+
+	res, err := engine.Resume(t.Context(), o, id)
+	require.NoError(t, err)
+	assert.Equal(t, 1, res.Done)
+
+	require.Len(t, probe.times["c00000"], 1)
+	at := probe.times["c00000"][0].In(mustLoc(t, f.inv.Sites[0].TimeZone))
+	assert.Equal(t, 2, at.Hour(), "request repeated at %s local time", at)
+}
+
+func mustLoc(t *testing.T, name string) *time.Location {
+	t.Helper()
+
+	loc, err := time.LoadLocation(name)
+	require.NoError(t, err)
+
+	return loc
+}

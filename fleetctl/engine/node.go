@@ -95,12 +95,26 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 				return e.fail(ctx, wave, n, node, "reconciled: node tried "+target+" before the crash and fell back to "+v, true)
 			}
 
-			if !nr.record(ctx, store.Transition{State: store.NodeRequested, UpgradeCall: true, Detail: "reconciled: node reports " + v + ", requesting again"}) {
-				return false
-			}
+			// Asking again changes the node: only inside its window and caps.
+			release, err := e.admit(ctx, n)
 
-			if failed, ok := nr.upgrade(ctx, wave); !ok {
-				return failed
+			switch {
+			case errors.Is(err, errStop):
+				if !nr.settleUnrepeated(ctx, v) {
+					return false
+				}
+			case err != nil:
+				return false
+			default:
+				defer release()
+
+				if !nr.record(ctx, store.Transition{State: store.NodeRequested, UpgradeCall: true, Detail: "reconciled: node reports " + v + ", requesting again"}) {
+					return false
+				}
+
+				if failed, ok := nr.upgrade(ctx, wave); !ok {
+					return failed
+				}
 			}
 		}
 	}
@@ -150,6 +164,42 @@ func (r *nodeRun) record(ctx context.Context, tr store.Transition) bool {
 	}
 
 	return true
+}
+
+// settleUnrepeated handles a node left "requested" that reports its old
+// version while the rollout is stopping, so the request is not repeated.
+// Paused: it stays requested for the next run. Aborted or halted: the node is
+// watched for the gate timeout in case the earlier request did land (then it
+// is recorded accepted and true is returned, so its gate runs); otherwise it
+// is recorded skipped.
+func (r *nodeRun) settleUnrepeated(ctx context.Context, was string) bool {
+	if r.e.stopped() == store.StatePaused {
+		return false
+	}
+
+	clock := r.e.opts.Clock
+	deadline := clock.Now().Add(r.e.plan.Health.Timeout.D())
+
+	for {
+		v, err := r.version(ctx)
+		if err == nil && v == r.e.rollout.Version {
+			return r.record(ctx, store.Transition{State: store.NodeAccepted, Detail: "reconciled while stopping: the earlier request landed"})
+		}
+
+		if ctx.Err() != nil {
+			return false
+		}
+
+		if !clock.Now().Before(deadline) {
+			r.record(ctx, store.Transition{State: store.NodeSkipped, Detail: "rollout stopping: node stayed on " + was + "; request not repeated"})
+
+			return false
+		}
+
+		if clock.Sleep(ctx, r.e.plan.Health.Interval.D()) != nil {
+			return false
+		}
+	}
 }
 
 // fellBack asks a node that can tell whether it already tried the target
