@@ -104,6 +104,7 @@ func TestMain(m *testing.M) {
 
 func TestBootTrivialUnderOVMF(t *testing.T) {
 	disk := trivialDisk(t)
+	t.Parallel()
 
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
@@ -131,6 +132,7 @@ func TestBootTrivialUnderOVMF(t *testing.T) {
 
 func TestTPMAndQMP(t *testing.T) {
 	disk := trivialDisk(t)
+	t.Parallel()
 
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
