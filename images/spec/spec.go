@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/siderolabs/image-factory/pkg/schematic"
+	"github.com/siderolabs/talos/pkg/machinery/imager/imageropts"
 	"gopkg.in/yaml.v3"
 )
 
@@ -213,6 +214,30 @@ func (d *Definition) Validate(file string) error {
 
 	if err := d.Schematic.Validate(false); err != nil {
 		bad("schematic", "%v", err)
+	}
+
+	// Only the parts of a schematic that shape a UKI built from local
+	// inputs are implemented; the rest would change the schematic ID
+	// without changing the image, so they are refused rather than ignored.
+	c := d.Schematic.Customization
+	if len(c.SystemExtensions.OfficialExtensions) > 0 {
+		bad("schematic.customization.systemExtensions", "not supported by imagectl yet: bake add-ons with the addons field instead")
+	}
+
+	if c.SecureBoot.EnrollKeys != "" || c.SecureBoot.IncludeWellKnownCertificates {
+		bad("schematic.customization.secureboot", "not supported: keys come from the keys directory and systemd-boot auto-enrolls PK/KEK/db from it")
+	}
+
+	if c.Bootloader != imageropts.BootLoaderKindNone && c.Bootloader != imageropts.BootLoaderKindSDBoot {
+		bad("schematic.customization.bootloader", "%q is not supported: images boot with systemd-boot (sd-boot)", c.Bootloader)
+	}
+
+	if c.DiskImage.SectorSize != 0 && c.DiskImage.SectorSize != 512 {
+		bad("schematic.customization.diskImage.sectorSize", "%d is not supported: disk images use 512-byte sectors", c.DiskImage.SectorSize)
+	}
+
+	if d.Schematic.Overlay.Image != "" || d.Schematic.Overlay.Name != "" {
+		bad("schematic.overlay", "overlays (SBC boards) are not supported: images are for UEFI x86-64 machines")
 	}
 
 	if len(d.Outputs) == 0 {

@@ -48,6 +48,7 @@ func TestValidationNamesFileAndField(t *testing.T) {
 		{"disk without uki", "name: lab\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l}\noutputs: [disk]\n", "add \"uki\""},
 		{"unknown field", "name: lab\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l}\ncolour: red\n", "field colour not found"},
 		{"small esp", "name: lab\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l}\ndisk: {espMiB: 8}\n", "disk.espMiB"},
+		{"system extensions", "name: lab\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l}\nschematic: {customization: {systemExtensions: {officialExtensions: [siderolabs/iscsi-tools]}}}\n", "systemExtensions: not supported"},
 		{"talos version", "name: lab\nversion: 1.0.0\ntalosVersion: 1.14\nbase: {layout: l}\n", "talosVersion"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -54,7 +54,7 @@ func (vm *VM) qemuArgs() []string {
 		"-global", "ICH9-LPC.disable_s3=1",
 		"-m", strconv.Itoa(vm.spec.MemoryMiB),
 		"-smp", strconv.Itoa(vm.spec.CPUs),
-		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=" + OVMFCode,
+		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=" + vm.spec.Code,
 		"-drive", "if=pflash,format=raw,unit=1,file=" + vm.varsPath,
 		"-drive", "if=none,id=d0,format=" + format + ",file=" + vm.diskPath,
 		"-device", "virtio-blk-pci,drive=d0,bootindex=0",

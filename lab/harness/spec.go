@@ -9,9 +9,12 @@ import (
 
 // Firmware files from Debian's ovmf package.
 const (
-	OVMFCode      = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
-	OVMFVarsEmpty = "/usr/share/OVMF/OVMF_VARS_4M.fd"    // no keys: Setup Mode
-	OVMFVarsMS    = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd" // Microsoft keys enrolled
+	OVMFCode = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
+	// OVMFCodeNoSecureBoot is the same firmware built without Secure Boot:
+	// with the same vars it boots anything, and PCR 7 differs.
+	OVMFCodeNoSecureBoot = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+	OVMFVarsEmpty        = "/usr/share/OVMF/OVMF_VARS_4M.fd"    // no keys: Setup Mode
+	OVMFVarsMS           = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd" // Microsoft keys enrolled
 )
 
 // Accelerators.
@@ -39,6 +42,8 @@ type Spec struct {
 	// counting variables persist across VM runs). Otherwise a per-VM copy
 	// is used. Ignored for "empty" and "ms".
 	VarsInPlace bool
+	// Code is the firmware code file. Default OVMFCode (Secure Boot).
+	Code string
 	// TPM attaches a swtpm TPM 2.0 (sha256 PCR bank only).
 	TPM bool
 	// TPMStateDir keeps the TPM's state across VM runs; it is provisioned
@@ -119,6 +124,10 @@ func (s *Spec) setDefaults() {
 
 	if s.Accel == "" {
 		s.Accel = AccelTCG
+	}
+
+	if s.Code == "" {
+		s.Code = OVMFCode
 	}
 
 	if s.WaitTimeout == 0 {

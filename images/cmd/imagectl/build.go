@@ -10,8 +10,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/labfleet/labfleet/images/base"
 	"github.com/labfleet/labfleet/images/build"
 	"github.com/labfleet/labfleet/images/cli"
+	"github.com/labfleet/labfleet/images/keys"
 	"github.com/labfleet/labfleet/images/spec"
 )
 
@@ -99,7 +101,7 @@ rebuilds anyway. SOURCE_DATE_EPOCH fixes every timestamp (default 1700000000).`,
 
 				if err != nil {
 					var fe *spec.FieldError
-					if errors.As(err, &fe) {
+					if errors.As(err, &fe) || errors.Is(err, keys.ErrInvalid) || errors.Is(err, base.ErrDigestMismatch) {
 						return cli.BadInput(fmt.Errorf("%s: %w", path, err))
 					}
 
