@@ -31,8 +31,12 @@ type invalid struct {
 }
 
 func (e *invalid) Error() string {
-	return fmt.Sprintf("keys %s: %s %s (create a fresh set with `imagectl keys generate --dir %s`)",
-		e.dir, e.file, e.msg, e.dir)
+	what := e.msg
+	if e.file != "" {
+		what = e.file + " " + e.msg
+	}
+
+	return fmt.Sprintf("keys %s: %s (create a fresh set with `imagectl keys generate --dir %s`)", e.dir, what, e.dir)
 }
 
 func (e *invalid) Unwrap() error { return ErrInvalid }
