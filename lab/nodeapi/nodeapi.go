@@ -73,19 +73,27 @@ type Addon struct {
 // Status is what labos knows about itself; served at StatusPath and printed
 // as a MarkerStatus console line.
 type Status struct {
-	Version        string   `json:"version"`
-	SecureBoot     bool     `json:"secureBoot"`
-	SetupMode      bool     `json:"setupMode"`
-	TPMUnlocked    bool     `json:"tpmUnlocked"`
-	StateFormatted bool     `json:"stateFormatted"` // STATE was created on this boot
-	UnlockError    string   `json:"unlockError,omitempty"`
-	Healthy        bool     `json:"healthy"`
-	Checks         []Check  `json:"checks"`
-	BootEntry      string   `json:"bootEntry,omitempty"` // systemd-boot entry booted (LoaderEntrySelected)
-	Blessed        bool     `json:"blessed"`
-	FailedUpgrades []string `json:"failedUpgrades,omitempty"` // entries systemd-boot gave up on (+0)
-	Addons         []Addon  `json:"addons,omitempty"`
-	UptimeSeconds  float64  `json:"uptimeSeconds"`
+	Version        string `json:"version"`
+	SecureBoot     bool   `json:"secureBoot"`
+	SetupMode      bool   `json:"setupMode"`
+	TPMUnlocked    bool   `json:"tpmUnlocked"`
+	StateFormatted bool   `json:"stateFormatted"` // STATE was created on this boot
+	UnlockError    string `json:"unlockError,omitempty"`
+	// StateBoots counts the boots that unlocked STATE; labos keeps the
+	// counter on STATE itself, so it proves data written earlier reads back.
+	StateBoots int `json:"stateBoots,omitempty"`
+	// StateToken is a random token written to STATE when it was created.
+	StateToken string `json:"stateToken,omitempty"`
+	// UnsealAfterStartRefused reports that, after start-the-world was
+	// extended into PCR 11, a second unseal of the disk key was refused.
+	UnsealAfterStartRefused bool     `json:"unsealAfterStartRefused"`
+	Healthy                 bool     `json:"healthy"`
+	Checks                  []Check  `json:"checks"`
+	BootEntry               string   `json:"bootEntry,omitempty"` // systemd-boot entry booted (LoaderEntrySelected)
+	Blessed                 bool     `json:"blessed"`
+	FailedUpgrades          []string `json:"failedUpgrades,omitempty"` // entries systemd-boot gave up on (+0)
+	Addons                  []Addon  `json:"addons,omitempty"`
+	UptimeSeconds           float64  `json:"uptimeSeconds"`
 }
 
 // FormatMarker renders a console marker line (without newline).

@@ -1,0 +1,227 @@
+package qemutests
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/siderolabs/talos/pkg/machinery/client"
+	"github.com/stretchr/testify/require"
+
+	"github.com/labfleet/labfleet/lab/harness"
+	"github.com/labfleet/labfleet/lab/nodeapi"
+)
+
+// Machine is one emulated computer: a disk, UEFI variables and a TPM that
+// persist across power cycles (each Boot is a new QEMU process).
+type Machine struct {
+	t    *testing.T
+	Name string
+	Dir  string
+	Disk string
+	Vars string
+	TPM  string
+	runs int
+	vm   *harness.VM
+}
+
+// NewMachine makes a machine whose disk is a copy of a variant's disk image,
+// with empty UEFI variables (Setup Mode) and a blank TPM.
+func (s *Suite) NewMachine(t *testing.T, name, variant string) *Machine {
+	t.Helper()
+
+	dir := filepath.Join(s.Work, "machines", strings.ReplaceAll(t.Name(), "/", "_"), name)
+	require.NoError(t, os.RemoveAll(dir))
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "tpm"), 0o755))
+
+	m := &Machine{t: t, Name: name, Dir: dir, Disk: filepath.Join(dir, "disk.raw"), Vars: filepath.Join(dir, "vars.fd"), TPM: filepath.Join(dir, "tpm")}
+	sparseCopy(t, filepath.Join(s.Images[variant].Dir, "disk.raw"), m.Disk)
+	sparseCopy(t, harness.OVMFVarsEmpty, m.Vars)
+
+	return m
+}
+
+// Clone copies a powered-off machine (disk, vars, TPM state).
+func (m *Machine) Clone(t *testing.T, name string) *Machine {
+	t.Helper()
+	require.Nil(t, m.vm, "clone a machine only while it is off")
+
+	dir := filepath.Join(filepath.Dir(filepath.Dir(m.Dir)), strings.ReplaceAll(t.Name(), "/", "_"), name)
+	require.NoError(t, os.RemoveAll(dir))
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+
+	c := &Machine{t: t, Name: name, Dir: dir, Disk: filepath.Join(dir, "disk.raw"), Vars: filepath.Join(dir, "vars.fd"), TPM: filepath.Join(dir, "tpm")}
+	sparseCopy(t, m.Disk, c.Disk)
+	sparseCopy(t, m.Vars, c.Vars)
+	out, err := exec.Command("cp", "-a", m.TPM, c.TPM).CombinedOutput()
+	require.NoError(t, err, "copying TPM state: %s", out)
+
+	return c
+}
+
+// BootOptions vary one power-on.
+type BootOptions struct {
+	FreshTPM bool   // a different (blank) TPM
+	NoTPM    bool   // no TPM at all
+	Code     string // firmware code file; default Secure Boot OVMF
+}
+
+// Boot powers the machine on; the VM is stopped at test cleanup.
+func (m *Machine) Boot(ctx context.Context, o BootOptions) *harness.VM {
+	m.t.Helper()
+	require.Nil(m.t, m.vm, "machine %s is already running", m.Name)
+
+	m.runs++
+	tpm := m.TPM
+
+	if o.FreshTPM {
+		tpm = filepath.Join(m.Dir, fmt.Sprintf("tpm-fresh-%d", m.runs))
+		require.NoError(m.t, os.MkdirAll(tpm, 0o755))
+	}
+
+	spec := harness.Spec{
+		Name: m.Name, Disk: m.Disk, DiskInPlace: true, Vars: m.Vars, VarsInPlace: true,
+		TPM: !o.NoTPM, RegistryPort: suite.RegistryPort,
+		WorkDir: filepath.Join(m.Dir, fmt.Sprintf("run-%d", m.runs)), WaitTimeout: 4 * time.Minute,
+	}
+	if !o.NoTPM {
+		spec.TPMStateDir = tpm
+	}
+
+	if o.Code != "" {
+		spec.Code = o.Code
+	}
+
+	vm, err := harness.Start(ctx, spec)
+	require.NoError(m.t, err, "starting %s", m.Name)
+
+	m.vm = vm
+	m.t.Cleanup(func() { m.PowerOff() })
+	m.t.Logf("%s: booting (console: %s)", m.Name, vm.ConsolePath())
+
+	return vm
+}
+
+// PowerOff stops the VM (hard) if it runs.
+func (m *Machine) PowerOff() {
+	if m.vm == nil {
+		return
+	}
+
+	m.vm.Kill() //nolint:errcheck
+	m.vm.Close() //nolint:errcheck
+	m.vm = nil
+}
+
+// Shutdown asks the guest to power off and waits, then cleans up.
+func (m *Machine) Shutdown(ctx context.Context) {
+	if m.vm == nil {
+		return
+	}
+
+	m.vm.Shutdown(ctx, 20*time.Second) //nolint:errcheck
+	m.vm.Close()                       //nolint:errcheck
+	m.vm = nil
+}
+
+// WaitStatus waits for the next status marker, failing with the console's location.
+func (m *Machine) WaitStatus(ctx context.Context) nodeapi.Status {
+	m.t.Helper()
+
+	st, err := m.vm.WaitStatus(ctx)
+	require.NoError(m.t, err, "%s: no labos status (console: %s)", m.Name, m.vm.ConsolePath())
+
+	return st
+}
+
+// Client is a machine API client over mTLS with the suite's talosconfig.
+func (m *Machine) Client(ctx context.Context) *client.Client {
+	m.t.Helper()
+
+	c, err := client.New(ctx, client.WithConfigFromFile(filepath.Join(suite.Keys, "talosconfig")), client.WithEndpoints(m.vm.APIEndpoint()))
+	require.NoError(m.t, err)
+	m.t.Cleanup(func() { c.Close() }) //nolint:errcheck
+
+	return c
+}
+
+func sparseCopy(t *testing.T, src, dst string) {
+	t.Helper()
+
+	out, err := exec.Command("cp", "--sparse=always", src, dst).CombinedOutput()
+	require.NoError(t, err, "cp %s: %s", src, out)
+	require.NoError(t, os.Chmod(dst, 0o644))
+}
+
+// ESP edits a powered-off machine's ESP in place.
+func (m *Machine) ESPRead(path string) []byte {
+	m.t.Helper()
+	require.Nil(m.t, m.vm)
+
+	d, err := diskfs.Open(m.Disk)
+	require.NoError(m.t, err)
+	defer d.Close() //nolint:errcheck
+
+	fs, err := d.GetFilesystem(1)
+	require.NoError(m.t, err)
+
+	f, err := fs.OpenFile(path, os.O_RDONLY)
+	require.NoError(m.t, err, "opening %s on the ESP", path)
+
+	data, err := io.ReadAll(f)
+	require.NoError(m.t, err)
+
+	return data
+}
+
+// ESPWrite replaces a file on a powered-off machine's ESP.
+func (m *Machine) ESPWrite(path string, data []byte) {
+	m.t.Helper()
+	require.Nil(m.t, m.vm)
+
+	d, err := diskfs.Open(m.Disk)
+	require.NoError(m.t, err)
+	defer d.Close() //nolint:errcheck
+
+	fs, err := d.GetFilesystem(1)
+	require.NoError(m.t, err)
+
+	require.NoError(m.t, fs.Remove(path), "removing %s", path)
+
+	f, err := fs.OpenFile(path, os.O_CREATE|os.O_RDWR)
+	require.NoError(m.t, err, "creating %s on the ESP", path)
+
+	_, err = f.Write(data)
+	require.NoError(m.t, err)
+	require.NoError(m.t, f.Close())
+}
+
+// ESPList lists a directory of the ESP.
+func (m *Machine) ESPList(dir string) []string {
+	m.t.Helper()
+	require.Nil(m.t, m.vm)
+
+	d, err := diskfs.Open(m.Disk)
+	require.NoError(m.t, err)
+	defer d.Close() //nolint:errcheck
+
+	fs, err := d.GetFilesystem(1)
+	require.NoError(m.t, err)
+
+	entries, err := fs.ReadDir(dir)
+	require.NoError(m.t, err)
+
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+
+	return names
+}

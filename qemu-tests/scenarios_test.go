@@ -1,0 +1,397 @@
+package qemutests
+
+import (
+	"bytes"
+	"context"
+	"debug/pe"
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/siderolabs/talos/pkg/machinery/client"
+	"github.com/stretchr/testify/require"
+
+	"github.com/labfleet/labfleet/lab/harness"
+	"github.com/labfleet/labfleet/lab/nodeapi"
+)
+
+// scenario starts a scenario: it fails at once if the fixtures could not be
+// built, and records the scenario's result and time for the summary table.
+func scenario(t *testing.T) context.Context {
+	t.Helper()
+
+	if setupError != nil {
+		t.Fatalf("fixtures: %v", setupError)
+	}
+
+	start := time.Now()
+	t.Cleanup(func() { suite.record(t.Name(), !t.Failed(), time.Since(start)) })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	t.Cleanup(cancel)
+
+	return ctx
+}
+
+var (
+	goldenOnce sync.Once
+	golden     *Machine
+	goldenErr  string
+)
+
+// Golden is a v1 machine after its first two boots: keys enrolled from
+// Setup Mode, STATE created and sealed, powered off cleanly. Scenarios clone it.
+func Golden(t *testing.T) *Machine {
+	t.Helper()
+
+	goldenOnce.Do(func() {
+		ok := t.Run("first boot: enroll keys, seal STATE", func(t *testing.T) {
+			ctx := scenario(t)
+			m := suite.NewMachine(t, "golden", "v1")
+			m.Boot(ctx, BootOptions{})
+
+			st := m.WaitStatus(ctx)
+			require.Equal(t, "1.0.0", st.Version)
+			require.True(t, st.SecureBoot, "Secure Boot must be on after enrollment")
+			require.False(t, st.SetupMode, "Setup Mode must be off after enrollment")
+			require.True(t, st.StateFormatted, "first boot creates STATE")
+			require.True(t, st.TPMUnlocked)
+			require.True(t, st.Healthy, "checks: %+v", st.Checks)
+			require.True(t, st.Blessed)
+			require.Equal(t, 1, st.StateBoots)
+			require.NotEmpty(t, st.StateToken)
+			goldenToken = st.StateToken
+
+			m.PowerOffClean(ctx)
+			golden = m
+		})
+		if !ok {
+			goldenErr = "the golden machine's first boot failed (see its subtest)"
+		}
+	})
+
+	if golden == nil {
+		t.Fatal(goldenErr)
+	}
+
+	return golden
+}
+
+// PowerOffClean shuts the node down through the API and waits for QEMU to exit.
+func (m *Machine) PowerOffClean(ctx context.Context) {
+	m.t.Helper()
+
+	c := m.Client(ctx)
+	_, err := c.ShutdownWithResponse(ctx)
+	require.NoError(m.t, err)
+
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+
+	require.NoError(m.t, m.vm.Wait(wctx), "%s did not power off", m.Name)
+	m.vm.Close() //nolint:errcheck
+	m.vm = nil
+}
+
+func ukiEntry(t *testing.T, m *Machine) string {
+	t.Helper()
+
+	for _, n := range m.ESPList("/EFI/Linux") {
+		if strings.HasSuffix(strings.ToLower(n), ".efi") {
+			return "/EFI/Linux/" + n
+		}
+	}
+
+	t.Fatalf("no UKI on %s's ESP", m.Name)
+
+	return ""
+}
+
+// stripSignature removes the Authenticode certificate table.
+func stripSignature(t *testing.T, data []byte) []byte {
+	t.Helper()
+
+	f, err := pe.NewFile(bytes.NewReader(data))
+	require.NoError(t, err)
+
+	dd := f.OptionalHeader.(*pe.OptionalHeader64).DataDirectory[pe.IMAGE_DIRECTORY_ENTRY_SECURITY]
+	require.NotZero(t, dd.Size)
+
+	out := append([]byte(nil), data[:dd.VirtualAddress]...)
+	// Zero the security data directory entry (offset: PE header + 24 + 144 for PE32+).
+	peOff := binary.LittleEndian.Uint32(out[0x3c:])
+	entry := int(peOff) + 24 + 144
+	binary.LittleEndian.PutUint64(out[entry:], 0)
+
+	return out
+}
+
+// flipSectionByte changes one byte inside a section, after signing.
+func flipSectionByte(t *testing.T, data []byte, section string) []byte {
+	t.Helper()
+
+	f, err := pe.NewFile(bytes.NewReader(data))
+	require.NoError(t, err)
+
+	s := f.Section(section)
+	require.NotNil(t, s, "no %s section", section)
+
+	out := append([]byte(nil), data...)
+	out[s.Offset+s.Size/2] ^= 0x01
+
+	return out
+}
+
+var accessDenied = regexp.MustCompile(`Access Denied`)
+
+// requireRefused boots m and expects the firmware or systemd-boot to refuse
+// the image before any labos code runs.
+func requireRefused(ctx context.Context, t *testing.T, m *Machine) {
+	t.Helper()
+
+	vm := m.Boot(ctx, BootOptions{})
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+
+	line, err := vm.WaitConsole(wctx, accessDenied)
+	require.NoError(t, err, "expected the image to be refused (console: %s)", vm.ConsolePath())
+	t.Logf("refused: %s", strings.TrimSpace(line))
+
+	for _, l := range vm.Lines() {
+		require.NotContains(t, l, nodeapi.MarkerPrefix+nodeapi.MarkerInit, "labos ran although the image was refused")
+	}
+}
+
+// Scenario 1: Secure Boot refuses anything we did not sign.
+func TestSecureBoot(t *testing.T) {
+	g := Golden(t)
+
+	sdboot, err := os.ReadFile(filepath.Join(suite.Root, "_cache", "lab-assets", "systemd-boot.efi"))
+	require.NoError(t, err)
+
+	rogueUKI, err := os.ReadFile(filepath.Join(suite.Images["v1-rogue"].Dir, "labos.efi"))
+	require.NoError(t, err)
+
+	for _, tc := range []struct {
+		name   string
+		tamper func(t *testing.T, m *Machine)
+	}{
+		{"unsigned UKI", func(t *testing.T, m *Machine) {
+			p := ukiEntry(t, m)
+			m.ESPWrite(p, stripSignature(t, m.ESPRead(p)))
+		}},
+		{"UKI cmdline changed after signing", func(t *testing.T, m *Machine) {
+			p := ukiEntry(t, m)
+			m.ESPWrite(p, flipSectionByte(t, m.ESPRead(p), ".cmdline"))
+		}},
+		{"UKI initrd changed after signing", func(t *testing.T, m *Machine) {
+			p := ukiEntry(t, m)
+			m.ESPWrite(p, flipSectionByte(t, m.ESPRead(p), ".initrd"))
+		}},
+		{"UKI signed by a key not in db", func(t *testing.T, m *Machine) {
+			m.ESPWrite(ukiEntry(t, m), rogueUKI)
+		}},
+		{"unsigned systemd-boot", func(t *testing.T, m *Machine) {
+			m.ESPWrite("/EFI/BOOT/BOOTX64.EFI", sdboot)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := scenario(t)
+			m := g.Clone(t, "sb")
+			tc.tamper(t, m)
+			requireRefused(ctx, t, m)
+		})
+	}
+}
+
+// Scenario 2: the STATE key is released by the TPM only to our signed
+// images on this machine with Secure Boot on, and only before start-the-world.
+func TestTPMUnlock(t *testing.T) {
+	g := Golden(t)
+
+	pcr2UKI, err := os.ReadFile(filepath.Join(suite.Images["v1-pcr2"].Dir, "labos.efi"))
+	require.NoError(t, err)
+
+	t.Run("reboot unlocks and data survives", func(t *testing.T) {
+		t.Parallel()
+		ctx := scenario(t)
+		m := g.Clone(t, "reboot")
+		m.Boot(ctx, BootOptions{})
+
+		st := m.WaitStatus(ctx)
+		require.True(t, st.TPMUnlocked, "unlock error: %s", st.UnlockError)
+		require.False(t, st.StateFormatted, "STATE must be reused, not recreated")
+		require.Equal(t, 2, st.StateBoots, "the boot counter written on STATE by the first boot must be read back")
+		require.Equal(t, g.stateToken(t), st.StateToken, "data written on first boot must read back intact")
+		require.True(t, st.UnsealAfterStartRefused, "the TPM must refuse the key after start-the-world")
+		require.True(t, st.Healthy)
+	})
+
+	for _, tc := range []struct {
+		name       string
+		prepare    func(t *testing.T, m *Machine)
+		boot       BootOptions
+		secureBoot bool
+	}{
+		{"Secure Boot off (PCR 7 differs)", nil, BootOptions{Code: harness.OVMFCodeNoSecureBoot}, false},
+		{"image signed with another PCR key", func(t *testing.T, m *Machine) { m.ESPWrite(ukiEntry(t, m), pcr2UKI) }, BootOptions{}, true},
+		{"disk moved to another TPM", nil, BootOptions{FreshTPM: true}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := scenario(t)
+			m := g.Clone(t, "refuse")
+			if tc.prepare != nil {
+				tc.prepare(t, m)
+			}
+
+			m.Boot(ctx, tc.boot)
+			st := m.WaitStatus(ctx)
+			require.Equal(t, tc.secureBoot, st.SecureBoot)
+			require.False(t, st.TPMUnlocked, "STATE must stay locked")
+			require.NotEmpty(t, st.UnlockError, "the node must say why it could not unlock")
+			require.False(t, st.StateFormatted, "a failed unlock must never reformat STATE")
+			require.False(t, st.Healthy)
+			t.Logf("unlock refused: %s", st.UnlockError)
+		})
+	}
+}
+
+// stateToken is the token labos wrote on STATE at first boot (read from
+// the golden machine's first status).
+func (m *Machine) stateToken(t *testing.T) string {
+	t.Helper()
+	require.NotEmpty(t, goldenToken, "golden machine reported no state token")
+
+	return goldenToken
+}
+
+var goldenToken string
+
+// upgrade asks the node to upgrade to a variant's installer image.
+func upgrade(ctx context.Context, t *testing.T, m *Machine, variant string) {
+	t.Helper()
+
+	ref := suite.PushInstaller(t, variant)
+	_, err := m.Client(ctx).UpgradeWithOptions(ctx, client.WithUpgradeImage(ref))
+	require.NoError(t, err, "upgrade to %s", ref)
+}
+
+// waitVersion waits for a status from the given version, skipping others.
+func waitVersion(ctx context.Context, t *testing.T, m *Machine, version string, maxStatuses int) nodeapi.Status {
+	t.Helper()
+
+	var seen []string
+
+	for range maxStatuses {
+		st := m.WaitStatus(ctx)
+		if st.Version == version {
+			return st
+		}
+
+		seen = append(seen, st.Version)
+	}
+
+	t.Fatalf("%s never reported version %s (saw %v; console %s)", m.Name, version, seen, m.vm.ConsolePath())
+
+	return nodeapi.Status{}
+}
+
+// Scenario 3: upgrade through the node API, unlock without resealing, bless.
+func TestUpgrade(t *testing.T) {
+	g := Golden(t)
+	ctx := scenario(t)
+	m := g.Clone(t, "upgrade")
+	m.Boot(ctx, BootOptions{})
+	require.Equal(t, "1.0.0", m.WaitStatus(ctx).Version)
+
+	upgrade(ctx, t, m, "v2")
+
+	st := waitVersion(ctx, t, m, "2.0.0", 2)
+	require.True(t, st.TPMUnlocked, "v2 (same PCR key) must unlock STATE: %s", st.UnlockError)
+	require.False(t, st.StateFormatted)
+	require.Equal(t, goldenToken, st.StateToken)
+	require.True(t, st.Healthy, "checks: %+v", st.Checks)
+	require.True(t, st.Blessed, "a healthy new entry is blessed")
+	require.Contains(t, st.BootEntry, "2.0.0")
+
+	m.PowerOffClean(ctx)
+	require.Contains(t, m.ESPList("/EFI/Linux"), "labos-2.0.0.efi", "blessed entry keeps no boot counter")
+	require.Contains(t, string(m.ESPRead("/loader/loader.conf")), "labos-2.0.0.efi", "a blessed entry becomes the exact default")
+}
+
+// Scenario 4: a bad upgrade falls back on its own; rollback returns to v1.
+func TestFallback(t *testing.T) {
+	g := Golden(t)
+
+	for _, variant := range []string{"v2-nouserspace", "v2-healthfail"} {
+		t.Run(variant, func(t *testing.T) {
+			t.Parallel()
+			ctx := scenario(t)
+			m := g.Clone(t, "fallback")
+			m.Boot(ctx, BootOptions{})
+			require.Equal(t, "1.0.0", m.WaitStatus(ctx).Version)
+
+			upgrade(ctx, t, m, variant)
+
+			st := waitVersion(ctx, t, m, "1.0.0", 3)
+			require.True(t, st.Healthy)
+			require.True(t, st.TPMUnlocked)
+			require.NotEmpty(t, st.FailedUpgrades, "v1 must report the failed upgrade")
+			require.Contains(t, strings.Join(st.FailedUpgrades, " "), "2.0.0")
+		})
+	}
+
+	t.Run("rollback call", func(t *testing.T) {
+		t.Parallel()
+		ctx := scenario(t)
+		m := g.Clone(t, "rollback")
+		m.Boot(ctx, BootOptions{})
+		require.Equal(t, "1.0.0", m.WaitStatus(ctx).Version)
+
+		upgrade(ctx, t, m, "v2")
+		st := waitVersion(ctx, t, m, "2.0.0", 2)
+		require.True(t, st.Healthy)
+
+		err := m.Client(ctx).Rollback(ctx)
+		require.NoError(t, err)
+
+		st = waitVersion(ctx, t, m, "1.0.0", 2)
+		require.True(t, st.Healthy)
+		require.True(t, st.TPMUnlocked)
+	})
+}
+
+// Scenario 5: power is cut while the upgrade is being written; the next
+// boot brings up a working image (old or new) with its data.
+func TestPowerLoss(t *testing.T) {
+	g := Golden(t)
+	ctx := scenario(t)
+	m := g.Clone(t, "powerloss")
+	vm := m.Boot(ctx, BootOptions{})
+	require.Equal(t, "1.0.0", m.WaitStatus(ctx).Version)
+
+	ref := suite.PushInstaller(t, "v2")
+	c := m.Client(ctx)
+
+	go c.UpgradeWithOptions(ctx, client.WithUpgradeImage(ref)) //nolint:errcheck
+
+	_, err := vm.WaitMarker(ctx, "upgrade-writing")
+	require.NoError(t, err, "labos must announce the write (console %s)", vm.ConsolePath())
+	require.NoError(t, vm.Kill(), "cutting power")
+	m.PowerOff()
+
+	m.Boot(ctx, BootOptions{})
+	st := m.WaitStatus(ctx)
+	require.Contains(t, []string{"1.0.0", "2.0.0"}, st.Version)
+	require.True(t, st.TPMUnlocked, "unlock error: %s", st.UnlockError)
+	require.True(t, st.Healthy, "checks: %+v", st.Checks)
+	require.Equal(t, goldenToken, st.StateToken)
+	t.Logf("after power loss the node runs %s", st.Version)
+}
