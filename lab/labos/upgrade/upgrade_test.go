@@ -105,7 +105,7 @@ func TestPullVerifyInstall(t *testing.T) {
 			b[len(b)/3] ^= 0xff
 
 			return b
-		}(), labels: labels, certs: []*x509.Certificate{db.Cert}, wantErr: "UKI"},
+		}(), labels: labels, certs: []*x509.Certificate{db.Cert}, wantErr: "not signed"},
 		{name: "no labels", uki: db.Sign(t, pe), certs: []*x509.Certificate{db.Cert}, wantErr: "lacks labels"},
 	}
 
