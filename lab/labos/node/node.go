@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-tpm/tpm2/transport"
@@ -70,6 +71,31 @@ type Node struct {
 
 	actions chan action
 	once    sync.Once
+
+	// opMu serialises ESP-changing API calls; pending is set once a reboot
+	// is scheduled, after which further changes are refused.
+	opMu    sync.Mutex
+	pending atomic.Bool
+}
+
+// ErrInProgress answers an upgrade or rollback while another one runs or
+// its reboot is pending (fleetctl recognises "in progress").
+var ErrInProgress = errors.New("upgrade already in progress")
+
+// begin takes the operation lock; it fails while another ESP change runs or
+// a reboot is pending.
+func (n *Node) begin() (func(), error) {
+	if !n.opMu.TryLock() {
+		return nil, ErrInProgress
+	}
+
+	if n.pending.Load() {
+		n.opMu.Unlock()
+
+		return nil, ErrInProgress
+	}
+
+	return n.opMu.Unlock, nil
 }
 
 type action struct{ powerOff bool }
@@ -568,6 +594,8 @@ func (n *Node) writeStatus() {
 }
 
 func (n *Node) schedule(a action, delay time.Duration) {
+	n.pending.Store(true)
+
 	// the first request wins; the API reply goes out before it happens
 	n.once.Do(func() {
 		go func() {
@@ -579,6 +607,12 @@ func (n *Node) schedule(a action, delay time.Duration) {
 
 // Upgrade implements api.Node.
 func (n *Node) Upgrade(ctx context.Context, image string) (string, error) {
+	done, err := n.begin()
+	if err != nil {
+		return "", err
+	}
+	defer done()
+
 	if n.esp == nil {
 		return "", errors.New("ESP not mounted")
 	}
@@ -605,6 +639,12 @@ func (n *Node) Upgrade(ctx context.Context, image string) (string, error) {
 
 // Rollback implements api.Node.
 func (n *Node) Rollback(context.Context) (string, error) {
+	done, err := n.begin()
+	if err != nil {
+		return "", err
+	}
+	defer done()
+
 	if n.esp == nil {
 		return "", errors.New("ESP not mounted")
 	}
