@@ -266,11 +266,16 @@ func (p ESP) SetDefault(value string) error {
 // Glob is the default that follows the newest good entry of name.
 func Glob(name string) string { return name + "-*" }
 
+// EntryFile is a new entry's file name: NAME-VERSION+3.efi.
+func EntryFile(name, version string) string {
+	return fmt.Sprintf("%s-%s+%d.efi", name, version, DefaultTries)
+}
+
 // Install writes a new entry NAME-VERSION+3.efi from r (temp file, fsync,
 // rename) after removing any other file of the same entry, and returns it.
 func (p ESP) Install(name, version string, r io.Reader) (Entry, error) {
 	base := name + "-" + version
-	e := Entry{File: fmt.Sprintf("%s+%d.efi", base, DefaultTries), Base: base, Counted: true, Left: DefaultTries}
+	e := Entry{File: EntryFile(name, version), Base: base, Counted: true, Left: DefaultTries}
 
 	if err := os.MkdirAll(p.path(Dir), 0o755); err != nil {
 		return Entry{}, fmt.Errorf("installing boot entry: %w", err)

@@ -47,8 +47,11 @@ const (
 	PartCache = "IMAGECACHE"
 )
 
-// MarkerError is printed for a step that failed fatally (proposed for nodeapi).
-const MarkerError = "error"
+// Markers labos prints besides nodeapi's (proposed for nodeapi).
+const (
+	MarkerError          = "error"           // "LABOS: error step=... err=..."
+	MarkerUpgradeWriting = "upgrade-writing" // "LABOS: upgrade-writing entry=NAME-VER+3.efi": verified, ESP write starts
+)
 
 // Node is the running system.
 type Node struct {
@@ -192,9 +195,13 @@ func (n *Node) Boot(ctx context.Context) error {
 	// machined's side of the handover: only now may the key unseal
 	n.phase(pcrphase.LeaveInitrd)
 	n.phase(pcrphase.EnterMachined)
-	n.unlockState(ctx)
+	vol, keys, unlocked := n.unlockState(ctx)
 	// whatever happened, make the key unsealable until the next boot
 	n.phase(pcrphase.StartTheWorld)
+
+	if unlocked {
+		n.afterUnlock(ctx, vol, keys)
+	}
 
 	apiCheck := n.startAPI(ctx)
 
@@ -353,22 +360,26 @@ func (n *Node) mountESP() {
 	n.esp = &bootentry.ESP{Root: ESPMount}
 }
 
-func (n *Node) unlockState(ctx context.Context) {
+func (n *Node) unlockState(ctx context.Context) (state.Volume, state.Keys, bool) {
 	var (
-		res state.Result
-		err error
+		res  state.Result
+		err  error
+		vol  state.Volume
+		keys state.Keys
 	)
 
 	p, perr := sysinit.FindPartition(n.parts, PartState, n.disk)
 	if perr != nil {
 		err = &state.Error{Reason: state.ReasonNoPartition, Err: perr}
 	} else {
-		keys, kerr := state.ReadKeys()
+		var kerr error
+
+		keys, kerr = state.ReadKeys()
 
 		if kerr != nil && len(keys.PCRPublicKey) == 0 {
 			err = kerr
 		} else {
-			vol := state.Volume{Device: p.Device, MapName: StateMapName, MountPoint: StateMount, Crypt: luks.Cryptsetup{}}
+			vol = state.Volume{Device: p.Device, MapName: StateMapName, MountPoint: StateMount, Crypt: luks.Cryptsetup{}}
 
 			var t transport.TPM
 			if n.tpm != nil {
@@ -384,7 +395,7 @@ func (n *Node) unlockState(ctx context.Context) {
 		n.update(func(s *nodeapi.Status) { s.UnlockError = err.Error() })
 		n.marker(nodeapi.MarkerUnlockFailed, "reason="+string(reason))
 
-		return
+		return vol, keys, false
 	}
 
 	n.mounts = append(n.mounts, StateMount)
@@ -395,6 +406,33 @@ func (n *Node) unlockState(ctx context.Context) {
 	}
 
 	n.marker(nodeapi.MarkerStateUnlocked, "device="+p.Device)
+
+	return vol, keys, true
+}
+
+// afterUnlock records this boot on STATE (proof that earlier data reads
+// back) and checks that the TPM now refuses the key: start-the-world has
+// moved PCR 11 past the signed value.
+func (n *Node) afterUnlock(ctx context.Context, vol state.Volume, keys state.Keys) {
+	rec, err := state.RecordBoot(StateMount, n.Status().StateFormatted)
+	if err != nil {
+		n.fatal("state-record", err)
+	}
+
+	refused := false
+
+	if n.tpm != nil {
+		_, err := vol.Recover(ctx, n.tpm, keys)
+		refused = state.ReasonOf(err) == state.ReasonPCR11
+
+		if err == nil {
+			n.fatal("start-the-world", errors.New("the disk key still unseals after start-the-world"))
+		}
+	}
+
+	n.update(func(s *nodeapi.Status) {
+		s.StateToken, s.StateBoots, s.UnsealAfterStartRefused = rec.Token, rec.Boots, refused
+	})
 }
 
 func (n *Node) startAPI(ctx context.Context) nodeapi.Check {
@@ -501,10 +539,14 @@ func (n *Node) checks(apiCheck nodeapi.Check) []nodeapi.Check {
 	stateCheck := nodeapi.Check{Name: nodeapi.ServiceState}
 
 	var sfs unix.Statfs_t
-	if err := unix.Statfs(StateMount, &sfs); err == nil && sfs.Type == unix.EXT4_SUPER_MAGIC && st.TPMUnlocked {
-		stateCheck.Healthy, stateCheck.Message = true, "ext4 on /dev/mapper/"+StateMapName+" at "+StateMount
-	} else {
+	switch err := unix.Statfs(StateMount, &sfs); {
+	case err != nil || sfs.Type != unix.EXT4_SUPER_MAGIC || !st.TPMUnlocked:
 		stateCheck.Message = StateMount + " is not the STATE volume"
+	case st.StateBoots == 0:
+		stateCheck.Message = "STATE is mounted but its boot record could not be read or written"
+	default:
+		stateCheck.Healthy = true
+		stateCheck.Message = fmt.Sprintf("ext4 on /dev/mapper/%s at %s, boot %d", StateMapName, StateMount, st.StateBoots)
 	}
 
 	ebpfCheck := health.RunProbes(nodeapi.ServiceEBPF, health.CiliumProbes())
@@ -627,7 +669,9 @@ func (n *Node) Upgrade(ctx context.Context, image string) (string, error) {
 		return "", err
 	}
 
-	e, err := upgrade.Install(*n.esp, img, certs)
+	e, err := upgrade.Install(*n.esp, img, certs, func(file string) {
+		n.marker(MarkerUpgradeWriting, "entry="+file)
+	})
 	if err != nil {
 		return "", err
 	}

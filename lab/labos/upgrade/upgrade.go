@@ -158,9 +158,15 @@ func Verify(uki []byte, certs []*x509.Certificate) error {
 // Install verifies img and writes it to the ESP as NAME-VERSION+3.efi, then
 // points loader.conf's default at the NAME-* glob so systemd-boot picks the
 // newest entry while it is still counting, and falls back if it goes bad.
-func Install(esp bootentry.ESP, img *Image, certs []*x509.Certificate) (bootentry.Entry, error) {
+// onWrite, when set, is called with the entry file name after verification,
+// just before the ESP is touched (labos announces it on the console).
+func Install(esp bootentry.ESP, img *Image, certs []*x509.Certificate, onWrite func(file string)) (bootentry.Entry, error) {
 	if err := Verify(img.UKI, certs); err != nil {
 		return bootentry.Entry{}, err
+	}
+
+	if onWrite != nil {
+		onWrite(bootentry.EntryFile(img.Name, img.Version))
 	}
 
 	e, err := esp.Install(img.Name, img.Version, bytes.NewReader(img.UKI))

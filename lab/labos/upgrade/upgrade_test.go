@@ -114,9 +114,11 @@ func TestPullVerifyInstall(t *testing.T) {
 			ref, host := push(t, installerImage(t, tc.uki, tc.labels), "lab/installer:1.1.0")
 			esp := newESP(t)
 
+			var announced []string
+
 			img, err := upgrade.Pull(context.Background(), ref, []string{host})
 			if err == nil {
-				_, err = upgrade.Install(esp, img, tc.certs)
+				_, err = upgrade.Install(esp, img, tc.certs, func(f string) { announced = append(announced, f) })
 			}
 
 			entries, lerr := os.ReadDir(filepath.Join(esp.Root, "EFI/Linux"))
@@ -125,6 +127,7 @@ func TestPullVerifyInstall(t *testing.T) {
 			if tc.wantErr != "" {
 				require.ErrorContains(t, err, tc.wantErr)
 				require.Len(t, entries, 1, "nothing may be written before verification")
+				require.Empty(t, announced)
 
 				d, derr := esp.Default()
 				require.NoError(t, derr)
@@ -135,6 +138,7 @@ func TestPullVerifyInstall(t *testing.T) {
 
 			require.NoError(t, err)
 			require.Equal(t, "1.1.0", img.Version)
+			require.Equal(t, []string{"lab-1.1.0+3.efi"}, announced)
 
 			got, err := os.ReadFile(filepath.Join(esp.Root, "EFI/Linux/lab-1.1.0+3.efi"))
 			require.NoError(t, err)
