@@ -382,7 +382,7 @@ func TestPowerLoss(t *testing.T) {
 
 	go c.UpgradeWithOptions(ctx, client.WithUpgradeImage(ref)) //nolint:errcheck
 
-	_, err := vm.WaitMarker(ctx, "upgrade-writing")
+	_, err := vm.WaitMarker(ctx, nodeapi.MarkerUpgrading)
 	require.NoError(t, err, "labos must announce the write (console %s)", vm.ConsolePath())
 	require.NoError(t, vm.Kill(), "cutting power")
 	m.PowerOff()

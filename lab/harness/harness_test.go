@@ -239,6 +239,6 @@ func TestSpecValidate(t *testing.T) {
 
 func TestNetdevArg(t *testing.T) {
 	assert.Equal(t, "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:4000-:50000", netdevArg(4000, 0))
-	assert.Equal(t, "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:4000-:50000,guestfwd=tcp:10.0.2.100:5000-tcp:127.0.0.1:5555",
+	assert.Equal(t, "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:4000-:50000,guestfwd=tcp:10.0.2.100:5000-cmd:socat - TCP:127.0.0.1:5555",
 		netdevArg(4000, 5555))
 }

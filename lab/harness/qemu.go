@@ -19,7 +19,10 @@ func netdevArg(apiPort, registryPort int) string {
 
 	if registryPort > 0 {
 		host, port := splitHostPort(nodeapi.GuestRegistryAddr)
-		s += fmt.Sprintf(",guestfwd=tcp:%s:%s-tcp:127.0.0.1:%d", host, port, registryPort)
+		// A "-tcp:" guestfwd is a single connection QEMU opens at start;
+		// the guest's first request (an HTTPS probe) would use it up. The
+		// "-cmd:" form runs socat per connection, still only to this port.
+		s += fmt.Sprintf(",guestfwd=tcp:%s:%s-cmd:socat - TCP:127.0.0.1:%d", host, port, registryPort)
 	}
 
 	return s

@@ -43,6 +43,8 @@ const (
 	MarkerBlessed       = "blessed"   // "LABOS: blessed entry=..."
 	MarkerStatus        = "status"    // "LABOS: status {json Status}"
 	MarkerRebooting     = "rebooting"
+	MarkerError         = "error"           // "LABOS: error step=... err=..."
+	MarkerUpgrading     = "upgrade-writing" // "LABOS: upgrade-writing entry=NAME-VER+3.efi": verified, ESP write starts
 	MarkerPoweroff      = "poweroff"
 )
 

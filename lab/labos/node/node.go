@@ -49,8 +49,8 @@ const (
 
 // Markers labos prints besides nodeapi's (proposed for nodeapi).
 const (
-	MarkerError          = "error"           // "LABOS: error step=... err=..."
-	MarkerUpgradeWriting = "upgrade-writing" // "LABOS: upgrade-writing entry=NAME-VER+3.efi": verified, ESP write starts
+	MarkerError          = nodeapi.MarkerError
+	MarkerUpgradeWriting = nodeapi.MarkerUpgrading
 )
 
 // Node is the running system.
