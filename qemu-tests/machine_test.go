@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,10 +38,11 @@ type Machine struct {
 func (s *Suite) NewMachine(t *testing.T, name, variant string) *Machine {
 	t.Helper()
 
-	dir := filepath.Join(s.Work, "machines", strings.ReplaceAll(t.Name(), "/", "_"), name)
+	dir := machineDir(name)
 	require.NoError(t, os.RemoveAll(dir))
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "tpm"), 0o755))
 
+	t.Logf("machine %s in %s", name, dir)
 	m := &Machine{t: t, Name: name, Dir: dir, Disk: filepath.Join(dir, "disk.raw"), Vars: filepath.Join(dir, "vars.fd"), TPM: filepath.Join(dir, "tpm")}
 	sparseCopy(t, filepath.Join(s.Images[variant].Dir, "disk.raw"), m.Disk)
 	sparseCopy(t, harness.OVMFVarsEmpty, m.Vars)
@@ -48,12 +50,22 @@ func (s *Suite) NewMachine(t *testing.T, name, variant string) *Machine {
 	return m
 }
 
+var machineSeq atomic.Int32
+
+// machineDir is a short, unique folder: swtpm and QEMU take paths in
+// comma-separated options and sockets have a 108-byte limit, so test names
+// (with spaces, commas, colons) are kept out of it.
+func machineDir(name string) string {
+	return filepath.Join(suite.Work, "m", fmt.Sprintf("%02d-%s", machineSeq.Add(1), name))
+}
+
 // Clone copies a powered-off machine (disk, vars, TPM state).
 func (m *Machine) Clone(t *testing.T, name string) *Machine {
 	t.Helper()
 	require.Nil(t, m.vm, "clone a machine only while it is off")
 
-	dir := filepath.Join(filepath.Dir(filepath.Dir(m.Dir)), strings.ReplaceAll(t.Name(), "/", "_"), name)
+	dir := machineDir(name)
+	t.Logf("machine %s cloned from %s into %s", name, m.Name, dir)
 	require.NoError(t, os.RemoveAll(dir))
 	require.NoError(t, os.MkdirAll(dir, 0o755))
 
@@ -71,6 +83,9 @@ type BootOptions struct {
 	FreshTPM bool   // a different (blank) TPM
 	NoTPM    bool   // no TPM at all
 	Code     string // firmware code file; default Secure Boot OVMF
+	// ResetFirmware replaces the UEFI variables with an empty store: Setup
+	// Mode, Secure Boot off (what "clear keys" in a firmware menu does).
+	ResetFirmware bool
 }
 
 // Boot powers the machine on; the VM is stopped at test cleanup.
@@ -80,6 +95,10 @@ func (m *Machine) Boot(ctx context.Context, o BootOptions) *harness.VM {
 
 	m.runs++
 	tpm := m.TPM
+
+	if o.ResetFirmware {
+		sparseCopy(m.t, harness.OVMFVarsEmpty, m.Vars)
+	}
 
 	if o.FreshTPM {
 		tpm = filepath.Join(m.Dir, fmt.Sprintf("tpm-fresh-%d", m.runs))
@@ -203,6 +222,20 @@ func (m *Machine) ESPWrite(path string, data []byte) {
 	require.NoError(m.t, f.Close())
 }
 
+// ESPRemove deletes a file from a powered-off machine's ESP.
+func (m *Machine) ESPRemove(path string) {
+	m.t.Helper()
+	require.Nil(m.t, m.vm)
+
+	d, err := diskfs.Open(m.Disk)
+	require.NoError(m.t, err)
+	defer d.Close() //nolint:errcheck
+
+	fs, err := d.GetFilesystem(1)
+	require.NoError(m.t, err)
+	require.NoError(m.t, fs.Remove(path), "removing %s", path)
+}
+
 // ESPList lists a directory of the ESP.
 func (m *Machine) ESPList(dir string) []string {
 	m.t.Helper()
@@ -215,7 +248,8 @@ func (m *Machine) ESPList(dir string) []string {
 	fs, err := d.GetFilesystem(1)
 	require.NoError(m.t, err)
 
-	entries, err := fs.ReadDir(dir)
+	// go-diskfs's ReadDir takes io/fs-style paths (no leading slash).
+	entries, err := fs.ReadDir(strings.TrimPrefix(dir, "/"))
 	require.NoError(m.t, err)
 
 	var names []string

@@ -16,7 +16,6 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/client"
 	"github.com/stretchr/testify/require"
 
-	"github.com/labfleet/labfleet/lab/harness"
 	"github.com/labfleet/labfleet/lab/nodeapi"
 )
 
@@ -239,7 +238,14 @@ func TestTPMUnlock(t *testing.T) {
 		boot       BootOptions
 		secureBoot bool
 	}{
-		{"Secure Boot off (PCR 7 differs)", nil, BootOptions{Code: harness.OVMFCodeNoSecureBoot}, false},
+		// Firmware reset to Setup Mode (Secure Boot off) with the auto-enroll
+		// keys taken off the ESP so nothing re-enables it: the image boots
+		// unverified, PCR 7 differs, and the key must stay sealed.
+		{"Secure Boot off (PCR 7 differs)", func(t *testing.T, m *Machine) {
+			for _, k := range []string{"PK", "KEK", "db"} {
+				m.ESPRemove("/loader/keys/auto/" + k + ".auth")
+			}
+		}, BootOptions{ResetFirmware: true}, false},
 		{"image signed with another PCR key", func(t *testing.T, m *Machine) { m.ESPWrite(ukiEntry(t, m), pcr2UKI) }, BootOptions{}, true},
 		{"disk moved to another TPM", nil, BootOptions{FreshTPM: true}, true},
 	} {
@@ -254,6 +260,7 @@ func TestTPMUnlock(t *testing.T) {
 			m.Boot(ctx, tc.boot)
 			st := m.WaitStatus(ctx)
 			require.Equal(t, tc.secureBoot, st.SecureBoot)
+			require.Equal(t, !tc.secureBoot, st.SetupMode)
 			require.False(t, st.TPMUnlocked, "STATE must stay locked")
 			require.NotEmpty(t, st.UnlockError, "the node must say why it could not unlock")
 			require.False(t, st.StateFormatted, "a failed unlock must never reformat STATE")

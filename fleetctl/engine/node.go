@@ -277,15 +277,29 @@ func (r *nodeRun) waitReachable(ctx context.Context) (string, error) {
 
 // check is one health probe: target version and all services healthy.
 func (r *nodeRun) check(ctx context.Context) (bool, string) {
+	ok, _, why := r.checkVersion(ctx)
+
+	return ok, why
+}
+
+// checkVersion is check that also says whether the node answered with
+// another version than the target (it may have fallen back).
+func (r *nodeRun) checkVersion(ctx context.Context) (bool, bool, string) {
 	v, err := r.version(ctx)
 	if err != nil {
-		return false, err.Error()
+		return false, false, err.Error()
 	}
 
 	if v != r.e.rollout.Version {
-		return false, fmt.Sprintf("node reports version %s, want %s", v, r.e.rollout.Version)
+		return false, true, fmt.Sprintf("node reports version %s, want %s", v, r.e.rollout.Version)
 	}
 
+	ok, why := r.checkHealth(ctx)
+
+	return ok, false, why
+}
+
+func (r *nodeRun) checkHealth(ctx context.Context) (bool, string) {
 	c, cancel := r.call(ctx)
 	h, err := r.node.Health(c)
 
@@ -316,12 +330,20 @@ func (r *nodeRun) gate(ctx context.Context) (string, bool) {
 	var last string
 
 	for {
-		ok, why := r.check(ctx)
+		ok, otherVersion, why := r.checkVersion(ctx)
 		if ok {
 			break
 		}
 
 		last = why
+
+		// A node that tried the target and fell back by itself (systemd-boot's
+		// boot counter, or labos marking an unhealthy entry bad) will not get
+		// there: fail now instead of waiting out the timeout. Install removes
+		// an earlier failed entry of the same version, so this is this attempt.
+		if otherVersion && r.fellBack(ctx) {
+			return "node tried " + r.e.rollout.Version + " and fell back: " + why, false
+		}
 
 		if ctx.Err() != nil {
 			return ctx.Err().Error(), false

@@ -9,12 +9,9 @@ import (
 
 // Firmware files from Debian's ovmf package.
 const (
-	OVMFCode = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
-	// OVMFCodeNoSecureBoot is the same firmware built without Secure Boot:
-	// with the same vars it boots anything, and PCR 7 differs.
-	OVMFCodeNoSecureBoot = "/usr/share/OVMF/OVMF_CODE_4M.fd"
-	OVMFVarsEmpty        = "/usr/share/OVMF/OVMF_VARS_4M.fd"    // no keys: Setup Mode
-	OVMFVarsMS           = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd" // Microsoft keys enrolled
+	OVMFCode      = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
+	OVMFVarsEmpty = "/usr/share/OVMF/OVMF_VARS_4M.fd"    // no keys: Setup Mode
+	OVMFVarsMS    = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd" // Microsoft keys enrolled
 )
 
 // Accelerators.
@@ -42,7 +39,9 @@ type Spec struct {
 	// counting variables persist across VM runs). Otherwise a per-VM copy
 	// is used. Ignored for "empty" and "ms".
 	VarsInPlace bool
-	// Code is the firmware code file. Default OVMFCode (Secure Boot).
+	// Code is the firmware code file. Default OVMFCode (Secure Boot with
+	// SMM). Note: every Debian OVMF build is Secure Boot capable; Secure
+	// Boot is off only while the vars hold no PK (Setup Mode).
 	Code string
 	// TPM attaches a swtpm TPM 2.0 (sha256 PCR bank only).
 	TPM bool
