@@ -134,7 +134,7 @@ func (m *Machine) PowerOff() {
 		return
 	}
 
-	m.vm.Kill() //nolint:errcheck
+	m.vm.Kill()  //nolint:errcheck
 	m.vm.Close() //nolint:errcheck
 	m.vm = nil
 }
