@@ -65,6 +65,7 @@ func Golden(t *testing.T) *Machine {
 			require.Equal(t, 1, st.StateBoots)
 			require.NotEmpty(t, st.StateToken)
 			goldenToken = st.StateToken
+			goldenStatus = st
 
 			m.PowerOffClean(ctx)
 			golden = m
@@ -279,7 +280,35 @@ func (m *Machine) stateToken(t *testing.T) string {
 	return goldenToken
 }
 
-var goldenToken string
+var (
+	goldenToken  string
+	goldenStatus nodeapi.Status
+)
+
+// The booted lab image carries all four add-ons, with the images pinned in
+// the build record (labos reads the embedded config and the IMAGECACHE index).
+func TestBakedAddons(t *testing.T) {
+	Golden(t)
+	scenario(t)
+
+	rec := suite.Images["v1"].Record
+	require.Len(t, rec.Addons, 4, "the lab image bakes cilium, metallb, otel-collector and thanos")
+
+	booted := map[string]nodeapi.Addon{}
+	for _, a := range goldenStatus.Addons {
+		booted[a.Name] = a
+	}
+
+	for _, want := range rec.Addons {
+		got, ok := booted[want.Name]
+		require.True(t, ok, "add-on %s is not in the booted image (node reports %v)", want.Name, goldenStatus.Addons)
+		require.NotEmpty(t, got.Manifests, "%s: no manifests found", want.Name)
+
+		for _, img := range want.Images {
+			require.Contains(t, got.Images, img.Ref+"@"+img.Digest, "%s: image %s not in the booted image's cache", want.Name, img.Ref)
+		}
+	}
+}
 
 // upgrade asks the node to upgrade to a variant's installer image.
 func upgrade(ctx context.Context, t *testing.T, m *Machine, variant string) {
