@@ -155,6 +155,10 @@ func newSuite(ctx context.Context) (*Suite, error) {
 		return nil, fmt.Errorf("images: %w", err)
 	}
 
+	if err := s.applyBreak(); err != nil {
+		return nil, fmt.Errorf("breaking the build on purpose: %w", err)
+	}
+
 	if err := s.startRegistry(); err != nil {
 		return nil, fmt.Errorf("registry: %w", err)
 	}

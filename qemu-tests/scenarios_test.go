@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"debug/pe"
-	"encoding/binary"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -116,17 +115,8 @@ func ukiEntry(t *testing.T, m *Machine) string {
 func stripSignature(t *testing.T, data []byte) []byte {
 	t.Helper()
 
-	f, err := pe.NewFile(bytes.NewReader(data))
+	out, err := unsign(data)
 	require.NoError(t, err)
-
-	dd := f.OptionalHeader.(*pe.OptionalHeader64).DataDirectory[pe.IMAGE_DIRECTORY_ENTRY_SECURITY]
-	require.NotZero(t, dd.Size)
-
-	out := append([]byte(nil), data[:dd.VirtualAddress]...)
-	// Zero the security data directory entry (offset: PE header + 24 + 144 for PE32+).
-	peOff := binary.LittleEndian.Uint32(out[0x3c:])
-	entry := int(peOff) + 24 + 144
-	binary.LittleEndian.PutUint64(out[entry:], 0)
 
 	return out
 }
