@@ -13,6 +13,7 @@ import (
 	"time"
 
 	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/siderolabs/talos/pkg/machinery/client"
 	"github.com/stretchr/testify/require"
 
@@ -179,10 +180,10 @@ func sparseCopy(t *testing.T, src, dst string) {
 	require.NoError(t, os.Chmod(dst, 0o644))
 }
 
-// ESP edits a powered-off machine's ESP in place.
-func (m *Machine) ESPRead(path string) []byte {
+// withESP opens a powered-off machine's ESP for fn.
+func (m *Machine) withESP(fn func(fs filesystem.FileSystem)) {
 	m.t.Helper()
-	require.Nil(m.t, m.vm)
+	require.Nil(m.t, m.vm, "edit the ESP only while the machine is off")
 
 	d, err := diskfs.Open(m.Disk)
 	require.NoError(m.t, err)
@@ -191,71 +192,62 @@ func (m *Machine) ESPRead(path string) []byte {
 	fs, err := d.GetFilesystem(1)
 	require.NoError(m.t, err)
 
-	f, err := fs.OpenFile(path, os.O_RDONLY)
-	require.NoError(m.t, err, "opening %s on the ESP", path)
+	fn(fs)
+}
 
-	data, err := io.ReadAll(f)
-	require.NoError(m.t, err)
+// ESPRead reads a file from the ESP.
+func (m *Machine) ESPRead(path string) (data []byte) {
+	m.t.Helper()
+
+	m.withESP(func(fs filesystem.FileSystem) {
+		f, err := fs.OpenFile(path, os.O_RDONLY)
+		require.NoError(m.t, err, "opening %s on the ESP", path)
+
+		data, err = io.ReadAll(f)
+		require.NoError(m.t, err)
+	})
 
 	return data
 }
 
-// ESPWrite replaces a file on a powered-off machine's ESP.
+// ESPWrite replaces a file on the ESP.
 func (m *Machine) ESPWrite(path string, data []byte) {
 	m.t.Helper()
-	require.Nil(m.t, m.vm)
 
-	d, err := diskfs.Open(m.Disk)
-	require.NoError(m.t, err)
-	defer d.Close() //nolint:errcheck
+	m.withESP(func(fs filesystem.FileSystem) {
+		require.NoError(m.t, fs.Remove(path), "removing %s", path)
 
-	fs, err := d.GetFilesystem(1)
-	require.NoError(m.t, err)
+		f, err := fs.OpenFile(path, os.O_CREATE|os.O_RDWR)
+		require.NoError(m.t, err, "creating %s on the ESP", path)
 
-	require.NoError(m.t, fs.Remove(path), "removing %s", path)
-
-	f, err := fs.OpenFile(path, os.O_CREATE|os.O_RDWR)
-	require.NoError(m.t, err, "creating %s on the ESP", path)
-
-	_, err = f.Write(data)
-	require.NoError(m.t, err)
-	require.NoError(m.t, f.Close())
+		_, err = f.Write(data)
+		require.NoError(m.t, err)
+		require.NoError(m.t, f.Close())
+	})
 }
 
-// ESPRemove deletes a file from a powered-off machine's ESP.
+// ESPRemove deletes a file from the ESP.
 func (m *Machine) ESPRemove(path string) {
 	m.t.Helper()
-	require.Nil(m.t, m.vm)
 
-	d, err := diskfs.Open(m.Disk)
-	require.NoError(m.t, err)
-	defer d.Close() //nolint:errcheck
-
-	fs, err := d.GetFilesystem(1)
-	require.NoError(m.t, err)
-	require.NoError(m.t, fs.Remove(path), "removing %s", path)
+	m.withESP(func(fs filesystem.FileSystem) {
+		require.NoError(m.t, fs.Remove(path), "removing %s", path)
+	})
 }
 
 // ESPList lists a directory of the ESP.
-func (m *Machine) ESPList(dir string) []string {
+func (m *Machine) ESPList(dir string) (names []string) {
 	m.t.Helper()
-	require.Nil(m.t, m.vm)
 
-	d, err := diskfs.Open(m.Disk)
-	require.NoError(m.t, err)
-	defer d.Close() //nolint:errcheck
+	m.withESP(func(fs filesystem.FileSystem) {
+		// go-diskfs's ReadDir takes io/fs-style paths (no leading slash).
+		entries, err := fs.ReadDir(strings.TrimPrefix(dir, "/"))
+		require.NoError(m.t, err)
 
-	fs, err := d.GetFilesystem(1)
-	require.NoError(m.t, err)
-
-	// go-diskfs's ReadDir takes io/fs-style paths (no leading slash).
-	entries, err := fs.ReadDir(strings.TrimPrefix(dir, "/"))
-	require.NoError(m.t, err)
-
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+	})
 
 	return names
 }
