@@ -146,14 +146,18 @@ func Build(ctx context.Context, def *spec.Definition, opts Options) (*Result, er
 
 	final := filepath.Join(opts.OutDir, def.Name)
 
+	if err := os.MkdirAll(opts.OutDir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating output dir: %w", err)
+	}
+
 	if !opts.Force {
 		if rec, ok := b.fromCache(key, final); ok {
 			return &Result{Dir: final, Record: rec}, nil
 		}
-	}
 
-	if err := os.MkdirAll(opts.OutDir, 0o755); err != nil {
-		return nil, fmt.Errorf("creating output dir: %w", err)
+		if rec, ok := b.restoreFromCache(key, final); ok {
+			return &Result{Dir: final, Record: rec}, nil
+		}
 	}
 
 	// Everything is written under a temporary folder beside the final one and

@@ -329,3 +329,32 @@ func TestMissingKeysNamesTheFix(t *testing.T) {
 	require.Contains(t, err.Error(), keys.PCRSigningKeyFile)
 	require.Contains(t, err.Error(), "imagectl keys generate")
 }
+
+func TestSwitchingBackIsServedFromTheCache(t *testing.T) {
+	f := newFixture(t)
+	out := filepath.Join(f.root, "_out")
+
+	first, err := f.build(t, out, false)
+	require.NoError(t, err)
+
+	uki, _ := first.Record.Output("uki")
+
+	f.def.Version = "1.1.0"
+	other, err := f.build(t, out, false)
+	require.NoError(t, err)
+	require.False(t, other.Record.Cached)
+
+	f.def.Version = "1.0.0"
+	back, err := f.build(t, out, false)
+	require.NoError(t, err)
+	require.True(t, back.Record.Cached, "a build made before must come from the cache")
+	require.Equal(t, first.Record.CacheKey, back.Record.CacheKey)
+
+	sum, err := exec.Command("sha256sum", filepath.Join(back.Dir, uki.Path)).Output()
+	require.NoError(t, err)
+	require.Contains(t, string(sum), uki.SHA256, "restored UKI differs from the one built")
+
+	rec, err := record.Load(back.Dir)
+	require.NoError(t, err)
+	require.Equal(t, "1.0.0", rec.Version)
+}

@@ -5,9 +5,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
+	"time"
 
 	"github.com/labfleet/labfleet/images/base"
 	"github.com/labfleet/labfleet/images/record"
@@ -82,6 +85,119 @@ func (b *builder) fromCache(key, dir string) (*record.Record, bool) {
 	return rec, true
 }
 
+// cacheEntries is how many finished builds the cache keeps.
+const cacheEntries = 8
+
+// restoreFromCache puts a build kept in the cache (CacheDir/<key>) back into
+// the output folder: switching between definitions or versions that were
+// built before costs hard links, not a build.
+func (b *builder) restoreFromCache(key, final string) (*record.Record, bool) {
+	src := filepath.Join(b.opts.CacheDir, key)
+
+	rec, ok := b.fromCache(key, src)
+	if !ok {
+		return nil, false
+	}
+
+	stage, err := os.MkdirTemp(b.opts.OutDir, "."+b.def.Name+".restoring-")
+	if err != nil {
+		return nil, false
+	}
+
+	if err := linkTree(src, stage); err != nil {
+		os.RemoveAll(stage) //nolint:errcheck
+
+		return nil, false
+	}
+
+	if err := swapInto(stage, final); err != nil {
+		os.RemoveAll(stage) //nolint:errcheck
+
+		return nil, false
+	}
+
+	now := time.Now()
+	os.Chtimes(src, now, now) //nolint:errcheck // marks the entry recently used
+
+	return rec, true
+}
+
+// keep links a finished build into the cache and evicts the oldest entries.
+// The cache is an optimisation: failures here never fail the build.
+func (b *builder) keep(key, final string) {
+	dst := filepath.Join(b.opts.CacheDir, key)
+	if _, err := os.Stat(dst); err == nil {
+		return
+	}
+
+	if err := os.MkdirAll(b.opts.CacheDir, 0o755); err != nil {
+		return
+	}
+
+	tmp, err := os.MkdirTemp(b.opts.CacheDir, ".incoming-")
+	if err != nil {
+		return
+	}
+
+	if err := linkTree(final, tmp); err != nil || os.Rename(tmp, dst) != nil {
+		os.RemoveAll(tmp) //nolint:errcheck
+
+		return
+	}
+
+	entries, err := os.ReadDir(b.opts.CacheDir)
+	if err != nil {
+		return
+	}
+
+	type aged struct {
+		name string
+		mod  time.Time
+	}
+
+	var all []aged
+
+	for _, e := range entries {
+		if info, err := e.Info(); err == nil && e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
+			all = append(all, aged{e.Name(), info.ModTime()})
+		}
+	}
+
+	sort.Slice(all, func(i, j int) bool { return all[i].mod.After(all[j].mod) })
+
+	for _, a := range all[min(len(all), cacheEntries):] {
+		os.RemoveAll(filepath.Join(b.opts.CacheDir, a.name)) //nolint:errcheck
+	}
+}
+
+// linkTree recreates src under dst with hard links (a copy where links are
+// not possible, e.g. across file systems). Outputs are never modified in
+// place (the lab boots qcow2 overlays), so sharing inodes is safe.
+func linkTree(src, dst string) error {
+	return filepath.WalkDir(src, func(p string, de fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+
+		target := filepath.Join(dst, rel)
+
+		if de.IsDir() {
+			return os.MkdirAll(target, 0o755)
+		}
+
+		if err := os.Link(p, target); err != nil {
+			return copyFile(p, target)
+		}
+
+		return nil
+	})
+}
+
 // commit writes the record and swaps the staged folder into place; the
 // previous outputs are removed only after the new ones are in place.
 func (b *builder) commit(final string) error {
@@ -94,6 +210,17 @@ func (b *builder) commit(final string) error {
 		return fmt.Errorf("writing build record: %w", err)
 	}
 
+	if err := swapInto(b.stage, final); err != nil {
+		return err
+	}
+
+	b.keep(b.rec.CacheKey, final)
+
+	return nil
+}
+
+// swapInto moves stage to final, keeping the previous final until the new one is in place.
+func swapInto(stage, final string) error {
 	old := final + ".old"
 	os.RemoveAll(old) //nolint:errcheck
 
@@ -103,7 +230,7 @@ func (b *builder) commit(final string) error {
 		}
 	}
 
-	if err := os.Rename(b.stage, final); err != nil {
+	if err := os.Rename(stage, final); err != nil {
 		os.Rename(old, final) //nolint:errcheck
 
 		return fmt.Errorf("moving outputs into place: %w", err)
