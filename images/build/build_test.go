@@ -40,7 +40,7 @@ func (s staticBaker) Bake(context.Context, build.BakeRequest) (*build.Baked, err
 	return &build.Baked{MachineConfig: []byte(s.config)}, nil
 }
 
-func repoRoot(t *testing.T) string {
+func repoRoot(t testing.TB) string {
 	dir, err := os.Getwd()
 	require.NoError(t, err)
 
@@ -56,7 +56,7 @@ func repoRoot(t *testing.T) string {
 
 // labAssets returns the pinned trixie kernel and systemd EFI binaries
 // (hack/fetch-lab-assets.sh); the imager needs real PE inputs.
-func labAssets(t *testing.T) string {
+func labAssets(t testing.TB) string {
 	dir := os.Getenv("LABFLEET_CACHE")
 	if dir == "" {
 		dir = filepath.Join(repoRoot(t), "_cache")
@@ -75,7 +75,7 @@ func labAssets(t *testing.T) string {
 }
 
 // talosLayoutImage builds an image shaped like Talos's imager image.
-func talosLayoutImage(t *testing.T, assets string, initramfs []byte) v1.Image {
+func talosLayoutImage(t testing.TB, assets string, initramfs []byte) v1.Image {
 	var buf bytes.Buffer
 
 	tw := tar.NewWriter(&buf)
@@ -109,7 +109,13 @@ type fixture struct {
 	def                     *spec.Definition
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
+	return newFixtureWith(t, []byte("not a real initramfs"))
+}
+
+// newFixtureWith serves a Talos-layout base with the given initramfs from an
+// in-process registry and makes a fresh key set.
+func newFixtureWith(t testing.TB, initramfs []byte) *fixture {
 	t.Helper()
 
 	assets := labAssets(t)
@@ -120,7 +126,7 @@ func newFixture(t *testing.T) *fixture {
 	require.NoError(t, err)
 
 	ref := u.Host + "/siderolabs/imager:v1.14.1"
-	img := talosLayoutImage(t, assets, []byte("not a real initramfs"))
+	img := talosLayoutImage(t, assets, initramfs)
 	tag, err := name.NewTag(ref, name.Insecure)
 	require.NoError(t, err)
 	require.NoError(t, remote.Write(tag, img))
@@ -153,7 +159,7 @@ disk: {espMiB: 64, stateMiB: 32}
 	return &fixture{root: root, keys: keyDir, ref: ref, assets: assets, digest: digest, def: def}
 }
 
-func (f *fixture) build(t *testing.T, out string, force bool) (*build.Result, error) {
+func (f *fixture) build(_ testing.TB, out string, force bool) (*build.Result, error) {
 	return build.Build(context.Background(), f.def, build.Options{
 		Root: f.root, OutDir: out, Baker: staticBaker{config: "version: v1alpha1\n"}, Force: force,
 		ToolsPath: filepath.Join(f.assets, "tools", "bin"),
