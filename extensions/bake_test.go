@@ -3,6 +3,7 @@ package extensions_test
 import (
 	"context"
 	"fmt"
+	"github.com/labfleet/labfleet/extensions/internal/treetest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -159,7 +160,7 @@ func TestBakeIsDeterministic(t *testing.T) {
 	assert.Equal(t, string(b1.MachineConfig), string(b2.MachineConfig))
 	assert.Equal(t, b1.Addons, b2.Addons)
 	assert.Equal(t, b1.CacheBytes, b2.CacheBytes)
-	assert.Equal(t, tree(t, b1.CacheLayoutDir), tree(t, b2.CacheLayoutDir))
+	assert.Equal(t, treetest.Read(t, b1.CacheLayoutDir), treetest.Read(t, b2.CacheLayoutDir))
 }
 
 func TestBakeWithSite(t *testing.T) {
@@ -249,30 +250,6 @@ func TestBakeFailsWithoutMirror(t *testing.T) {
 	_, err := extensions.Bake(context.Background(), opts)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "cilium")
-}
-
-func tree(t *testing.T, dir string) map[string]string {
-	t.Helper()
-
-	out := map[string]string{}
-
-	require.NoError(t, filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
-		if err != nil || fi.IsDir() {
-			return err
-		}
-
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-
-		rel, _ := filepath.Rel(dir, p)
-		out[rel] = string(b)
-
-		return nil
-	}))
-
-	return out
 }
 
 // BenchmarkBake measures rendering the four add-ons and writing their image

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"github.com/labfleet/labfleet/extensions/internal/treetest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -132,7 +133,7 @@ func TestCacheIsDeterministic(t *testing.T) {
 	_, err = addons.BuildCache(context.Background(), d2, rev, mirror, nil)
 	require.NoError(t, err)
 
-	assert.Equal(t, treeBytes(t, d1), treeBytes(t, d2))
+	assert.Equal(t, treetest.Read(t, d1), treetest.Read(t, d2))
 }
 
 func TestCacheRefusesNonEmptyDir(t *testing.T) {
@@ -148,30 +149,6 @@ func TestCacheWrongDigest(t *testing.T) {
 		[]addons.PinnedImage{{Ref: "quay.io/cilium/cilium:v1.18.0", Digest: "sha256:" + repeat64("1")}}, mirror, nil)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "quay.io/cilium/cilium:v1.18.0")
-}
-
-func treeBytes(t *testing.T, dir string) map[string]string {
-	t.Helper()
-
-	out := map[string]string{}
-
-	require.NoError(t, filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
-		if err != nil || fi.IsDir() {
-			return err
-		}
-
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-
-		rel, _ := filepath.Rel(dir, p)
-		out[rel] = string(b)
-
-		return nil
-	}))
-
-	return out
 }
 
 func TestWriteTalosCache(t *testing.T) {
