@@ -93,7 +93,7 @@ func Describe(ctx context.Context, src Source) (string, v1.Image, error) {
 func fromLayout(dir string) (v1.Image, error) {
 	p, err := layout.FromPath(dir)
 	if err != nil {
-		return nil, fmt.Errorf("opening base OCI layout %s: %w", dir, err)
+		return nil, fmt.Errorf("opening base OCI layout %s (base.layout; the lab base is made by `make labbase` or `labctl base build`): %w", dir, err)
 	}
 
 	idx, err := p.ImageIndex()
