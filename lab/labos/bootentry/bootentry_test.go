@@ -3,13 +3,13 @@ package bootentry_test
 import (
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/labfleet/labfleet/lab/labos/bootentry"
+	"github.com/labfleet/labfleet/lab/labos/bootentry/espfake"
 )
 
 func TestParse(t *testing.T) {
@@ -50,38 +50,6 @@ func TestParse(t *testing.T) {
 	}
 }
 
-func newESP(t *testing.T, files ...string) bootentry.ESP {
-	t.Helper()
-
-	root := t.TempDir()
-	require.NoError(t, os.MkdirAll(filepath.Join(root, "EFI/Linux"), 0o755))
-	require.NoError(t, os.MkdirAll(filepath.Join(root, "loader"), 0o755))
-	require.NoError(t, os.WriteFile(filepath.Join(root, "loader/loader.conf"),
-		[]byte("secure-boot-enroll if-safe\ndefault lab-*\ntimeout 0\n"), 0o644))
-
-	for _, f := range files {
-		require.NoError(t, os.WriteFile(filepath.Join(root, "EFI/Linux", f), []byte(f), 0o644))
-	}
-
-	return bootentry.ESP{Root: root}
-}
-
-func names(t *testing.T, esp bootentry.ESP) []string {
-	t.Helper()
-
-	des, err := os.ReadDir(filepath.Join(esp.Root, "EFI/Linux"))
-	require.NoError(t, err)
-
-	var out []string
-	for _, d := range des {
-		out = append(out, d.Name())
-	}
-
-	sort.Strings(out)
-
-	return out
-}
-
 func TestBlessAndBad(t *testing.T) {
 	cases := []struct {
 		name    string
@@ -105,7 +73,7 @@ func TestBlessAndBad(t *testing.T) {
 
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			esp := newESP(t, tc.files...)
+			esp := espfake.New(t, tc.files...)
 
 			var err error
 			if tc.bless {
@@ -120,13 +88,13 @@ func TestBlessAndBad(t *testing.T) {
 				require.NoError(t, err)
 			}
 
-			require.Equal(t, tc.want, names(t, esp))
+			require.Equal(t, tc.want, espfake.Names(t, esp))
 		})
 	}
 }
 
 func TestFailedAndRollback(t *testing.T) {
-	esp := newESP(t, "lab-1.0.0.efi", "lab-1.1.0.efi", "lab-1.10.0+0-3.efi", "lab-1.2.0+2-1.efi")
+	esp := espfake.New(t, "lab-1.0.0.efi", "lab-1.1.0.efi", "lab-1.10.0+0-3.efi", "lab-1.2.0+2-1.efi")
 
 	failed, err := esp.Failed()
 	require.NoError(t, err)
@@ -147,12 +115,12 @@ func TestFailedAndRollback(t *testing.T) {
 		require.Equal(t, tc.want, got.ID(), "booted %s", tc.booted)
 	}
 
-	_, err = newESP(t, "lab-1.0.0.efi").Rollback("lab-1.0.0.efi")
+	_, err = espfake.New(t, "lab-1.0.0.efi").Rollback("lab-1.0.0.efi")
 	require.Error(t, err)
 }
 
 func TestDefaultPinning(t *testing.T) {
-	esp := newESP(t)
+	esp := espfake.New(t)
 
 	d, err := esp.Default()
 	require.NoError(t, err)
@@ -178,12 +146,12 @@ func TestDefaultPinning(t *testing.T) {
 }
 
 func TestInstall(t *testing.T) {
-	esp := newESP(t, "lab-1.0.0.efi", "lab-1.1.0+0-3.efi")
+	esp := espfake.New(t, "lab-1.0.0.efi", "lab-1.1.0+0-3.efi")
 
 	e, err := esp.Install("lab", "1.1.0", strings.NewReader("new uki"))
 	require.NoError(t, err)
 	require.Equal(t, "lab-1.1.0+3.efi", e.File)
-	require.Equal(t, []string{"lab-1.0.0.efi", "lab-1.1.0+3.efi"}, names(t, esp))
+	require.Equal(t, []string{"lab-1.0.0.efi", "lab-1.1.0+3.efi"}, espfake.Names(t, esp))
 
 	b, err := os.ReadFile(filepath.Join(esp.Root, "EFI/Linux/lab-1.1.0+3.efi"))
 	require.NoError(t, err)

@@ -1,47 +1,13 @@
 package node_test
 
 import (
-	"os"
-	"path/filepath"
-	"sort"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/labfleet/labfleet/lab/labos/bootentry"
+	"github.com/labfleet/labfleet/lab/labos/bootentry/espfake"
 	"github.com/labfleet/labfleet/lab/labos/node"
 )
-
-func esp(t *testing.T, files ...string) bootentry.ESP {
-	t.Helper()
-
-	root := t.TempDir()
-	require.NoError(t, os.MkdirAll(filepath.Join(root, "EFI/Linux"), 0o755))
-	require.NoError(t, os.MkdirAll(filepath.Join(root, "loader"), 0o755))
-	require.NoError(t, os.WriteFile(filepath.Join(root, "loader/loader.conf"), []byte("timeout 0\ndefault lab-*\n"), 0o644))
-
-	for _, f := range files {
-		require.NoError(t, os.WriteFile(filepath.Join(root, "EFI/Linux", f), nil, 0o644))
-	}
-
-	return bootentry.ESP{Root: root}
-}
-
-func ls(t *testing.T, e bootentry.ESP) []string {
-	t.Helper()
-
-	des, err := os.ReadDir(filepath.Join(e.Root, "EFI/Linux"))
-	require.NoError(t, err)
-
-	var out []string
-	for _, d := range des {
-		out = append(out, d.Name())
-	}
-
-	sort.Strings(out)
-
-	return out
-}
 
 func TestSettle(t *testing.T) {
 	cases := []struct {
@@ -94,12 +60,12 @@ func TestSettle(t *testing.T) {
 
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			e := esp(t, tc.files...)
+			e := espfake.New(t, tc.files...)
 
 			got, err := node.Settle(e, tc.countPath, tc.selected, tc.healthy)
 			require.NoError(t, err)
 			require.Equal(t, tc.want, got)
-			require.Equal(t, tc.wantFiles, ls(t, e))
+			require.Equal(t, tc.wantFiles, espfake.Names(t, e))
 
 			d, err := e.Default()
 			require.NoError(t, err)
@@ -107,6 +73,6 @@ func TestSettle(t *testing.T) {
 		})
 	}
 
-	_, err := node.Settle(esp(t), "EFI/Linux/lab-2+3.efi", "lab-2.efi", true)
+	_, err := node.Settle(espfake.New(t), "EFI/Linux/lab-2+3.efi", "lab-2.efi", true)
 	require.Error(t, err, "a missing entry file is an error, not a silent bless")
 }
