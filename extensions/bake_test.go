@@ -3,18 +3,14 @@ package extensions_test
 import (
 	"context"
 	"fmt"
-	"github.com/labfleet/labfleet/extensions/internal/treetest"
+	"github.com/labfleet/labfleet/extensions/internal/exttest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/siderolabs/talos/pkg/machinery/config"
-	"github.com/siderolabs/talos/pkg/machinery/config/generate/secrets"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"gopkg.in/yaml.v3"
 
 	"github.com/labfleet/labfleet/extensions"
 	"github.com/labfleet/labfleet/extensions/addons"
@@ -38,21 +34,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func writeSecrets(tb testing.TB) string {
-	tb.Helper()
-
-	b, err := secrets.NewBundle(secrets.NewFixedClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)), config.TalosVersionCurrent, secrets.WithECDSAServiceAccountKey())
-	require.NoError(tb, err)
-
-	data, err := yaml.Marshal(b)
-	require.NoError(tb, err)
-
-	p := filepath.Join(tb.TempDir(), "secrets.yaml")
-	require.NoError(tb, os.WriteFile(p, data, 0o600))
-
-	return p
-}
-
 func bakeOpts(secretsPath, cache string) extensions.BakeOptions {
 	return extensions.BakeOptions{
 		Dir: ".", Mirror: mirror, SecretsPath: secretsPath,
@@ -61,7 +42,7 @@ func bakeOpts(secretsPath, cache string) extensions.BakeOptions {
 }
 
 func TestBake(t *testing.T) {
-	sec := writeSecrets(t)
+	sec := exttest.WriteSecrets(t)
 
 	baked, err := extensions.Bake(context.Background(), bakeOpts(sec, filepath.Join(t.TempDir(), "cache")))
 	require.NoError(t, err)
@@ -149,7 +130,7 @@ func TestBake(t *testing.T) {
 }
 
 func TestBakeIsDeterministic(t *testing.T) {
-	sec := writeSecrets(t)
+	sec := exttest.WriteSecrets(t)
 
 	b1, err := extensions.Bake(context.Background(), bakeOpts(sec, filepath.Join(t.TempDir(), "cache")))
 	require.NoError(t, err)
@@ -160,7 +141,7 @@ func TestBakeIsDeterministic(t *testing.T) {
 	assert.Equal(t, string(b1.MachineConfig), string(b2.MachineConfig))
 	assert.Equal(t, b1.Addons, b2.Addons)
 	assert.Equal(t, b1.CacheBytes, b2.CacheBytes)
-	assert.Equal(t, treetest.Read(t, b1.CacheLayoutDir), treetest.Read(t, b2.CacheLayoutDir))
+	assert.Equal(t, exttest.Tree(t, b1.CacheLayoutDir), exttest.Tree(t, b2.CacheLayoutDir))
 }
 
 func TestBakeWithSite(t *testing.T) {
@@ -171,7 +152,7 @@ func TestBakeWithSite(t *testing.T) {
 		Thanos:  addons.SiteThanos{ObjstoreSecret: "thanos-bucket-fra1"},
 	}
 
-	opts := bakeOpts(writeSecrets(t), filepath.Join(t.TempDir(), "cache"))
+	opts := bakeOpts(exttest.WriteSecrets(t), filepath.Join(t.TempDir(), "cache"))
 	opts.Site = site
 
 	baked, err := extensions.Bake(context.Background(), opts)
@@ -225,7 +206,7 @@ func TestSiteErrors(t *testing.T) {
 				assert.Contains(t, err.Error(), w)
 			}
 
-			opts := bakeOpts(writeSecrets(t), filepath.Join(t.TempDir(), "cache"))
+			opts := bakeOpts(exttest.WriteSecrets(t), filepath.Join(t.TempDir(), "cache"))
 			opts.Site = &tt.site
 
 			_, err = extensions.Bake(context.Background(), opts)
@@ -244,7 +225,7 @@ func TestBakeFailsWithoutMirror(t *testing.T) {
 		dead[k] = "127.0.0.1:9/" + k
 	}
 
-	opts := bakeOpts(writeSecrets(t), filepath.Join(t.TempDir(), "cache"))
+	opts := bakeOpts(exttest.WriteSecrets(t), filepath.Join(t.TempDir(), "cache"))
 	opts.Mirror = dead
 
 	_, err := extensions.Bake(context.Background(), opts)
@@ -256,7 +237,7 @@ func TestBakeFailsWithoutMirror(t *testing.T) {
 // cache, and reports the cache size and the bytes layer de-duplication
 // saves. Run: go test -run '^$' -bench Bake -benchtime 5x ./extensions/
 func BenchmarkBake(b *testing.B) {
-	sec := writeSecrets(b)
+	sec := exttest.WriteSecrets(b)
 
 	var last *extensions.Baked
 

@@ -4,7 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"github.com/labfleet/labfleet/extensions/internal/treetest"
+	"github.com/labfleet/labfleet/extensions/internal/exttest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -133,7 +133,7 @@ func TestCacheIsDeterministic(t *testing.T) {
 	_, err = addons.BuildCache(context.Background(), d2, rev, mirror, nil)
 	require.NoError(t, err)
 
-	assert.Equal(t, treetest.Read(t, d1), treetest.Read(t, d2))
+	assert.Equal(t, exttest.Tree(t, d1), exttest.Tree(t, d2))
 }
 
 func TestCacheRefusesNonEmptyDir(t *testing.T) {

@@ -1,37 +1,15 @@
 package machineconfig_test
 
 import (
-	"os"
-	"path/filepath"
+	"github.com/labfleet/labfleet/extensions/internal/exttest"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/siderolabs/talos/pkg/machinery/config"
-	"github.com/siderolabs/talos/pkg/machinery/config/generate/secrets"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"gopkg.in/yaml.v3"
 
 	"github.com/labfleet/labfleet/extensions/machineconfig"
 )
-
-// WriteSecrets writes a fresh machinery secrets bundle, as
-// `imagectl keys generate` (or talosctl gen secrets) does.
-func writeSecrets(t *testing.T) string {
-	t.Helper()
-
-	b, err := secrets.NewBundle(secrets.NewFixedClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)), config.TalosVersionCurrent, secrets.WithECDSAServiceAccountKey())
-	require.NoError(t, err)
-
-	data, err := yaml.Marshal(b)
-	require.NoError(t, err)
-
-	p := filepath.Join(t.TempDir(), "secrets.yaml")
-	require.NoError(t, os.WriteFile(p, data, 0o600))
-
-	return p
-}
 
 const ns = `apiVersion: v1
 kind: Namespace
@@ -41,7 +19,7 @@ metadata:
 
 func TestGenerate(t *testing.T) {
 	opts := machineconfig.Options{
-		ClusterName: "lab", Endpoint: "https://10.0.2.15:6443", SecretsPath: writeSecrets(t),
+		ClusterName: "lab", Endpoint: "https://10.0.2.15:6443", SecretsPath: exttest.WriteSecrets(t),
 		Manifests: []machineconfig.Manifest{{Name: "cilium", Contents: ns}, {Name: "metallb", Contents: ns}},
 	}
 
@@ -75,7 +53,7 @@ func TestGeneratePatch(t *testing.T) {
 	require.NoError(t, err)
 
 	cfg, err := machineconfig.Generate(machineconfig.Options{
-		ClusterName: "lab", Endpoint: "https://10.0.2.15:6443", SecretsPath: writeSecrets(t),
+		ClusterName: "lab", Endpoint: "https://10.0.2.15:6443", SecretsPath: exttest.WriteSecrets(t),
 		Manifests: []machineconfig.Manifest{{Name: "cilium", Contents: ns}, {Name: "metallb", Contents: ns}},
 		Patches:   [][]byte{patch},
 	})
@@ -95,7 +73,7 @@ func TestGeneratePatch(t *testing.T) {
 }
 
 func TestGenerateErrors(t *testing.T) {
-	sec := writeSecrets(t)
+	sec := exttest.WriteSecrets(t)
 
 	tests := []struct {
 		name string
