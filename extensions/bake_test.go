@@ -3,7 +3,6 @@ package extensions_test
 import (
 	"context"
 	"fmt"
-	"github.com/labfleet/labfleet/extensions/internal/exttest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"github.com/labfleet/labfleet/extensions"
 	"github.com/labfleet/labfleet/extensions/addons"
 	"github.com/labfleet/labfleet/extensions/bakedinfo"
+	"github.com/labfleet/labfleet/extensions/internal/exttest"
 	"github.com/labfleet/labfleet/extensions/machineconfig"
 )
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"github.com/labfleet/labfleet/extensions/internal/exttest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/labfleet/labfleet/extensions/addons"
+	"github.com/labfleet/labfleet/extensions/internal/exttest"
 )
 
 func allPins(list []*addons.Addon) []addons.PinnedImage {

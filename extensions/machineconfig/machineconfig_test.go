@@ -1,13 +1,13 @@
 package machineconfig_test
 
 import (
-	"github.com/labfleet/labfleet/extensions/internal/exttest"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/labfleet/labfleet/extensions/internal/exttest"
 	"github.com/labfleet/labfleet/extensions/machineconfig"
 )
 
