@@ -37,7 +37,7 @@ images: keys labbase ## build every definition whose inputs are offline (images/
 
 .PHONY: demo
 demo: deps images ## the main job: build the lab image and boot it under Secure Boot + TPM, twice
-	$(BIN)/labctl demo $(OUT)/labos/disk.raw --talosconfig $(KEYS)/talosconfig
+	$(BIN)/labctl demo $(OUT)/labos/disk.raw --keys $(KEYS) --talosconfig $(KEYS)/talosconfig
 
 .PHONY: test
 test: ## run all tests: unit tests, then the emulated-hardware scenarios (qemu-tests)

@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/labfleet/labfleet/extensions/machineconfig"
 	"github.com/labfleet/labfleet/images/bake"
 	"github.com/labfleet/labfleet/images/build"
 	"github.com/labfleet/labfleet/images/keys"
@@ -35,6 +36,10 @@ type Suite struct {
 	Root, Work string
 
 	Keys, RogueKeys, PCR2Keys string
+
+	// NodeConfig is the control-plane machine config generated from Keys'
+	// secrets; machines get it in maintenance mode on their first boot.
+	NodeConfig []byte
 
 	// Images by variant name: v1, v2, v2-nouserspace, v2-healthfail, v1-pcr2.
 	Images map[string]*build.Result
@@ -147,6 +152,10 @@ func newSuite(ctx context.Context) (*Suite, error) {
 		return nil, fmt.Errorf("keys: %w", err)
 	}
 
+	if err := s.makeNodeConfig(); err != nil {
+		return nil, fmt.Errorf("node config: %w", err)
+	}
+
 	if _, err := labbase.Build(ctx, labbase.Options{RepoDir: root, OutDir: filepath.Join(work, "labbase"), Version: "1.0.0"}); err != nil {
 		return nil, fmt.Errorf("lab base: %w", err)
 	}
@@ -204,6 +213,22 @@ func (s *Suite) variants() []variant {
 		{name: "v1-pcr2", version: "1.0.0", keys: s.PCR2Keys},
 		{name: "v1-rogue", version: "1.0.0", keys: s.RogueKeys},
 	}
+}
+
+// makeNodeConfig generates the config every machine receives after its
+// first boot, with the lab definition's cluster settings.
+func (s *Suite) makeNodeConfig() error {
+	def, err := spec.Load(filepath.Join(s.Root, "images", "lab.yaml"))
+	if err != nil {
+		return err
+	}
+
+	s.NodeConfig, err = machineconfig.Generate(machineconfig.Options{
+		ClusterName: def.Cluster.Name, Endpoint: def.Cluster.Endpoint,
+		SecretsPath: filepath.Join(s.Keys, "secrets.yaml"),
+	})
+
+	return err
 }
 
 func (s *Suite) buildImages(ctx context.Context) error {

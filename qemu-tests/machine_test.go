@@ -14,6 +14,7 @@ import (
 
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/filesystem"
+	"github.com/diskfs/go-diskfs/partition/gpt"
 	"github.com/siderolabs/talos/pkg/machinery/client"
 	"github.com/stretchr/testify/require"
 
@@ -87,6 +88,9 @@ type BootOptions struct {
 	// ResetFirmware replaces the UEFI variables with an empty store: Setup
 	// Mode, Secure Boot off (what "clear keys" in a firmware menu does).
 	ResetFirmware bool
+	// NoConfig boots without a config to deliver: the test talks to the
+	// node in maintenance mode itself.
+	NoConfig bool
 }
 
 // Boot powers the machine on; the VM is stopped at test cleanup.
@@ -108,11 +112,15 @@ func (m *Machine) Boot(ctx context.Context, o BootOptions) *harness.VM {
 
 	spec := harness.Spec{
 		Name: m.Name, Disk: m.Disk, DiskInPlace: true, Vars: m.Vars, VarsInPlace: true,
-		TPM: !o.NoTPM, RegistryPort: suite.RegistryPort,
+		TPM: !o.NoTPM, RegistryPort: suite.RegistryPort, MachineConfig: suite.NodeConfig,
 		WorkDir: filepath.Join(m.Dir, fmt.Sprintf("run-%d", m.runs)), WaitTimeout: 4 * time.Minute,
 	}
 	if !o.NoTPM {
 		spec.TPMStateDir = tpm
+	}
+
+	if o.NoConfig {
+		spec.MachineConfig = nil
 	}
 
 	if o.Code != "" {
@@ -233,6 +241,43 @@ func (m *Machine) ESPRemove(path string) {
 	m.withESP(func(fs filesystem.FileSystem) {
 		require.NoError(m.t, fs.Remove(path), "removing %s", path)
 	})
+}
+
+// StateHeader reads the first bytes of the powered-off machine's STATE
+// partition (by GPT name), to tell a LUKS2 volume from an untouched one.
+func (m *Machine) StateHeader() []byte {
+	m.t.Helper()
+	require.Nil(m.t, m.vm, "read the disk only while the machine is off")
+
+	d, err := diskfs.Open(m.Disk, diskfs.WithOpenMode(diskfs.ReadOnly))
+	require.NoError(m.t, err)
+	defer d.Close() //nolint:errcheck
+
+	pt, err := d.GetPartitionTable()
+	require.NoError(m.t, err)
+
+	gt, ok := pt.(*gpt.Table)
+	require.True(m.t, ok, "the lab disk has a GPT")
+
+	for _, p := range gt.Partitions {
+		if p.Name != "STATE" {
+			continue
+		}
+
+		f, err := os.Open(m.Disk)
+		require.NoError(m.t, err)
+		defer f.Close() //nolint:errcheck
+
+		buf := make([]byte, 4096)
+		_, err = f.ReadAt(buf, int64(p.Start)*int64(d.LogicalBlocksize))
+		require.NoError(m.t, err)
+
+		return buf
+	}
+
+	m.t.Fatalf("%s has no STATE partition", m.Name)
+
+	return nil
 }
 
 // ESPList lists a directory of the ESP.

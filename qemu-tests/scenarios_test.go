@@ -14,7 +14,10 @@ import (
 
 	"github.com/siderolabs/talos/pkg/machinery/client"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	"github.com/labfleet/labfleet/lab/harness"
 	"github.com/labfleet/labfleet/lab/nodeapi"
 )
 
@@ -51,9 +54,16 @@ func Golden(t *testing.T) *Machine {
 		ok := t.Run("first boot: enroll keys, seal STATE", func(t *testing.T) {
 			ctx := scenario(t)
 			m := suite.NewMachine(t, "golden", "v1")
-			m.Boot(ctx, BootOptions{})
+			vm := m.Boot(ctx, BootOptions{NoConfig: true})
+
+			// the image carries no machine config: after sealing STATE the
+			// node waits in maintenance mode and takes exactly one config
+			_, err := vm.WaitMarker(ctx, nodeapi.MarkerMaintenance)
+			require.NoError(t, err, "the first boot must wait for its config (console: %s)", vm.ConsolePath())
+			deliverConfigOnce(ctx, t, vm.APIEndpoint())
 
 			st := m.WaitStatus(ctx)
+			require.True(t, st.Configured, "the node must run on the delivered config")
 			require.Equal(t, "1.0.0", st.Version)
 			require.True(t, st.SecureBoot, "Secure Boot must be on after enrollment")
 			require.False(t, st.SetupMode, "Setup Mode must be off after enrollment")
@@ -79,6 +89,34 @@ func Golden(t *testing.T) *Machine {
 	}
 
 	return golden
+}
+
+// deliverConfigOnce plays the maintenance-mode client: a malformed config
+// and a config without machine identity are refused with their reason, the
+// suite's config is taken, and a second one is refused.
+func deliverConfigOnce(ctx context.Context, t *testing.T, endpoint string) {
+	t.Helper()
+
+	_, err := harness.ApplyConfigAt(ctx, endpoint, []byte("version: [unclosed"), false)
+	require.Equal(t, codes.InvalidArgument, status.Code(err), "malformed YAML: %v", err)
+	require.ErrorContains(t, err, "machine config:")
+
+	_, err = harness.ApplyConfigAt(ctx, endpoint, []byte("apiVersion: v1alpha1\nkind: KubeInlineManifestConfig\nname: x\nmanifest: y\n"), false)
+	require.Equal(t, codes.InvalidArgument, status.Code(err), "config without v1alpha1: %v", err)
+	require.ErrorContains(t, err, "no v1alpha1 document")
+
+	r, err := harness.ApplyConfigAt(ctx, endpoint, suite.NodeConfig, true)
+	require.NoError(t, err, "dry run")
+	require.Contains(t, r.Messages[0].ModeDetails, "Dry run")
+
+	_, err = harness.ApplyConfigAt(ctx, endpoint, suite.NodeConfig, false)
+	require.NoError(t, err, "delivering the config")
+
+	// the maintenance API is gone: an unauthenticated client cannot
+	// configure the node again, whatever it sends
+	_, err = harness.ApplyConfigAt(ctx, endpoint, suite.NodeConfig, false)
+	require.Error(t, err, "a second config must be refused")
+	t.Logf("second config refused: %v", err)
 }
 
 // PowerOffClean shuts the node down through the API and waits for QEMU to exit.
@@ -228,6 +266,7 @@ func TestTPMUnlock(t *testing.T) {
 		prepare    func(t *testing.T, m *Machine)
 		boot       BootOptions
 		secureBoot bool
+		reason     string // the TPM's refusal, as labos classifies it
 	}{
 		// Firmware reset to Setup Mode (Secure Boot off) with the auto-enroll
 		// keys taken off the ESP so nothing re-enables it: the image boots
@@ -236,9 +275,9 @@ func TestTPMUnlock(t *testing.T) {
 			for _, k := range []string{"PK", "KEK", "db"} {
 				m.ESPRemove("/loader/keys/auto/" + k + ".auth")
 			}
-		}, BootOptions{ResetFirmware: true}, false},
-		{"image signed with another PCR key", func(t *testing.T, m *Machine) { m.ESPWrite(ukiEntry(t, m), pcr2UKI) }, BootOptions{}, true},
-		{"disk moved to another TPM", nil, BootOptions{FreshTPM: true}, true},
+		}, BootOptions{ResetFirmware: true}, false, "pcr7-or-key-changed"},
+		{"image signed with another PCR key", func(t *testing.T, m *Machine) { m.ESPWrite(ukiEntry(t, m), pcr2UKI) }, BootOptions{}, true, "pcr7-or-key-changed"},
+		{"disk moved to another TPM", nil, BootOptions{FreshTPM: true}, true, "srk-changed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -256,6 +295,8 @@ func TestTPMUnlock(t *testing.T) {
 			require.NotEmpty(t, st.UnlockError, "the node must say why it could not unlock")
 			require.False(t, st.StateFormatted, "a failed unlock must never reformat STATE")
 			require.False(t, st.Healthy)
+			require.True(t, strings.HasPrefix(st.UnlockError, tc.reason+":"), "want reason %s, got %q", tc.reason, st.UnlockError)
+			require.False(t, st.Configured, "a locked STATE holds the config: the node must not run on any")
 			t.Logf("unlock refused: %s", st.UnlockError)
 		})
 	}

@@ -271,15 +271,35 @@ func (vm *VM) WaitStatus(ctx context.Context) (nodeapi.Status, error) {
 	return st, err
 }
 
+// waitStatusAt waits for the status marker; when the node asks for its
+// machine config on the way (maintenance mode), it delivers
+// Spec.MachineConfig first.
 func (vm *VM) waitStatusAt(ctx context.Context) (nodeapi.Status, time.Time, error) {
-	details, at, err := vm.WaitMarkerAt(ctx, nodeapi.MarkerStatus)
-	if err != nil {
-		return nodeapi.Status{}, at, err
+	for {
+		line, at, err := vm.waitConsole(ctx, markerRe)
+		if err != nil {
+			return nodeapi.Status{}, at, fmt.Errorf("waiting for marker %s: %w", nodeapi.MarkerStatus, err)
+		}
+
+		m, details, ok := nodeapi.ParseMarker(line)
+
+		switch {
+		case !ok:
+			continue
+		case m == nodeapi.MarkerMaintenance:
+			if len(vm.spec.MachineConfig) == 0 {
+				return nodeapi.Status{}, at, fmt.Errorf("%s waits in maintenance mode for its machine config, and none was given to deliver", vm.spec.Name)
+			}
+
+			if err := vm.ApplyConfig(ctx, vm.spec.MachineConfig); err != nil {
+				return nodeapi.Status{}, at, err
+			}
+		case m == nodeapi.MarkerStatus:
+			st, err := nodeapi.ParseStatus(details)
+
+			return st, at, err
+		}
 	}
-
-	st, err := nodeapi.ParseStatus(details)
-
-	return st, at, err
 }
 
 func (c *consoleTail) timeOf(i int) time.Time {

@@ -38,7 +38,8 @@ type NodeOptions struct {
 	Fresh bool
 	// Detach leaves QEMU and swtpm running after this process exits.
 	Detach bool
-	// RegistryPort, MemoryMiB, Accel, WaitTimeout: as in Spec.
+	// MachineConfig, RegistryPort, MemoryMiB, Accel, WaitTimeout: as in Spec.
+	MachineConfig []byte
 	RegistryPort int
 	MemoryMiB    int
 	Accel        string
@@ -77,7 +78,7 @@ func PrepareNode(ctx context.Context, o NodeOptions) (Spec, error) {
 	spec := Spec{
 		Name: o.Name, WorkDir: dir, DiskInPlace: true, TPM: o.TPM, TPMStateDir: o.TPMStateDir,
 		Detach: o.Detach, RegistryPort: o.RegistryPort, MemoryMiB: o.MemoryMiB, Accel: o.Accel,
-		WaitTimeout: o.WaitTimeout, VarsInPlace: true,
+		WaitTimeout: o.WaitTimeout, VarsInPlace: true, MachineConfig: o.MachineConfig,
 	}
 
 	if o.TPM && spec.TPMStateDir == "" {

@@ -54,6 +54,11 @@ type Spec struct {
 	CPUs int
 	// Accel is AccelTCG (default), AccelKVM or AccelAuto.
 	Accel string
+	// MachineConfig is delivered when the node waits in maintenance mode
+	// (its first boot: images carry no machine config), the way
+	// `talosctl apply-config --insecure` does. Empty: waits for a status
+	// fail with a clear error when the node asks for a config.
+	MachineConfig []byte
 	// RegistryPort is a host port on 127.0.0.1 the guest reaches as
 	// nodeapi.GuestRegistryAddr; 0 opens nothing.
 	RegistryPort int

@@ -46,6 +46,14 @@ const (
 	MarkerError         = "error"           // "LABOS: error step=... err=..."
 	MarkerUpgrading     = "upgrade-writing" // "LABOS: upgrade-writing entry=NAME-VER+3.efi": verified, ESP write starts
 	MarkerPoweroff      = "poweroff"
+	// MarkerMaintenance: the node has no machine config yet and serves
+	// Talos's maintenance API ("LABOS: maintenance addr=:50000").
+	MarkerMaintenance = "maintenance"
+	// MarkerConfigApplied: a config arrived in maintenance mode and is kept on STATE.
+	MarkerConfigApplied = "config-applied"
+	// MarkerSealRefused: STATE was neither formatted nor sealed because
+	// Secure Boot is not enforced with our keys ("LABOS: seal-refused reason=setup-mode").
+	MarkerSealRefused = "seal-refused"
 )
 
 // Service names reported by ServiceList; each carries a health flag.
@@ -80,7 +88,9 @@ type Status struct {
 	SetupMode      bool   `json:"setupMode"`
 	TPMUnlocked    bool   `json:"tpmUnlocked"`
 	StateFormatted bool   `json:"stateFormatted"` // STATE was created on this boot
-	UnlockError    string `json:"unlockError,omitempty"`
+	// Configured is set once the node runs on a machine config kept on STATE.
+	Configured  bool   `json:"configured"`
+	UnlockError string `json:"unlockError,omitempty"`
 	// StateBoots counts the boots that unlocked STATE; labos keeps the
 	// counter on STATE itself, so it proves data written earlier reads back.
 	StateBoots int `json:"stateBoots,omitempty"`

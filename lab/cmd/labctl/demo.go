@@ -23,13 +23,16 @@ func newDemoCommand(g *globals) *cobra.Command {
 
   1. empty UEFI vars (Setup Mode): systemd-boot enrolls PK/KEK/db from the
      ESP and resets; the UKI then boots under enforced Secure Boot, labos
-     creates STATE, seals its key to the TPM (PCR 11 policy + PCR 7);
+     checks that Secure Boot is enforced with our db certificate, creates
+     STATE, seals its key to the TPM (PCR 11 policy + PCR 7), and waits in
+     maintenance mode until demo delivers the machine config (--keys or
+     --config), which the node keeps on STATE;
   2. the same machine (vars, TPM, disk) boots again: STATE unlocks from the
-     TPM.
+     TPM and the node runs on the config it kept.
 
 It prints a short summary and stops the VM. Exit code 0 only if both boots
 are healthy with Secure Boot on, Setup Mode off and the TPM unlocked.`,
-		Example: `  make images && labctl demo _out/labos/disk.raw`,
+		Example: `  make images && labctl demo _out/labos/disk.raw --keys _out/keys`,
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runDemo(cmd.Context(), g, o, args[0], cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -39,6 +42,7 @@ are healthy with Secure Boot on, Setup Mode off and the TPM unlocked.`,
 	f := cmd.Flags()
 	f.StringVar(&o.name, "name", "demo", "VM name (its state is wiped first)")
 	f.StringVar(&o.talosconfig, "talosconfig", "", "also check the node API with this talosconfig")
+	o.config.flags(f)
 	f.DurationVar(&o.timeout, "timeout", 4*time.Minute, "per-boot wait for the status marker")
 	f.BoolVar(&o.verbose, "verbose", false, "copy the serial console to stderr")
 
@@ -59,6 +63,10 @@ type demoFact struct {
 func runDemo(ctx context.Context, g *globals, o *upOptions, disk string, stdout, stderr io.Writer) error {
 	o.vars, o.memory, o.accel = "empty", 1024, harness.AccelTCG
 	start := time.Now()
+
+	if o.config.file == "" && o.config.keys == "" {
+		return usageErr("demo delivers the node's machine config after its first boot: give --keys DIR (e.g. _out/keys) or --config FILE")
+	}
 
 	var (
 		boots  []demoBoot
@@ -87,9 +95,12 @@ func runDemo(ctx context.Context, g *globals, o *upOptions, disk string, stdout,
 		if i == 0 {
 			facts = append(facts,
 				demoFact{"systemd-boot enrolled keys and reset (2 firmware boots)", res.FirmwareBoots >= 2},
-				demoFact{"STATE created and sealed on this boot", res.Status.StateFormatted})
+				demoFact{"STATE created and sealed on this boot", res.Status.StateFormatted},
+				demoFact{"machine config delivered in maintenance mode, kept on STATE", res.Status.Configured})
 		} else {
-			facts = append(facts, demoFact{"STATE reused, not re-created", !res.Status.StateFormatted})
+			facts = append(facts,
+				demoFact{"STATE reused, not re-created", !res.Status.StateFormatted},
+				demoFact{"machine config read back from STATE", res.Status.Configured})
 		}
 
 		if res.APICheck != "" {

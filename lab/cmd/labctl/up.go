@@ -34,6 +34,7 @@ type upOptions struct {
 	registry    int
 	verbose     bool
 	until       string
+	config      configOptions
 }
 
 func newUpCommand(g *globals) *cobra.Command {
@@ -47,14 +48,18 @@ status marker and reports secureBoot, setupMode, tpmUnlocked, version,
 healthy, bootSeconds and the node API endpoint.
 
 With empty vars (the default on a new node) systemd-boot enrolls the keys
-from the ESP and resets; the next boot runs enforced. The node's state
+from the ESP and resets; the next boot runs enforced. Images carry no
+machine config: on its first boot the node creates and seals STATE, then
+waits in Talos's maintenance mode until up delivers the config given by
+--config or generated from --keys (as 'talosctl apply-config --insecure'
+does); the node keeps it on STATE for later boots. The node's state
 (disk overlay, vars, TPM) stays in <state-dir>/<name>, so a second 'up' of
 the same name reboots the same machine: keys enrolled, STATE sealed.
 
 Without --detach the VM is stopped once it has reported; with --detach it
 keeps running for 'labctl console', 'labctl ps' and 'labctl down'.`,
-		Example: `  # First boot: enroll keys, seal STATE, report, stop.
-  labctl up _out/labos/disk.raw
+		Example: `  # First boot: enroll keys, seal STATE, deliver the config, report, stop.
+  labctl up _out/labos/disk.raw --keys _out/keys
 
   # Same machine again: unlock STATE from the TPM.
   labctl up _out/labos/disk.raw -o json
@@ -83,6 +88,7 @@ keeps running for 'labctl console', 'labctl ps' and 'labctl down'.`,
 	f.StringVar(&o.accel, "accel", harness.AccelTCG, "accelerator: tcg, kvm, or auto (kvm only if a probe boots)")
 	f.IntVar(&o.registry, "registry-port", 0, "host 127.0.0.1 port the guest reaches as 10.0.2.100:5000 (0: none)")
 	f.BoolVar(&o.verbose, "verbose", false, "copy the serial console to stderr while booting")
+	o.config.flags(f)
 	f.StringVar(&o.until, "until", "", "wait for this labos marker instead of the status (e.g. init for the trivial baseline); reports only bootSeconds")
 
 	return cmd
@@ -145,10 +151,16 @@ func bootNode(ctx context.Context, g *globals, o *upOptions, disk string, stderr
 		return nil, usageErr("--tpm-state and --no-tpm exclude each other")
 	}
 
+	machineConfig, err := o.config.load()
+	if err != nil {
+		return nil, err
+	}
+
 	spec, err := harness.PrepareNode(ctx, harness.NodeOptions{
 		Name: o.name, StateRoot: g.stateRoot, Disk: disk, DiskInPlace: o.inPlace,
 		Vars: o.vars, TPM: !o.noTPM, TPMStateDir: o.tpmState, Fresh: o.fresh, Detach: o.detach,
 		RegistryPort: o.registry, MemoryMiB: o.memory, Accel: o.accel, WaitTimeout: o.timeout,
+		MachineConfig: machineConfig,
 	})
 	if err != nil {
 		if errors.Is(err, harness.ErrRunning) {

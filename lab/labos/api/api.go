@@ -155,8 +155,24 @@ func (s *Server) ServiceList(context.Context, *emptypb.Empty) (*machine.ServiceL
 	return &machine.ServiceListResponse{Messages: []*machine.ServiceList{{Metadata: s.md(), Services: svcs}}}, nil
 }
 
-// Read streams the status document; every other path is refused.
+// ApplyConfiguration is refused once the node runs: a lab node takes its
+// configuration once, in maintenance mode (Talos would accept a new config
+// from an admin here; labos does not reconfigure a running node).
+func (s *Server) ApplyConfiguration(ctx context.Context, _ *machine.ApplyConfigurationRequest) (*machine.ApplyConfigurationResponse, error) {
+	if err := requireRole(ctx, role.Admin); err != nil {
+		return nil, err
+	}
+
+	return nil, status.Errorf(codes.FailedPrecondition, "apply configuration: %v", ErrConfigured)
+}
+
+// Read streams the status document; every other path is refused. As on
+// Talos, Read needs the admin role.
 func (s *Server) Read(req *machine.ReadRequest, stream grpc.ServerStreamingServer[common.Data]) error {
+	if err := requireRole(stream.Context(), role.Admin); err != nil {
+		return err
+	}
+
 	if req.GetPath() != nodeapi.StatusPath {
 		return status.Errorf(codes.PermissionDenied, "read: only %s is served", nodeapi.StatusPath)
 	}

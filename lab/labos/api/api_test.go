@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/siderolabs/talos/pkg/machinery/client"
 	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
 	"github.com/siderolabs/talos/pkg/machinery/config"
@@ -171,6 +172,20 @@ func TestAuthorization(t *testing.T) {
 	_, err = reader.Upgrade(ctx, "x", false, false)
 	require.Equal(t, codes.PermissionDenied, status.Code(err), "%v", err)
 	require.Empty(t, e.node.upgraded)
+
+	// as on Talos, reading files is for admins only
+	rc, err := reader.Read(ctx, nodeapi.StatusPath)
+	if err == nil {
+		_, err = io.ReadAll(rc)
+	}
+	require.Equal(t, codes.PermissionDenied, status.Code(err), "%v", err)
+	require.ErrorContains(t, err, "lacks role")
+
+	// a running node is never reconfigured, not even by an admin
+	admin := e.client(t, e.bundle, role.Admin)
+	_, err = admin.ApplyConfiguration(ctx, &machine.ApplyConfigurationRequest{Data: []byte("version: v1alpha1\n")})
+	require.Equal(t, codes.FailedPrecondition, status.Code(err), "%v", err)
+	require.ErrorContains(t, err, "accepts one configuration")
 
 	other, err := secrets.NewBundle(secrets.NewFixedClock(time.Now()), config.TalosVersionCurrent)
 	require.NoError(t, err)

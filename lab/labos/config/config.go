@@ -1,7 +1,13 @@
-// Package config finds the machine configuration Talos's imager embeds in
+// Package config finds the bootstrap configuration Talos's imager embeds in
 // the initramfs (a system extension: /extensions.yaml naming squashfs
-// layers, one holding usr/local/etc/talos/config.yaml) and decodes the few
-// fields labos uses.
+// layers, one holding usr/local/etc/talos/config.yaml), keeps the machine
+// configuration a client applies in maintenance mode on STATE, and decodes
+// the few fields labos uses.
+//
+// The embedded configuration holds no secret (imagectl refuses one that
+// does): labos takes only add-on manifests from it and ignores any machine
+// identity it might carry. The machine CA comes from the applied
+// configuration, which lives only on the encrypted STATE volume.
 //
 // The fields are decoded with a small YAML struct instead of machinery's
 // configloader: configloader alone adds ~14 MB to a stripped static binary
@@ -33,6 +39,10 @@ const ExtensionsFile = "extensions.yaml"
 
 // ErrNotEmbedded means no extension layer carries a machine config.
 var ErrNotEmbedded = errors.New("no embedded machine config")
+
+// MaxSize bounds a machine config a client may send (Talos's own configs
+// with inline manifests stay well below it).
+const MaxSize = 8 << 20
 
 // ReadEmbedded returns the embedded config's bytes, reading the squashfs
 // layers in-process (no loop device or squashfs module needed).
@@ -93,12 +103,50 @@ func readFromSquashfs(image, p string) ([]byte, error) {
 	return io.ReadAll(f)
 }
 
-// Machine is what labos uses from a v1alpha1 machine config.
+// Machine is what labos uses from a machine config.
 type Machine struct {
 	CACert          []byte // PEM, machine.ca.crt
 	CAKey           []byte // PEM, machine.ca.key
 	CertSANs        []string
 	InlineManifests []InlineManifest
+	// HasV1Alpha1 is set when the config carries a v1alpha1 document.
+	HasV1Alpha1 bool
+}
+
+// Complete reports whether m can run a node: labos needs the machine CA to
+// issue its API certificate and to authenticate clients.
+func (m *Machine) Complete() error {
+	switch {
+	case !m.HasV1Alpha1:
+		return errors.New("machine config: no v1alpha1 document (machine.ca is required)")
+	case len(m.CACert) == 0:
+		return errors.New("machine config: machine.ca.crt is empty")
+	case len(m.CAKey) == 0:
+		return errors.New("machine config: machine.ca.key is empty")
+	}
+
+	return nil
+}
+
+// WithManifests returns m with extra inline manifests appended, skipping
+// names m already has: the applied config wins over the embedded one.
+func (m *Machine) WithManifests(extra []InlineManifest) *Machine {
+	out := *m
+	out.InlineManifests = append([]InlineManifest(nil), m.InlineManifests...)
+
+	have := map[string]bool{}
+	for _, im := range out.InlineManifests {
+		have[im.Name] = true
+	}
+
+	for _, im := range extra {
+		if !have[im.Name] {
+			out.InlineManifests = append(out.InlineManifests, im)
+			have[im.Name] = true
+		}
+	}
+
+	return &out
 }
 
 // InlineManifest is cluster.inlineManifests[i].
@@ -133,11 +181,16 @@ const KindInlineManifest = "KubeInlineManifestConfig"
 
 // Parse decodes a (multi-document) machine config: machine.ca from the
 // v1alpha1 document, inline manifests from cluster.inlineManifests and from
-// KubeInlineManifestConfig documents.
+// KubeInlineManifestConfig documents. A config without a v1alpha1 document
+// (a bootstrap config) parses; Complete tells whether it can run a node.
 func Parse(data []byte) (*Machine, error) {
+	if len(data) > MaxSize {
+		return nil, fmt.Errorf("machine config: %d bytes, more than the %d allowed", len(data), MaxSize)
+	}
+
 	dec := yaml.NewDecoder(strings.NewReader(string(data)))
 	m := &Machine{}
-	found := false
+	docs := 0
 
 	for {
 		var doc document
@@ -151,9 +204,15 @@ func Parse(data []byte) (*Machine, error) {
 			return nil, fmt.Errorf("machine config: %w", err)
 		}
 
+		docs++
+
 		switch {
 		case doc.Version == "v1alpha1":
-			found = true
+			if m.HasV1Alpha1 {
+				return nil, errors.New("machine config: more than one v1alpha1 document")
+			}
+
+			m.HasV1Alpha1 = true
 			m.CertSANs = doc.Machine.CertSANs
 
 			if m.CACert, err = base64.StdEncoding.DecodeString(doc.Machine.CA.Crt); err != nil || len(m.CACert) == 0 {
@@ -172,8 +231,8 @@ func Parse(data []byte) (*Machine, error) {
 		}
 	}
 
-	if !found {
-		return nil, errors.New("machine config: no v1alpha1 document")
+	if docs == 0 {
+		return nil, errors.New("machine config: no document")
 	}
 
 	return m, nil

@@ -62,18 +62,65 @@ func TestParseGenerated(t *testing.T) {
 }
 
 func TestParseErrors(t *testing.T) {
-	cases := map[string]string{
-		"no v1alpha1": "apiVersion: v1alpha1\nkind: KubeInlineManifestConfig\nname: x\nmanifest: y\n",
-		"bad ca":      "version: v1alpha1\nmachine:\n  ca:\n    crt: '!!'\n    key: a2V5\n",
-		"not yaml":    "version: [",
+	cases := map[string]struct{ in, want string }{
+		"bad ca":       {"version: v1alpha1\nmachine:\n  ca:\n    crt: '!!'\n    key: a2V5\n", "machine.ca.crt"},
+		"not yaml":     {"version: [", "machine config:"},
+		"empty":        {"", "no document"},
+		"two v1alpha1": {"version: v1alpha1\nmachine:\n  ca: {crt: YQ==, key: YQ==}\n---\nversion: v1alpha1\nmachine:\n  ca: {crt: YQ==, key: YQ==}\n", "more than one v1alpha1"},
 	}
 
-	for name, in := range cases {
+	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			_, err := labconfig.Parse([]byte(in))
-			require.Error(t, err)
+			_, err := labconfig.Parse([]byte(tc.in))
+			require.ErrorContains(t, err, tc.want)
 		})
 	}
+
+	_, err := labconfig.Parse(make([]byte, labconfig.MaxSize+1))
+	require.ErrorContains(t, err, "more than the")
+}
+
+// TestBootstrapIsIncomplete: the secret-free config an image embeds parses
+// (its add-on manifests are used) but cannot run a node on its own.
+func TestBootstrapIsIncomplete(t *testing.T) {
+	m, err := labconfig.Parse([]byte("apiVersion: v1alpha1\nkind: KubeInlineManifestConfig\nname: cilium\nmanifest: x\n"))
+	require.NoError(t, err)
+	require.Equal(t, []labconfig.InlineManifest{{Name: "cilium", Contents: "x"}}, m.InlineManifests)
+	require.ErrorContains(t, m.Complete(), "no v1alpha1 document")
+
+	data, _ := machineConfig(t)
+	full, err := labconfig.Parse(data)
+	require.NoError(t, err)
+	require.NoError(t, full.Complete())
+
+	// the applied config's manifest wins; the embedded one fills gaps
+	merged := full.WithManifests([]labconfig.InlineManifest{{Name: "cilium", Contents: "old"}, {Name: "thanos", Contents: "t"}})
+	require.Equal(t, []labconfig.InlineManifest{{Name: "cilium", Contents: nsManifest}, {Name: "thanos", Contents: "t"}}, merged.InlineManifests)
+	require.Len(t, full.InlineManifests, 1, "WithManifests must not change its receiver")
+}
+
+// TestStore: the applied config is kept once, privately, and a second one
+// is refused without touching the first.
+func TestStore(t *testing.T) {
+	root := t.TempDir()
+
+	_, err := labconfig.ReadStored(root)
+	require.ErrorIs(t, err, labconfig.ErrNotStored)
+
+	require.NoError(t, labconfig.Store(root, []byte("first")))
+	require.ErrorIs(t, labconfig.Store(root, []byte("second")), labconfig.ErrAlreadyStored)
+
+	got, err := labconfig.ReadStored(root)
+	require.NoError(t, err)
+	require.Equal(t, "first", string(got))
+
+	st, err := os.Stat(filepath.Join(root, labconfig.StoredName))
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), st.Mode().Perm(), "the config holds the machine CA key")
+
+	left, err := filepath.Glob(filepath.Join(root, ".config-*"))
+	require.NoError(t, err)
+	require.Empty(t, left, "no temp file may stay behind")
 }
 
 // TestReadEmbedded builds the extension layout Talos's imager appends

@@ -62,15 +62,23 @@ type Node struct {
 	status nodeapi.Status
 	start  time.Time
 
-	cmdline sysinit.Cmdline
-	name    string
-	efi     efivars.Store
-	esp     *bootentry.ESP
-	tpm     transport.TPMCloser
-	mounts  []string
-	machine *config.Machine
-	parts   []sysinit.Partition
-	disk    string
+	cmdline  sysinit.Cmdline
+	name     string
+	efi      efivars.Store
+	esp      *bootentry.ESP
+	tpm      transport.TPMCloser
+	mounts   []string
+	sb       state.SecureBoot
+	embedded *config.Machine // the image's bootstrap config: add-on manifests only
+	machine  *config.Machine // the applied config (from STATE), with the embedded manifests
+	parts    []sysinit.Partition
+	disk     string
+
+	// stateMounted is set once STATE is unlocked and mounted: only then can
+	// a config be kept. configured is closed when one was applied.
+	stateMounted bool
+	configMu     sync.Mutex
+	configured   chan struct{}
 
 	actions chan action
 	once    sync.Once
@@ -109,7 +117,7 @@ func New(out io.Writer, log *slog.Logger) *Node {
 		log = slog.New(slog.DiscardHandler)
 	}
 
-	return &Node{Out: out, Log: log, start: time.Now(), actions: make(chan action, 1)}
+	return &Node{Out: out, Log: log, start: time.Now(), actions: make(chan action, 1), configured: make(chan struct{})}
 }
 
 func (n *Node) marker(m, details string) {
@@ -201,6 +209,11 @@ func (n *Node) Boot(ctx context.Context) error {
 
 	if unlocked {
 		n.afterUnlock(ctx, vol, keys)
+
+		if err := n.loadConfig(ctx); err != nil {
+			// ctx ended while waiting in maintenance mode
+			return err
+		}
 	}
 
 	apiCheck := n.startAPI(ctx)
@@ -281,12 +294,25 @@ func (n *Node) readSecureBoot() {
 		n.fatal("secureboot", err)
 	}
 
+	n.sb = state.SecureBoot{Enabled: sb, SetupMode: sm, WantDB: n.cmdline[sysinit.ParamDB]}
+	n.sb.DB, n.sb.DBErr = n.efi.DBCertificates()
+
 	n.update(func(s *nodeapi.Status) { s.SecureBoot, s.SetupMode = sb, sm })
 	n.marker(nodeapi.MarkerSecureBoot, fmt.Sprintf("enabled=%t setupmode=%t", sb, sm))
 }
 
+// readConfig reads the image's embedded bootstrap config. It may carry
+// add-on manifests and nothing else labos uses: a machine identity (a
+// v1alpha1 document) in an image would be readable from the unencrypted
+// ESP, so labos ignores one and says so.
 func (n *Node) readConfig() {
 	data, err := config.ReadEmbedded("/")
+	if errors.Is(err, config.ErrNotEmbedded) {
+		n.embedded = &config.Machine{}
+
+		return
+	}
+
 	if err != nil {
 		n.fatal("config", err)
 
@@ -300,7 +326,11 @@ func (n *Node) readConfig() {
 		return
 	}
 
-	n.machine = m
+	if m.HasV1Alpha1 {
+		n.fatal("config", errors.New("the embedded config carries a v1alpha1 document (machine secrets); ignored: the machine config is delivered after boot"))
+	}
+
+	n.embedded = &config.Machine{InlineManifests: m.InlineManifests}
 }
 
 func (n *Node) network() {
@@ -379,7 +409,10 @@ func (n *Node) unlockState(ctx context.Context) (state.Volume, state.Keys, bool)
 		if kerr != nil && len(keys.PCRPublicKey) == 0 {
 			err = kerr
 		} else {
-			vol = state.Volume{Device: p.Device, MapName: StateMapName, MountPoint: StateMount, Crypt: luks.Cryptsetup{}}
+			vol = state.Volume{
+				Device: p.Device, MapName: StateMapName, MountPoint: StateMount, Crypt: luks.Cryptsetup{},
+				SealGate: func() error { return state.CheckSealAllowed(n.sb) },
+			}
 
 			var t transport.TPM
 			if n.tpm != nil {
@@ -393,12 +426,18 @@ func (n *Node) unlockState(ctx context.Context) (state.Volume, state.Keys, bool)
 	if err != nil {
 		reason := state.ReasonOf(err)
 		n.update(func(s *nodeapi.Status) { s.UnlockError = err.Error() })
+
+		if reason == state.ReasonSecureBootOff || reason == state.ReasonSecureBootMode || reason == state.ReasonDBMissing {
+			n.marker(nodeapi.MarkerSealRefused, "reason="+string(reason))
+		}
+
 		n.marker(nodeapi.MarkerUnlockFailed, "reason="+string(reason))
 
 		return vol, keys, false
 	}
 
 	n.mounts = append(n.mounts, StateMount)
+	n.stateMounted = true
 	n.update(func(s *nodeapi.Status) { s.TPMUnlocked, s.StateFormatted = true, res.Formatted })
 
 	if res.Formatted {
@@ -440,12 +479,14 @@ func (n *Node) startAPI(ctx context.Context) nodeapi.Check {
 
 	if n.machine == nil {
 		c.Message = "no machine config: no CA to issue the server certificate"
+		if !n.stateMounted {
+			c.Message += " (STATE is not available to keep one)"
+		}
 
 		return c
 	}
 
-	ips := []net.IP{net.IP(sysinit.DefaultAddress.Addr().AsSlice()), net.ParseIP("127.0.0.1")}
-	dns := []string{"localhost", n.entryName()}
+	ips, dns := n.apiNames()
 
 	for _, san := range n.machine.CertSANs {
 		if ip := net.ParseIP(san); ip != nil {
@@ -506,11 +547,16 @@ func (n *Node) entryName() string {
 }
 
 func (n *Node) addons() ([]nodeapi.Addon, error) {
-	if n.machine == nil {
+	m := n.machine
+	if m == nil {
+		m = n.embedded
+	}
+
+	if m == nil {
 		return nil, errors.New("no machine config")
 	}
 
-	as, err := addons.FromManifests(n.machine.InlineManifests)
+	as, err := addons.FromManifests(m.InlineManifests)
 	if err != nil {
 		return nil, err
 	}

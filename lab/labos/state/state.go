@@ -85,6 +85,10 @@ type Volume struct {
 	MountPoint string // e.g. /var
 	Mkfs       string // mke2fs path; empty means from PATH
 	Crypt      luks.Cryptsetup
+	// SealGate, when set, is asked before a new key is sealed and the
+	// device formatted; its error leaves the device untouched. An existing
+	// volume is still unlocked: there the TPM's PCR 7 policy decides.
+	SealGate func() error
 }
 
 // Keys are the UKI's PCR policy inputs.
@@ -123,13 +127,19 @@ func passphrase(key []byte) []byte {
 // Unlock formats (first boot) or unseals and opens the volume, then mounts it.
 // The caller extends start-the-world right after, whatever the outcome.
 func (v Volume) Unlock(ctx context.Context, tpm transport.TPM, keys Keys) (Result, error) {
-	if tpm == nil {
-		return Result{}, fail(ReasonNoTPM, errors.New("no TPM device"))
-	}
-
 	isLUKS, err := v.Crypt.IsLUKS(ctx, v.Device)
 	if err != nil {
 		return Result{}, fail(ReasonOpen, err)
+	}
+
+	if !isLUKS && v.SealGate != nil {
+		if err := v.SealGate(); err != nil {
+			return Result{}, err
+		}
+	}
+
+	if tpm == nil {
+		return Result{}, fail(ReasonNoTPM, errors.New("no TPM device"))
 	}
 
 	var (

@@ -13,6 +13,9 @@ const (
 	ParamVersion = "labos.version" // image version (the builder sets it; the UKI's .osrel is not visible to the initrd)
 	ParamName    = "labos.name"    // image name, the boot entry prefix (NAME-VERSION.efi)
 	ParamInject  = "labos.inject"  // test injection: "health-fail"
+	// ParamDB is the lowercase hex sha256 of the db certificate the image
+	// was built for; STATE is sealed only while that certificate is in db.
+	ParamDB = "labos.db"
 )
 
 // Cmdline is the parsed kernel command line (last value wins, as the kernel's own parsing does).
