@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -296,6 +297,11 @@ func (vm *VM) waitStatusAt(ctx context.Context) (nodeapi.Status, time.Time, erro
 			}
 		case m == nodeapi.MarkerStatus:
 			st, err := nodeapi.ParseStatus(details)
+			if err == nil && vm.spec.TPM && !st.TPMUnlocked && !vm.TPMAlive() {
+				// without this, a crashed swtpm would pass for a refusal
+				err = fmt.Errorf("%s: swtpm exited during the boot (see %s): the unlock failure %q is not the TPM's refusal",
+					vm.spec.Name, filepath.Join(vm.workDir, "swtpm.log"), st.UnlockError)
+			}
 
 			return st, at, err
 		}

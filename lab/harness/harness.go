@@ -25,11 +25,10 @@ import (
 	"github.com/digitalocean/go-qemu/qmp"
 )
 
-// MaxConcurrentVMs is how many VMs one process runs at once: two is what a
-// 2-core machine carries under TCG.
+// MaxConcurrentVMs is how many VMs run at once on this machine, across
+// all processes (see SlotDirEnv): two is what a 2-core machine carries
+// under TCG.
 const MaxConcurrentVMs = 2
-
-var vmSlots = make(chan struct{}, MaxConcurrentVMs)
 
 // ErrExited is returned by waits when QEMU exits before the awaited output.
 var ErrExited = errors.New("vm exited")
@@ -64,7 +63,7 @@ type VM struct {
 
 	closeOnce sync.Once
 	closeErr  error
-	slot      bool
+	slot      *slot
 }
 
 // Start boots a VM described by spec. It waits for a free slot (at most
@@ -86,13 +85,12 @@ func StartWithLogger(ctx context.Context, spec Spec, log *slog.Logger) (vm *VM, 
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 
-	select {
-	case vmSlots <- struct{}{}:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("starting %s: waiting for a VM slot: %w", spec.Name, ctx.Err())
+	sl, err := acquireSlot(ctx, slotDir())
+	if err != nil {
+		return nil, fmt.Errorf("starting %s: waiting for a VM slot: %w", spec.Name, err)
 	}
 
-	vm = &VM{spec: spec, log: log.With("vm", spec.Name), slot: true, exited: make(chan struct{})}
+	vm = &VM{spec: spec, log: log.With("vm", spec.Name), slot: sl, exited: make(chan struct{})}
 
 	defer func() {
 		if err != nil {
@@ -143,7 +141,7 @@ func (vm *VM) prepare(ctx context.Context) error {
 	}
 
 	if vm.apiPort = vm.spec.APIPort; vm.apiPort == 0 {
-		if vm.apiPort, err = freePort(); err != nil {
+		if vm.apiPort, err = pickPort(); err != nil {
 			return fmt.Errorf("api port: %w", err)
 		}
 	}
@@ -234,6 +232,38 @@ func (vm *VM) launch(ctx context.Context) error {
 		}
 	}
 
+	// The API port was free when picked, but another process may bind it
+	// before QEMU does: QEMU then exits at once, and a new port is tried.
+	for attempt := 1; ; attempt++ {
+		err := vm.startQEMU(ctx)
+		if err == nil {
+			break
+		}
+
+		if vm.spec.APIPort != 0 || attempt >= 5 || !strings.Contains(vm.qemuLogTail(), "host forwarding rule") {
+			return err
+		}
+
+		vm.log.Info("API port taken before QEMU bound it; retrying", "port", vm.apiPort)
+
+		if vm.console != nil {
+			vm.console.stop()
+		}
+
+		if vm.apiPort, err = pickPort(); err != nil {
+			return fmt.Errorf("api port: %w", err)
+		}
+
+		vm.exited = make(chan struct{})
+	}
+
+	vm.log.Info("vm started", "accel", vm.accel, "api", vm.APIEndpoint(), "console", vm.ConsolePath())
+
+	return nil
+}
+
+// startQEMU starts QEMU and connects to its monitor.
+func (vm *VM) startQEMU(ctx context.Context) error {
 	consolePath := vm.ConsolePath()
 	if err := os.WriteFile(consolePath, nil, 0o644); err != nil {
 		return err
@@ -272,8 +302,6 @@ func (vm *VM) launch(ctx context.Context) error {
 	if err := vm.connectQMP(ctx); err != nil {
 		return fmt.Errorf("qmp: %w (qemu.log: %s)", err, vm.qemuLogTail())
 	}
-
-	vm.log.Info("vm started", "accel", vm.accel, "api", vm.APIEndpoint(), "console", consolePath)
 
 	return nil
 }
@@ -409,10 +437,8 @@ func (vm *VM) Close() error {
 			}
 		}
 
-		if vm.slot {
-			<-vmSlots
-			vm.slot = false
-		}
+		vm.slot.release()
+		vm.slot = nil
 
 		vm.closeErr = errors.Join(errs...)
 	})

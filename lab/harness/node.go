@@ -40,10 +40,10 @@ type NodeOptions struct {
 	Detach bool
 	// MachineConfig, RegistryPort, MemoryMiB, Accel, WaitTimeout: as in Spec.
 	MachineConfig []byte
-	RegistryPort int
-	MemoryMiB    int
-	Accel        string
-	WaitTimeout  time.Duration
+	RegistryPort  int
+	MemoryMiB     int
+	Accel         string
+	WaitTimeout   time.Duration
 }
 
 // NodeDir is where a node's state lives.

@@ -59,7 +59,7 @@ func (vm *VM) qemuArgs() []string {
 		"-smp", strconv.Itoa(vm.spec.CPUs),
 		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=" + vm.spec.Code,
 		"-drive", "if=pflash,format=raw,unit=1,file=" + vm.varsPath,
-		"-drive", "if=none,id=d0,format=" + format + ",file=" + vm.diskPath,
+		"-drive", "if=none,id=d0,format=" + format + ",cache=" + vm.spec.DiskCache + ",file=" + vm.diskPath,
 		"-device", "virtio-blk-pci,drive=d0,bootindex=0",
 		"-netdev", netdevArg(vm.apiPort, vm.spec.RegistryPort),
 		"-device", "virtio-net-pci,netdev=n0,romfile=",

@@ -21,6 +21,9 @@ const (
 	AccelAuto = "auto" // KVM if ProbeKVM boots firmware with it, else TCG
 )
 
+// DiskCacheDirectSync is QEMU's cache=directsync (O_DIRECT + O_DSYNC).
+const DiskCacheDirectSync = "directsync"
+
 // Spec describes one VM.
 type Spec struct {
 	// Name labels the VM in errors and logs. Default "vm".
@@ -54,6 +57,11 @@ type Spec struct {
 	CPUs int
 	// Accel is AccelTCG (default), AccelKVM or AccelAuto.
 	Accel string
+	// DiskCache is QEMU's cache mode for the disk. Default
+	// DiskCacheDirectSync: every guest write reaches the disk file before
+	// it completes, so a killed QEMU (a power cut) loses exactly what a
+	// real disk without a flush would, not what the host's page cache held.
+	DiskCache string
 	// MachineConfig is delivered when the node waits in maintenance mode
 	// (its first boot: images carry no machine config), the way
 	// `talosctl apply-config --insecure` does. Empty: waits for a status
@@ -136,5 +144,9 @@ func (s *Spec) setDefaults() {
 
 	if s.WaitTimeout == 0 {
 		s.WaitTimeout = 5 * time.Minute
+	}
+
+	if s.DiskCache == "" {
+		s.DiskCache = DiskCacheDirectSync
 	}
 }

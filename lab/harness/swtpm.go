@@ -120,3 +120,18 @@ func (vm *VM) startSwtpm(ctx context.Context) error {
 		}
 	}
 }
+
+// TPMAlive reports whether the VM's swtpm still runs (false when the VM
+// has no TPM or swtpm exited).
+func (vm *VM) TPMAlive() bool {
+	if vm.swtpmExited == nil {
+		return false
+	}
+
+	select {
+	case <-vm.swtpmExited:
+		return false
+	default:
+		return true
+	}
+}

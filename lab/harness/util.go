@@ -27,6 +27,10 @@ func copyFile(src, dst string, mode os.FileMode) error {
 	return out.Close()
 }
 
+// pickPort is how the harness picks API ports; tests replace it to make
+// QEMU lose the race for a port.
+var pickPort = freePort
+
 // freePort asks the kernel for a free TCP port on 127.0.0.1. Another
 // process could take it before QEMU binds it; QEMU then fails to start and
 // says so in qemu.log.
