@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -28,6 +29,45 @@ const LoaderConf = "loader/loader.conf"
 
 // DefaultTries is the boot counter a new entry starts with.
 const DefaultTries = 3
+
+// LabelPattern is what an image name and an image version must match
+// before either becomes part of a file name, loader.conf or a console
+// line: no path separator, no NUL or newline, no glob character, and no
+// '+' (it would be read as a boot counter).
+const LabelPattern = `^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`
+
+// ErrInvalidLabel is wrapped by every label and entry name refusal.
+var ErrInvalidLabel = errors.New("invalid label")
+
+var (
+	labelRe = regexp.MustCompile(LabelPattern)
+	// an entry's base is NAME-VERSION, two labels joined by '-'
+	baseRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,126}$`)
+	// loader.conf default: an entry id or a NAME-* glob
+	defaultRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._*-]{0,130}$`)
+)
+
+// quoteShort quotes a rejected value for an error message, cut so a huge
+// label cannot flood the console, and escaped so it cannot add lines.
+func quoteShort(v string) string {
+	const max = 80
+	if len(v) > max {
+		return fmt.Sprintf("%q...", v[:max])
+	}
+
+	return fmt.Sprintf("%q", v)
+}
+
+// ValidateLabel checks an image name or version; field names it in the
+// error (e.g. "label org.labfleet.version").
+func ValidateLabel(field, value string) error {
+	if !labelRe.MatchString(value) || strings.Contains(value, "..") {
+		return fmt.Errorf("%s %s: must match %s (letters, digits, '.', '_', '-'; at most 63 characters; no \"..\"): %w",
+			field, quoteShort(value), LabelPattern, ErrInvalidLabel)
+	}
+
+	return nil
+}
 
 // Entry is one UKI file name parsed for its boot counter.
 type Entry struct {
@@ -48,37 +88,63 @@ func (e Entry) Blessed() bool { return !e.Counted }
 // Bad reports whether systemd-boot has given up on the entry.
 func (e Entry) Bad() bool { return e.Counted && e.Left == 0 }
 
-// Parse splits a file name into base and counter.
+// maxCounter bounds a boot counter's digits: systemd-boot writes small
+// numbers, and a bound keeps Atoi from overflowing on a crafted name.
+const maxCounter = 6
+
+// Parse splits a file name BASE[+LEFT[-DONE]].efi into base and counter.
+// The base must be two labels' worth of [A-Za-z0-9._-] with no "..", and
+// a '+' is only accepted as the start of a well-formed counter: a name
+// such as "lab+x.efi" is refused, since boot counting could not tell its
+// base from a counter.
 func Parse(file string) (Entry, error) {
 	if !strings.HasSuffix(strings.ToLower(file), ".efi") {
-		return Entry{}, fmt.Errorf("parsing boot entry %q: not a .efi file", file)
+		return Entry{}, fmt.Errorf("parsing boot entry %s: not a .efi file: %w", quoteShort(file), ErrInvalidLabel)
 	}
 
 	stem := file[:len(file)-len(".efi")]
 	e := Entry{File: file, Base: stem}
 
-	i := strings.LastIndexByte(stem, '+')
-	if i < 0 {
-		return e, nil
+	if i := strings.IndexByte(stem, '+'); i >= 0 {
+		left, done, hasDone := strings.Cut(stem[i+1:], "-")
+
+		l, ok := counter(left)
+		d := 0
+
+		if ok && hasDone {
+			d, ok = counter(done)
+		}
+
+		if !ok {
+			return Entry{}, fmt.Errorf("parsing boot entry %s: '+' must start a counter +LEFT[-DONE] of at most %d digits each: %w",
+				quoteShort(file), maxCounter, ErrInvalidLabel)
+		}
+
+		e.Base, e.Counted, e.Left, e.Done = stem[:i], true, l, d
 	}
 
-	left, done, hasDone := strings.Cut(stem[i+1:], "-")
-
-	l, err := strconv.Atoi(left)
-	if err != nil || l < 0 {
-		return e, nil // a '+' that is not a counter belongs to the name
+	if !baseRe.MatchString(e.Base) || strings.Contains(e.Base, "..") {
+		return Entry{}, fmt.Errorf("parsing boot entry %s: name must match %s with no \"..\": %w",
+			quoteShort(file), baseRe, ErrInvalidLabel)
 	}
 
-	d := 0
-	if hasDone {
-		if d, err = strconv.Atoi(done); err != nil || d < 0 {
-			return e, nil
+	return e, nil
+}
+
+func counter(s string) (int, bool) {
+	if s == "" || len(s) > maxCounter {
+		return 0, false
+	}
+
+	for i := range len(s) {
+		if !isDigit(s[i]) {
+			return 0, false
 		}
 	}
 
-	e.Base, e.Counted, e.Left, e.Done = stem[:i], true, l, d
+	n, err := strconv.Atoi(s)
 
-	return e, nil
+	return n, err == nil
 }
 
 // ESP is a mounted EFI system partition.
@@ -226,6 +292,10 @@ func (p ESP) Default() (string, error) {
 // Pin an exact id only for a blessed entry: an exact default naming an
 // unblessed entry makes systemd-boot boot it even after it went bad.
 func (p ESP) SetDefault(value string) error {
+	if !defaultRe.MatchString(value) || strings.Contains(value, "..") {
+		return fmt.Errorf("setting loader.conf default %s: must match %s: %w", quoteShort(value), defaultRe, ErrInvalidLabel)
+	}
+
 	b, err := os.ReadFile(p.path(LoaderConf))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("reading loader.conf: %w", err)
@@ -274,6 +344,14 @@ func EntryFile(name, version string) string {
 // Install writes a new entry NAME-VERSION+3.efi from r (temp file, fsync,
 // rename) after removing any other file of the same entry, and returns it.
 func (p ESP) Install(name, version string, r io.Reader) (Entry, error) {
+	if err := ValidateLabel("image name", name); err != nil {
+		return Entry{}, fmt.Errorf("installing boot entry: %w", err)
+	}
+
+	if err := ValidateLabel("image version", version); err != nil {
+		return Entry{}, fmt.Errorf("installing boot entry: %w", err)
+	}
+
 	base := name + "-" + version
 	e := Entry{File: EntryFile(name, version), Base: base, Counted: true, Left: DefaultTries}
 

@@ -84,6 +84,16 @@ func FromImage(img v1.Image) (*Image, error) {
 		return nil, fmt.Errorf("installer image lacks labels %s and %s", LabelName, LabelVersion)
 	}
 
+	// the labels become a file name on the ESP, loader.conf's default and
+	// console text: check them before anything else uses them
+	if err := bootentry.ValidateLabel("installer image label "+LabelName, out.Name); err != nil {
+		return nil, err
+	}
+
+	if err := bootentry.ValidateLabel("installer image label "+LabelVersion, out.Version); err != nil {
+		return nil, err
+	}
+
 	layers, err := img.Layers()
 	if err != nil {
 		return nil, fmt.Errorf("reading image layers: %w", err)
@@ -161,6 +171,15 @@ func Verify(uki []byte, certs []*x509.Certificate) error {
 // onWrite, when set, is called with the entry file name after verification,
 // just before the ESP is touched (labos announces it on the console).
 func Install(esp bootentry.ESP, img *Image, certs []*x509.Certificate, onWrite func(file string)) (bootentry.Entry, error) {
+	// an Image built by hand (not by FromImage) gets the same checks
+	if err := bootentry.ValidateLabel("image name", img.Name); err != nil {
+		return bootentry.Entry{}, err
+	}
+
+	if err := bootentry.ValidateLabel("image version", img.Version); err != nil {
+		return bootentry.Entry{}, err
+	}
+
 	if err := Verify(img.UKI, certs); err != nil {
 		return bootentry.Entry{}, err
 	}

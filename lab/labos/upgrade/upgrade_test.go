@@ -5,10 +5,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"io/fs"
 	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -147,6 +149,79 @@ func TestPullVerifyInstall(t *testing.T) {
 			d, err := esp.Default()
 			require.NoError(t, err)
 			require.Equal(t, "lab-*", d, "the default stays a glob until the new entry is blessed")
+		})
+	}
+}
+
+// Labels come from whoever built the installer image: they must not reach
+// a path outside EFI/Linux, add lines to loader.conf, or anything else.
+func TestHostileLabels(t *testing.T) {
+	pe := testpki.UnsignedPE(t)
+	db := testpki.NewSigner(t, "lab db")
+	uki := db.Sign(t, pe)
+
+	cases := []struct {
+		name    string
+		labels  map[string]string
+		wantErr string
+	}{
+		{name: "version escapes the ESP", labels: map[string]string{upgrade.LabelName: "lab", upgrade.LabelVersion: "x/../../../../outside/pwned"},
+			wantErr: `label org.labfleet.version "x/../../../../outside/pwned"`},
+		{name: "name adds a loader.conf line", labels: map[string]string{upgrade.LabelName: "lab\nsecure-boot-enroll force", upgrade.LabelVersion: "1.1.0"},
+			wantErr: `label org.labfleet.name "lab\nsecure-boot-enroll force"`},
+		{name: "name with a glob", labels: map[string]string{upgrade.LabelName: "*", upgrade.LabelVersion: "1.1.0"},
+			wantErr: "label org.labfleet.name"},
+		{name: "version with a boot counter", labels: map[string]string{upgrade.LabelName: "lab", upgrade.LabelVersion: "1.1.0+0-3"},
+			wantErr: "label org.labfleet.version"},
+		{name: "version with NUL", labels: map[string]string{upgrade.LabelName: "lab", upgrade.LabelVersion: "1.1\x00"},
+			wantErr: "label org.labfleet.version"},
+		{name: "dot dot", labels: map[string]string{upgrade.LabelName: "lab", upgrade.LabelVersion: "1..2"},
+			wantErr: "label org.labfleet.version"},
+		{name: "backslash", labels: map[string]string{upgrade.LabelName: `lab\x`, upgrade.LabelVersion: "1.2"},
+			wantErr: "label org.labfleet.name"},
+		{name: "too long", labels: map[string]string{upgrade.LabelName: "lab", upgrade.LabelVersion: strings.Repeat("1", 64)},
+			wantErr: "label org.labfleet.version"},
+	}
+
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			parent := t.TempDir()
+			espRoot := filepath.Join(parent, "a", "b", "c", "esp")
+			require.NoError(t, os.MkdirAll(filepath.Join(parent, "a", "b", "c", "outside"), 0o755))
+			require.NoError(t, os.MkdirAll(filepath.Join(espRoot, "EFI/Linux"), 0o755))
+			require.NoError(t, os.MkdirAll(filepath.Join(espRoot, "loader"), 0o755))
+			require.NoError(t, os.WriteFile(filepath.Join(espRoot, "EFI/Linux/lab-1.0.0.efi"), []byte("v1"), 0o644))
+			conf := "secure-boot-enroll if-safe\ntimeout 0\ndefault lab-1.0.0.efi\n"
+			require.NoError(t, os.WriteFile(filepath.Join(espRoot, "loader/loader.conf"), []byte(conf), 0o644))
+			esp := bootentry.ESP{Root: espRoot}
+
+			img := installerImage(t, uki, tc.labels)
+
+			var err error
+
+			pulled, err := upgrade.FromImage(img)
+			if err == nil {
+				_, err = upgrade.Install(esp, pulled, []*x509.Certificate{db.Cert}, nil)
+			}
+
+			require.ErrorContains(t, err, tc.wantErr)
+			require.ErrorContains(t, err, "must match")
+
+			// nothing written anywhere under the test's tree but the ESP as it was
+			var files []string
+			require.NoError(t, filepath.WalkDir(parent, func(p string, d fs.DirEntry, err error) error {
+				if err == nil && !d.IsDir() {
+					rel, _ := filepath.Rel(parent, p)
+					files = append(files, rel)
+				}
+
+				return err
+			}))
+			require.ElementsMatch(t, []string{"a/b/c/esp/EFI/Linux/lab-1.0.0.efi", "a/b/c/esp/loader/loader.conf"}, files)
+
+			got, err := os.ReadFile(filepath.Join(espRoot, "loader/loader.conf"))
+			require.NoError(t, err)
+			require.Equal(t, conf, string(got))
 		})
 	}
 }
