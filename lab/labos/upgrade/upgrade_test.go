@@ -4,7 +4,9 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/x509"
+	"encoding/hex"
 	"io/fs"
 	"net/http/httptest"
 	"net/url"
@@ -13,6 +15,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/foxboron/go-uefi/authenticode"
+	"github.com/foxboron/go-uefi/efi/signature"
+	"github.com/foxboron/go-uefi/efi/util"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -23,6 +28,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/labfleet/labfleet/lab/labos/bootentry"
+	"github.com/labfleet/labfleet/lab/labos/bootentry/espfake"
+	"github.com/labfleet/labfleet/lab/labos/efivars"
 	"github.com/labfleet/labfleet/lab/labos/internal/testpki"
 	"github.com/labfleet/labfleet/lab/labos/upgrade"
 )
@@ -222,6 +229,84 @@ func TestHostileLabels(t *testing.T) {
 			got, err := os.ReadFile(filepath.Join(espRoot, "loader/loader.conf"))
 			require.NoError(t, err)
 			require.Equal(t, conf, string(got))
+		})
+	}
+}
+
+// dbx overrides db, as in firmware: a UKI whose signer or whose
+// Authenticode hash is in dbx is refused before the ESP is touched.
+func TestVerifyDBX(t *testing.T) {
+	pe := testpki.UnsignedPE(t)
+	db := testpki.NewSigner(t, "lab db")
+	revoked := testpki.NewSigner(t, "revoked db key")
+	other := testpki.NewSigner(t, "other")
+
+	uki := db.Sign(t, pe)
+	revokedUKI := revoked.Sign(t, pe)
+
+	parsed, err := authenticode.Parse(bytes.NewReader(uki))
+	require.NoError(t, err)
+	ukiHash := parsed.Hash(crypto.SHA256)
+
+	owner := *util.StringToGUID("11111111-2222-3333-4444-555555555555")
+	dbx := func(t *testing.T, certs []*x509.Certificate, hashes ...[]byte) efivars.Forbidden {
+		t.Helper()
+
+		// built and parsed as firmware would hold it, so the test covers
+		// efivars' decoding of go-uefi signature lists too
+		sdb := signature.NewSignatureDatabase()
+		for _, c := range certs {
+			require.NoError(t, sdb.Append(signature.CERT_X509_GUID, owner, c.Raw))
+		}
+
+		for _, h := range hashes {
+			require.NoError(t, sdb.Append(signature.CERT_SHA256_GUID, owner, h))
+		}
+
+		f, err := efivars.ParseForbidden(sdb.Bytes())
+		require.NoError(t, err)
+
+		return f
+	}
+
+	cases := []struct {
+		name    string
+		uki     []byte
+		trust   upgrade.Trust
+		wantErr string
+	}{
+		{name: "empty dbx", uki: uki, trust: upgrade.Trust{DB: []*x509.Certificate{db.Cert}}},
+		{name: "unrelated dbx entries", uki: uki, trust: upgrade.Trust{DB: []*x509.Certificate{db.Cert},
+			DBX: dbx(t, []*x509.Certificate{other.Cert}, make([]byte, 32))}},
+		{name: "signer in dbx", uki: revokedUKI, trust: upgrade.Trust{DB: []*x509.Certificate{db.Cert, revoked.Cert},
+			DBX: dbx(t, []*x509.Certificate{revoked.Cert})}, wantErr: `signed by "CN=revoked db key", a certificate in dbx`},
+		{name: "image hash in dbx", uki: uki, trust: upgrade.Trust{DB: []*x509.Certificate{db.Cert},
+			DBX: dbx(t, nil, ukiHash)}, wantErr: "Authenticode sha256 " + hex.EncodeToString(ukiHash) + " is in dbx"},
+		{name: "in dbx and not in db", uki: revokedUKI, trust: upgrade.Trust{DB: []*x509.Certificate{db.Cert},
+			DBX: dbx(t, []*x509.Certificate{revoked.Cert})}, wantErr: "in dbx"},
+	}
+
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.trust.Verify(tc.uki)
+			if tc.wantErr == "" {
+				require.NoError(t, err)
+
+				return
+			}
+
+			require.ErrorIs(t, err, upgrade.ErrForbidden)
+			require.ErrorContains(t, err, tc.wantErr)
+
+			// and through the install path: nothing written, default kept
+			esp := newESP(t)
+			_, err = upgrade.InstallImage(esp, &upgrade.Image{Name: "lab", Version: "1.1.0", UKI: tc.uki}, upgrade.Options{Trust: tc.trust})
+			require.ErrorContains(t, err, tc.wantErr)
+			require.Equal(t, []string{"lab-1.0.0.efi"}, espfake.Names(t, esp))
+
+			d, err := esp.Default()
+			require.NoError(t, err)
+			require.Equal(t, "lab-1.0.0.efi", d)
 		})
 	}
 }
