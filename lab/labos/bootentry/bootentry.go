@@ -150,6 +150,9 @@ func counter(s string) (int, bool) {
 // ESP is a mounted EFI system partition.
 type ESP struct {
 	Root string // mount point
+	// FreeSpace, when set, replaces statfs for Install's space check
+	// (tests of a small ESP without mounting one).
+	FreeSpace func() (int64, error)
 }
 
 func (p ESP) path(rel string) string { return filepath.Join(p.Root, filepath.FromSlash(rel)) }
@@ -201,6 +204,9 @@ func (p ESP) Failed() ([]string, error) {
 }
 
 func (p ESP) rename(from, to string) error {
+	espMu.Lock()
+	defer espMu.Unlock()
+
 	if err := os.Rename(p.path(Dir+"/"+from), p.path(Dir+"/"+to)); err != nil {
 		return fmt.Errorf("renaming boot entry: %w", err)
 	}
@@ -341,9 +347,19 @@ func EntryFile(name, version string) string {
 	return fmt.Sprintf("%s-%s+%d.efi", name, version, DefaultTries)
 }
 
-// Install writes a new entry NAME-VERSION+3.efi from r (temp file, fsync,
-// rename) after removing any other file of the same entry, and returns it.
+// Install is InstallWith without knowing the running entry.
 func (p ESP) Install(name, version string, r io.Reader) (Entry, error) {
+	return p.InstallWith(name, version, r, InstallOptions{})
+}
+
+// InstallWith writes a new entry NAME-VERSION+3.efi from r (temp file,
+// fsync, rename) and returns it. Before writing it makes room: it keeps
+// the running entry, the previous blessed one, an entry loader.conf's
+// default names exactly and the new one, and removes older entries of
+// NAME and temp files a lost write left behind. If the entry would not
+// fit even then (free + reclaimable < size + SpaceMargin), nothing is
+// removed and the error wraps ErrNoSpace.
+func (p ESP) InstallWith(name, version string, r io.Reader, opts InstallOptions) (Entry, error) {
 	if err := ValidateLabel("image name", name); err != nil {
 		return Entry{}, fmt.Errorf("installing boot entry: %w", err)
 	}
@@ -355,11 +371,51 @@ func (p ESP) Install(name, version string, r io.Reader) (Entry, error) {
 	base := name + "-" + version
 	e := Entry{File: EntryFile(name, version), Base: base, Counted: true, Left: DefaultTries}
 
+	r, size, err := readerSize(r)
+	if err != nil {
+		return Entry{}, fmt.Errorf("installing %s: reading the UKI: %w", e.File, err)
+	}
+
+	espMu.Lock()
+	defer espMu.Unlock()
+
 	if err := os.MkdirAll(p.path(Dir), 0o755); err != nil {
 		return Entry{}, fmt.Errorf("installing boot entry: %w", err)
 	}
 
-	if err := WriteFileAtomic(p.path(Dir+"/"+e.File), r); err != nil {
+	pl, err := p.planInstall(name, e, opts.Booted)
+	if err != nil {
+		return Entry{}, fmt.Errorf("installing %s: %w", e.File, err)
+	}
+
+	free, err := p.free()
+	if err != nil {
+		return Entry{}, fmt.Errorf("installing %s: %w", e.File, err)
+	}
+
+	if need := size + SpaceMargin; free+pl.freed < need {
+		return Entry{}, fmt.Errorf("installing %s: needs %d KiB (%d KiB entry + %d KiB margin) but the ESP has %d KiB free "+
+			"and %d KiB reclaimable; kept %s: %w",
+			e.File, need>>10, size>>10, SpaceMargin>>10, free>>10, pl.freed>>10, pl.kept(), ErrNoSpace)
+	}
+
+	if opts.BeforeWrite != nil {
+		opts.BeforeWrite(e.File)
+	}
+
+	for _, rel := range pl.remove {
+		if err := os.Remove(p.path(rel)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return Entry{}, fmt.Errorf("installing %s: pruning %s: %w", e.File, rel, err)
+		}
+	}
+
+	if len(pl.remove) > 0 {
+		if err := syncDir(p.path(Dir)); err != nil {
+			return Entry{}, fmt.Errorf("installing %s: %w", e.File, err)
+		}
+	}
+
+	if err := writeFileAtomic(p.path(Dir+"/"+e.File), r); err != nil {
 		return Entry{}, fmt.Errorf("installing boot entry: %w", err)
 	}
 
@@ -368,6 +424,8 @@ func (p ESP) Install(name, version string, r io.Reader) (Entry, error) {
 		return Entry{}, err
 	}
 
+	// another file of the same version (e.g. the running one when the
+	// same version is installed again) goes only once the new one is in
 	for _, old := range es {
 		if old.Base == base && old.File != e.File {
 			if err := os.Remove(p.path(Dir + "/" + old.File)); err != nil {
@@ -383,7 +441,14 @@ func (p ESP) Install(name, version string, r io.Reader) (Entry, error) {
 // directory, fsyncs it and renames it into place, so a crash leaves either
 // the old or the new file (FAT has no journal to help).
 func WriteFileAtomic(path string, r io.Reader) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	espMu.Lock()
+	defer espMu.Unlock()
+
+	return writeFileAtomic(path, r)
+}
+
+func writeFileAtomic(path string, r io.Reader) error {
+	f, err := os.CreateTemp(filepath.Dir(path), tmpPrefix+"*")
 	if err != nil {
 		return err
 	}

@@ -202,9 +202,13 @@ func Verify(uki []byte, certs []*x509.Certificate) error {
 // Options are InstallImage's inputs besides the image.
 type Options struct {
 	Trust Trust
+	// Booted is the running entry (LoaderEntrySelected); housekeeping
+	// keeps it, the previous blessed entry and the new one, and prunes
+	// older entries of the image's name (bootentry.ESP.InstallWith).
+	Booted string
 	// OnWrite, when set, is called with the entry file name after
-	// verification, just before the ESP is touched (labos announces it on
-	// the console).
+	// verification and the space check, just before the ESP is touched
+	// (labos announces it on the console).
 	OnWrite func(file string)
 }
 
@@ -215,7 +219,8 @@ func Install(esp bootentry.ESP, img *Image, certs []*x509.Certificate, onWrite f
 	return InstallImage(esp, img, Options{Trust: Trust{DB: certs}, OnWrite: onWrite})
 }
 
-// InstallImage verifies img against db and dbx and writes it to the ESP as
+// InstallImage verifies img against db and dbx, makes room on the ESP
+// (refusing with bootentry.ErrNoSpace when it cannot) and writes it as
 // NAME-VERSION+3.efi, then points loader.conf's default at the NAME-* glob
 // so systemd-boot picks the newest entry while it is still counting, and
 // falls back if it goes bad.
@@ -233,11 +238,8 @@ func InstallImage(esp bootentry.ESP, img *Image, opts Options) (bootentry.Entry,
 		return bootentry.Entry{}, err
 	}
 
-	if opts.OnWrite != nil {
-		opts.OnWrite(bootentry.EntryFile(img.Name, img.Version))
-	}
-
-	e, err := esp.Install(img.Name, img.Version, bytes.NewReader(img.UKI))
+	e, err := esp.InstallWith(img.Name, img.Version, bytes.NewReader(img.UKI),
+		bootentry.InstallOptions{Booted: opts.Booted, BeforeWrite: opts.OnWrite})
 	if err != nil {
 		return bootentry.Entry{}, err
 	}

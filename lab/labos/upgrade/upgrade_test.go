@@ -7,6 +7,7 @@ import (
 	"crypto"
 	"crypto/x509"
 	"encoding/hex"
+	"fmt"
 	"io/fs"
 	"net/http/httptest"
 	"net/url"
@@ -309,4 +310,49 @@ func TestVerifyDBX(t *testing.T) {
 			require.Equal(t, "lab-1.0.0.efi", d)
 		})
 	}
+}
+
+// Six upgrades through the node's install path on an ESP with room for
+// four UKIs: housekeeping keeps running + previous + new, and an upgrade
+// that cannot fit is refused before the console announces a write.
+func TestUpgradesKeepTheESPSmall(t *testing.T) {
+	pe := testpki.UnsignedPE(t)
+	db := testpki.NewSigner(t, "lab db")
+	uki := db.Sign(t, pe)
+	size := int64(len(uki))
+
+	esp := espfake.WithCapacity(espfake.New(t, "lab-1.0.0.efi"), 4*size+bootentry.SpaceMargin+size/2)
+	trust := upgrade.Trust{DB: []*x509.Certificate{db.Cert}}
+	booted := "lab-1.0.0.efi"
+
+	for i := 1; i <= 6; i++ {
+		v := fmt.Sprintf("1.%d.0", i)
+
+		var announced []string
+
+		e, err := upgrade.InstallImage(esp, &upgrade.Image{Name: "lab", Version: v, UKI: uki},
+			upgrade.Options{Trust: trust, Booted: booted, OnWrite: func(f string) { announced = append(announced, f) }})
+		require.NoError(t, err, "upgrade %d", i)
+		require.Equal(t, []string{e.File}, announced)
+
+		blessed, err := esp.Bless(e.File)
+		require.NoError(t, err)
+		require.NoError(t, esp.SetDefault(blessed.ID()))
+
+		booted = blessed.ID()
+	}
+
+	require.Equal(t, []string{"lab-1.4.0.efi", "lab-1.5.0.efi", "lab-1.6.0.efi"}, espfake.Names(t, esp))
+
+	// an ESP too small for running + previous + new
+	tight := espfake.WithCapacity(espfake.New(t), 2*size+bootentry.SpaceMargin)
+	espfake.Put(t, tight, "lab-1.0.0.efi", int(size))
+	espfake.Put(t, tight, "lab-1.1.0.efi", int(size))
+
+	called := false
+	_, err := upgrade.InstallImage(tight, &upgrade.Image{Name: "lab", Version: "1.2.0", UKI: uki},
+		upgrade.Options{Trust: trust, Booted: "lab-1.1.0.efi", OnWrite: func(string) { called = true }})
+	require.ErrorIs(t, err, bootentry.ErrNoSpace)
+	require.False(t, called, "no write announced")
+	require.Equal(t, []string{"lab-1.0.0.efi", "lab-1.1.0.efi"}, espfake.Names(t, tight))
 }
