@@ -32,6 +32,10 @@ const (
 	LabelVersion = "org.labfleet.version"
 )
 
+// MaxUKISize bounds the UKI read from a layer: it is held in memory by
+// PID 1 and must fit on the ESP next to two other entries.
+const MaxUKISize = 128 << 20
+
 // Verification refusals.
 var (
 	// ErrSignature means the UKI is not signed by any db certificate.
@@ -140,7 +144,11 @@ func findInLayer(l v1.Layer, p string) ([]byte, error) {
 		}
 
 		if h.Typeflag == tar.TypeReg && (h.Name == p || h.Name == "./"+p || h.Name == "/"+p) {
-			b, err := io.ReadAll(tr)
+			if h.Size > MaxUKISize {
+				return nil, fmt.Errorf("reading %s: %d bytes, more than the %d a UKI may have", p, h.Size, MaxUKISize)
+			}
+
+			b, err := io.ReadAll(io.LimitReader(tr, MaxUKISize))
 			if err != nil {
 				return nil, fmt.Errorf("reading %s: %w", p, err)
 			}

@@ -25,7 +25,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/stretchr/testify/require"
 
 	"github.com/labfleet/labfleet/lab/labos/bootentry"
@@ -355,4 +357,29 @@ func TestUpgradesKeepTheESPSmall(t *testing.T) {
 	require.ErrorIs(t, err, bootentry.ErrNoSpace)
 	require.False(t, called, "no write announced")
 	require.Equal(t, []string{"lab-1.0.0.efi", "lab-1.1.0.efi"}, espfake.Names(t, tight))
+}
+
+// A layer that claims a huge uki.efi is refused before it is read into
+// PID 1's memory.
+func TestOversizedUKI(t *testing.T) {
+	var buf bytes.Buffer
+
+	tw := tar.NewWriter(&buf)
+	require.NoError(t, tw.WriteHeader(&tar.Header{Name: upgrade.UKIPath, Typeflag: tar.TypeReg, Mode: 0o644, Size: upgrade.MaxUKISize + 1}))
+	// no body: the header alone must be enough to refuse
+
+	layer := static.NewLayer(append(buf.Bytes(), make([]byte, 1024)...), types.OCIUncompressedLayer)
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	require.NoError(t, err)
+
+	cf, err := img.ConfigFile()
+	require.NoError(t, err)
+
+	cf = cf.DeepCopy()
+	cf.Config.Labels = map[string]string{upgrade.LabelName: "lab", upgrade.LabelVersion: "1.1.0"}
+	img, err = mutate.ConfigFile(img, cf)
+	require.NoError(t, err)
+
+	_, err = upgrade.FromImage(img)
+	require.ErrorContains(t, err, "more than the 134217728 a UKI may have")
 }
