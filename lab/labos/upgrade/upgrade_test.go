@@ -272,16 +272,31 @@ func TestVerifyDBX(t *testing.T) {
 		return f
 	}
 
+	// db as firmware holds it: a go-uefi signature list read back by efivars
+	dbList := func(t *testing.T, certs ...*x509.Certificate) []*x509.Certificate {
+		t.Helper()
+
+		sdb := signature.NewSignatureDatabase()
+		for _, c := range certs {
+			require.NoError(t, sdb.Append(signature.CERT_X509_GUID, owner, c.Raw))
+		}
+
+		out, err := efivars.ParseCertificates(sdb.Bytes())
+		require.NoError(t, err)
+
+		return out
+	}
+
 	cases := []struct {
 		name    string
 		uki     []byte
 		trust   upgrade.Trust
 		wantErr string
 	}{
-		{name: "empty dbx", uki: uki, trust: upgrade.Trust{DB: []*x509.Certificate{db.Cert}}},
+		{name: "empty dbx", uki: uki, trust: upgrade.Trust{DB: dbList(t, db.Cert)}},
 		{name: "unrelated dbx entries", uki: uki, trust: upgrade.Trust{DB: []*x509.Certificate{db.Cert},
 			DBX: dbx(t, []*x509.Certificate{other.Cert}, make([]byte, 32))}},
-		{name: "signer in dbx", uki: revokedUKI, trust: upgrade.Trust{DB: []*x509.Certificate{db.Cert, revoked.Cert},
+		{name: "signer in dbx", uki: revokedUKI, trust: upgrade.Trust{DB: dbList(t, db.Cert, revoked.Cert),
 			DBX: dbx(t, []*x509.Certificate{revoked.Cert})}, wantErr: `signed by "CN=revoked db key", a certificate in dbx`},
 		{name: "image hash in dbx", uki: uki, trust: upgrade.Trust{DB: []*x509.Certificate{db.Cert},
 			DBX: dbx(t, nil, ukiHash)}, wantErr: "Authenticode sha256 " + hex.EncodeToString(ukiHash) + " is in dbx"},
