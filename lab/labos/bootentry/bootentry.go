@@ -50,9 +50,9 @@ var (
 // quoteShort quotes a rejected value for an error message, cut so a huge
 // label cannot flood the console, and escaped so it cannot add lines.
 func quoteShort(v string) string {
-	const max = 80
-	if len(v) > max {
-		return fmt.Sprintf("%q...", v[:max])
+	const shown = 80
+	if len(v) > shown {
+		return fmt.Sprintf("%q...", v[:shown])
 	}
 
 	return fmt.Sprintf("%q", v)
