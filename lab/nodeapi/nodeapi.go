@@ -11,7 +11,10 @@ package nodeapi
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 const (
@@ -108,13 +111,63 @@ type Status struct {
 	UptimeSeconds           float64  `json:"uptimeSeconds"`
 }
 
-// FormatMarker renders a console marker line (without newline).
+// FormatMarker renders a console marker line (without newline). Details
+// often carry text a client chose (image labels, error messages), so every
+// control character (newline, CR, ESC, NUL, C1 controls, Unicode line and
+// paragraph separators) and every invalid UTF-8 byte is written as a Go
+// escape (\n, \x1b, \u2028): whatever the details hold, the result is one
+// line and cannot start a forged marker line. Printable text, backslashes
+// included, is left alone so JSON details (which json.Marshal never emits
+// with raw control characters) still decode.
 func FormatMarker(marker, details string) string {
 	if details == "" {
-		return MarkerPrefix + marker
+		return MarkerPrefix + EscapeConsole(marker)
 	}
 
-	return MarkerPrefix + marker + " " + details
+	return MarkerPrefix + EscapeConsole(marker) + " " + EscapeConsole(details)
+}
+
+// EscapeConsole makes s safe to print inside one console line (see
+// FormatMarker).
+func EscapeConsole(s string) string {
+	clean := true
+
+	for _, r := range s {
+		if mustEscape(r) {
+			clean = false
+
+			break
+		}
+	}
+
+	if clean {
+		return s
+	}
+
+	var b strings.Builder
+
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+
+		switch {
+		case r == utf8.RuneError && size == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case mustEscape(r):
+			// strconv.QuoteRune gives \n, \t, \x1b, \u2028 ...; drop its quotes
+			q := strconv.QuoteRuneToASCII(r)
+			b.WriteString(q[1 : len(q)-1])
+		default:
+			b.WriteString(s[i : i+size])
+		}
+
+		i += size
+	}
+
+	return b.String()
+}
+
+func mustEscape(r rune) bool {
+	return r == utf8.RuneError || unicode.IsControl(r) || r == '\u2028' || r == '\u2029'
 }
 
 // ParseMarker splits a console line into marker and details; ok is false for

@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -28,6 +29,45 @@ const LoaderConf = "loader/loader.conf"
 
 // DefaultTries is the boot counter a new entry starts with.
 const DefaultTries = 3
+
+// LabelPattern is what an image name and an image version must match
+// before either becomes part of a file name, loader.conf or a console
+// line: no path separator, no NUL or newline, no glob character, and no
+// '+' (it would be read as a boot counter).
+const LabelPattern = `^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`
+
+// ErrInvalidLabel is wrapped by every label and entry name refusal.
+var ErrInvalidLabel = errors.New("invalid label")
+
+var (
+	labelRe = regexp.MustCompile(LabelPattern)
+	// an entry's base is NAME-VERSION, two labels joined by '-'
+	baseRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,126}$`)
+	// loader.conf default: an entry id or a NAME-* glob
+	defaultRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._*-]{0,130}$`)
+)
+
+// quoteShort quotes a rejected value for an error message, cut so a huge
+// label cannot flood the console, and escaped so it cannot add lines.
+func quoteShort(v string) string {
+	const shown = 80
+	if len(v) > shown {
+		return fmt.Sprintf("%q...", v[:shown])
+	}
+
+	return fmt.Sprintf("%q", v)
+}
+
+// ValidateLabel checks an image name or version; field names it in the
+// error (e.g. "label org.labfleet.version").
+func ValidateLabel(field, value string) error {
+	if !labelRe.MatchString(value) || strings.Contains(value, "..") {
+		return fmt.Errorf("%s %s: must match %s (letters, digits, '.', '_', '-'; at most 63 characters; no \"..\"): %w",
+			field, quoteShort(value), LabelPattern, ErrInvalidLabel)
+	}
+
+	return nil
+}
 
 // Entry is one UKI file name parsed for its boot counter.
 type Entry struct {
@@ -48,42 +88,71 @@ func (e Entry) Blessed() bool { return !e.Counted }
 // Bad reports whether systemd-boot has given up on the entry.
 func (e Entry) Bad() bool { return e.Counted && e.Left == 0 }
 
-// Parse splits a file name into base and counter.
+// maxCounter bounds a boot counter's digits: systemd-boot writes small
+// numbers, and a bound keeps Atoi from overflowing on a crafted name.
+const maxCounter = 6
+
+// Parse splits a file name BASE[+LEFT[-DONE]].efi into base and counter.
+// The base must be two labels' worth of [A-Za-z0-9._-] with no "..", and
+// a '+' is only accepted as the start of a well-formed counter: a name
+// such as "lab+x.efi" is refused, since boot counting could not tell its
+// base from a counter.
 func Parse(file string) (Entry, error) {
 	if !strings.HasSuffix(strings.ToLower(file), ".efi") {
-		return Entry{}, fmt.Errorf("parsing boot entry %q: not a .efi file", file)
+		return Entry{}, fmt.Errorf("parsing boot entry %s: not a .efi file: %w", quoteShort(file), ErrInvalidLabel)
 	}
 
 	stem := file[:len(file)-len(".efi")]
 	e := Entry{File: file, Base: stem}
 
-	i := strings.LastIndexByte(stem, '+')
-	if i < 0 {
-		return e, nil
+	if i := strings.IndexByte(stem, '+'); i >= 0 {
+		left, done, hasDone := strings.Cut(stem[i+1:], "-")
+
+		l, ok := counter(left)
+		d := 0
+
+		if ok && hasDone {
+			d, ok = counter(done)
+		}
+
+		if !ok {
+			return Entry{}, fmt.Errorf("parsing boot entry %s: '+' must start a counter +LEFT[-DONE] of at most %d digits each: %w",
+				quoteShort(file), maxCounter, ErrInvalidLabel)
+		}
+
+		e.Base, e.Counted, e.Left, e.Done = stem[:i], true, l, d
 	}
 
-	left, done, hasDone := strings.Cut(stem[i+1:], "-")
-
-	l, err := strconv.Atoi(left)
-	if err != nil || l < 0 {
-		return e, nil // a '+' that is not a counter belongs to the name
+	if !baseRe.MatchString(e.Base) || strings.Contains(e.Base, "..") {
+		return Entry{}, fmt.Errorf("parsing boot entry %s: name must match %s with no \"..\": %w",
+			quoteShort(file), baseRe, ErrInvalidLabel)
 	}
 
-	d := 0
-	if hasDone {
-		if d, err = strconv.Atoi(done); err != nil || d < 0 {
-			return e, nil
+	return e, nil
+}
+
+func counter(s string) (int, bool) {
+	if s == "" || len(s) > maxCounter {
+		return 0, false
+	}
+
+	for i := range len(s) {
+		if !isDigit(s[i]) {
+			return 0, false
 		}
 	}
 
-	e.Base, e.Counted, e.Left, e.Done = stem[:i], true, l, d
+	n, err := strconv.Atoi(s)
 
-	return e, nil
+	return n, err == nil
 }
 
 // ESP is a mounted EFI system partition.
 type ESP struct {
 	Root string // mount point
+	// FreeSpace, when set, replaces statfs for Install's space check
+	// (tests of a small ESP without mounting one).
+	FreeSpace func() (int64, error)
 }
 
 func (p ESP) path(rel string) string { return filepath.Join(p.Root, filepath.FromSlash(rel)) }
@@ -135,6 +204,9 @@ func (p ESP) Failed() ([]string, error) {
 }
 
 func (p ESP) rename(from, to string) error {
+	espMu.Lock()
+	defer espMu.Unlock()
+
 	if err := os.Rename(p.path(Dir+"/"+from), p.path(Dir+"/"+to)); err != nil {
 		return fmt.Errorf("renaming boot entry: %w", err)
 	}
@@ -226,6 +298,10 @@ func (p ESP) Default() (string, error) {
 // Pin an exact id only for a blessed entry: an exact default naming an
 // unblessed entry makes systemd-boot boot it even after it went bad.
 func (p ESP) SetDefault(value string) error {
+	if !defaultRe.MatchString(value) || strings.Contains(value, "..") {
+		return fmt.Errorf("setting loader.conf default %s: must match %s: %w", quoteShort(value), defaultRe, ErrInvalidLabel)
+	}
+
 	b, err := os.ReadFile(p.path(LoaderConf))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("reading loader.conf: %w", err)
@@ -271,17 +347,75 @@ func EntryFile(name, version string) string {
 	return fmt.Sprintf("%s-%s+%d.efi", name, version, DefaultTries)
 }
 
-// Install writes a new entry NAME-VERSION+3.efi from r (temp file, fsync,
-// rename) after removing any other file of the same entry, and returns it.
+// Install is InstallWith without knowing the running entry.
 func (p ESP) Install(name, version string, r io.Reader) (Entry, error) {
+	return p.InstallWith(name, version, r, InstallOptions{})
+}
+
+// InstallWith writes a new entry NAME-VERSION+3.efi from r (temp file,
+// fsync, rename) and returns it. Before writing it makes room: it keeps
+// the running entry, the previous blessed one, an entry loader.conf's
+// default names exactly and the new one, and removes older entries of
+// NAME and temp files a lost write left behind. If the entry would not
+// fit even then (free + reclaimable < size + SpaceMargin), nothing is
+// removed and the error wraps ErrNoSpace.
+func (p ESP) InstallWith(name, version string, r io.Reader, opts InstallOptions) (Entry, error) {
+	if err := ValidateLabel("image name", name); err != nil {
+		return Entry{}, fmt.Errorf("installing boot entry: %w", err)
+	}
+
+	if err := ValidateLabel("image version", version); err != nil {
+		return Entry{}, fmt.Errorf("installing boot entry: %w", err)
+	}
+
 	base := name + "-" + version
 	e := Entry{File: EntryFile(name, version), Base: base, Counted: true, Left: DefaultTries}
+
+	r, size, err := readerSize(r)
+	if err != nil {
+		return Entry{}, fmt.Errorf("installing %s: reading the UKI: %w", e.File, err)
+	}
+
+	espMu.Lock()
+	defer espMu.Unlock()
 
 	if err := os.MkdirAll(p.path(Dir), 0o755); err != nil {
 		return Entry{}, fmt.Errorf("installing boot entry: %w", err)
 	}
 
-	if err := WriteFileAtomic(p.path(Dir+"/"+e.File), r); err != nil {
+	pl, err := p.planInstall(name, e, opts.Booted)
+	if err != nil {
+		return Entry{}, fmt.Errorf("installing %s: %w", e.File, err)
+	}
+
+	free, err := p.free()
+	if err != nil {
+		return Entry{}, fmt.Errorf("installing %s: %w", e.File, err)
+	}
+
+	if need := size + SpaceMargin; free+pl.freed < need {
+		return Entry{}, fmt.Errorf("installing %s: needs %d KiB (%d KiB entry + %d KiB margin) but the ESP has %d KiB free "+
+			"and %d KiB reclaimable; kept %s: %w",
+			e.File, need>>10, size>>10, SpaceMargin>>10, free>>10, pl.freed>>10, pl.kept(), ErrNoSpace)
+	}
+
+	if opts.BeforeWrite != nil {
+		opts.BeforeWrite(e.File)
+	}
+
+	for _, rel := range pl.remove {
+		if err := os.Remove(p.path(rel)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return Entry{}, fmt.Errorf("installing %s: pruning %s: %w", e.File, rel, err)
+		}
+	}
+
+	if len(pl.remove) > 0 {
+		if err := syncDir(p.path(Dir)); err != nil {
+			return Entry{}, fmt.Errorf("installing %s: %w", e.File, err)
+		}
+	}
+
+	if err := writeFileAtomic(p.path(Dir+"/"+e.File), r); err != nil {
 		return Entry{}, fmt.Errorf("installing boot entry: %w", err)
 	}
 
@@ -290,6 +424,8 @@ func (p ESP) Install(name, version string, r io.Reader) (Entry, error) {
 		return Entry{}, err
 	}
 
+	// another file of the same version (e.g. the running one when the
+	// same version is installed again) goes only once the new one is in
 	for _, old := range es {
 		if old.Base == base && old.File != e.File {
 			if err := os.Remove(p.path(Dir + "/" + old.File)); err != nil {
@@ -305,7 +441,14 @@ func (p ESP) Install(name, version string, r io.Reader) (Entry, error) {
 // directory, fsyncs it and renames it into place, so a crash leaves either
 // the old or the new file (FAT has no journal to help).
 func WriteFileAtomic(path string, r io.Reader) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	espMu.Lock()
+	defer espMu.Unlock()
+
+	return writeFileAtomic(path, r)
+}
+
+func writeFileAtomic(path string, r io.Reader) error {
+	f, err := os.CreateTemp(filepath.Dir(path), tmpPrefix+"*")
 	if err != nil {
 		return err
 	}

@@ -26,7 +26,15 @@ func TestParse(t *testing.T) {
 		{file: "lab-1.1.0+3.efi", base: "lab-1.1.0", counted: true, left: 3},
 		{file: "lab-1.1.0+2-1.efi", base: "lab-1.1.0", counted: true, left: 2, done: 1},
 		{file: "lab-1.1.0+0-3.efi", base: "lab-1.1.0", counted: true, done: 3, bad: true},
-		{file: "lab+x.efi", base: "lab+x"},
+		{file: "lab+x.efi", wantErr: true},
+		{file: "lab+3-.efi", wantErr: true},
+		{file: "lab++3.efi", wantErr: true},
+		{file: "lab+-3.efi", wantErr: true},
+		{file: "..+3.efi", wantErr: true},
+		{file: "lab\nx.efi", wantErr: true},
+		{file: "lab-1.0+99999999999999999999.efi", wantErr: true},
+		{file: ".efi", wantErr: true},
+		{file: "LAB-1.0.EFI", base: "LAB-1.0"},
 		{file: "lab-1.0.0.conf", wantErr: true},
 	}
 
@@ -172,4 +180,38 @@ func TestCompareVersion(t *testing.T) {
 	for _, tc := range cases {
 		require.Equal(t, tc.want, bootentry.CompareVersion(tc.a, tc.b), "%s vs %s", tc.a, tc.b)
 	}
+}
+
+func TestValidateLabel(t *testing.T) {
+	for _, ok := range []string{"lab", "1.1.0", "v1.2.3-rc.1", "lab_cp", "A", strings.Repeat("a", 63)} {
+		require.NoError(t, bootentry.ValidateLabel("version", ok), ok)
+	}
+
+	for _, bad := range []string{"", "-x", ".hidden", "a/b", `a\b`, "a..b", "..", "a\nb", "a\rb", "a\x00", "a+3", "a*", "a b",
+		strings.Repeat("a", 64), "é", "a\u2028b"} {
+		err := bootentry.ValidateLabel("label org.labfleet.version", bad)
+		require.ErrorIs(t, err, bootentry.ErrInvalidLabel, "%q", bad)
+		require.ErrorContains(t, err, "label org.labfleet.version")
+		require.ErrorContains(t, err, "must match "+bootentry.LabelPattern)
+		require.NotContains(t, err.Error(), "\n", "the error is printed on the console")
+	}
+}
+
+func TestInstallRefusesHostileLabels(t *testing.T) {
+	esp := espfake.New(t, "lab-1.0.0.efi")
+
+	_, err := esp.Install("lab", "x/../../../../outside/pwned", strings.NewReader("uki"))
+	require.ErrorContains(t, err, `image version "x/../../../../outside/pwned": must match`)
+
+	_, err = esp.Install("lab\nsecure-boot-enroll force", "1.1.0", strings.NewReader("uki"))
+	require.ErrorContains(t, err, `image name "lab\nsecure-boot-enroll force": must match`)
+
+	err = esp.SetDefault("lab-*\nsecure-boot-enroll force")
+	require.ErrorContains(t, err, "loader.conf default")
+
+	require.Equal(t, []string{"lab-1.0.0.efi"}, espfake.Names(t, esp))
+
+	b, err := os.ReadFile(filepath.Join(esp.Root, "loader/loader.conf"))
+	require.NoError(t, err)
+	require.Equal(t, "secure-boot-enroll if-safe\ndefault lab-*\ntimeout 0\n", string(b))
 }

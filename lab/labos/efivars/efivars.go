@@ -1,10 +1,12 @@
 // Package efivars reads the UEFI variables labos needs from efivarfs:
-// Secure Boot state, systemd-boot's loader interface variables, and the
-// db certificates an upgrade's UKI must be signed by.
+// Secure Boot state, systemd-boot's loader interface variables, the db
+// certificates an upgrade's UKI must be signed by and the dbx entries it
+// must not match.
 package efivars
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -124,6 +126,65 @@ func (s Store) DBCertificates() ([]*x509.Certificate, error) {
 	}
 
 	return ParseCertificates(b)
+}
+
+// Forbidden is what the dbx variable forbids, in the forms go-uefi
+// decodes: signer certificates and Authenticode image hashes (sha256).
+// go-uefi refuses other list types (sha1, x509-sha256, RSA keys), and so
+// does ParseForbidden: a dbx that cannot be read fully forbids everything
+// rather than nothing.
+type Forbidden struct {
+	Certs  []*x509.Certificate
+	Hashes [][]byte // sha256 Authenticode digests of forbidden images
+}
+
+// DBX returns the dbx entries; an unset dbx (OVMF ships none) forbids
+// nothing and is not an error.
+func (s Store) DBX() (Forbidden, error) {
+	b, err := s.Read("dbx", ImageSecGUID)
+	if errors.Is(err, os.ErrNotExist) {
+		return Forbidden{}, nil
+	}
+
+	if err != nil {
+		return Forbidden{}, err
+	}
+
+	return ParseForbidden(b)
+}
+
+// ParseForbidden decodes a dbx signature database.
+func ParseForbidden(b []byte) (Forbidden, error) {
+	db, err := signature.ReadSignatureDatabase(bytes.NewReader(b))
+	if err != nil {
+		return Forbidden{}, fmt.Errorf("parsing dbx: %w", err)
+	}
+
+	var out Forbidden
+
+	for _, list := range db {
+		for _, sd := range list.Signatures {
+			switch {
+			case util.CmpEFIGUID(list.SignatureType, signature.CERT_X509_GUID):
+				c, err := x509.ParseCertificate(sd.Data)
+				if err != nil {
+					return Forbidden{}, fmt.Errorf("parsing dbx certificate: %w", err)
+				}
+
+				out.Certs = append(out.Certs, c)
+			case util.CmpEFIGUID(list.SignatureType, signature.CERT_SHA256_GUID):
+				if len(sd.Data) != sha256.Size {
+					return Forbidden{}, fmt.Errorf("parsing dbx: sha256 entry of %d bytes", len(sd.Data))
+				}
+
+				out.Hashes = append(out.Hashes, sd.Data)
+			default:
+				return Forbidden{}, fmt.Errorf("parsing dbx: unsupported signature type %s", list.SignatureType.Format())
+			}
+		}
+	}
+
+	return out, nil
 }
 
 // ParseCertificates extracts X.509 entries from an EFI signature database.

@@ -86,3 +86,48 @@ func TestStore(t *testing.T) {
 	require.Len(t, certs, 1)
 	require.Equal(t, "lab db", certs[0].Subject.CommonName)
 }
+
+func TestDBX(t *testing.T) {
+	dir := t.TempDir()
+	s := efivars.Store{Dir: dir}
+
+	f, err := s.DBX()
+	require.NoError(t, err, "an unset dbx forbids nothing")
+	require.Empty(t, f.Certs)
+	require.Empty(t, f.Hashes)
+
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "revoked"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+
+	owner := *util.StringToGUID("11111111-2222-3333-4444-555555555555")
+	hash := make([]byte, 32)
+	hash[0] = 0xaa
+
+	dbx := signature.NewSignatureDatabase()
+	require.NoError(t, dbx.Append(signature.CERT_X509_GUID, owner, der))
+	require.NoError(t, dbx.Append(signature.CERT_SHA256_GUID, owner, hash))
+	writeVar(t, dir, "dbx", efivars.ImageSecGUID, dbx.Bytes())
+
+	f, err = s.DBX()
+	require.NoError(t, err)
+	require.Len(t, f.Certs, 1)
+	require.Equal(t, "revoked", f.Certs[0].Subject.CommonName)
+	require.Equal(t, [][]byte{hash}, f.Hashes)
+
+	// a dbx labos cannot read must not read as "nothing forbidden"
+	writeVar(t, dir, "dbx", efivars.ImageSecGUID, []byte{1, 2, 3})
+	_, err = s.DBX()
+	require.ErrorContains(t, err, "parsing dbx")
+
+	sha1 := signature.NewSignatureDatabase()
+	require.NoError(t, sha1.Append(signature.CERT_SHA1_GUID, owner, make([]byte, 20)))
+	writeVar(t, dir, "dbx", efivars.ImageSecGUID, sha1.Bytes())
+	_, err = s.DBX()
+	require.ErrorContains(t, err, "parsing dbx")
+}

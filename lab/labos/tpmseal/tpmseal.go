@@ -15,6 +15,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
@@ -50,7 +51,94 @@ var (
 	// the UKI's PCR signing key is not the one the key was sealed to.
 	ErrPolicyMismatch = errors.New("sealing policy mismatch: Secure Boot state (PCR 7) or PCR signing key changed")
 	ErrSRKMismatch    = errors.New("storage root key differs (other TPM or TPM cleared)")
+	// ErrWeakSeal: the sealed object could be unsealed without the full
+	// policy (userWithAuth set, PCR 7 not bound, authPolicy not the one
+	// recorded, not fixed to this TPM). Seal refuses to produce one and
+	// Unseal refuses to use one.
+	ErrWeakSeal = errors.New("sealed object is weaker than the sealing policy")
+	// ErrTPMUnreachable: a command could not be sent to the TPM or its
+	// answer read (no device, closed transport, swtpm gone). It is never a
+	// policy refusal: the TPM did not answer at all.
+	ErrTPMUnreachable = errors.New("TPM not reachable")
 )
+
+// reachable marks transport failures with ErrTPMUnreachable, so callers
+// can tell "the TPM said no" (a TPM response code) from "no TPM answered".
+type reachable struct{ t transport.TPM }
+
+func (r reachable) Send(cmd []byte) ([]byte, error) {
+	rsp, err := r.t.Send(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrTPMUnreachable, err)
+	}
+
+	return rsp, nil
+}
+
+func guard(t transport.TPM) (transport.TPM, error) {
+	if t == nil {
+		return nil, fmt.Errorf("%w: no TPM transport", ErrTPMUnreachable)
+	}
+
+	if _, ok := t.(reachable); ok {
+		return t, nil
+	}
+
+	return reachable{t}, nil
+}
+
+// checkSealedObject verifies that pub can only be unsealed through
+// policy: a sealed-data object fixed to this TPM and parent, no
+// userWithAuth (with it, the empty authValue alone unseals), an authPolicy
+// equal to policy, and PCR 7 bound (pcrs lists it and the policy is not
+// the bare PolicyAuthorize digest authorizeOnly).
+func checkSealedObject(pub *tpm2.TPMTPublic, policy, authorizeOnly []byte, pcrs []int) error {
+	a := pub.ObjectAttributes
+
+	switch {
+	case pub.Type != tpm2.TPMAlgKeyedHash:
+		return fmt.Errorf("%w: type %v is not a sealed keyedhash object", ErrWeakSeal, pub.Type)
+	case pub.NameAlg != tpm2.TPMAlgSHA256:
+		return fmt.Errorf("%w: name algorithm %v is not sha256", ErrWeakSeal, pub.NameAlg)
+	case a.UserWithAuth:
+		return fmt.Errorf("%w: userWithAuth is set (the empty authValue unseals without the policy)", ErrWeakSeal)
+	case !a.FixedTPM || !a.FixedParent:
+		return fmt.Errorf("%w: fixedTPM/fixedParent not set (the object could be duplicated to another TPM)", ErrWeakSeal)
+	case a.SignEncrypt || a.Decrypt:
+		return fmt.Errorf("%w: sign/decrypt set on a sealed data object", ErrWeakSeal)
+	case len(pub.AuthPolicy.Buffer) != sha256.Size:
+		return fmt.Errorf("%w: authPolicy is empty or not a sha256 digest", ErrWeakSeal)
+	case !bytes.Equal(pub.AuthPolicy.Buffer, policy):
+		return fmt.Errorf("%w: authPolicy %x differs from the recorded policy %x", ErrWeakSeal, pub.AuthPolicy.Buffer, policy)
+	case !slices.Contains(pcrs, SecureBootStatePCR):
+		return fmt.Errorf("%w: PCR %d (Secure Boot state) is not bound (PCRs %v)", ErrWeakSeal, SecureBootStatePCR, pcrs)
+	case bytes.Equal(policy, authorizeOnly):
+		return fmt.Errorf("%w: authPolicy is PolicyAuthorize alone, PCR %d is not bound", ErrWeakSeal, SecureBootStatePCR)
+	}
+
+	return nil
+}
+
+// authorizeOnlyPolicy is the digest after PolicyAuthorize(pub) alone.
+func authorizeOnlyPolicy(pub *rsa.PublicKey) ([]byte, error) {
+	calc, err := tpm2.NewPolicyCalculator(tpm2.TPMAlgSHA256)
+	if err != nil {
+		return nil, err
+	}
+
+	tmpl := rsaTemplate(pub)
+
+	name, err := tpm2.ObjectName(&tmpl)
+	if err != nil {
+		return nil, fmt.Errorf("naming PCR public key: %w", err)
+	}
+
+	if err := (tpm2.PolicyAuthorize{KeySign: *name}).Update(calc); err != nil {
+		return nil, fmt.Errorf("computing authorize policy: %w", err)
+	}
+
+	return calc.Hash().Digest, nil
+}
 
 // ParsePCRPublicKey parses the UKI's .pcrpkey (SPKI PEM, RSA).
 func ParsePCRPublicKey(data []byte) (*rsa.PublicKey, error) {
@@ -191,6 +279,29 @@ func SealingPolicy(t transport.TPM, pub *rsa.PublicKey, pcrs []int) ([]byte, err
 	return calc.Hash().Digest, nil
 }
 
+// weaken lets the package's tests alter the sealed object's template, to
+// prove that Seal's check catches a weakened object; nil otherwise.
+var weaken func(*tpm2.TPMTPublic)
+
+func sealedTemplate(policy []byte) tpm2.TPMTPublic {
+	return tpm2.TPMTPublic{
+		Type:    tpm2.TPMAlgKeyedHash,
+		NameAlg: tpm2.TPMAlgSHA256,
+		ObjectAttributes: tpm2.TPMAObject{
+			FixedTPM:    true,
+			FixedParent: true,
+			// no dictionary-attack lockout: failed unseals are policy
+			// mismatches, not guessing (systemd does the same)
+			NoDA: true,
+			// userWithAuth stays clear: only the policy session unseals
+		},
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash, &tpm2.TPMSKeyedHashParms{
+			Scheme: tpm2.TPMTKeyedHashScheme{Scheme: tpm2.TPMAlgNull},
+		}),
+		AuthPolicy: tpm2.TPM2BDigest{Buffer: policy},
+	}
+}
+
 type srk struct {
 	handle tpm2.TPMHandle
 	name   tpm2.TPM2BName
@@ -221,9 +332,30 @@ func createSRK(t transport.TPM) (*srk, func(), error) {
 // Seal seals key under a transient SRK with the Talos policy (pcrs are
 // bound directly, normally [7]).
 func Seal(t transport.TPM, key []byte, pub *rsa.PublicKey, pcrs []int) (*Sealed, error) {
+	t, err := guard(t)
+	if err != nil {
+		return nil, fmt.Errorf("sealing: %w", err)
+	}
+
+	// refuse before the TPM is asked: a key sealed without PCR 7 would
+	// unlock whatever the Secure Boot state
+	if !slices.Contains(pcrs, SecureBootStatePCR) {
+		return nil, fmt.Errorf("sealing: %w: PCR %d (Secure Boot state) is not in %v", ErrWeakSeal, SecureBootStatePCR, pcrs)
+	}
+
 	policy, err := SealingPolicy(t, pub, pcrs)
 	if err != nil {
 		return nil, fmt.Errorf("sealing: %w", err)
+	}
+
+	authorizeOnly, err := authorizeOnlyPolicy(pub)
+	if err != nil {
+		return nil, fmt.Errorf("sealing: %w", err)
+	}
+
+	tmpl := sealedTemplate(policy)
+	if weaken != nil {
+		weaken(&tmpl)
 	}
 
 	s, flush, err := createSRK(t)
@@ -245,23 +377,19 @@ func Seal(t transport.TPM, key []byte, pub *rsa.PublicKey, pcrs []int) (*Sealed,
 		InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
 			Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: key}),
 		}},
-		InPublic: tpm2.New2B(tpm2.TPMTPublic{
-			Type:    tpm2.TPMAlgKeyedHash,
-			NameAlg: tpm2.TPMAlgSHA256,
-			ObjectAttributes: tpm2.TPMAObject{
-				FixedTPM:    true,
-				FixedParent: true,
-				// no dictionary-attack lockout: failed unseals are policy
-				// mismatches, not guessing (systemd does the same)
-				NoDA: true,
-			},
-			Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash, &tpm2.TPMSKeyedHashParms{
-				Scheme: tpm2.TPMTKeyedHashScheme{Scheme: tpm2.TPMAlgNull},
-			}),
-			AuthPolicy: tpm2.TPM2BDigest{Buffer: policy},
-		}),
+		InPublic: tpm2.New2B(tmpl),
 	}.Execute(t)
 	if err != nil {
+		return nil, fmt.Errorf("sealing: %w", err)
+	}
+
+	// check what the TPM created, not what was asked for
+	created, err := resp.OutPublic.Contents()
+	if err != nil {
+		return nil, fmt.Errorf("sealing: decoding the created object: %w", err)
+	}
+
+	if err := checkSealedObject(created, policy, authorizeOnly, pcrs); err != nil {
 		return nil, fmt.Errorf("sealing: %w", err)
 	}
 
@@ -280,6 +408,11 @@ func Seal(t transport.TPM, key []byte, pub *rsa.PublicKey, pcrs []int) (*Sealed,
 // Unseal satisfies the policy with the signed PCR 11 policy from sig and
 // the current PCR 7 value, and returns the key.
 func Unseal(t transport.TPM, sealed *Sealed, pub *rsa.PublicKey, sig *Signature) ([]byte, error) {
+	t, err := guard(t)
+	if err != nil {
+		return nil, fmt.Errorf("unsealing: %w", err)
+	}
+
 	priv, err := tpm2.Unmarshal[tpm2.TPM2BPrivate](sealed.Private)
 	if err != nil {
 		return nil, fmt.Errorf("unsealing: decoding private blob: %w", err)
@@ -288,6 +421,22 @@ func Unseal(t transport.TPM, sealed *Sealed, pub *rsa.PublicKey, sig *Signature)
 	objPub, err := tpm2.Unmarshal[tpm2.TPM2BPublic](sealed.Public)
 	if err != nil {
 		return nil, fmt.Errorf("unsealing: decoding public blob: %w", err)
+	}
+
+	objContents, err := objPub.Contents()
+	if err != nil {
+		return nil, fmt.Errorf("unsealing: decoding public blob: %w", err)
+	}
+
+	authorizeOnly, err := authorizeOnlyPolicy(pub)
+	if err != nil {
+		return nil, fmt.Errorf("unsealing: %w", err)
+	}
+
+	// the token is not trusted: the object it carries must itself demand
+	// the full policy, or an altered token could unlock without PCR 7
+	if err := checkSealedObject(objContents, sealed.PolicyDigest, authorizeOnly, sealed.PCRs); err != nil {
+		return nil, fmt.Errorf("unsealing: %w", err)
 	}
 
 	wantSRK, err := tpm2.Unmarshal[tpm2.TPM2BName](sealed.KeyName)

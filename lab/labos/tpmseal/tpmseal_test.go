@@ -144,6 +144,12 @@ func TestSealUnseal(t *testing.T) {
 			got, err := tpmseal.Unseal(tpm, tok.Sealed(), pemPub(t, tc.unsealPub), sig)
 			if tc.wantErr != "" {
 				require.ErrorContains(t, err, tc.wantErr)
+
+				for name, sentinel := range sentinels {
+					if sentinel.Error() == tc.wantErr {
+						only(t, err, name) // one refusal, one reason
+					}
+				}
 				require.Nil(t, got)
 
 				return

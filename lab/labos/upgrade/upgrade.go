@@ -1,6 +1,6 @@
 // Package upgrade installs a new UKI from an installer image: pull it from
 // a registry, find labfleet/uki.efi, verify its Authenticode signature
-// against the certificates enrolled in db BEFORE anything touches the ESP,
+// against db and dbx (as firmware will) BEFORE anything touches the ESP,
 // then write it as a boot-counted entry so systemd-boot tries it next and
 // falls back if it never gets blessed.
 package upgrade
@@ -9,6 +9,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/labfleet/labfleet/lab/labos/bootentry"
+	"github.com/labfleet/labfleet/lab/labos/efivars"
 )
 
 // Installer image layout (docs/contracts.md "Installer image").
@@ -30,8 +32,17 @@ const (
 	LabelVersion = "org.labfleet.version"
 )
 
-// ErrSignature means the UKI is not signed by any db certificate.
-var ErrSignature = errors.New("UKI is not signed by a certificate enrolled in db")
+// MaxUKISize bounds the UKI read from a layer: it is held in memory by
+// PID 1 and must fit on the ESP next to two other entries.
+const MaxUKISize = 128 << 20
+
+// Verification refusals.
+var (
+	// ErrSignature means the UKI is not signed by any db certificate.
+	ErrSignature = errors.New("UKI is not signed by a certificate enrolled in db")
+	// ErrForbidden means dbx lists the UKI's hash or one of its signers.
+	ErrForbidden = errors.New("UKI is forbidden by dbx")
+)
 
 // Image is a pulled installer image's payload.
 type Image struct {
@@ -84,6 +95,16 @@ func FromImage(img v1.Image) (*Image, error) {
 		return nil, fmt.Errorf("installer image lacks labels %s and %s", LabelName, LabelVersion)
 	}
 
+	// the labels become a file name on the ESP, loader.conf's default and
+	// console text: check them before anything else uses them
+	if err := bootentry.ValidateLabel("installer image label "+LabelName, out.Name); err != nil {
+		return nil, err
+	}
+
+	if err := bootentry.ValidateLabel("installer image label "+LabelVersion, out.Version); err != nil {
+		return nil, err
+	}
+
 	layers, err := img.Layers()
 	if err != nil {
 		return nil, fmt.Errorf("reading image layers: %w", err)
@@ -123,7 +144,11 @@ func findInLayer(l v1.Layer, p string) ([]byte, error) {
 		}
 
 		if h.Typeflag == tar.TypeReg && (h.Name == p || h.Name == "./"+p || h.Name == "/"+p) {
-			b, err := io.ReadAll(tr)
+			if h.Size > MaxUKISize {
+				return nil, fmt.Errorf("reading %s: %d bytes, more than the %d a UKI may have", p, h.Size, MaxUKISize)
+			}
+
+			b, err := io.ReadAll(io.LimitReader(tr, MaxUKISize))
 			if err != nil {
 				return nil, fmt.Errorf("reading %s: %w", p, err)
 			}
@@ -133,21 +158,41 @@ func findInLayer(l v1.Layer, p string) ([]byte, error) {
 	}
 }
 
-// Verify checks uki's Authenticode signature against certs (the db
-// certificates firmware will check it against at boot).
-func Verify(uki []byte, certs []*x509.Certificate) error {
-	if len(certs) == 0 {
-		return fmt.Errorf("verifying UKI: no db certificates: %w", ErrSignature)
-	}
+// Trust is what firmware checks a UKI against at boot: db allows, dbx
+// forbids, and dbx wins.
+type Trust struct {
+	DB  []*x509.Certificate
+	DBX efivars.Forbidden
+}
 
+// Verify refuses uki when dbx forbids it (its Authenticode sha256 or one
+// of its signers is listed), then requires a signature by a db
+// certificate. Errors wrap ErrForbidden or ErrSignature.
+func (t Trust) Verify(uki []byte) error {
 	pe, err := authenticode.Parse(bytes.NewReader(uki))
 	if err != nil {
 		return fmt.Errorf("verifying UKI: parsing PE: %w", err)
 	}
 
-	for _, c := range certs {
-		ok, err := pe.Verify(c)
-		if err == nil && ok {
+	sum := pe.Hash(crypto.SHA256)
+	for _, h := range t.DBX.Hashes {
+		if bytes.Equal(h, sum) {
+			return fmt.Errorf("verifying UKI: its Authenticode sha256 %x is in dbx: %w", sum, ErrForbidden)
+		}
+	}
+
+	for _, c := range t.DBX.Certs {
+		if ok, err := pe.Verify(c); err == nil && ok {
+			return fmt.Errorf("verifying UKI: signed by %q, a certificate in dbx: %w", c.Subject.String(), ErrForbidden)
+		}
+	}
+
+	if len(t.DB) == 0 {
+		return fmt.Errorf("verifying UKI: no db certificates: %w", ErrSignature)
+	}
+
+	for _, c := range t.DB {
+		if ok, err := pe.Verify(c); err == nil && ok {
 			return nil
 		}
 	}
@@ -155,21 +200,54 @@ func Verify(uki []byte, certs []*x509.Certificate) error {
 	return fmt.Errorf("verifying UKI: %w", ErrSignature)
 }
 
-// Install verifies img and writes it to the ESP as NAME-VERSION+3.efi, then
-// points loader.conf's default at the NAME-* glob so systemd-boot picks the
-// newest entry while it is still counting, and falls back if it goes bad.
-// onWrite, when set, is called with the entry file name after verification,
-// just before the ESP is touched (labos announces it on the console).
+// Verify checks uki's Authenticode signature against certs (db only).
+//
+// Deprecated: use Trust.Verify, which also consults dbx.
+func Verify(uki []byte, certs []*x509.Certificate) error {
+	return Trust{DB: certs}.Verify(uki)
+}
+
+// Options are InstallImage's inputs besides the image.
+type Options struct {
+	Trust Trust
+	// Booted is the running entry (LoaderEntrySelected); housekeeping
+	// keeps it, the previous blessed entry and the new one, and prunes
+	// older entries of the image's name (bootentry.ESP.InstallWith).
+	Booted string
+	// OnWrite, when set, is called with the entry file name after
+	// verification and the space check, just before the ESP is touched
+	// (labos announces it on the console).
+	OnWrite func(file string)
+}
+
+// Install is InstallImage with db certificates only.
+//
+// Deprecated: use InstallImage, which also consults dbx.
 func Install(esp bootentry.ESP, img *Image, certs []*x509.Certificate, onWrite func(file string)) (bootentry.Entry, error) {
-	if err := Verify(img.UKI, certs); err != nil {
+	return InstallImage(esp, img, Options{Trust: Trust{DB: certs}, OnWrite: onWrite})
+}
+
+// InstallImage verifies img against db and dbx, makes room on the ESP
+// (refusing with bootentry.ErrNoSpace when it cannot) and writes it as
+// NAME-VERSION+3.efi, then points loader.conf's default at the NAME-* glob
+// so systemd-boot picks the newest entry while it is still counting, and
+// falls back if it goes bad.
+func InstallImage(esp bootentry.ESP, img *Image, opts Options) (bootentry.Entry, error) {
+	// an Image built by hand (not by FromImage) gets the same checks
+	if err := bootentry.ValidateLabel("image name", img.Name); err != nil {
 		return bootentry.Entry{}, err
 	}
 
-	if onWrite != nil {
-		onWrite(bootentry.EntryFile(img.Name, img.Version))
+	if err := bootentry.ValidateLabel("image version", img.Version); err != nil {
+		return bootentry.Entry{}, err
 	}
 
-	e, err := esp.Install(img.Name, img.Version, bytes.NewReader(img.UKI))
+	if err := opts.Trust.Verify(img.UKI); err != nil {
+		return bootentry.Entry{}, err
+	}
+
+	e, err := esp.InstallWith(img.Name, img.Version, bytes.NewReader(img.UKI),
+		bootentry.InstallOptions{Booted: opts.Booted, BeforeWrite: opts.OnWrite})
 	if err != nil {
 		return bootentry.Entry{}, err
 	}

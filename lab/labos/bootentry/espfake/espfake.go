@@ -3,12 +3,14 @@
 package espfake
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/labfleet/labfleet/lab/labos/bootentry"
 )
@@ -46,4 +48,66 @@ func Names(t testing.TB, esp bootentry.ESP) []string {
 	sort.Strings(out)
 
 	return out
+}
+
+// Small returns an ESP on a tmpfs of size bytes, so writes past it fail
+// with ENOSPC as on the lab's small FAT ESP, and statfs reports its real
+// free space. Mounting needs root: elsewhere the test is skipped (the
+// space logic is also covered with an injected FreeSpace).
+func Small(t testing.TB, size int64) bootentry.ESP {
+	t.Helper()
+
+	root := t.TempDir()
+	if err := unix.Mount("tmpfs", root, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0755", size)); err != nil {
+		t.Skipf("mounting a tmpfs ESP of %d bytes (needs root): %v", size, err)
+	}
+
+	t.Cleanup(func() { _ = unix.Unmount(root, unix.MNT_DETACH) })
+
+	esp := New(t)
+	// move the tree New made onto the tmpfs
+	for _, d := range []string{"EFI/Linux", "loader"} {
+		require.NoError(t, os.MkdirAll(filepath.Join(root, d), 0o755))
+	}
+
+	b, err := os.ReadFile(filepath.Join(esp.Root, bootentry.LoaderConf))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(root, bootentry.LoaderConf), b, 0o644))
+
+	return bootentry.ESP{Root: root}
+}
+
+// Put writes an entry file of size bytes.
+func Put(t testing.TB, esp bootentry.ESP, file string, size int) {
+	t.Helper()
+
+	require.NoError(t, os.WriteFile(filepath.Join(esp.Root, bootentry.Dir, file), make([]byte, size), 0o644))
+}
+
+// WithCapacity makes esp report capacity minus the bytes its files use as
+// free space (Install's space check), without mounting anything. Writes do
+// not fail when it is exceeded: use Small for real ENOSPC.
+func WithCapacity(esp bootentry.ESP, capacity int64) bootentry.ESP {
+	esp.FreeSpace = func() (int64, error) {
+		var used int64
+
+		err := filepath.WalkDir(esp.Root, func(_ string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+
+			used += fi.Size()
+
+			return nil
+		})
+
+		return capacity - used, err
+	}
+
+	return esp
 }
