@@ -710,13 +710,20 @@ func (n *Node) Upgrade(ctx context.Context, image string) (string, error) {
 		return "", fmt.Errorf("reading db certificates: %w", err)
 	}
 
+	dbx, err := n.efi.DBX()
+	if err != nil {
+		return "", fmt.Errorf("reading dbx: %w", err)
+	}
+
 	img, err := upgrade.Pull(ctx, image, []string{nodeapi.GuestRegistryAddr})
 	if err != nil {
 		return "", err
 	}
 
-	e, err := upgrade.Install(*n.esp, img, certs, func(file string) {
-		n.marker(MarkerUpgradeWriting, "entry="+file)
+	e, err := upgrade.InstallImage(*n.esp, img, upgrade.Options{
+		Trust:   upgrade.Trust{DB: certs, DBX: dbx},
+		Booted:  n.Status().BootEntry,
+		OnWrite: func(file string) { n.marker(MarkerUpgradeWriting, "entry="+file) },
 	})
 	if err != nil {
 		return "", err

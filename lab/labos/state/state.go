@@ -55,6 +55,10 @@ const (
 	ReasonNoPartition    Reason = "no-state-partition"
 	ReasonSecureBootOff  Reason = "secureboot-off"
 	ReasonSecureBootMode Reason = "setup-mode"
+	// ReasonTPMUnreachable: the TPM did not answer; nothing was refused.
+	ReasonTPMUnreachable Reason = "tpm-unreachable"
+	// ReasonWeakSeal: the sealed object would open without its policy.
+	ReasonWeakSeal Reason = "seal-weakened"
 )
 
 // Error is an unlock failure with its reason.
@@ -206,7 +210,13 @@ func (v Volume) Provision(ctx context.Context, tpm transport.TPM, keys Keys) ([]
 	}
 
 	sealed, err := tpmseal.Seal(tpm, key, pub, []int{tpmseal.SecureBootStatePCR})
-	if err != nil {
+
+	switch {
+	case errors.Is(err, tpmseal.ErrTPMUnreachable):
+		return nil, fail(ReasonTPMUnreachable, err)
+	case errors.Is(err, tpmseal.ErrWeakSeal):
+		return nil, fail(ReasonWeakSeal, err)
+	case err != nil:
 		return nil, fail(ReasonFormat, err)
 	}
 
@@ -255,6 +265,10 @@ func (v Volume) Recover(ctx context.Context, tpm transport.TPM, keys Keys) ([]by
 	key, err := tpmseal.Unseal(tpm, tok.Sealed(), pub, sig)
 
 	switch {
+	case errors.Is(err, tpmseal.ErrTPMUnreachable):
+		return nil, fail(ReasonTPMUnreachable, err)
+	case errors.Is(err, tpmseal.ErrWeakSeal):
+		return nil, fail(ReasonWeakSeal, err)
 	case errors.Is(err, tpmseal.ErrNoMatchingSignature):
 		return nil, fail(ReasonPCR11, err)
 	case errors.Is(err, tpmseal.ErrPolicyMismatch), errors.Is(err, tpmseal.ErrKeyFingerprint):
