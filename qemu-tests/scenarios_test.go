@@ -175,23 +175,39 @@ func flipSectionByte(t *testing.T, data []byte, section string) []byte {
 	return out
 }
 
-var accessDenied = regexp.MustCompile(`Access Denied`)
+// Refusal lines: the firmware's, when it refuses systemd-boot itself, and
+// systemd-boot's, when it refuses a UKI.
+var (
+	firmwareRefusal = regexp.MustCompile(`BdsDxe: failed to load Boot\S+ .*Access Denied`)
+	sdbootRefusal   = regexp.MustCompile(`(?i)Error loading .*\.efi: Access Denied`)
+	// Any sign that a kernel started: the EFI stub's or the kernel's own
+	// first line, or labos.
+	kernelStarted = regexp.MustCompile(`EFI stub: |Linux version |` + regexp.QuoteMeta(nodeapi.MarkerPrefix))
+)
 
-// requireRefused boots m and expects the firmware or systemd-boot to refuse
-// the image before any labos code runs.
-func requireRefused(ctx context.Context, t *testing.T, m *Machine) {
+// requireRefused boots m and expects refusal by the given line, then
+// watches what the firmware tries next: no kernel may start at any point.
+func requireRefused(ctx context.Context, t *testing.T, m *Machine, refusal *regexp.Regexp) {
 	t.Helper()
 
 	vm := m.Boot(ctx, BootOptions{})
 	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 
-	line, err := vm.WaitConsole(wctx, accessDenied)
-	require.NoError(t, err, "expected the image to be refused (console: %s)", vm.ConsolePath())
+	line, err := vm.WaitConsole(wctx, refusal)
+	require.NoError(t, err, "expected the image to be refused by %q (console: %s)", refusal, vm.ConsolePath())
 	t.Logf("refused: %s", strings.TrimSpace(line))
 
+	// whatever the firmware or systemd-boot tries after the refusal
+	// (other boot options, a fallback entry) must not start a kernel either
+	after, cancelAfter := context.WithTimeout(ctx, 15*time.Second)
+	defer cancelAfter()
+
+	started, err := vm.WaitConsole(after, kernelStarted)
+	require.Error(t, err, "a kernel started after the refusal: %q (console: %s)", started, vm.ConsolePath())
+
 	for _, l := range vm.Lines() {
-		require.NotContains(t, l, nodeapi.MarkerPrefix+nodeapi.MarkerInit, "labos ran although the image was refused")
+		require.False(t, kernelStarted.MatchString(l), "a kernel started although the image was refused: %q", l)
 	}
 }
 
@@ -206,34 +222,35 @@ func TestSecureBoot(t *testing.T) {
 	require.NoError(t, err)
 
 	for _, tc := range []struct {
-		name   string
-		tamper func(t *testing.T, m *Machine)
+		name    string
+		tamper  func(t *testing.T, m *Machine)
+		refusal *regexp.Regexp
 	}{
 		{"unsigned UKI", func(t *testing.T, m *Machine) {
 			p := ukiEntry(t, m)
 			m.ESPWrite(p, stripSignature(t, m.ESPRead(p)))
-		}},
+		}, sdbootRefusal},
 		{"UKI cmdline changed after signing", func(t *testing.T, m *Machine) {
 			p := ukiEntry(t, m)
 			m.ESPWrite(p, flipSectionByte(t, m.ESPRead(p), ".cmdline"))
-		}},
+		}, sdbootRefusal},
 		{"UKI initrd changed after signing", func(t *testing.T, m *Machine) {
 			p := ukiEntry(t, m)
 			m.ESPWrite(p, flipSectionByte(t, m.ESPRead(p), ".initrd"))
-		}},
+		}, sdbootRefusal},
 		{"UKI signed by a key not in db", func(t *testing.T, m *Machine) {
 			m.ESPWrite(ukiEntry(t, m), rogueUKI)
-		}},
+		}, sdbootRefusal},
 		{"unsigned systemd-boot", func(t *testing.T, m *Machine) {
 			m.ESPWrite("/EFI/BOOT/BOOTX64.EFI", sdboot)
-		}},
+		}, firmwareRefusal},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			ctx := scenario(t)
 			m := g.Clone(t, "sb")
 			tc.tamper(t, m)
-			requireRefused(ctx, t, m)
+			requireRefused(ctx, t, m, tc.refusal)
 		})
 	}
 }
