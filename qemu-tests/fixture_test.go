@@ -211,6 +211,9 @@ func (s *Suite) variants() []variant {
 		{name: "v2-nouserspace", version: "2.0.0", keys: s.Keys, extraArgs: []string{"rdinit=/no-such-init", "init=/no-such-init"}},
 		{name: "v2-healthfail", version: "2.0.0", keys: s.Keys, extraArgs: []string{"labos.inject=health-fail"}},
 		{name: "v1-pcr2", version: "1.0.0", keys: s.PCR2Keys},
+		// power-cut tests: labos pauses at every checkpoint
+		{name: "v1-pause", version: "1.0.0", keys: s.Keys, extraArgs: []string{"labos.pause=3s"}},
+		{name: "v2-pause", version: "2.0.0", keys: s.Keys, extraArgs: []string{"labos.pause=3s"}},
 		{name: "v1-rogue", version: "1.0.0", keys: s.RogueKeys},
 	}
 }

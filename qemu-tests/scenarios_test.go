@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"debug/pe"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -452,22 +454,60 @@ func TestFallback(t *testing.T) {
 	})
 }
 
-// Scenario 5: power is cut while the upgrade is being written; the next
-// boot brings up a working image (old or new) with its data.
+// Scenario 5: power is cut at each point of an upgrade and of its
+// blessing; the next boot brings up a working image (old or new) with its
+// data. The machine runs images that pause at every checkpoint
+// (labos.pause), so the cut lands exactly there.
 func TestPowerLoss(t *testing.T) {
 	g := Golden(t)
+	trials := soakTrials(t)
+
+	for _, tc := range []struct {
+		point  string // checkpoint marker to cut at ("blessed": the blessed marker)
+		reboot bool   // the cut is on the new image's first boot
+	}{
+		{point: "before-write"},
+		{point: "mid-write"},
+		{point: "written"},
+		{point: "renamed", reboot: true},
+		{point: "blessed", reboot: true},
+	} {
+		t.Run(tc.point, func(t *testing.T) {
+			t.Parallel()
+
+			for trial := range trials {
+				powerCut(t, g, tc.point, tc.reboot, trial)
+			}
+		})
+	}
+}
+
+func powerCut(t *testing.T, g *Machine, point string, onNewImage bool, trial int) {
+	t.Helper()
+
 	ctx := scenario(t)
-	m := g.Clone(t, "powerloss")
+	m := g.Clone(t, fmt.Sprintf("cut-%s-%d", point, trial))
+
+	// the same machine, now running the pausing build of v1 (same keys
+	// and PCR key, so STATE unlocks)
+	pause, err := os.ReadFile(filepath.Join(suite.Images["v1-pause"].Dir, "labos.efi"))
+	require.NoError(t, err)
+	m.ESPWrite(ukiEntry(t, m), pause)
+
 	vm := m.Boot(ctx, BootOptions{})
 	require.Equal(t, "1.0.0", m.WaitStatus(ctx).Version)
 
-	ref := suite.PushInstaller(t, "v2")
+	ref := suite.PushInstaller(t, "v2-pause")
 	c := m.Client(ctx)
 
 	go c.UpgradeWithOptions(ctx, client.WithUpgradeImage(ref)) //nolint:errcheck
 
-	_, err := vm.WaitMarker(ctx, nodeapi.MarkerUpgrading)
-	require.NoError(t, err, "labos must announce the write (console %s)", vm.ConsolePath())
+	if onNewImage {
+		_, err := vm.WaitMarker(ctx, nodeapi.MarkerRebooting)
+		require.NoError(t, err, "the upgrade must reboot (console %s)", vm.ConsolePath())
+	}
+
+	waitCut(ctx, t, vm, point)
 	require.NoError(t, vm.Kill(), "cutting power")
 	m.PowerOff()
 
@@ -476,6 +516,45 @@ func TestPowerLoss(t *testing.T) {
 	require.Contains(t, []string{"1.0.0", "2.0.0"}, st.Version)
 	require.True(t, st.TPMUnlocked, "unlock error: %s", st.UnlockError)
 	require.True(t, st.Healthy, "checks: %+v", st.Checks)
+	require.True(t, st.Configured, "the config kept on STATE must survive")
 	require.Equal(t, goldenToken, st.StateToken)
-	t.Logf("after power loss the node runs %s", st.Version)
+	t.Logf("cut at %s (trial %d): the node runs %s", point, trial, st.Version)
+}
+
+// waitCut waits for the marker of a checkpoint.
+func waitCut(ctx context.Context, t *testing.T, vm *harness.VM, point string) {
+	t.Helper()
+
+	if point == "blessed" {
+		_, err := vm.WaitMarker(ctx, nodeapi.MarkerBlessed)
+		require.NoError(t, err, "console %s", vm.ConsolePath())
+
+		return
+	}
+
+	for {
+		details, err := vm.WaitMarker(ctx, nodeapi.MarkerCheckpoint)
+		require.NoError(t, err, "waiting for checkpoint %s (console %s)", point, vm.ConsolePath())
+
+		if details == "point="+point {
+			return
+		}
+	}
+}
+
+// soakTrials is how often each power-cut point is tried: once in make
+// test, QEMU_TESTS_SOAK times in make soak.
+func soakTrials(t *testing.T) int {
+	t.Helper()
+
+	v := os.Getenv("QEMU_TESTS_SOAK")
+	if v == "" {
+		return 1
+	}
+
+	n, err := strconv.Atoi(v)
+	require.NoError(t, err, "QEMU_TESTS_SOAK=%q: want a number of trials", v)
+	require.Positive(t, n, "QEMU_TESTS_SOAK")
+
+	return n
 }

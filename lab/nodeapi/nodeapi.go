@@ -57,6 +57,9 @@ const (
 	// MarkerSealRefused: STATE was neither formatted nor sealed because
 	// Secure Boot is not enforced with our keys ("LABOS: seal-refused reason=setup-mode").
 	MarkerSealRefused = "seal-refused"
+	// MarkerCheckpoint: a power-cut test point of an upgrade or a blessing
+	// ("LABOS: checkpoint point=mid-write").
+	MarkerCheckpoint = "checkpoint"
 )
 
 // Service names reported by ServiceList; each carries a health flag.

@@ -415,7 +415,7 @@ func (p ESP) InstallWith(name, version string, r io.Reader, opts InstallOptions)
 		}
 	}
 
-	if err := writeFileAtomic(p.path(Dir+"/"+e.File), r); err != nil {
+	if err := writeFileAtomicAt(p.path(Dir+"/"+e.File), r, size, opts.Checkpoint); err != nil {
 		return Entry{}, fmt.Errorf("installing boot entry: %w", err)
 	}
 
@@ -448,6 +448,12 @@ func WriteFileAtomic(path string, r io.Reader) error {
 }
 
 func writeFileAtomic(path string, r io.Reader) error {
+	return writeFileAtomicAt(path, r, 0, nil)
+}
+
+// writeFileAtomicAt is writeFileAtomic that calls checkpoint half-way
+// through size bytes and once the temp file is synced.
+func writeFileAtomicAt(path string, r io.Reader, size int64, checkpoint func(string)) error {
 	f, err := os.CreateTemp(filepath.Dir(path), tmpPrefix+"*")
 	if err != nil {
 		return err
@@ -455,6 +461,24 @@ func writeFileAtomic(path string, r io.Reader) error {
 
 	tmp := f.Name()
 	defer os.Remove(tmp) //nolint:errcheck
+
+	if checkpoint != nil && size > 1 {
+		// the first half goes to the disk before the pause, so a cut
+		// there leaves a real partial file
+		if _, err := io.CopyN(f, r, size/2); err != nil {
+			f.Close() //nolint:errcheck
+
+			return err
+		}
+
+		if err := f.Sync(); err != nil {
+			f.Close() //nolint:errcheck
+
+			return err
+		}
+
+		checkpoint(CheckpointMidWrite)
+	}
 
 	if _, err := io.Copy(f, r); err != nil {
 		f.Close() //nolint:errcheck
@@ -470,6 +494,10 @@ func writeFileAtomic(path string, r io.Reader) error {
 
 	if err := f.Close(); err != nil {
 		return err
+	}
+
+	if checkpoint != nil {
+		checkpoint(CheckpointWritten)
 	}
 
 	if err := os.Rename(tmp, path); err != nil {

@@ -38,7 +38,17 @@ type InstallOptions struct {
 	// BeforeWrite, when set, is called with the entry file name once the
 	// checks passed, just before the first change to the ESP (pruning).
 	BeforeWrite func(file string)
+	// Checkpoint, when set, is called at the points where a power cut is
+	// tested (CheckpointMidWrite, CheckpointWritten); it may block.
+	Checkpoint func(point string)
 }
+
+// Power-cut checkpoints of an install and of blessing.
+const (
+	CheckpointMidWrite = "mid-write" // half the UKI is in the temp file
+	CheckpointWritten  = "written"   // temp file complete and synced, not yet renamed
+	CheckpointRenamed  = "renamed"   // blessed by rename, loader.conf not yet changed
+)
 
 // keepReason says why housekeeping keeps an entry.
 type keepReason string

@@ -632,7 +632,7 @@ func (n *Node) settle(_ context.Context, apiCheck nodeapi.Check) {
 	} else {
 		var err error
 
-		out, err = Settle(*n.esp, countPath, selected, healthy)
+		out, err = SettleWith(*n.esp, countPath, selected, healthy, n.checkpoint)
 		if err != nil {
 			n.fatal("bless", err)
 		}
@@ -681,6 +681,17 @@ func (n *Node) writeStatus() {
 	}
 }
 
+// checkpoint announces a power-cut test point and, in images built with
+// labos.pause=DURATION on their (signed) command line, waits there so the
+// test can cut power at exactly this point.
+func (n *Node) checkpoint(point string) {
+	n.marker(nodeapi.MarkerCheckpoint, "point="+point)
+
+	if d, err := time.ParseDuration(n.cmdline[sysinit.ParamPause]); err == nil && d > 0 && d <= time.Minute {
+		time.Sleep(d)
+	}
+}
+
 func (n *Node) schedule(a action, delay time.Duration) {
 	n.pending.Store(true)
 
@@ -721,9 +732,13 @@ func (n *Node) Upgrade(ctx context.Context, image string) (string, error) {
 	}
 
 	e, err := upgrade.InstallImage(*n.esp, img, upgrade.Options{
-		Trust:   upgrade.Trust{DB: certs, DBX: dbx},
-		Booted:  n.Status().BootEntry,
-		OnWrite: func(file string) { n.marker(MarkerUpgradeWriting, "entry="+file) },
+		Trust:  upgrade.Trust{DB: certs, DBX: dbx},
+		Booted: n.Status().BootEntry,
+		OnWrite: func(file string) {
+			n.marker(MarkerUpgradeWriting, "entry="+file)
+			n.checkpoint("before-write")
+		},
+		Checkpoint: n.checkpoint,
 	})
 	if err != nil {
 		return "", err

@@ -29,6 +29,12 @@ type Outcome struct {
 //   - not counted (already blessed): nothing to do either way; an
 //     unhealthy blessed entry is reported, not rebooted in a loop.
 func Settle(esp bootentry.ESP, countPath, selected string, healthy bool) (Outcome, error) {
+	return SettleWith(esp, countPath, selected, healthy, nil)
+}
+
+// SettleWith is Settle that calls checkpoint(bootentry.CheckpointRenamed)
+// between blessing the entry and pinning it (power-cut tests).
+func SettleWith(esp bootentry.ESP, countPath, selected string, healthy bool, checkpoint func(string)) (Outcome, error) {
 	if countPath == "" {
 		id := selected
 		if e, err := bootentry.Parse(selected); err == nil {
@@ -63,6 +69,10 @@ func Settle(esp bootentry.ESP, countPath, selected string, healthy bool) (Outcom
 	blessed, err := esp.Bless(e.File)
 	if err != nil {
 		return Outcome{Entry: e.ID()}, fmt.Errorf("settling boot entry: %w", err)
+	}
+
+	if checkpoint != nil {
+		checkpoint(bootentry.CheckpointRenamed)
 	}
 
 	if err := esp.SetDefault(blessed.ID()); err != nil {

@@ -16,6 +16,9 @@ const (
 	// ParamDB is the lowercase hex sha256 of the db certificate the image
 	// was built for; STATE is sealed only while that certificate is in db.
 	ParamDB = "labos.db"
+	// ParamPause is a test injection: at every power-cut checkpoint labos
+	// pauses this long (a Go duration) so a test can cut power there.
+	ParamPause = "labos.pause"
 )
 
 // Cmdline is the parsed kernel command line (last value wins, as the kernel's own parsing does).

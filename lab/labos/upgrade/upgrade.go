@@ -218,6 +218,8 @@ type Options struct {
 	// verification and the space check, just before the ESP is touched
 	// (labos announces it on the console).
 	OnWrite func(file string)
+	// Checkpoint is passed to bootentry.InstallOptions (power-cut tests).
+	Checkpoint func(point string)
 }
 
 // Install is InstallImage with db certificates only.
@@ -247,7 +249,7 @@ func InstallImage(esp bootentry.ESP, img *Image, opts Options) (bootentry.Entry,
 	}
 
 	e, err := esp.InstallWith(img.Name, img.Version, bytes.NewReader(img.UKI),
-		bootentry.InstallOptions{Booted: opts.Booted, BeforeWrite: opts.OnWrite})
+		bootentry.InstallOptions{Booted: opts.Booted, BeforeWrite: opts.OnWrite, Checkpoint: opts.Checkpoint})
 	if err != nil {
 		return bootentry.Entry{}, err
 	}
