@@ -1,8 +1,11 @@
 // Package extensions bakes the platform add-ons (Cilium, MetalLB, an
 // OpenTelemetry collector, Prometheus with a Thanos sidecar) into an image:
-// it renders their pinned Helm charts, embeds the manifests in a validated
-// Talos machine configuration and writes every referenced container image,
-// by digest, into an OCI image layout for the disk's IMAGECACHE partition.
+// it renders their pinned Helm charts, puts the manifests into the image's
+// bootstrap configuration (Talos documents without any secret, see
+// machineconfig.Bootstrap) and writes every referenced container image, by
+// digest, into an OCI image layout for the disk's IMAGECACHE partition.
+// A node's full configuration, with the cluster's secrets, is made with
+// machineconfig.NodeConfig from Baked.Manifests and delivered after boot.
 package extensions
 
 import (
@@ -29,11 +32,6 @@ type BakeOptions struct {
 	// Mirror maps upstream hosts to where charts and images are fetched
 	// (StartStandinMirror's mapping in the lab); nil fetches from upstream.
 	Mirror map[string]string
-	// SecretsPath is the machinery secrets bundle (keys dir's secrets.yaml).
-	SecretsPath string
-	// ClusterName and Endpoint (https://host:6443) of the cluster.
-	ClusterName string
-	Endpoint    string
 	// KubernetesVersion defaults to the machinery release's default.
 	KubernetesVersion string
 	// Site, when set, renders the site parameters and applies them as a
@@ -48,8 +46,13 @@ type BakeOptions struct {
 
 // Baked is what Bake produced.
 type Baked struct {
-	// MachineConfig is the validated machine configuration (YAML).
+	// MachineConfig is the validated bootstrap configuration an image
+	// embeds (YAML): no secret, checked with machineconfig.CheckNoSecrets.
 	MachineConfig []byte `json:"-"`
+	// Manifests are the add-ons' default inline manifests, in install
+	// order: pass them to machineconfig.NodeConfig (with SitePatch as a
+	// patch when set) so a node's delivered config carries the same add-ons.
+	Manifests []machineconfig.Manifest `json:"-"`
 	// SitePatch is the per-site patch applied, if Site was set.
 	SitePatch []byte `json:"-"`
 	// CacheLayoutDir is the OCI image layout directory (= CacheDir).
@@ -88,8 +91,9 @@ type ImageRecord struct {
 	Digest string `json:"digest"`
 }
 
-// Bake renders the add-ons, generates and validates the machine
+// Bake renders the add-ons, generates and validates the bootstrap
 // configuration with them as inline manifests, and writes the image cache.
+// It reads no secret: the result may be embedded in an image.
 // It fails, naming manifest and image, if a manifest references an image
 // that is not pinned or not in the cache. Same inputs, same bytes.
 func Bake(ctx context.Context, opts BakeOptions) (*Baked, error) {
@@ -128,15 +132,12 @@ func Bake(ctx context.Context, opts BakeOptions) (*Baked, error) {
 	}
 
 	mcOpts := machineconfig.Options{
-		ClusterName:       opts.ClusterName,
-		Endpoint:          opts.Endpoint,
-		SecretsPath:       opts.SecretsPath,
 		KubernetesVersion: opts.KubernetesVersion,
 		Manifests:         manifests,
 		LocalImageCache:   true,
 	}
 
-	baked := &Baked{CacheLayoutDir: opts.CacheDir}
+	baked := &Baked{CacheLayoutDir: opts.CacheDir, Manifests: manifests}
 	uses := collectUses(rendered)
 
 	if opts.Site != nil {
@@ -150,7 +151,7 @@ func Bake(ctx context.Context, opts BakeOptions) (*Baked, error) {
 		uses = append(uses, collectUses(siteRendered)...)
 	}
 
-	cfg, err := machineconfig.Generate(mcOpts)
+	cfg, err := machineconfig.Bootstrap(mcOpts)
 	if err != nil {
 		return nil, err
 	}

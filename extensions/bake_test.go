@@ -34,17 +34,12 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func bakeOpts(secretsPath, cache string) extensions.BakeOptions {
-	return extensions.BakeOptions{
-		Dir: ".", Mirror: mirror, SecretsPath: secretsPath,
-		ClusterName: "lab", Endpoint: "https://10.0.2.15:6443", CacheDir: cache,
-	}
+func bakeOpts(cache string) extensions.BakeOptions {
+	return extensions.BakeOptions{Dir: ".", Mirror: mirror, CacheDir: cache}
 }
 
 func TestBake(t *testing.T) {
-	sec := exttest.WriteSecrets(t)
-
-	baked, err := extensions.Bake(context.Background(), bakeOpts(sec, filepath.Join(t.TempDir(), "cache")))
+	baked, err := extensions.Bake(context.Background(), bakeOpts(filepath.Join(t.TempDir(), "cache")))
 	require.NoError(t, err)
 
 	// The record lists the four add-ons with versions and digests.
@@ -59,9 +54,11 @@ func TestBake(t *testing.T) {
 		assert.NotEmpty(t, a.Images)
 	}
 
-	// The embedded config validates with machinery and carries the add-ons.
+	// The embedded config validates with machinery, holds no secret and
+	// carries the add-ons.
 	_, err = machineconfig.Validate(baked.MachineConfig)
 	require.NoError(t, err)
+	require.NoError(t, machineconfig.CheckNoSecrets(baked.MachineConfig))
 
 	ms, err := machineconfig.InlineManifests(baked.MachineConfig)
 	require.NoError(t, err)
@@ -73,17 +70,31 @@ func TestBake(t *testing.T) {
 
 	assert.Equal(t, addons.DefaultAddons, names)
 
-	off, err := machineconfig.ProxyDisabled(baked.MachineConfig)
+	assert.Equal(t, ms, baked.Manifests)
+
+	// The config a node gets after boot carries the same add-ons, runs no
+	// kube-proxy and no Flannel (Cilium replaces both).
+	node, err := machineconfig.NodeConfig(machineconfig.Options{
+		ClusterName: "lab", Endpoint: "https://10.0.2.15:6443", SecretsPath: exttest.WriteSecrets(t),
+		Manifests: baked.Manifests, LocalImageCache: true,
+	}, machineconfig.RoleControlPlane)
+	require.NoError(t, err)
+
+	nodeMs, err := machineconfig.InlineManifests(node)
+	require.NoError(t, err)
+	assert.Equal(t, ms, nodeMs)
+
+	off, err := machineconfig.ProxyDisabled(node)
 	require.NoError(t, err)
 	assert.True(t, off)
 
-	none, err := machineconfig.FlannelAbsent(baked.MachineConfig)
+	none, err := machineconfig.FlannelAbsent(node)
 	require.NoError(t, err)
 	assert.True(t, none)
 
 	// Cilium reaches the API server through KubePrism on the port Talos
 	// serves it on.
-	port, err := machineconfig.KubePrismPort(baked.MachineConfig)
+	port, err := machineconfig.KubePrismPort(node)
 	require.NoError(t, err)
 	assert.Equal(t, 7445, port)
 	assert.Contains(t, ms[0].Contents, `k8s-service-port: "7445"`)
@@ -130,12 +141,10 @@ func TestBake(t *testing.T) {
 }
 
 func TestBakeIsDeterministic(t *testing.T) {
-	sec := exttest.WriteSecrets(t)
-
-	b1, err := extensions.Bake(context.Background(), bakeOpts(sec, filepath.Join(t.TempDir(), "cache")))
+	b1, err := extensions.Bake(context.Background(), bakeOpts(filepath.Join(t.TempDir(), "cache")))
 	require.NoError(t, err)
 
-	b2, err := extensions.Bake(context.Background(), bakeOpts(sec, filepath.Join(t.TempDir(), "cache")))
+	b2, err := extensions.Bake(context.Background(), bakeOpts(filepath.Join(t.TempDir(), "cache")))
 	require.NoError(t, err)
 
 	assert.Equal(t, string(b1.MachineConfig), string(b2.MachineConfig))
@@ -152,7 +161,7 @@ func TestBakeWithSite(t *testing.T) {
 		Thanos:  addons.SiteThanos{ObjstoreSecret: "thanos-bucket-fra1"},
 	}
 
-	opts := bakeOpts(exttest.WriteSecrets(t), filepath.Join(t.TempDir(), "cache"))
+	opts := bakeOpts(filepath.Join(t.TempDir(), "cache"))
 	opts.Site = site
 
 	baked, err := extensions.Bake(context.Background(), opts)
@@ -161,6 +170,7 @@ func TestBakeWithSite(t *testing.T) {
 
 	_, err = machineconfig.Validate(baked.MachineConfig)
 	require.NoError(t, err)
+	require.NoError(t, machineconfig.CheckNoSecrets(baked.MachineConfig))
 
 	ms, err := machineconfig.InlineManifests(baked.MachineConfig)
 	require.NoError(t, err)
@@ -206,7 +216,7 @@ func TestSiteErrors(t *testing.T) {
 				assert.Contains(t, err.Error(), w)
 			}
 
-			opts := bakeOpts(exttest.WriteSecrets(t), filepath.Join(t.TempDir(), "cache"))
+			opts := bakeOpts(filepath.Join(t.TempDir(), "cache"))
 			opts.Site = &tt.site
 
 			_, err = extensions.Bake(context.Background(), opts)
@@ -225,7 +235,7 @@ func TestBakeFailsWithoutMirror(t *testing.T) {
 		dead[k] = "127.0.0.1:9/" + k
 	}
 
-	opts := bakeOpts(exttest.WriteSecrets(t), filepath.Join(t.TempDir(), "cache"))
+	opts := bakeOpts(filepath.Join(t.TempDir(), "cache"))
 	opts.Mirror = dead
 
 	_, err := extensions.Bake(context.Background(), opts)
@@ -237,12 +247,10 @@ func TestBakeFailsWithoutMirror(t *testing.T) {
 // cache, and reports the cache size and the bytes layer de-duplication
 // saves. Run: go test -run '^$' -bench Bake -benchtime 5x ./extensions/
 func BenchmarkBake(b *testing.B) {
-	sec := exttest.WriteSecrets(b)
-
 	var last *extensions.Baked
 
 	for i := 0; b.Loop(); i++ {
-		baked, err := extensions.Bake(context.Background(), bakeOpts(sec, filepath.Join(b.TempDir(), fmt.Sprintf("cache-%d", i))))
+		baked, err := extensions.Bake(context.Background(), bakeOpts(filepath.Join(b.TempDir(), fmt.Sprintf("cache-%d", i))))
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -1,8 +1,18 @@
-// Package machineconfig generates the Talos machine configuration embedded
-// in labfleet images: generated with Talos's machinery from a secrets
-// bundle, with no Talos-managed CNI (Cilium is baked in), kube-proxy
-// disabled (Cilium replaces it) and the rendered add-ons as inline
-// manifests; then validated with machinery for a metal install.
+// Package machineconfig generates labfleet's Talos machine configurations
+// with Talos's machinery, in two kinds that must never be confused:
+//
+//   - Bootstrap is what an image may embed: typed documents without any
+//     secret (VolumeConfig for the encrypted STATE and EPHEMERAL, one
+//     KubeInlineManifestConfig per baked add-on, ImageCacheConfig). An image
+//     is readable by whoever holds a disk, an ESP or an installer image, so
+//     CheckNoSecrets refuses anything else before it is embedded.
+//   - NodeConfig is a node's full configuration, generated from the keys
+//     folder's secrets bundle and delivered after boot (maintenance mode):
+//     no Talos-managed CNI (Cilium is baked in), kube-proxy disabled (Cilium
+//     replaces it), the add-ons as inline manifests, STATE and EPHEMERAL
+//     encrypted with TPM-sealed keys.
+//
+// Both are validated with machinery for a metal install.
 package machineconfig
 
 import (
@@ -25,6 +35,12 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/constants"
 )
 
+// Node roles NodeConfig accepts (Talos's machine types).
+const (
+	RoleControlPlane = "controlplane"
+	RoleWorker       = "worker"
+)
+
 // Manifest is one inline manifest: a name (the add-on) and its YAML.
 type Manifest struct {
 	Name     string
@@ -33,12 +49,14 @@ type Manifest struct {
 
 // Options describe the configuration to generate.
 type Options struct {
-	// ClusterName is the Kubernetes cluster name.
+	// ClusterName is the Kubernetes cluster name (NodeConfig only).
 	ClusterName string
-	// Endpoint is the control plane endpoint URL (https://host:6443).
+	// Endpoint is the control plane endpoint URL (https://host:6443)
+	// (NodeConfig only).
 	Endpoint string
 	// SecretsPath is a machinery secrets bundle (secrets.yaml): the same
-	// bundle gives the same CAs, tokens and so the same configuration.
+	// bundle gives the same CAs, tokens and so the same configuration
+	// (NodeConfig only; Bootstrap never reads it).
 	SecretsPath string
 	// KubernetesVersion defaults to the machinery release's default.
 	KubernetesVersion string
@@ -63,9 +81,55 @@ func (metalMode) String() string        { return "metal" }
 func (metalMode) RequiresInstall() bool { return true }
 func (metalMode) InContainer() bool     { return false }
 
-// Generate returns the validated machine configuration (control plane) as
-// multi-document YAML without comments. The same options give the same bytes.
-func Generate(opts Options) ([]byte, error) {
+// Bootstrap returns the configuration an image embeds, as multi-document
+// YAML without comments: the encrypted-volume documents, the add-ons'
+// inline manifests and the image cache switch; no v1alpha1 document and no
+// secret (it is checked with CheckNoSecrets). Only Manifests,
+// LocalImageCache and Patches are used. The same options give the same bytes.
+func Bootstrap(opts Options) ([]byte, error) {
+	docs := encryptedVolumes(nil)
+
+	docs, err := appendManifests(docs, opts.Manifests)
+	if err != nil {
+		return nil, err
+	}
+
+	if opts.LocalImageCache {
+		docs = append(docs, imageCache())
+	}
+
+	out, err := finish(docs, opts.Patches)
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap config: %w", err)
+	}
+
+	if err := CheckNoSecrets(out); err != nil {
+		return nil, fmt.Errorf("bootstrap config: %w", err)
+	}
+
+	return out, nil
+}
+
+// NodeConfig returns the full, validated machine configuration of a node
+// with the given role (RoleControlPlane or RoleWorker), generated from the
+// secrets bundle at opts.SecretsPath, as multi-document YAML without
+// comments. It holds the cluster's secrets: it is delivered to a node after
+// boot and must never be embedded in an image. A control plane also gets
+// the add-ons' inline manifests (Talos applies them from control planes
+// only); both roles get the encrypted STATE and EPHEMERAL volumes and the
+// image cache switch. The same options give the same bytes.
+func NodeConfig(opts Options, role string) ([]byte, error) {
+	var mt machine.Type
+
+	switch role {
+	case RoleControlPlane:
+		mt = machine.TypeControlPlane
+	case RoleWorker:
+		mt = machine.TypeWorker
+	default:
+		return nil, fmt.Errorf("node role %q: want %q or %q", role, RoleControlPlane, RoleWorker)
+	}
+
 	if opts.ClusterName == "" {
 		return nil, errors.New("cluster name is required")
 	}
@@ -75,7 +139,7 @@ func Generate(opts Options) ([]byte, error) {
 	}
 
 	if opts.SecretsPath == "" {
-		return nil, errors.New("secrets bundle path is required")
+		return nil, errors.New("secrets bundle path is required (the keys folder's secrets.yaml)")
 	}
 
 	bundle, err := secrets.LoadBundle(opts.SecretsPath)
@@ -103,31 +167,49 @@ func Generate(opts Options) ([]byte, error) {
 		return nil, fmt.Errorf("machine config input: %w", err)
 	}
 
-	prov, err := in.Config(machine.TypeControlPlane)
+	prov, err := in.Config(mt)
 	if err != nil {
 		return nil, fmt.Errorf("generating machine config: %w", err)
 	}
 
-	docs, err := bakeDocuments(prov.Documents(), opts.Manifests)
+	docs, err := bakeDocuments(prov.Documents(), mt)
 	if err != nil {
 		return nil, err
 	}
 
-	if opts.LocalImageCache {
-		ic := cri.NewImageCacheConfigV1Alpha1()
-		ic.LocalConfig.ConfigEnabled = new(true)
-		docs = append(docs, ic)
+	docs = encryptedVolumes(docs)
+
+	if mt == machine.TypeControlPlane {
+		if docs, err = appendManifests(docs, opts.Manifests); err != nil {
+			return nil, err
+		}
 	}
 
+	if opts.LocalImageCache {
+		docs = append(docs, imageCache())
+	}
+
+	return finish(docs, opts.Patches)
+}
+
+func imageCache() *cri.ImageCacheConfigV1Alpha1 {
+	ic := cri.NewImageCacheConfigV1Alpha1()
+	ic.LocalConfig.ConfigEnabled = new(true)
+
+	return ic
+}
+
+// finish assembles, patches, validates (metal) and encodes documents.
+func finish(docs []cfgdoc.Document, patches [][]byte) ([]byte, error) {
 	var cfg config.Provider
 
-	cfg, err = container.New(docs...)
+	cfg, err := container.New(docs...)
 	if err != nil {
 		return nil, fmt.Errorf("assembling machine config: %w", err)
 	}
 
-	if len(opts.Patches) > 0 {
-		cfg, err = applyPatches(cfg, opts.Patches)
+	if len(patches) > 0 {
+		cfg, err = applyPatches(cfg, patches)
 		if err != nil {
 			return nil, err
 		}
@@ -146,13 +228,13 @@ func Generate(opts Options) ([]byte, error) {
 }
 
 // bakeDocuments turns Talos's defaults into labfleet's: no Flannel (with no
-// Flannel document and no custom CNI manifest Talos runs CNI "none"),
-// kube-proxy disabled, and one inline manifest per add-on.
-func bakeDocuments(in []cfgdoc.Document, manifests []Manifest) ([]cfgdoc.Document, error) {
+// Flannel document and no custom CNI manifest Talos runs CNI "none") and
+// kube-proxy disabled (Cilium replaces both). Only a control plane's config
+// carries the KubeProxyConfig document (it is control-plane only).
+func bakeDocuments(in []cfgdoc.Document, mt machine.Type) ([]cfgdoc.Document, error) {
 	var (
-		out       []cfgdoc.Document
-		sawProxy  bool
-		seenNames = map[string]bool{}
+		out      []cfgdoc.Document
+		sawProxy bool
 	)
 
 	for _, d := range in {
@@ -167,24 +249,31 @@ func bakeDocuments(in []cfgdoc.Document, manifests []Manifest) ([]cfgdoc.Documen
 		out = append(out, d)
 	}
 
-	if !sawProxy {
+	if !sawProxy && mt == machine.TypeControlPlane {
 		return nil, errors.New("generated machine config has no KubeProxyConfig document to disable")
 	}
 
+	return out, nil
+}
+
+// appendManifests adds one KubeInlineManifestConfig document per add-on.
+func appendManifests(docs []cfgdoc.Document, manifests []Manifest) ([]cfgdoc.Document, error) {
+	seen := map[string]bool{}
+
 	for _, m := range manifests {
-		if seenNames[m.Name] {
+		if seen[m.Name] {
 			return nil, fmt.Errorf("inline manifest %q given twice", m.Name)
 		}
 
-		seenNames[m.Name] = true
+		seen[m.Name] = true
 
 		doc := k8s.NewKubeInlineManifestConfigV1Alpha1()
 		doc.MetaName = m.Name
 		doc.ManifestSpec = m.Contents
-		out = append(out, doc)
+		docs = append(docs, doc)
 	}
 
-	return out, nil
+	return docs, nil
 }
 
 func applyPatches(cfg config.Provider, raw [][]byte) (config.Provider, error) {

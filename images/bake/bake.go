@@ -1,6 +1,6 @@
 // Package bake connects the builder to extensions/: it renders the
-// definition's add-ons into the embedded machine configuration and the
-// IMAGECACHE OCI layout, starting the stand-in mirror when the pins are the
+// definition's add-ons into the embedded bootstrap configuration (no
+// secrets: machineconfig.Bootstrap) and the IMAGECACHE OCI layout, starting the stand-in mirror when the pins are the
 // project's stand-ins (see extensions/README.md).
 package bake
 
@@ -90,16 +90,16 @@ func (b *Baker) Fingerprint(def *spec.Definition) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// Bake renders add-ons (if any) and the machine configuration.
+// Bake renders add-ons (if any) and the bootstrap configuration. It reads
+// no secret: a node's own config is made with machineconfig.NodeConfig and
+// delivered after boot.
 func (b *Baker) Bake(ctx context.Context, req build.BakeRequest) (*build.Baked, error) {
 	def := req.Def
 
 	if len(def.Addons) == 0 {
-		cfg, err := machineconfig.Generate(machineconfig.Options{
-			ClusterName: def.Cluster.Name, Endpoint: def.Cluster.Endpoint, SecretsPath: req.SecretsPath,
-		})
+		cfg, err := machineconfig.Bootstrap(machineconfig.Options{})
 		if err != nil {
-			return nil, fmt.Errorf("generating machine config: %w", err)
+			return nil, fmt.Errorf("generating bootstrap config: %w", err)
 		}
 
 		return &build.Baked{MachineConfig: cfg}, nil
@@ -111,8 +111,7 @@ func (b *Baker) Bake(ctx context.Context, req build.BakeRequest) (*build.Baked, 
 	}
 
 	baked, err := extensions.Bake(ctx, extensions.BakeOptions{
-		Dir: b.Dir, Addons: def.Addons, Mirror: mirror, SecretsPath: req.SecretsPath,
-		ClusterName: def.Cluster.Name, Endpoint: def.Cluster.Endpoint, Site: b.Site,
+		Dir: b.Dir, Addons: def.Addons, Mirror: mirror, Site: b.Site,
 		CacheDir: filepath.Join(req.WorkDir, "imagecache"),
 	})
 	if err != nil {

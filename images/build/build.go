@@ -26,15 +26,18 @@ import (
 // it is part of the cache key.
 const Version = "labfleet-builder/1"
 
-// BakeRequest asks for the embedded machine configuration and the add-on image cache.
+// BakeRequest asks for the embedded bootstrap configuration and the add-on
+// image cache. It carries no secret on purpose: nothing a baker returns may
+// hold one (the builder checks with machineconfig.CheckNoSecrets).
 type BakeRequest struct {
-	Def         *spec.Definition
-	SecretsPath string // machinery secrets bundle (keys dir secrets.yaml)
-	WorkDir     string // scratch space; the cache layout may be written here
+	Def     *spec.Definition
+	WorkDir string // scratch space; the cache layout may be written here
 }
 
 // Baked is what the baker produced.
 type Baked struct {
+	// MachineConfig is the bootstrap configuration the UKI embeds: Talos
+	// documents without any secret (see docs/contracts.md).
 	MachineConfig  []byte
 	CacheLayoutDir string // OCI layout of add-on images; empty when there are none
 	Addons         []record.Addon

@@ -4,7 +4,10 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"debug/pe"
+	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"io"
 	"log"
@@ -24,12 +27,16 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/stretchr/testify/require"
 
+	"github.com/labfleet/labfleet/extensions/machineconfig"
 	"github.com/labfleet/labfleet/images/base"
 	"github.com/labfleet/labfleet/images/build"
 	"github.com/labfleet/labfleet/images/keys"
 	"github.com/labfleet/labfleet/images/record"
 	"github.com/labfleet/labfleet/images/spec"
 )
+
+// bootstrapConfig is a bootstrap config without secrets, as images embed.
+const bootstrapConfig = "apiVersion: v1alpha1\nkind: ImageCacheConfig\nlocal:\n    enabled: true\n"
 
 // staticBaker stands in for extensions/ (tested there): a fixed machine config.
 type staticBaker struct{ config string }
@@ -161,7 +168,7 @@ disk: {espMiB: 64, stateMiB: 32}
 
 func (f *fixture) build(_ testing.TB, out string, force bool) (*build.Result, error) {
 	return build.Build(context.Background(), f.def, build.Options{
-		Root: f.root, OutDir: out, Baker: staticBaker{config: "version: v1alpha1\n"}, Force: force,
+		Root: f.root, OutDir: out, Baker: staticBaker{config: bootstrapConfig}, Force: force,
 		ToolsPath: filepath.Join(f.assets, "tools", "bin"),
 	})
 }
@@ -179,6 +186,22 @@ func TestBuildFromRegistryBase(t *testing.T) {
 	require.Equal(t, f.digest.String(), rec.Inputs[0].Digest)
 	require.Len(t, rec.Inputs, 1+len(base.Inputs))
 	require.Contains(t, rec.Cmdline, "labos.version=1.0.0")
+
+	// labos.db= is the sha256 of our db certificate's DER, so a node can
+	// check it is the one enrolled before sealing.
+	certPEM, err := os.ReadFile(filepath.Join(f.keys, keys.UKISigningCertFile))
+	require.NoError(t, err)
+	blk, _ := pem.Decode(certPEM)
+	require.NotNil(t, blk)
+	dbSum := sha256.Sum256(blk.Bytes)
+	require.Contains(t, rec.Cmdline, " "+build.DBCmdlineParam+"="+hex.EncodeToString(dbSum[:]))
+
+	// The embedded bootstrap config is an output too (for labctl).
+	bc, ok := rec.Output(build.BootstrapConfigKind)
+	require.True(t, ok)
+	bcData, err := os.ReadFile(filepath.Join(res.Dir, bc.Path))
+	require.NoError(t, err)
+	require.Equal(t, bootstrapConfig, string(bcData))
 
 	for _, kind := range spec.KnownOutputs {
 		o, ok := rec.Output(kind)
@@ -334,6 +357,30 @@ func TestMissingKeysNamesTheFix(t *testing.T) {
 	require.Error(t, err)
 	require.Contains(t, err.Error(), keys.PCRSigningKeyFile)
 	require.Contains(t, err.Error(), "imagectl keys generate")
+}
+
+// TestBuildRefusesToEmbedSecrets: a baker that returns a node's full
+// config (what main embedded: finding 1 of issue 9) fails the build, naming
+// the document and field, and writes no output.
+func TestBuildRefusesToEmbedSecrets(t *testing.T) {
+	f := newFixture(t)
+	out := filepath.Join(f.root, "_out")
+
+	full, err := machineconfig.NodeConfig(machineconfig.Options{
+		ClusterName: "lab", Endpoint: "https://10.0.2.15:6443", SecretsPath: filepath.Join(f.keys, keys.SecretsFile),
+	}, machineconfig.RoleControlPlane)
+	require.NoError(t, err)
+
+	_, err = build.Build(context.Background(), f.def, build.Options{
+		Root: f.root, OutDir: out, Baker: staticBaker{config: string(full)},
+		ToolsPath: filepath.Join(f.assets, "tools", "bin"),
+	})
+	require.ErrorIs(t, err, machineconfig.ErrSecretInConfig)
+	require.ErrorContains(t, err, "refusing to embed the machine config")
+	require.ErrorContains(t, err, "v1alpha1: machine.ca.key")
+
+	_, err = os.Stat(filepath.Join(out, f.def.Name))
+	require.True(t, errors.Is(err, os.ErrNotExist), "no output written: %v", err)
 }
 
 func TestSwitchingBackIsServedFromTheCache(t *testing.T) {

@@ -2,8 +2,10 @@ package build
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 
+	"github.com/labfleet/labfleet/extensions/machineconfig"
 	"github.com/labfleet/labfleet/images/base"
 	"github.com/labfleet/labfleet/images/record"
 	"github.com/labfleet/labfleet/images/spec"
@@ -36,9 +38,15 @@ func (b *builder) resolveBase(ctx context.Context) error {
 }
 
 func (b *builder) bake(ctx context.Context) error {
-	baked, err := b.opts.Baker.Bake(ctx, BakeRequest{Def: b.def, SecretsPath: b.keys.Secrets, WorkDir: filepath.Join(b.work, "bake")})
+	baked, err := b.opts.Baker.Bake(ctx, BakeRequest{Def: b.def, WorkDir: filepath.Join(b.work, "bake")})
 	if err != nil {
 		return err
+	}
+
+	// The UKI ends up on the unencrypted ESP, on disks and in installer
+	// images: whoever holds one must learn no key of the cluster.
+	if err := machineconfig.CheckNoSecrets(baked.MachineConfig); err != nil {
+		return fmt.Errorf("refusing to embed the machine config: %w", err)
 	}
 
 	b.baked = baked

@@ -30,12 +30,18 @@ func (b *builder) profileVersion() string {
 }
 
 // KernelArgs are the arguments every labfleet image carries besides the
-// schematic's: the image identity, so a node (labos) can report it.
+// schematic's: the image identity, so a node (labos) can report it, and the
+// sha256 of our db certificate, so a node seals STATE only when that
+// certificate is enrolled (docs/contracts.md: kernel command line).
 func (b *builder) kernelArgs() []string {
 	args := append([]string{}, b.def.Schematic.Customization.ExtraKernelArgs...)
 
-	return append(args, "labos.version="+b.def.Version, "labos.name="+b.def.Name)
+	return append(args, "labos.version="+b.def.Version, "labos.name="+b.def.Name, DBCmdlineParam+"="+b.keys.DBCertSHA256)
 }
+
+// DBCmdlineParam is the kernel command line parameter carrying the lowercase
+// hex sha256 of the DER of the db certificate (uki-signing-cert.pem).
+const DBCmdlineParam = "labos.db"
 
 func (b *builder) buildUKI(ctx context.Context) error {
 	secureBoot := true
@@ -91,7 +97,26 @@ func (b *builder) buildUKI(ctx context.Context) error {
 
 	b.rec.Cmdline = b.cmdline
 
-	return b.addOutput("uki", b.uki, "")
+	if err := b.addOutput("uki", b.uki, ""); err != nil {
+		return err
+	}
+
+	return b.writeBootstrapConfig()
+}
+
+// BootstrapConfigKind is the build record's output kind of the embedded
+// bootstrap configuration, written beside the UKI as <name>.bootstrap.yaml:
+// labctl and the tests read the add-ons' manifests from it to make the
+// node configs they deliver (machineconfig.NodeConfig). It holds no secret.
+const BootstrapConfigKind = "bootstrap-config"
+
+func (b *builder) writeBootstrapConfig() error {
+	p := filepath.Join(b.stage, b.def.Name+".bootstrap.yaml")
+	if err := os.WriteFile(p, b.baked.MachineConfig, 0o644); err != nil {
+		return fmt.Errorf("writing bootstrap config: %w", err)
+	}
+
+	return b.addOutput(BootstrapConfigKind, p, "")
 }
 
 func (b *builder) runImager(ctx context.Context, prof profile.Profile, outDir string) (string, error) {

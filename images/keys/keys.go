@@ -80,6 +80,12 @@ type Set struct {
 	UKISigningCert string `json:"ukiSigningCert"`
 	PCRSigningKey  string `json:"pcrSigningKey"`
 
+	// DBCertSHA256 is the lowercase hex sha256 of the DER of the UKI
+	// signing certificate, the one db.auth enrolls in db: images carry it
+	// on their cmdline (labos.db=) so a node can check that our
+	// certificate is the one enrolled before it seals anything.
+	DBCertSHA256 string `json:"dbCertSHA256"`
+
 	// PKKey, PKCert, KEKKey and KEKCert are empty for a Talos-made set,
 	// which has no separate owner keys.
 	PKKey   string `json:"pkKey,omitempty"`

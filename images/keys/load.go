@@ -165,6 +165,9 @@ func Load(dir string) (*Set, error) {
 		return nil, err
 	}
 
+	dbSum := sha256.Sum256(ukiCert.Raw)
+	s.DBCertSHA256 = hex.EncodeToString(dbSum[:])
+
 	if bits := ukiKey.N.BitLen(); bits < MinUKISigningKeyBits {
 		return nil, bad(UKISigningKeyFile, "is RSA-%d; at least RSA-%d is required (generated sets use RSA-%d)",
 			bits, MinUKISigningKeyBits, UKISigningKeyBits)
