@@ -226,10 +226,10 @@ func (s *Suite) makeNodeConfig() error {
 		return err
 	}
 
-	s.NodeConfig, err = machineconfig.Generate(machineconfig.Options{
+	s.NodeConfig, err = machineconfig.NodeConfig(machineconfig.Options{
 		ClusterName: def.Cluster.Name, Endpoint: def.Cluster.Endpoint,
 		SecretsPath: filepath.Join(s.Keys, "secrets.yaml"),
-	})
+	}, "controlplane")
 
 	return err
 }

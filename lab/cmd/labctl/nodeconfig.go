@@ -15,6 +15,7 @@ type configOptions struct {
 	keys     string
 	cluster  string
 	endpoint string
+	role     string
 }
 
 func (c *configOptions) flags(f interface {
@@ -22,9 +23,10 @@ func (c *configOptions) flags(f interface {
 },
 ) {
 	f.StringVar(&c.file, "config", "", "machine config delivered when the node waits in maintenance mode (first boot)")
-	f.StringVar(&c.keys, "keys", "", "keys folder: generate the node's control-plane config from its secrets.yaml (instead of --config)")
+	f.StringVar(&c.keys, "keys", "", "keys folder: generate the node's config from its secrets.yaml (instead of --config)")
 	f.StringVar(&c.cluster, "cluster-name", "lab", "cluster name of the generated config (images/lab.yaml's cluster.name)")
 	f.StringVar(&c.endpoint, "endpoint", "https://10.0.2.15:6443", "control plane endpoint of the generated config")
+	f.StringVar(&c.role, "role", "controlplane", "machine type of the generated config: controlplane or worker")
 }
 
 // load returns the config to deliver, or nil when none was asked for. The
@@ -47,7 +49,11 @@ func (c *configOptions) load() ([]byte, error) {
 			return nil, usageErr("--keys: %v (run: imagectl keys generate --dir %s)", err, c.keys)
 		}
 
-		data, err := machineconfig.Generate(machineconfig.Options{ClusterName: c.cluster, Endpoint: c.endpoint, SecretsPath: secrets})
+		if c.role != "controlplane" && c.role != "worker" {
+			return nil, usageErr("--role %q: want controlplane or worker", c.role)
+		}
+
+		data, err := machineconfig.NodeConfig(machineconfig.Options{ClusterName: c.cluster, Endpoint: c.endpoint, SecretsPath: secrets}, c.role)
 		if err != nil {
 			return nil, fmt.Errorf("generating the node config from %s: %w", secrets, err)
 		}
