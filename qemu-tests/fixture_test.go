@@ -200,6 +200,7 @@ func (s *Suite) makeKeys() error {
 type variant struct {
 	name, version, keys string
 	extraArgs           []string
+	outputs             []string // default: the definition's
 }
 
 func (s *Suite) variants() []variant {
@@ -215,8 +216,17 @@ func (s *Suite) variants() []variant {
 		{name: "v1-pause", version: "1.0.0", keys: s.Keys, extraArgs: []string{"labos.pause=3s"}},
 		{name: "v2-pause", version: "2.0.0", keys: s.Keys, extraArgs: []string{"labos.pause=3s"}},
 		{name: "v1-rogue", version: "1.0.0", keys: s.RogueKeys},
+		// six consecutive upgrades on the lab ESP (3.0.0 ... 7.0.0 after v2)
+		{name: "v3", version: "3.0.0", keys: s.Keys, outputs: upgradeOnly},
+		{name: "v4", version: "4.0.0", keys: s.Keys, outputs: upgradeOnly},
+		{name: "v5", version: "5.0.0", keys: s.Keys, outputs: upgradeOnly},
+		{name: "v6", version: "6.0.0", keys: s.Keys, outputs: upgradeOnly},
+		{name: "v7", version: "7.0.0", keys: s.Keys, outputs: upgradeOnly},
 	}
 }
+
+// upgradeOnly is what an image reached only by upgrades needs: no disk.
+var upgradeOnly = []string{spec.OutputUKI, spec.OutputInstaller}
 
 // makeNodeConfig generates the config every machine receives after its
 // first boot, with the lab definition's cluster settings.
@@ -247,6 +257,10 @@ func (s *Suite) buildImages(ctx context.Context) error {
 		def.Version = v.version
 		def.Base.Layout = filepath.Join(s.Work, "labbase", "oci")
 		def.Schematic.Customization.ExtraKernelArgs = append(def.Schematic.Customization.ExtraKernelArgs, v.extraArgs...)
+
+		if v.outputs != nil {
+			def.Outputs = v.outputs
+		}
 
 		res, err := build.Build(ctx, def, build.Options{
 			Root: s.Root, OutDir: filepath.Join(s.Work, "images", v.name), KeysDir: v.keys, Baker: baker,

@@ -412,6 +412,43 @@ func TestUpgrade(t *testing.T) {
 	require.Contains(t, string(m.ESPRead("/loader/loader.conf")), "labos-2.0.0.efi", "a blessed entry becomes the exact default")
 }
 
+// Scenario 3b: six consecutive upgrades on the lab's 96 MiB ESP, each to
+// a new version. Without housekeeping the 4th fails for lack of space;
+// with it, the ESP keeps the running, previous and new entries only.
+func TestSixUpgrades(t *testing.T) {
+	g := Golden(t)
+	ctx := scenario(t)
+	m := g.Clone(t, "six")
+	m.Boot(ctx, BootOptions{})
+	require.Equal(t, "1.0.0", m.WaitStatus(ctx).Version)
+
+	for i, v := range []string{"v2", "v3", "v4", "v5", "v6", "v7"} {
+		version := fmt.Sprintf("%d.0.0", i+2)
+
+		upgrade(ctx, t, m, v)
+
+		st := waitVersion(ctx, t, m, version, 2)
+		require.True(t, st.Healthy, "upgrade %d to %s: checks %+v", i+1, version, st.Checks)
+		require.True(t, st.Blessed)
+		require.Equal(t, goldenToken, st.StateToken)
+	}
+
+	m.PowerOffClean(ctx)
+
+	var entries []string
+
+	for _, n := range m.ESPList("/EFI/Linux") {
+		if strings.HasSuffix(strings.ToLower(n), ".efi") {
+			entries = append(entries, n)
+		}
+	}
+
+	// pruning happens when an upgrade is written: installing 7.0.0 kept the
+	// running 6.0.0, the previous blessed 5.0.0 and the new entry
+	require.ElementsMatch(t, []string{"labos-5.0.0.efi", "labos-6.0.0.efi", "labos-7.0.0.efi"}, entries,
+		"after six upgrades the ESP keeps the entry under trial (now blessed), the one it replaced and the one before")
+}
+
 // Scenario 4: a bad upgrade falls back on its own; rollback returns to v1.
 func TestFallback(t *testing.T) {
 	g := Golden(t)
