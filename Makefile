@@ -46,6 +46,13 @@ test: ## run all tests: unit tests, then the emulated-hardware scenarios (qemu-t
 	$(GO) test -count=1 -timeout 10m ./lab/harness/...
 	set -o pipefail; $(GO) test -count=1 -timeout 25m -v ./qemu-tests/ 2>&1 | tee $(OUT)/qemu-tests.log
 
+SOAK ?= 10
+
+.PHONY: soak
+soak: ## long runs: each power-cut point of the qemu-tests SOAK times (default 10)
+	@mkdir -p $(OUT)
+	set -o pipefail; QEMU_TESTS_SOAK=$(SOAK) $(GO) test -count=1 -timeout 180m -v -run 'TestPowerLoss' ./qemu-tests/ 2>&1 | tee $(OUT)/soak.log
+
 .PHONY: unit
 unit: ## unit tests only (no VMs)
 	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v -e /qemu-tests -e /lab/harness)
