@@ -398,7 +398,7 @@ section_boot() {
 	echo
 	echo '```sh'
 	echo "bin/imagectl build ${tdef#"$REPO"/} --out ${WORK#"$REPO"/}/out-trivial --keys ${WORK#"$REPO"/}/keys   # images/lab.yaml on the trivial base"
-	echo "bin/labctl --state-dir $srel up ${disk#"$REPO"/} --name bench-labos -o json [--fresh]"
+	echo "bin/labctl --state-dir $srel up ${disk#"$REPO"/} --name bench-labos --keys ${WORK#"$REPO"/}/keys -o json [--fresh]"
 	echo "bin/labctl --state-dir $srel up ${tdisk#"$REPO"/} --name bench-trivial --until init -o json [--fresh]"
 	echo '```'
 	echo
@@ -431,6 +431,8 @@ section_boot() {
 	rm -f "$WORK"/boot-*
 	for kind in lab trivial; do
 		local name=bench-labos img=$disk extra=()
+		# the lab node takes its machine config on the first (--fresh) boot
+		[ $kind = lab ] && extra=(--keys "$WORK/keys")
 		[ $kind = trivial ] && name=bench-trivial img=$tdisk extra=(--until init)
 		boot $kind $name "$img" 0 --fresh "${extra[@]}" || { rc=1; continue; }
 		for ((r = 1; r <= boots; r++)); do

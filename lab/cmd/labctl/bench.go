@@ -17,6 +17,7 @@ func newBenchCommand(g *globals) *cobra.Command {
 	var (
 		runs    int
 		timeout time.Duration
+		cfg     configOptions
 	)
 
 	cmd := &cobra.Command{
@@ -26,17 +27,19 @@ func newBenchCommand(g *globals) *cobra.Command {
 pipeline on the trivial base, built with 'labctl base build --trivial') to
 its init marker, alternately, --runs times each, and reports the times and
 how much labos adds. Each disk first gets a fresh machine and one warm-up
-boot that enrolls the keys (and seals STATE); the measured boots are the
-later ones, as a node boots in the field.`,
+boot that enrolls the keys (and seals STATE, and takes the machine config
+from --keys or --config); the measured boots are the later ones, as a node
+boots in the field.`,
 		Example: `  labctl base build --trivial --out _out/labbase-trivial
   # build both images with imagectl, then:
-  labctl bench _out/labos/disk.raw _out/labos-trivial/disk.raw --runs 5 -o json`,
+  labctl bench _out/labos/disk.raw _out/labos-trivial/disk.raw --keys _out/keys --runs 5 -o json`,
 		Args: exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runBench(cmd.Context(), g, args[0], args[1], runs, timeout, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			return runBench(cmd.Context(), g, args[0], args[1], runs, timeout, cfg, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 
+	(&cfg).flags(cmd.Flags())
 	cmd.Flags().IntVar(&runs, "runs", 5, "measured boots per disk")
 	cmd.Flags().DurationVar(&timeout, "timeout", 4*time.Minute, "per-boot wait")
 
@@ -57,13 +60,14 @@ type benchResult struct {
 	OverheadPercent float64    `json:"overheadPercent"` // (lab - baseline) / baseline
 }
 
-func runBench(ctx context.Context, g *globals, lab, baseline string, runs int, timeout time.Duration, stdout, stderr io.Writer) error {
+func runBench(ctx context.Context, g *globals, lab, baseline string, runs int, timeout time.Duration, cfg configOptions, stdout, stderr io.Writer) error {
 	if runs < 1 {
 		return usageErr("--runs must be at least 1")
 	}
 
 	labOpts := func(fresh bool) *upOptions {
-		return &upOptions{name: "bench-lab", vars: "empty", fresh: fresh, timeout: timeout, memory: 1024, accel: "tcg"}
+		// the warm-up boot takes the config; the measured boots run on it
+		return &upOptions{name: "bench-lab", vars: "empty", fresh: fresh, timeout: timeout, memory: 1024, accel: "tcg", config: cfg}
 	}
 	baseOpts := func(fresh bool) *upOptions {
 		return &upOptions{name: "bench-baseline", vars: "empty", fresh: fresh, timeout: timeout, memory: 1024, accel: "tcg", until: nodeapi.MarkerInit}
