@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
@@ -47,7 +48,7 @@ func ApplyConfigAt(ctx context.Context, endpoint string, data []byte, dryRun boo
 
 		cancel()
 
-		if err == nil || status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
+		if err == nil || !notListening(err) || time.Now().After(deadline) {
 			return resp, err
 		}
 
@@ -57,4 +58,17 @@ func ApplyConfigAt(ctx context.Context, endpoint string, data []byte, dryRun boo
 		case <-time.After(300 * time.Millisecond):
 		}
 	}
+}
+
+// notListening tells a node that is not (yet) listening from one that
+// answered: a TLS refusal (the maintenance API is gone and the mTLS API
+// wants a certificate) is an answer and is not retried.
+func notListening(err error) bool {
+	if status.Code(err) != codes.Unavailable {
+		return false
+	}
+
+	msg := err.Error()
+
+	return !strings.Contains(msg, "tls:") && !strings.Contains(msg, "certificate")
 }
