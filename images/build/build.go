@@ -79,6 +79,9 @@ type Options struct {
 	ToolsPath string
 }
 
+// workPrefix starts the name of every build's work folder in the temp folder.
+const workPrefix = "imagectl-"
+
 // Result is a finished build.
 type Result struct {
 	Dir    string
@@ -98,6 +101,7 @@ type builder struct {
 	cmdline string
 	uki     string // path of the signed UKI in stage
 	rec     *record.Record
+	written map[string]stamp // outputs as hashed for the record, by path in stage
 }
 
 // Build runs the definition's build.
@@ -162,17 +166,26 @@ func Build(ctx context.Context, def *spec.Definition, opts Options) (*Result, er
 
 	// Everything is written under a temporary folder beside the final one and
 	// moved into place at the end, so a failed build never touches the last good outputs.
-	b.stage, err = os.MkdirTemp(opts.OutDir, "."+def.Name+".building-")
+	// Leftovers of killed builds (of any definition) go first.
+	reapScratch(opts.OutDir, isStaging)
+	reapScratch(os.TempDir(), isWork)
+	reapScratch(opts.CacheDir, isIncoming)
+
+	stage, err := newScratch(opts.OutDir, "."+def.Name+".building-")
 	if err != nil {
 		return nil, fmt.Errorf("creating staging dir: %w", err)
 	}
-	defer os.RemoveAll(b.stage) //nolint:errcheck
+	defer stage.Close()
 
-	b.work, err = os.MkdirTemp("", "imagectl-"+def.Name+"-")
+	b.stage = stage.Dir
+
+	work, err := newScratch(os.TempDir(), workPrefix+def.Name+"-")
 	if err != nil {
 		return nil, fmt.Errorf("creating work dir: %w", err)
 	}
-	defer os.RemoveAll(b.work) //nolint:errcheck
+	defer work.Close()
+
+	b.work = work.Dir
 
 	schematicID, err := def.SchematicID()
 	if err != nil {
@@ -270,9 +283,9 @@ func sourceDateEpoch(v int64) (int64, error) {
 
 // addOutput hashes an output file and adds it to the record.
 func (b *builder) addOutput(kind, path, ref string) error {
-	sum, size, err := hashFile(path)
+	s, err := hashStable(path)
 	if err != nil {
-		return err
+		return fmt.Errorf("hashing output: %w", err)
 	}
 
 	rel, err := filepath.Rel(b.stage, path)
@@ -280,7 +293,14 @@ func (b *builder) addOutput(kind, path, ref string) error {
 		return fmt.Errorf("output path: %w", err)
 	}
 
-	b.rec.Outputs = append(b.rec.Outputs, record.Output{Kind: kind, Path: rel, SHA256: sum, Size: size, Ref: ref})
+	// Kept so stamping the finished folder need not hash it again.
+	if b.written == nil {
+		b.written = map[string]stamp{}
+	}
+
+	b.written[filepath.ToSlash(rel)] = s
+
+	b.rec.Outputs = append(b.rec.Outputs, record.Output{Kind: kind, Path: rel, SHA256: s.SHA256, Size: s.Size, Ref: ref})
 
 	return nil
 }

@@ -364,3 +364,64 @@ func TestSwitchingBackIsServedFromTheCache(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "1.0.0", rec.Version)
 }
+
+// TestNoOpNoticesChangedOutput: an output overwritten in place, same size
+// and mtime put back, is not "unchanged": the build restores what it built,
+// and the cache copy was never touched by the write.
+func TestNoOpNoticesChangedOutput(t *testing.T) {
+	f := newFixture(t)
+	out := filepath.Join(f.root, "_out")
+
+	first, err := f.build(t, out, false)
+	require.NoError(t, err)
+
+	disk, ok := first.Record.Output("disk")
+	require.True(t, ok)
+
+	p := filepath.Join(first.Dir, disk.Path)
+	st, err := os.Stat(p)
+	require.NoError(t, err)
+
+	fh, err := os.OpenFile(p, os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = fh.WriteAt([]byte("CHANGED!"), 1<<20)
+	require.NoError(t, err)
+	require.NoError(t, fh.Close())
+	require.NoError(t, os.Chtimes(p, st.ModTime(), st.ModTime()))
+
+	cached := filepath.Join(f.root, "_cache", "build", first.Record.CacheKey, disk.Path)
+	sum, err := exec.Command("sha256sum", cached).Output()
+	require.NoError(t, err)
+	require.Contains(t, string(sum), disk.SHA256, "writing to the output changed the cache copy")
+
+	again, err := f.build(t, out, false)
+	require.NoError(t, err)
+
+	sum, err = exec.Command("sha256sum", p).Output()
+	require.NoError(t, err)
+	require.Contains(t, string(sum), disk.SHA256, "a changed %s was reported as %s", disk.Path, map[bool]string{true: "unchanged (cached)", false: "rebuilt"}[again.Record.Cached])
+}
+
+// TestKilledBuildLeftoversAreReaped: staging folders of a build that died
+// (no lock held) are removed by the next build.
+func TestKilledBuildLeftoversAreReaped(t *testing.T) {
+	f := newFixture(t)
+	out := filepath.Join(f.root, "_out")
+	require.NoError(t, os.MkdirAll(out, 0o755))
+
+	stale := filepath.Join(out, ".edge.building-4242")
+	require.NoError(t, os.Mkdir(stale, 0o755))
+	require.NoError(t, os.WriteFile(stale+".lock", nil, 0o644)) // its builder is gone: nobody holds it
+
+	_, err := f.build(t, out, false)
+	require.NoError(t, err)
+	require.NoDirExists(t, stale)
+	require.NoFileExists(t, stale+".lock")
+
+	entries, err := os.ReadDir(out)
+	require.NoError(t, err)
+
+	for _, e := range entries {
+		require.Equal(t, "edge", e.Name(), "left in %s after a build", out)
+	}
+}
