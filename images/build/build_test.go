@@ -4,7 +4,11 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/x509"
 	"debug/pe"
+	"encoding/binary"
+	"encoding/pem"
 	"errors"
 	"io"
 	"log"
@@ -13,7 +17,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/foxboron/go-uefi/authenticode"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -26,6 +33,7 @@ import (
 
 	"github.com/labfleet/labfleet/images/base"
 	"github.com/labfleet/labfleet/images/build"
+	"github.com/labfleet/labfleet/images/inspect"
 	"github.com/labfleet/labfleet/images/keys"
 	"github.com/labfleet/labfleet/images/record"
 	"github.com/labfleet/labfleet/images/spec"
@@ -424,4 +432,109 @@ func TestKilledBuildLeftoversAreReaped(t *testing.T) {
 	for _, e := range entries {
 		require.Equal(t, "edge", e.Name(), "left in %s after a build", out)
 	}
+}
+
+// TestInspectTiesPCRSigToSections: the UKI Talos's imager signed passes
+// inspect's PCR 11 prediction (Talos's own measurement is the oracle);
+// the same UKI with another .cmdline, Authenticode re-signed, fails it.
+func TestInspectTiesPCRSigToSections(t *testing.T) {
+	f := newFixture(t)
+
+	res, err := f.build(t, filepath.Join(f.root, "_out"), false)
+	require.NoError(t, err)
+
+	uki := filepath.Join(res.Dir, "edge.efi")
+	cert := filepath.Join(f.keys, keys.UKISigningCertFile)
+
+	r, err := inspect.Inspect(uki, inspect.Options{CertPath: cert})
+	require.NoError(t, err)
+	require.NotEmpty(t, r.PE.PCRSignature)
+
+	for bank, entries := range r.PE.PCRSignature {
+		for _, e := range entries {
+			require.NotNil(t, e.MatchesSections, bank)
+			require.True(t, *e.MatchesSections, "%s policy %s: Talos's signed policy not predicted from the sections", bank, e.Pol)
+		}
+	}
+
+	_, ok, failures := r.Verification()
+	require.True(t, ok, failures)
+
+	// Change .cmdline in place (same length) and re-sign for Secure Boot.
+	data, err := os.ReadFile(uki)
+	require.NoError(t, err)
+
+	pf, err := pe.NewFile(bytes.NewReader(data))
+	require.NoError(t, err)
+
+	s := pf.Section(".cmdline")
+	require.NotNil(t, s)
+	i := bytes.Index(data[s.Offset:s.Offset+s.Size], []byte("console="))
+	require.GreaterOrEqual(t, i, 0)
+	copy(data[int(s.Offset)+i:], "consolX=")
+	pf.Close()
+
+	off, size := signatureRange(t, data)
+	require.Equal(t, len(data), off+size, "certificate table is not at the end")
+	unsigned := data[:off]
+	// Clear the security directory entry (its offset in the optional header).
+	secEntry := bytes.Index(unsigned, binaryLE(uint32(off), uint32(size)))
+	require.Greater(t, secEntry, 0)
+	copy(unsigned[secEntry:], make([]byte, 8))
+
+	bin, err := authenticode.Parse(bytes.NewReader(unsigned))
+	require.NoError(t, err)
+
+	ks, err := keys.Load(f.keys)
+	require.NoError(t, err)
+
+	key, crt := loadSigner(t, ks.UKISigningKey, ks.UKISigningCert)
+	_, err = bin.Sign(key, crt)
+	require.NoError(t, err)
+
+	resigned := filepath.Join(t.TempDir(), "resigned.efi")
+	require.NoError(t, os.WriteFile(resigned, bin.Bytes(), 0o644))
+
+	r, err = inspect.Inspect(resigned, inspect.Options{CertPath: cert})
+	require.NoError(t, err)
+	require.True(t, r.PE.Verification.Verified, "re-signed Authenticode must verify: %s", r.PE.Verification.Error)
+
+	_, ok, failures = r.Verification()
+	require.False(t, ok)
+	require.Contains(t, strings.Join(failures, "\n"), "pcrsig mismatch")
+}
+
+func binaryLE(a, b uint32) []byte {
+	out := make([]byte, 8)
+	binary.LittleEndian.PutUint32(out, a)
+	binary.LittleEndian.PutUint32(out[4:], b)
+
+	return out
+}
+
+func loadSigner(t *testing.T, keyPath, certPath string) (crypto.Signer, *x509.Certificate) {
+	t.Helper()
+
+	kb, err := os.ReadFile(keyPath)
+	require.NoError(t, err)
+	block, _ := pem.Decode(kb)
+	require.NotNil(t, block)
+
+	var key crypto.Signer
+	if k, err := x509.ParsePKCS1PrivateKey(block.Bytes); err == nil {
+		key = k
+	} else {
+		k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+		require.NoError(t, err)
+		key = k.(crypto.Signer)
+	}
+
+	cb, err := os.ReadFile(certPath)
+	require.NoError(t, err)
+	block, _ = pem.Decode(cb)
+	require.NotNil(t, block)
+	crt, err := x509.ParseCertificate(block.Bytes)
+	require.NoError(t, err)
+
+	return key, crt
 }

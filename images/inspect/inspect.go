@@ -195,5 +195,34 @@ func (r *Report) Verification() (checked, ok bool, failures []string) {
 		failures = append(failures, r.Path+": no EFI binaries to verify (no ESP, or nothing under EFI/)")
 	}
 
+	failures = append(failures, r.PCRFailures()...)
+
 	return true, len(failures) == 0, failures
+}
+
+// PCRFailures lists, for the PE or every EFI binary on the disk, the .pcrsig
+// entries that do not verify or do not match the binary's own sections.
+// These need no certificate: the UKI carries both the policy and its key.
+func (r *Report) PCRFailures() []string {
+	var out []string
+
+	add := func(name string, p *PE) {
+		if p == nil {
+			return
+		}
+
+		for _, f := range p.PCRPolicyFailures() {
+			out = append(out, name+": "+f)
+		}
+	}
+
+	add(r.Path, r.PE)
+
+	if r.Disk != nil && r.Disk.ESP != nil {
+		for _, b := range r.Disk.ESP.Binaries {
+			add(b.Path, b.PE)
+		}
+	}
+
+	return out
 }
