@@ -19,6 +19,7 @@ import (
 
 	"github.com/labfleet/labfleet/images/base"
 	"github.com/labfleet/labfleet/images/record"
+	"github.com/labfleet/labfleet/images/spec"
 )
 
 func installerOutput(digest, ref string) record.Output {
@@ -38,6 +39,19 @@ func (b *builder) cacheKey(ctx context.Context) (string, error) {
 	}
 
 	fmt.Fprintf(h, "def %s\n", defID)
+
+	// Add-ons first: a definition problem is reported before any network access.
+	fp, err := b.opts.Baker.Fingerprint(b.def)
+	if errors.Is(err, fs.ErrNotExist) {
+		// An add-on without a folder is a definition problem, not a failure.
+		return "", &spec.FieldError{Field: "addons", Msg: fmt.Sprintf("%v (known add-ons are the folders of extensions/)", err)}
+	}
+
+	if err != nil {
+		return "", fmt.Errorf("fingerprinting add-ons: %w", err)
+	}
+
+	fmt.Fprintf(h, "bake %s\n", fp)
 
 	_, img, err := base.Describe(ctx, b.baseSource())
 	if err != nil {
@@ -59,13 +73,6 @@ func (b *builder) cacheKey(ctx context.Context) (string, error) {
 
 		fmt.Fprintf(h, "key %s %s\n", filepath.Base(p), sum)
 	}
-
-	fp, err := b.opts.Baker.Fingerprint(b.def)
-	if err != nil {
-		return "", fmt.Errorf("fingerprinting add-ons: %w", err)
-	}
-
-	fmt.Fprintf(h, "bake %s\n", fp)
 
 	// The builder's code is an input too: a new Talos imager or go-uefi can
 	// change the output for the same definition.

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -55,11 +53,6 @@ inspect exits 1 and says why when any binary fails.`,
 
 			r, err := inspect.Inspect(args[0], inspect.Options{CertPath: cert})
 			if err != nil {
-				if errors.Is(err, inspect.ErrUnknownFormat) || errors.Is(err, fs.ErrNotExist) ||
-					strings.Contains(err.Error(), "certificate") {
-					return cli.BadInput(err)
-				}
-
 				return fmt.Errorf("inspecting: %w", err)
 			}
 
