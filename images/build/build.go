@@ -73,6 +73,9 @@ type Options struct {
 	Progress Progress
 	// ImagerLog receives the Talos imager's own output (it writes to stderr).
 	ImagerLog io.Writer
+	// Registry is how base pulls and installer pushes reach registries:
+	// Docker config credentials, TLS unless the host is listed insecure.
+	Registry base.Registry
 	// ToolsPath is put in front of PATH while the imager runs: it shells out
 	// to mksquashfs and needs 4.6+ (pseudo-file xattrs), which bookworm lacks;
 	// hack/fetch-lab-assets.sh provides trixie's in _cache/lab-assets/tools/bin.
