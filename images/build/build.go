@@ -229,7 +229,13 @@ func Build(ctx context.Context, def *spec.Definition, opts Options) (*Result, er
 		}
 	}
 
-	if err := b.commit(final); err != nil {
+	// Past this point the new outputs replace the old ones: Ctrl-C before
+	// it keeps the old ones.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("before moving outputs into place: %w", err)
+	}
+
+	if err := b.commit(ctx, final); err != nil {
 		return nil, err
 	}
 
@@ -256,6 +262,12 @@ func (b *builder) step(ctx context.Context, name string, run func(context.Contex
 	b.opts.Logger.Debug("build step", "step", name, "seconds", d.Seconds(), "error", err)
 
 	if err != nil {
+		// A step killed by Ctrl-C fails with whatever its tools saw ("signal:
+		// killed"); the cause the caller can act on is the cancellation.
+		if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+			return fmt.Errorf("%s: %w (%v)", name, cerr, err)
+		}
+
 		return fmt.Errorf("%s: %w", name, err)
 	}
 

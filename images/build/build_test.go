@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/foxboron/go-uefi/authenticode"
 
@@ -537,4 +538,81 @@ func loadSigner(t *testing.T, keyPath, certPath string) (crypto.Signer, *x509.Ce
 	require.NoError(t, err)
 
 	return key, crt
+}
+
+// cancelAt cancels the build 100 ms into the named step, as Ctrl-C would.
+type cancelAt struct {
+	step      string
+	cancel    context.CancelFunc
+	cancelled chan time.Time
+}
+
+func (c *cancelAt) StepStart(name string) {
+	if name == c.step {
+		go func() {
+			time.Sleep(100 * time.Millisecond)
+			c.cancelled <- time.Now()
+			c.cancel()
+		}()
+	}
+}
+
+func (c *cancelAt) StepDone(string, time.Duration, error) {}
+
+// TestCancelKeepsPreviousOutputs: Ctrl-C (a cancelled context) during any
+// step of a forced rebuild returns within a second, reports the
+// cancellation, leaves the previous outputs as they were and no scratch
+// folders behind.
+func TestCancelKeepsPreviousOutputs(t *testing.T) {
+	f := newFixture(t)
+	out := filepath.Join(f.root, "_out")
+
+	first, err := f.build(t, out, false)
+	require.NoError(t, err)
+
+	before, err := os.ReadFile(filepath.Join(first.Dir, record.FileName))
+	require.NoError(t, err)
+
+	for _, step := range []string{"resolve base", "assemble and sign UKI", "write disk image", "write installer image"} {
+		t.Run(step, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+
+			c := &cancelAt{step: step, cancel: cancel, cancelled: make(chan time.Time, 1)}
+
+			_, err := build.Build(ctx, f.def, build.Options{
+				Root: f.root, OutDir: out, Baker: staticBaker{config: "version: v1alpha1\n"}, Force: true,
+				ToolsPath: filepath.Join(f.assets, "tools", "bin"), Progress: c,
+			})
+			returned := time.Now()
+
+			select {
+			case at := <-c.cancelled:
+				require.Less(t, returned.Sub(at), time.Second, "the build ran on after Ctrl-C")
+
+				if err == nil {
+					// Ctrl-C came after the new outputs were moved into place:
+					// the build is complete, nothing to keep.
+					t.Logf("cancelled after the outputs were in place")
+
+					return
+				}
+
+				require.ErrorIs(t, err, context.Canceled)
+			default:
+				t.Skipf("step %q ended within 100 ms: nothing to interrupt (err %v)", step, err)
+			}
+
+			now, err := os.ReadFile(filepath.Join(first.Dir, record.FileName))
+			require.NoError(t, err)
+			require.Equal(t, before, now, "previous outputs changed")
+
+			entries, err := os.ReadDir(out)
+			require.NoError(t, err)
+
+			for _, e := range entries {
+				require.Equal(t, "edge", e.Name(), "left in %s after a cancelled build", out)
+			}
+		})
+	}
 }

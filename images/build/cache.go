@@ -272,7 +272,7 @@ func cloneFile(src, dst string) error {
 
 // commit writes the record and swaps the staged folder into place; the
 // previous outputs are removed only after the new ones are in place.
-func (b *builder) commit(final string) error {
+func (b *builder) commit(ctx context.Context, final string) error {
 	data, err := b.rec.Marshal()
 	if err != nil {
 		return err
@@ -289,7 +289,10 @@ func (b *builder) commit(final string) error {
 	// Stamped after the move: the stamps name the inodes the outputs have now.
 	writeStamps(final, b.rec.CacheKey, b.written) //nolint:errcheck // without stamps the next check hashes
 
-	b.keep(b.rec.CacheKey, final)
+	// The cache copy is an optimisation: Ctrl-C skips it.
+	if ctx.Err() == nil {
+		b.keep(b.rec.CacheKey, final)
+	}
 
 	return nil
 }
