@@ -18,6 +18,7 @@ PACKAGES=(
 	squashfs-tools xorriso cpio zstd xz-utils  # used by Talos's imager
 	binutils                                # objcopy: the baseline UKI assembly in make bench
 	tpm2-tools socat time                   # debugging, /usr/bin/time for peak RSS in benches
+	docker-registry                         # the CNCF distribution registry: push/pull tests with auth and TLS
 	ca-certificates git make
 )
 

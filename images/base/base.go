@@ -10,10 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path"
 	"path/filepath"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
@@ -43,7 +45,57 @@ type Source struct {
 	Image    string // OCI reference
 	Layout   string // OCI layout directory
 	Digest   string // optional pin, sha256:...
-	Insecure bool   // allow plain HTTP
+	Insecure bool   // allow plain HTTP (base.insecure in the definition)
+	Registry Registry
+}
+
+// Registry is how imagectl talks to registries: as the user's docker,
+// crane or podman would. Credentials come from the Docker config keychain
+// (authn.DefaultKeychain: $DOCKER_CONFIG/config.json, credential helpers),
+// TLS is verified against the system roots, and plain HTTP is used only for
+// the hosts listed in Insecure.
+type Registry struct {
+	// Insecure lists registry hosts (host or host:port) allowed over plain
+	// HTTP (--insecure-registry).
+	Insecure []string
+	// Keychain overrides authn.DefaultKeychain.
+	Keychain authn.Keychain
+	// Transport overrides remote.DefaultTransport (e.g. for a private CA).
+	Transport http.RoundTripper
+}
+
+// NameOptions are the reference parsing options for ref: name.Insecure
+// only when its registry is listed, or insecure is set.
+func (r Registry) NameOptions(ref string, insecure bool) []name.Option {
+	if insecure {
+		return []name.Option{name.Insecure}
+	}
+
+	if parsed, err := name.ParseReference(ref); err == nil {
+		host := parsed.Context().RegistryStr()
+		for _, h := range r.Insecure {
+			if h == host {
+				return []name.Option{name.Insecure}
+			}
+		}
+	}
+
+	return nil
+}
+
+// RemoteOptions are the options every registry call takes.
+func (r Registry) RemoteOptions(ctx context.Context) []remote.Option {
+	kc := r.Keychain
+	if kc == nil {
+		kc = authn.DefaultKeychain
+	}
+
+	opts := []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(kc)}
+	if r.Transport != nil {
+		opts = append(opts, remote.WithTransport(r.Transport))
+	}
+
+	return opts
 }
 
 // File is one extracted input.
@@ -71,17 +123,14 @@ func Describe(ctx context.Context, src Source) (string, v1.Image, error) {
 		return "oci-layout:" + src.Layout, img, nil
 	}
 
-	var opts []name.Option
-	if src.Insecure {
-		opts = append(opts, name.Insecure)
-	}
-
-	ref, err := name.ParseReference(src.Image, opts...)
+	ref, err := name.ParseReference(src.Image, src.Registry.NameOptions(src.Image, src.Insecure)...)
 	if err != nil {
 		return "", nil, fmt.Errorf("parsing base image reference %q: %w", src.Image, err)
 	}
 
-	img, err := remote.Image(ref, remote.WithContext(ctx), remote.WithPlatform(v1.Platform{OS: "linux", Architecture: Arch}))
+	opts := append(src.Registry.RemoteOptions(ctx), remote.WithPlatform(v1.Platform{OS: "linux", Architecture: Arch}))
+
+	img, err := remote.Image(ref, opts...)
 	if err != nil {
 		return "", nil, fmt.Errorf("pulling base image %s: %w", src.Image, err)
 	}

@@ -76,11 +76,17 @@ type Options struct {
 	Progress Progress
 	// ImagerLog receives the Talos imager's own output (it writes to stderr).
 	ImagerLog io.Writer
+	// Registry is how base pulls and installer pushes reach registries:
+	// Docker config credentials, TLS unless the host is listed insecure.
+	Registry base.Registry
 	// ToolsPath is put in front of PATH while the imager runs: it shells out
 	// to mksquashfs and needs 4.6+ (pseudo-file xattrs), which bookworm lacks;
 	// hack/fetch-lab-assets.sh provides trixie's in _cache/lab-assets/tools/bin.
 	ToolsPath string
 }
+
+// workPrefix starts the name of every build's work folder in the temp folder.
+const workPrefix = "imagectl-"
 
 // Result is a finished build.
 type Result struct {
@@ -101,6 +107,7 @@ type builder struct {
 	cmdline string
 	uki     string // path of the signed UKI in stage
 	rec     *record.Record
+	written map[string]stamp // outputs as hashed for the record, by path in stage
 }
 
 // Build runs the definition's build.
@@ -165,17 +172,26 @@ func Build(ctx context.Context, def *spec.Definition, opts Options) (*Result, er
 
 	// Everything is written under a temporary folder beside the final one and
 	// moved into place at the end, so a failed build never touches the last good outputs.
-	b.stage, err = os.MkdirTemp(opts.OutDir, "."+def.Name+".building-")
+	// Leftovers of killed builds (of any definition) go first.
+	reapScratch(opts.OutDir, isStaging)
+	reapScratch(os.TempDir(), isWork)
+	reapScratch(opts.CacheDir, isIncoming)
+
+	stage, err := newScratch(opts.OutDir, "."+def.Name+".building-")
 	if err != nil {
 		return nil, fmt.Errorf("creating staging dir: %w", err)
 	}
-	defer os.RemoveAll(b.stage) //nolint:errcheck
+	defer stage.Close()
 
-	b.work, err = os.MkdirTemp("", "imagectl-"+def.Name+"-")
+	b.stage = stage.Dir
+
+	work, err := newScratch(os.TempDir(), workPrefix+def.Name+"-")
 	if err != nil {
 		return nil, fmt.Errorf("creating work dir: %w", err)
 	}
-	defer os.RemoveAll(b.work) //nolint:errcheck
+	defer work.Close()
+
+	b.work = work.Dir
 
 	schematicID, err := def.SchematicID()
 	if err != nil {
@@ -216,7 +232,13 @@ func Build(ctx context.Context, def *spec.Definition, opts Options) (*Result, er
 		}
 	}
 
-	if err := b.commit(final); err != nil {
+	// Past this point the new outputs replace the old ones: Ctrl-C before
+	// it keeps the old ones.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("before moving outputs into place: %w", err)
+	}
+
+	if err := b.commit(ctx, final); err != nil {
 		return nil, err
 	}
 
@@ -243,6 +265,12 @@ func (b *builder) step(ctx context.Context, name string, run func(context.Contex
 	b.opts.Logger.Debug("build step", "step", name, "seconds", d.Seconds(), "error", err)
 
 	if err != nil {
+		// A step killed by Ctrl-C fails with whatever its tools saw ("signal:
+		// killed"); the cause the caller can act on is the cancellation.
+		if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+			return fmt.Errorf("%s: %w (%v)", name, cerr, err)
+		}
+
 		return fmt.Errorf("%s: %w", name, err)
 	}
 
@@ -273,9 +301,9 @@ func sourceDateEpoch(v int64) (int64, error) {
 
 // addOutput hashes an output file and adds it to the record.
 func (b *builder) addOutput(kind, path, ref string) error {
-	sum, size, err := hashFile(path)
+	s, err := hashStable(path)
 	if err != nil {
-		return err
+		return fmt.Errorf("hashing output: %w", err)
 	}
 
 	rel, err := filepath.Rel(b.stage, path)
@@ -283,7 +311,14 @@ func (b *builder) addOutput(kind, path, ref string) error {
 		return fmt.Errorf("output path: %w", err)
 	}
 
-	b.rec.Outputs = append(b.rec.Outputs, record.Output{Kind: kind, Path: rel, SHA256: sum, Size: size, Ref: ref})
+	// Kept so stamping the finished folder need not hash it again.
+	if b.written == nil {
+		b.written = map[string]stamp{}
+	}
+
+	b.written[filepath.ToSlash(rel)] = s
+
+	b.rec.Outputs = append(b.rec.Outputs, record.Output{Kind: kind, Path: rel, SHA256: s.SHA256, Size: s.Size, Ref: ref})
 
 	return nil
 }

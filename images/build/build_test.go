@@ -4,8 +4,11 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/sha256"
+	"crypto/x509"
 	"debug/pe"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -16,7 +19,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/foxboron/go-uefi/authenticode"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -30,6 +37,7 @@ import (
 	"github.com/labfleet/labfleet/extensions/machineconfig"
 	"github.com/labfleet/labfleet/images/base"
 	"github.com/labfleet/labfleet/images/build"
+	"github.com/labfleet/labfleet/images/inspect"
 	"github.com/labfleet/labfleet/images/keys"
 	"github.com/labfleet/labfleet/images/record"
 	"github.com/labfleet/labfleet/images/spec"
@@ -410,4 +418,247 @@ func TestSwitchingBackIsServedFromTheCache(t *testing.T) {
 	rec, err := record.Load(back.Dir)
 	require.NoError(t, err)
 	require.Equal(t, "1.0.0", rec.Version)
+}
+
+// TestNoOpNoticesChangedOutput: an output overwritten in place, same size
+// and mtime put back, is not "unchanged": the build restores what it built,
+// and the cache copy was never touched by the write.
+func TestNoOpNoticesChangedOutput(t *testing.T) {
+	f := newFixture(t)
+	out := filepath.Join(f.root, "_out")
+
+	first, err := f.build(t, out, false)
+	require.NoError(t, err)
+
+	disk, ok := first.Record.Output("disk")
+	require.True(t, ok)
+
+	p := filepath.Join(first.Dir, disk.Path)
+	st, err := os.Stat(p)
+	require.NoError(t, err)
+
+	fh, err := os.OpenFile(p, os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = fh.WriteAt([]byte("CHANGED!"), 1<<20)
+	require.NoError(t, err)
+	require.NoError(t, fh.Close())
+	require.NoError(t, os.Chtimes(p, st.ModTime(), st.ModTime()))
+
+	cached := filepath.Join(f.root, "_cache", "build", first.Record.CacheKey, disk.Path)
+	sum, err := exec.Command("sha256sum", cached).Output()
+	require.NoError(t, err)
+	require.Contains(t, string(sum), disk.SHA256, "writing to the output changed the cache copy")
+
+	again, err := f.build(t, out, false)
+	require.NoError(t, err)
+
+	sum, err = exec.Command("sha256sum", p).Output()
+	require.NoError(t, err)
+	require.Contains(t, string(sum), disk.SHA256, "a changed %s was reported as %s", disk.Path, map[bool]string{true: "unchanged (cached)", false: "rebuilt"}[again.Record.Cached])
+}
+
+// TestKilledBuildLeftoversAreReaped: staging folders of a build that died
+// (no lock held) are removed by the next build.
+func TestKilledBuildLeftoversAreReaped(t *testing.T) {
+	f := newFixture(t)
+	out := filepath.Join(f.root, "_out")
+	require.NoError(t, os.MkdirAll(out, 0o755))
+
+	stale := filepath.Join(out, ".edge.building-4242")
+	require.NoError(t, os.Mkdir(stale, 0o755))
+	require.NoError(t, os.WriteFile(stale+".lock", nil, 0o644)) // its builder is gone: nobody holds it
+
+	_, err := f.build(t, out, false)
+	require.NoError(t, err)
+	require.NoDirExists(t, stale)
+	require.NoFileExists(t, stale+".lock")
+
+	entries, err := os.ReadDir(out)
+	require.NoError(t, err)
+
+	for _, e := range entries {
+		require.Equal(t, "edge", e.Name(), "left in %s after a build", out)
+	}
+}
+
+// TestInspectTiesPCRSigToSections: the UKI Talos's imager signed passes
+// inspect's PCR 11 prediction (Talos's own measurement is the oracle);
+// the same UKI with another .cmdline, Authenticode re-signed, fails it.
+func TestInspectTiesPCRSigToSections(t *testing.T) {
+	f := newFixture(t)
+
+	res, err := f.build(t, filepath.Join(f.root, "_out"), false)
+	require.NoError(t, err)
+
+	uki := filepath.Join(res.Dir, "edge.efi")
+	cert := filepath.Join(f.keys, keys.UKISigningCertFile)
+
+	r, err := inspect.Inspect(uki, inspect.Options{CertPath: cert})
+	require.NoError(t, err)
+	require.NotEmpty(t, r.PE.PCRSignature)
+
+	for bank, entries := range r.PE.PCRSignature {
+		for _, e := range entries {
+			require.NotNil(t, e.MatchesSections, bank)
+			require.True(t, *e.MatchesSections, "%s policy %s: Talos's signed policy not predicted from the sections", bank, e.Pol)
+		}
+	}
+
+	_, ok, failures := r.Verification()
+	require.True(t, ok, failures)
+
+	// Change .cmdline in place (same length) and re-sign for Secure Boot.
+	data, err := os.ReadFile(uki)
+	require.NoError(t, err)
+
+	pf, err := pe.NewFile(bytes.NewReader(data))
+	require.NoError(t, err)
+
+	s := pf.Section(".cmdline")
+	require.NotNil(t, s)
+	i := bytes.Index(data[s.Offset:s.Offset+s.Size], []byte("console="))
+	require.GreaterOrEqual(t, i, 0)
+	copy(data[int(s.Offset)+i:], "consolX=")
+	pf.Close()
+
+	off, size := signatureRange(t, data)
+	require.Equal(t, len(data), off+size, "certificate table is not at the end")
+	unsigned := data[:off]
+	// Clear the security directory entry (its offset in the optional header).
+	secEntry := bytes.Index(unsigned, binaryLE(uint32(off), uint32(size)))
+	require.Greater(t, secEntry, 0)
+	copy(unsigned[secEntry:], make([]byte, 8))
+
+	bin, err := authenticode.Parse(bytes.NewReader(unsigned))
+	require.NoError(t, err)
+
+	ks, err := keys.Load(f.keys)
+	require.NoError(t, err)
+
+	key, crt := loadSigner(t, ks.UKISigningKey, ks.UKISigningCert)
+	_, err = bin.Sign(key, crt)
+	require.NoError(t, err)
+
+	resigned := filepath.Join(t.TempDir(), "resigned.efi")
+	require.NoError(t, os.WriteFile(resigned, bin.Bytes(), 0o644))
+
+	r, err = inspect.Inspect(resigned, inspect.Options{CertPath: cert})
+	require.NoError(t, err)
+	require.True(t, r.PE.Verification.Verified, "re-signed Authenticode must verify: %s", r.PE.Verification.Error)
+
+	_, ok, failures = r.Verification()
+	require.False(t, ok)
+	require.Contains(t, strings.Join(failures, "\n"), "pcrsig mismatch")
+}
+
+func binaryLE(a, b uint32) []byte {
+	out := make([]byte, 8)
+	binary.LittleEndian.PutUint32(out, a)
+	binary.LittleEndian.PutUint32(out[4:], b)
+
+	return out
+}
+
+func loadSigner(t *testing.T, keyPath, certPath string) (crypto.Signer, *x509.Certificate) {
+	t.Helper()
+
+	kb, err := os.ReadFile(keyPath)
+	require.NoError(t, err)
+	block, _ := pem.Decode(kb)
+	require.NotNil(t, block)
+
+	var key crypto.Signer
+	if k, err := x509.ParsePKCS1PrivateKey(block.Bytes); err == nil {
+		key = k
+	} else {
+		k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+		require.NoError(t, err)
+		key = k.(crypto.Signer)
+	}
+
+	cb, err := os.ReadFile(certPath)
+	require.NoError(t, err)
+	block, _ = pem.Decode(cb)
+	require.NotNil(t, block)
+	crt, err := x509.ParseCertificate(block.Bytes)
+	require.NoError(t, err)
+
+	return key, crt
+}
+
+// cancelAt cancels the build 100 ms into the named step, as Ctrl-C would.
+type cancelAt struct {
+	step      string
+	cancel    context.CancelFunc
+	cancelled chan time.Time
+}
+
+func (c *cancelAt) StepStart(name string) {
+	if name == c.step {
+		go func() {
+			time.Sleep(100 * time.Millisecond)
+			c.cancelled <- time.Now()
+			c.cancel()
+		}()
+	}
+}
+
+func (c *cancelAt) StepDone(string, time.Duration, error) {}
+
+// TestCancelKeepsPreviousOutputs: Ctrl-C (a cancelled context) during any
+// step of a forced rebuild returns within a second, reports the
+// cancellation, leaves the previous outputs as they were and no scratch
+// folders behind.
+func TestCancelKeepsPreviousOutputs(t *testing.T) {
+	f := newFixture(t)
+	out := filepath.Join(f.root, "_out")
+
+	first, err := f.build(t, out, false)
+	require.NoError(t, err)
+
+	before, err := os.ReadFile(filepath.Join(first.Dir, record.FileName))
+	require.NoError(t, err)
+
+	for _, step := range []string{"resolve base", "assemble and sign UKI", "write disk image", "write installer image"} {
+		t.Run(step, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+
+			c := &cancelAt{step: step, cancel: cancel, cancelled: make(chan time.Time, 1)}
+
+			_, err := build.Build(ctx, f.def, build.Options{
+				Root: f.root, OutDir: out, Baker: staticBaker{config: "version: v1alpha1\n"}, Force: true,
+				ToolsPath: filepath.Join(f.assets, "tools", "bin"), Progress: c,
+			})
+			returned := time.Now()
+
+			select {
+			case at := <-c.cancelled:
+				require.Less(t, returned.Sub(at), time.Second, "the build ran on after Ctrl-C")
+
+				if err == nil {
+					// Ctrl-C came after the new outputs were moved into place:
+					// the build is complete, nothing to keep.
+					t.Logf("cancelled after the outputs were in place")
+
+					return
+				}
+
+				require.ErrorIs(t, err, context.Canceled)
+			default:
+				t.Skipf("step %q ended within 100 ms: nothing to interrupt (err %v)", step, err)
+			}
+
+			now, err := os.ReadFile(filepath.Join(first.Dir, record.FileName))
+			require.NoError(t, err)
+			require.Equal(t, before, now, "previous outputs changed")
+
+			entries, err := os.ReadDir(out)
+			require.NoError(t, err)
+
+			for _, e := range entries {
+				require.Equal(t, "edge", e.Name(), "left in %s after a cancelled build", out)
+			}
+		})
+	}
 }

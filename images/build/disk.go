@@ -49,7 +49,7 @@ type espFile struct {
 	data []byte
 }
 
-func (b *builder) writeDisk(_ context.Context) error {
+func (b *builder) writeDisk(ctx context.Context) error {
 	sdboot := filepath.Join(b.work, "BOOTX64.EFI")
 	if err := signPE(b.base.Files["systemd-boot.efi"].Path, sdboot, b.keys.UKISigningKey, b.keys.UKISigningCert); err != nil {
 		return fmt.Errorf("signing systemd-boot: %w", err)
@@ -84,7 +84,7 @@ func (b *builder) writeDisk(_ context.Context) error {
 		return fmt.Errorf("creating disk image: %w", err)
 	}
 
-	if err := layoutDisk(b, d, espMiB, cacheMiB, stateMiB, files, cacheFiles); err != nil {
+	if err := layoutDisk(ctx, b, d, espMiB, cacheMiB, stateMiB, files, cacheFiles); err != nil {
 		d.Close() //nolint:errcheck
 
 		return err
@@ -97,7 +97,7 @@ func (b *builder) writeDisk(_ context.Context) error {
 	return b.addOutput("disk", out, "")
 }
 
-func layoutDisk(b *builder, d *disk.Disk, espMiB, cacheMiB, stateMiB int64, files, cacheFiles []espFile) error {
+func layoutDisk(ctx context.Context, b *builder, d *disk.Disk, espMiB, cacheMiB, stateMiB int64, files, cacheFiles []espFile) error {
 
 	sectors := func(m int64) uint64 { return uint64(m * mib / 512) }
 	start := sectors(1)
@@ -124,11 +124,11 @@ func layoutDisk(b *builder, d *disk.Disk, espMiB, cacheMiB, stateMiB int64, file
 		return fmt.Errorf("writing partition table: %w", err)
 	}
 
-	if err := fillFAT(d, 1, "EFI", files); err != nil {
+	if err := fillFAT(ctx, d, 1, "EFI", files); err != nil {
 		return fmt.Errorf("writing ESP: %w", err)
 	}
 
-	if err := fillFAT(d, 2, "IMAGECACHE", cacheFiles); err != nil {
+	if err := fillFAT(ctx, d, 2, "IMAGECACHE", cacheFiles); err != nil {
 		return fmt.Errorf("writing image cache partition: %w", err)
 	}
 
@@ -188,7 +188,7 @@ func (b *builder) guid(what string) string {
 	return fmt.Sprintf("%X-%X-%X-%X-%X", sum[0:4], sum[4:6], sum[6:8], sum[8:10], sum[10:16])
 }
 
-func fillFAT(d *disk.Disk, part int, label string, files []espFile) error {
+func fillFAT(ctx context.Context, d *disk.Disk, part int, label string, files []espFile) error {
 	fsys, err := d.CreateFilesystem(disk.FilesystemSpec{Partition: part, FSType: filesystem.TypeFat32, VolumeLabel: label, Reproducible: true})
 	if err != nil {
 		return fmt.Errorf("creating FAT32: %w", err)
@@ -210,7 +210,7 @@ func fillFAT(d *disk.Disk, part int, label string, files []espFile) error {
 			}
 		}
 
-		if err := writeFATFile(fsys, "/"+f.dst, f); err != nil {
+		if err := writeFATFile(ctx, fsys, "/"+f.dst, f); err != nil {
 			return err
 		}
 	}
@@ -218,7 +218,7 @@ func fillFAT(d *disk.Disk, part int, label string, files []espFile) error {
 	return nil
 }
 
-func writeFATFile(fsys filesystem.FileSystem, dst string, f espFile) error {
+func writeFATFile(ctx context.Context, fsys filesystem.FileSystem, dst string, f espFile) error {
 	w, err := fsys.OpenFile(dst, os.O_CREATE|os.O_RDWR)
 	if err != nil {
 		return fmt.Errorf("creating %s: %w", dst, err)
@@ -240,9 +240,24 @@ func writeFATFile(fsys filesystem.FileSystem, dst string, f espFile) error {
 	// go-diskfs updates the FAT on every allocating write: large writes are
 	// several times faster than io.Copy's 32 KiB pieces (make bench). The
 	// struct hides WriterTo/ReaderFrom so the buffer size is what is used.
-	if _, err := io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{r}, make([]byte, 8<<20)); err != nil {
+	// ctxReader ends the copy at Ctrl-C: the disk step is the longest one.
+	if _, err := io.CopyBuffer(struct{ io.Writer }{w}, ctxReader{ctx, r}, make([]byte, 8<<20)); err != nil {
 		return fmt.Errorf("writing %s: %w", dst, err)
 	}
 
 	return nil
+}
+
+// ctxReader fails reads once ctx is done, so long copies stop at Ctrl-C.
+type ctxReader struct {
+	ctx context.Context //nolint:containedctx // lives for one copy
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+
+	return c.r.Read(p)
 }

@@ -147,12 +147,14 @@ func (b *builder) writeInstaller(ctx context.Context) error {
 	ref := ""
 
 	if repo := b.def.Installer.Repository; repo != "" {
-		tag, err := name.NewTag(repo+":"+b.def.Version, name.Insecure)
+		// TLS unless the registry is listed insecure (--insecure-registry):
+		// a pushed release must not travel in clear text by default.
+		tag, err := name.NewTag(repo+":"+b.def.Version, b.opts.Registry.NameOptions(repo, false)...)
 		if err != nil {
 			return fmt.Errorf("installer.repository %q: %w", repo, err)
 		}
 
-		if err := remote.Write(tag, img, remote.WithContext(ctx)); err != nil {
+		if err := remote.Write(tag, img, b.opts.Registry.RemoteOptions(ctx)...); err != nil {
 			return fmt.Errorf("pushing installer to %s: %w", tag, err)
 		}
 

@@ -17,6 +17,7 @@ func (b *builder) baseSource() base.Source {
 		Layout:   spec.ResolvePath(b.opts.Root, b.def.Base.Layout),
 		Digest:   b.def.Base.Digest,
 		Insecure: b.def.Base.Insecure,
+		Registry: b.opts.Registry,
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -216,16 +217,44 @@ func rogueCert(t testing.TB, dir string) (*rsa.PrivateKey, *x509.Certificate, st
 }
 
 // ukiSections returns the sections of a fake UKI whose .pcrsig is signed
-// by pcrKey the way Talos's imager signs it.
+// by pcrKey the way Talos's imager signs it: for PCR 11 after the measured
+// sections and the phases up to enter-machined.
 func ukiSections(t testing.TB, pcrKey *rsa.PrivateKey) []testSection {
+	t.Helper()
+
+	return ukiSectionsSignedFor(t, pcrKey, nil)
+}
+
+// ukiSectionsSignedFor signs the policy for the sections as changed by
+// signedFor (nil: the sections themselves), so a test can make a .pcrsig
+// that belongs to other sections.
+func ukiSectionsSignedFor(t testing.TB, pcrKey *rsa.PrivateKey, signedFor func([]testSection) []testSection) []testSection {
 	t.Helper()
 
 	spki, err := x509.MarshalPKIXPublicKey(&pcrKey.PublicKey)
 	require.NoError(t, err)
 
+	linux := make([]byte, 3000)
+	_, err = rand.Read(linux)
+	require.NoError(t, err)
+
+	sections := []testSection{
+		{".osrel", []byte("NAME=\"Talos\"\nID=talos\nVERSION_ID=v1.14.1\nPRETTY_NAME=\"Talos (v1.14.1)\"\n")},
+		{".cmdline", []byte("console=ttyS0 talos.platform=metal\x00")},
+		{".uname", []byte("6.12.48-talos")},
+		{".sbat", []byte("sbat,1,SBAT Version,sbat,1,https://github.com/rhboot/shim/blob/main/SBAT.md\n")},
+		{".pcrpkey", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: spki})},
+		{".linux", linux},
+	}
+
+	measured := sections
+	if signedFor != nil {
+		measured = signedFor(slices.Clone(sections))
+	}
+
 	fp := sha256.Sum256(x509.MarshalPKCS1PublicKey(&pcrKey.PublicKey))
-	pol := sha256.Sum256([]byte("policy"))
-	d := sha256.Sum256(pol[:])
+	pol := talosPolicy(measured)
+	d := sha256.Sum256(pol)
 
 	sig, err := rsa.SignPKCS1v15(rand.Reader, pcrKey, crypto.SHA256, d[:])
 	require.NoError(t, err)
@@ -234,23 +263,56 @@ func ukiSections(t testing.TB, pcrKey *rsa.PrivateKey) []testSection {
 		"sha256": {{
 			"pcrs": []int{11},
 			"pkfp": hex.EncodeToString(fp[:]),
-			"pol":  hex.EncodeToString(pol[:]),
+			"pol":  hex.EncodeToString(pol),
 			"sig":  base64.StdEncoding.EncodeToString(sig),
 		}},
 	})
 	require.NoError(t, err)
 
-	linux := make([]byte, 3000)
-	_, err = rand.Read(linux)
-	require.NoError(t, err)
+	return slices.Insert(sections, 5, testSection{".pcrsig", pcrsig})
+}
 
-	return []testSection{
-		{".osrel", []byte("NAME=\"Talos\"\nID=talos\nVERSION_ID=v1.14.1\nPRETTY_NAME=\"Talos (v1.14.1)\"\n")},
-		{".cmdline", []byte("console=ttyS0 talos.platform=metal\x00")},
-		{".uname", []byte("6.12.48-talos")},
-		{".sbat", []byte("sbat,1,SBAT Version,sbat,1,https://github.com/rhboot/shim/blob/main/SBAT.md\n")},
-		{".pcrpkey", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: spki})},
-		{".pcrsig", pcrsig},
-		{".linux", linux},
+// talosPolicy is the sha256-bank PolicyPCR digest for PCR 11 after the
+// given sections (in systemd-stub's order) and Talos's phases up to
+// enter-machined, written out from the TPM 2.0 spec (part 3, 23.7) as an
+// oracle independent of the code under test.
+func talosPolicy(sections []testSection) []byte {
+	extend := func(pcr, data []byte) []byte {
+		d := sha256.Sum256(data)
+		n := sha256.Sum256(append(append([]byte{}, pcr...), d[:]...))
+
+		return n[:]
 	}
+
+	byName := map[string][]byte{}
+	for _, s := range sections {
+		byName[s.name] = s.data
+	}
+
+	pcr := make([]byte, 32)
+
+	for _, name := range []string{".linux", ".osrel", ".cmdline", ".initrd", ".ucode", ".splash", ".dtb", ".uname", ".sbat", ".pcrpkey", ".profile"} {
+		if data, ok := byName[name]; ok {
+			pcr = extend(pcr, append([]byte(name), 0))
+			pcr = extend(pcr, data)
+		}
+	}
+
+	for _, phase := range []string{"enter-initrd", "leave-initrd", "enter-machined"} {
+		pcr = extend(pcr, []byte(phase))
+	}
+
+	pcrDigest := sha256.Sum256(pcr)
+
+	var msg bytes.Buffer
+	msg.Write(make([]byte, 32))               // policyDigest of a fresh session
+	msg.Write([]byte{0x00, 0x00, 0x01, 0x7f}) // TPM_CC_PolicyPCR
+	msg.Write([]byte{0x00, 0x00, 0x00, 0x01}) // TPML_PCR_SELECTION.count
+	msg.Write([]byte{0x00, 0x0b, 0x03})       // TPM_ALG_SHA256, sizeofSelect
+	msg.Write([]byte{0x00, 0x08, 0x00})       // PCR 11
+	msg.Write(pcrDigest[:])
+
+	pol := sha256.Sum256(msg.Bytes())
+
+	return pol[:]
 }

@@ -51,6 +51,16 @@ type Report struct {
 // ErrUnknownFormat is returned for files that are neither PE nor GPT.
 var ErrUnknownFormat = errors.New("not a PE/EFI binary or a GPT disk image")
 
+// ErrBadInput is matched (errors.Is) by every error Inspect returns: each
+// is about the file or certificate it was given (missing, unreadable, not
+// PE or GPT, malformed), never about the machine.
+var ErrBadInput = errors.New("bad input")
+
+type inputError struct{ err error }
+
+func (e inputError) Error() string   { return e.err.Error() }
+func (e inputError) Unwrap() []error { return []error{ErrBadInput, e.err} }
+
 // Inspect reads path, a PE/EFI binary (a UKI, systemd-boot) or a GPT disk
 // image, and reports its contents. The file is never modified.
 func Inspect(path string, opts Options) (_ *Report, err error) {
@@ -59,6 +69,10 @@ func Inspect(path string, opts Options) (_ *Report, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("%s: malformed input: %v", path, p)
+		}
+
+		if err != nil {
+			err = inputError{err}
 		}
 	}()
 
@@ -195,5 +209,34 @@ func (r *Report) Verification() (checked, ok bool, failures []string) {
 		failures = append(failures, r.Path+": no EFI binaries to verify (no ESP, or nothing under EFI/)")
 	}
 
+	failures = append(failures, r.PCRFailures()...)
+
 	return true, len(failures) == 0, failures
+}
+
+// PCRFailures lists, for the PE or every EFI binary on the disk, the .pcrsig
+// entries that do not verify or do not match the binary's own sections.
+// These need no certificate: the UKI carries both the policy and its key.
+func (r *Report) PCRFailures() []string {
+	var out []string
+
+	add := func(name string, p *PE) {
+		if p == nil {
+			return
+		}
+
+		for _, f := range p.PCRPolicyFailures() {
+			out = append(out, name+": "+f)
+		}
+	}
+
+	add(r.Path, r.PE)
+
+	if r.Disk != nil && r.Disk.ESP != nil {
+		for _, b := range r.Disk.ESP.Binaries {
+			add(b.Path, b.PE)
+		}
+	}
+
+	return out
 }

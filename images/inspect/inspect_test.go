@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -155,8 +156,16 @@ func TestVerificationFailures(t *testing.T) {
 			checked, ok, failures := r.Verification()
 			assert.True(t, checked)
 			assert.False(t, ok)
-			require.Len(t, failures, 1)
+			require.NotEmpty(t, failures)
 			assert.Contains(t, failures[0], tc.error)
+
+			// A flipped .linux byte also breaks the PCR policy; nothing else does.
+			if tc.name == "modified after signing" {
+				require.Len(t, failures, 2)
+				assert.Contains(t, failures[1], "pcrsig mismatch")
+			} else {
+				require.Len(t, failures, 1)
+			}
 		})
 	}
 }
@@ -259,4 +268,64 @@ func certTableSize(t *testing.T, data []byte) uint32 {
 	require.NoError(t, err)
 
 	return f.OptionalHeader.(*pe.OptionalHeader64).DataDirectory[pe.IMAGE_DIRECTORY_ENTRY_SECURITY].Size
+}
+
+// TestInspectPCRSigMustMatchSections: a UKI whose .cmdline changed after
+// its PCR policy was signed, then re-signed for Secure Boot, passes
+// Authenticode and the .pcrsig signature check, yet the TPM would refuse
+// to unseal with it: inspect must fail naming the pcrsig mismatch.
+func TestInspectPCRSigMustMatchSections(t *testing.T) {
+	ks := testKeys(t)
+	pcrKey := loadRSA(t, ks.PCRSigningKey)
+
+	good := ukiSections(t, pcrKey)
+	// The policy was signed for the original command line; the file carries another.
+	changed := ukiSectionsSignedFor(t, pcrKey, func(s []testSection) []testSection {
+		s[1] = testSection{".cmdline", []byte("console=ttyS0 talos.platform=metal\x00")}
+		return s
+	})
+	changed[1] = testSection{".cmdline", []byte("console=ttyS0 init=/bin/sh talos\x00")}
+
+	for _, tc := range []struct {
+		name     string
+		sections []testSection
+		want     string
+	}{
+		{name: "matching", sections: good},
+		{name: "changed cmdline", sections: changed, want: "pcrsig mismatch: sha256[0]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			signed := signPE(t, buildPE(t, tc.sections), loadRSA(t, ks.UKISigningKey), loadCert(t, ks.UKISigningCert))
+			path := writeFile(t, t.TempDir(), "uki.efi", signed)
+
+			r, err := Inspect(path, Options{CertPath: ks.UKISigningCert})
+			require.NoError(t, err)
+			require.True(t, r.PE.Verification.Verified, "Authenticode must still verify")
+
+			e := r.PE.PCRSignature["sha256"][0]
+			require.True(t, *e.Verified, "the policy signature itself is valid")
+			require.NotNil(t, e.MatchesSections)
+
+			_, ok, failures := r.Verification()
+
+			if tc.want == "" {
+				require.True(t, *e.MatchesSections)
+				require.Equal(t, "talos:enter-initrd:leave-initrd:enter-machined", e.Phase)
+				require.True(t, ok, failures)
+				require.Empty(t, r.PCRFailures())
+
+				return
+			}
+
+			require.False(t, *e.MatchesSections)
+			require.False(t, ok)
+			require.Len(t, r.PCRFailures(), 1, "the mismatch is reported without a certificate too")
+			require.Contains(t, r.PCRFailures()[0], tc.want)
+			require.Contains(t, strings.Join(failures, "\n"), tc.want)
+
+			var text bytes.Buffer
+			require.NoError(t, r.WriteText(&text))
+			require.Contains(t, text.String(), "DOES NOT MATCH the sections")
+		})
+	}
 }

@@ -107,6 +107,13 @@ type PCRSignatureEntry struct {
 	// Verified is whether Sig verifies over Pol with the .pcrpkey key and
 	// PKFP names that key (nil when there is no .pcrpkey).
 	Verified *bool `json:"verified,omitempty"`
+	// MatchesSections is whether Pol is the PolicyPCR digest of a PCR 11
+	// value predicted from this UKI's measured sections (systemd-stub's
+	// order) and a boot phase path.
+	MatchesSections *bool `json:"matchesSections,omitempty"`
+	// Phase names the phase path Pol matched ("talos:enter-initrd:leave-initrd:enter-machined"),
+	// or why it could not be checked.
+	Phase string `json:"phase,omitempty"`
 }
 
 func machineName(m uint16) string {
@@ -171,6 +178,12 @@ func inspectPE(r io.ReaderAt, cert *x509.Certificate, certPath string) (*PE, err
 
 	if err := out.decodeUKI(contents); err != nil {
 		return nil, err
+	}
+
+	if out.PCRSignature != nil {
+		if err := out.matchSections(f); err != nil {
+			return nil, err
+		}
 	}
 
 	if err := out.authenticode(r, cert, certPath); err != nil {

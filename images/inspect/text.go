@@ -110,6 +110,14 @@ func writePE(p func(string, ...any), pe *PE, in string) {
 					status = map[bool]string{true: "valid", false: "INVALID"}[*e.Verified]
 				}
 
+				if e.MatchesSections != nil {
+					if *e.MatchesSections {
+						status += ", matches sections (" + e.Phase + ")"
+					} else {
+						status += ", DOES NOT MATCH the sections"
+					}
+				}
+
 				p("%s  %s\tpcrs %v\tpol %s\t%s\n", in, bank, e.PCRs, e.Pol, status)
 			}
 		}

@@ -23,6 +23,7 @@ func newBuildCommand() *cobra.Command {
 	var (
 		root, out, keysDir, output string
 		force, quiet, verbose      bool
+		insecureRegistries         []string
 	)
 
 	cmd := &cobra.Command{
@@ -42,7 +43,13 @@ writes the requested outputs to _out/<name>/:
 Outputs are written to a temporary folder and moved into place at the end:
 a failed build leaves the previous outputs untouched. A rebuild whose inputs
 did not change is answered from the build record (no work done); --force
-rebuilds anyway. SOURCE_DATE_EPOCH fixes every timestamp (default 1700000000).`,
+rebuilds anyway. SOURCE_DATE_EPOCH fixes every timestamp (default 1700000000).
+
+Registries are reached as docker would: credentials from the Docker config
+($DOCKER_CONFIG/config.json or ~/.docker/config.json, credential helpers
+included; 'docker login' writes it), TLS verified against the system roots.
+Plain HTTP is used only for a registry listed with --insecure-registry, or
+for the base when the definition sets base.insecure.`,
 		Example: `  # the lab image (what 'make images' runs)
   imagectl build images/lab.yaml
 
@@ -95,6 +102,7 @@ rebuilds anyway. SOURCE_DATE_EPOCH fixes every timestamp (default 1700000000).`,
 					Root: root, OutDir: out, KeysDir: keysDir, Force: force,
 					Baker: baker, Progress: cli.NewProgress(progress), ImagerLog: imagerLog,
 					ToolsPath: filepath.Join(cacheRoot(root), "lab-assets", "tools", "bin"),
+					Registry:  base.Registry{Insecure: insecureRegistries},
 				})
 
 				baker.Close()
@@ -132,6 +140,7 @@ rebuilds anyway. SOURCE_DATE_EPOCH fixes every timestamp (default 1700000000).`,
 	cmd.Flags().StringVar(&out, "out", "", "output folder (default <root>/_out)")
 	cmd.Flags().StringVar(&keysDir, "keys", "", "keys directory (default: the definition's keys field)")
 	cmd.Flags().BoolVar(&force, "force", false, "rebuild even if nothing changed")
+	cmd.Flags().StringSliceVar(&insecureRegistries, "insecure-registry", nil, "registry host[:port] to reach over plain HTTP (repeatable; default: TLS for every registry)")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress output")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "show the Talos imager's own output")
 	cmd.Flags().StringVarP(&output, "output", "o", cli.OutputText, "output format: text or json (the build record)")

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -27,8 +25,11 @@ func newInspectCommand() *cobra.Command {
 
 For a PE: its sections with sizes and sha256 digests (the bytes systemd-stub
 measures), the Authenticode digest and signers, and for a UKI the os-release,
-kernel command line, uname, SBAT, the PCR public key and the decoded .pcrsig
-(each signed policy checked against .pcrpkey).
+kernel command line, uname, SBAT, the PCR public key and the decoded .pcrsig:
+each signed policy is checked against .pcrpkey and against the PCR 11 value
+predicted from the UKI's own measured sections (systemd-stub's order, then
+the boot phases); a policy signed for other sections is a "pcrsig mismatch"
+and inspect exits 1 even without --cert (the TPM would refuse to unseal).
 
 For a disk image: the partitions, every file on the EFI System Partition,
 and the PE report of every .efi under EFI/ (systemd-boot and the UKIs).
@@ -52,11 +53,6 @@ inspect exits 1 and says why when any binary fails.`,
 
 			r, err := inspect.Inspect(args[0], inspect.Options{CertPath: cert})
 			if err != nil {
-				if errors.Is(err, inspect.ErrUnknownFormat) || errors.Is(err, fs.ErrNotExist) ||
-					strings.Contains(err.Error(), "certificate") {
-					return cli.BadInput(err)
-				}
-
 				return fmt.Errorf("inspecting: %w", err)
 			}
 
@@ -72,6 +68,11 @@ inspect exits 1 and says why when any binary fails.`,
 
 			if checked, ok, failures := r.Verification(); checked && !ok {
 				return fmt.Errorf("verification against %s failed: %s", cert, strings.Join(failures, "; "))
+			}
+
+			// The PCR policy check needs no certificate: the UKI carries both.
+			if failures := r.PCRFailures(); len(failures) > 0 {
+				return fmt.Errorf("verification failed: %s", strings.Join(failures, "; "))
 			}
 
 			return nil

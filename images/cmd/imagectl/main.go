@@ -4,14 +4,10 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
-
-	"github.com/labfleet/labfleet/extensions/addonscmd"
-	"github.com/labfleet/labfleet/images/cli"
 )
 
 func main() {
@@ -23,15 +19,4 @@ func main() {
 		fmt.Fprintln(os.Stderr, "imagectl:", err)
 		os.Exit(exitCode(err))
 	}
-}
-
-// exitCode is the one place errors become exit codes: 2 for bad input
-// (definitions, flags, keys), 1 for everything else.
-func exitCode(err error) int {
-	var u *cli.UsageError
-	if errors.As(err, &u) || errors.Is(err, addonscmd.ErrUsage) {
-		return 2
-	}
-
-	return 1
 }

@@ -14,10 +14,7 @@ func newRootCommand() *cobra.Command {
 		Long: `imagectl turns an image definition (images/<name>.yaml) into signed boot
 artifacts: a Unified Kernel Image signed for Secure Boot with a signed PCR
 policy, a bootable disk image with systemd-boot and auto-enrollment keys,
-and an installer OCI image that nodes upgrade from.
-
-Exit codes: 0 success, 1 build or runtime failure, 2 bad input (definition,
-flags or keys).`,
+and an installer OCI image that nodes upgrade from.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -25,6 +22,8 @@ flags or keys).`,
 	for _, c := range commands {
 		root.AddCommand(c())
 	}
+
+	documentExitCodes(root)
 
 	return root
 }
