@@ -119,8 +119,9 @@ func checkSealedObject(pub *tpm2.TPMTPublic, policy, authorizeOnly []byte, pcrs 
 	return nil
 }
 
-// authorizeOnlyPolicy is the digest after PolicyAuthorize(pub) alone.
-func authorizeOnlyPolicy(pub *rsa.PublicKey) ([]byte, error) {
+// authorizeCalculator is a policy calculator after PolicyAuthorize(pub),
+// the first step of Talos's sealing policy.
+func authorizeCalculator(pub *rsa.PublicKey) (*tpm2.PolicyCalculator, error) {
 	calc, err := tpm2.NewPolicyCalculator(tpm2.TPMAlgSHA256)
 	if err != nil {
 		return nil, err
@@ -135,6 +136,16 @@ func authorizeOnlyPolicy(pub *rsa.PublicKey) ([]byte, error) {
 
 	if err := (tpm2.PolicyAuthorize{KeySign: *name}).Update(calc); err != nil {
 		return nil, fmt.Errorf("computing authorize policy: %w", err)
+	}
+
+	return calc, nil
+}
+
+// authorizeOnlyPolicy is the digest after PolicyAuthorize(pub) alone.
+func authorizeOnlyPolicy(pub *rsa.PublicKey) ([]byte, error) {
+	calc, err := authorizeCalculator(pub)
+	if err != nil {
+		return nil, err
 	}
 
 	return calc.Hash().Digest, nil
@@ -243,20 +254,9 @@ func PolicyPCRDigest(pcrValue []byte) ([]byte, error) {
 // SealingPolicy computes the object's authPolicy: PolicyAuthorize(pub)
 // followed by PolicyPCR over pcrs with their current values.
 func SealingPolicy(t transport.TPM, pub *rsa.PublicKey, pcrs []int) ([]byte, error) {
-	calc, err := tpm2.NewPolicyCalculator(tpm2.TPMAlgSHA256)
+	calc, err := authorizeCalculator(pub)
 	if err != nil {
 		return nil, err
-	}
-
-	tmpl := rsaTemplate(pub)
-
-	name, err := tpm2.ObjectName(&tmpl)
-	if err != nil {
-		return nil, fmt.Errorf("naming PCR public key: %w", err)
-	}
-
-	if err := (tpm2.PolicyAuthorize{KeySign: *name}).Update(calc); err != nil {
-		return nil, fmt.Errorf("computing authorize policy: %w", err)
 	}
 
 	if len(pcrs) > 0 {
