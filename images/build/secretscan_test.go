@@ -178,7 +178,7 @@ func keyMaterial(t *testing.T, dir string) []needle {
 var markers = func() [][]byte {
 	m := [][]byte{[]byte("PRIVATE KEY-----")}
 	for _, typ := range []string{"", "RSA ", "EC ", "ED25519 ", "ENCRYPTED "} {
-		m = append(m, []byte(base64.StdEncoding.EncodeToString([]byte("-----BEGIN "+typ+"PRIVATE KEY-----"))[:24]))
+		m = append(m, []byte(base64.StdEncoding.EncodeToString([]byte("-----BEGIN " + typ + "PRIVATE KEY-----"))[:24]))
 	}
 
 	return m
