@@ -662,3 +662,44 @@ func TestCancelKeepsPreviousOutputs(t *testing.T) {
 		})
 	}
 }
+
+// TestBuildWithPKCS8KeysWritesNoKeyCopy: PKCS#8 keys (what openssl genpkey
+// writes) sign the UKI from memory; nothing is written under HOME,
+// XDG_CACHE_HOME or a cache dir (finding 6 of issue 9: main wrote PKCS#1
+// copies into ~/.cache/labfleet/keys-pkcs1).
+func TestBuildWithPKCS8KeysWritesNoKeyCopy(t *testing.T) {
+	f := newFixture(t)
+
+	for _, name := range []string{keys.UKISigningKeyFile, keys.PCRSigningKeyFile} {
+		p := filepath.Join(f.keys, name)
+		k, _, err := keys.ReadPrivateKey(p)
+		require.NoError(t, err)
+
+		der, err := x509.MarshalPKCS8PrivateKey(k)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600))
+	}
+
+	home := t.TempDir()
+	t.Setenv("HOME", filepath.Join(home, "home"))
+	t.Setenv("XDG_CACHE_HOME", filepath.Join(home, "cache"))
+	t.Setenv("LABFLEET_KEYS_CACHE", filepath.Join(home, "keys-cache"))
+
+	res, err := f.build(t, filepath.Join(f.root, "_out"), true)
+	require.NoError(t, err)
+
+	leftovers, err := os.ReadDir(home)
+	require.NoError(t, err)
+	require.Empty(t, leftovers, "nothing may be written outside the keys folder and the outputs")
+
+	uki, _ := res.Record.Output("uki")
+	p, err := pe.Open(filepath.Join(res.Dir, uki.Path))
+	require.NoError(t, err)
+	require.NotNil(t, p.Section(".pcrsig"))
+	p.Close()
+
+	if _, err := exec.LookPath("sbverify"); err == nil {
+		out, err := exec.Command("sbverify", "--cert", filepath.Join(f.keys, keys.UKISigningCertFile), filepath.Join(res.Dir, uki.Path)).CombinedOutput()
+		require.NoError(t, err, "sbverify: %s", out)
+	}
+}

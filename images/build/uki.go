@@ -44,6 +44,12 @@ func (b *builder) kernelArgs() []string {
 const DBCmdlineParam = "labos.db"
 
 func (b *builder) buildUKI(ctx context.Context) error {
+	ukiSigner, pcrSigner, stopSigners, err := b.imagerSigners()
+	if err != nil {
+		return err
+	}
+	defer stopSigners()
+
 	secureBoot := true
 	dir := filepath.Join(b.base.Files[base.Kernel].Path, "..")
 
@@ -63,8 +69,8 @@ func (b *builder) buildUKI(ctx context.Context) error {
 			SDStub:    profile.FileAsset{Path: filepath.Join(dir, base.SDStub)},
 			SDBoot:    profile.FileAsset{Path: filepath.Join(dir, base.SDBoot)},
 			SecureBoot: &profile.SecureBootAssets{
-				SecureBootSigner: profile.SigningKeyAndCertificate{KeyPath: b.keys.UKISigningKey, CertPath: b.keys.UKISigningCert},
-				PCRSigner:        profile.SigningKey{KeyPath: b.keys.PCRSigningKey},
+				SecureBootSigner: ukiSigner,
+				PCRSigner:        pcrSigner,
 			},
 		},
 		Output: profile.Output{Kind: profile.OutKindUKI, OutFormat: profile.OutFormatRaw},

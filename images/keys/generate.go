@@ -65,17 +65,32 @@ func (o *GenerateOptions) defaults() {
 	}
 }
 
+// PreviousSuffix names the folder Generate keeps the replaced set in
+// (DIR.previous) when Force replaces an existing one.
+const PreviousSuffix = ".previous"
+
+// exchangeDirs is exchange; tests replace it to fail the swap or to take
+// the two-rename path.
+var exchangeDirs = exchange
+
+// writeHook, when set (tests), runs before each file of a new set is
+// written; an error aborts Generate as a failed write would.
+var writeHook func(name string) error
+
 // Generate writes a complete keys directory into dir (created if missing)
 // and returns the loaded set.
 //
-// Everything is written into a temporary directory beside dir first and
-// moved in only when all files exist, so an interrupted or failed run never
-// leaves a half-written set, and never touches existing keys unless
-// opts.Force is set.
-func Generate(dir string, opts GenerateOptions) (*Set, error) {
+// Everything is written (and fsynced) into a temporary directory beside dir
+// first; only a complete set is moved into place, by renaming directories,
+// never file by file: an interrupted or failed run leaves the old set (or
+// nothing) and never a mix. With opts.Force an existing set is swapped out
+// whole and kept as dir+PreviousSuffix (replacing an older one there);
+// other files of dir move with the new set. Without Force existing keys
+// are never touched.
+func Generate(dir string, opts GenerateOptions) (_ *Set, err error) {
 	opts.defaults()
 
-	dir, err := filepath.Abs(dir)
+	dir, err = filepath.Abs(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -99,7 +114,12 @@ func Generate(dir string, opts GenerateOptions) (*Set, error) {
 		return nil, fmt.Errorf("creating temporary keys directory: %w", err)
 	}
 
-	defer os.RemoveAll(tmp) //nolint:errcheck
+	// tmp is removed unless it holds the old set (see errOldSetInTmp).
+	defer func() {
+		if !errors.Is(err, errOldSetInTmp) {
+			os.RemoveAll(tmp) //nolint:errcheck
+		}
+	}()
 
 	files, err := generateFiles(opts)
 	if err != nil {
@@ -112,12 +132,18 @@ func Generate(dir string, opts GenerateOptions) (*Set, error) {
 			mode = 0o600
 		}
 
+		if writeHook != nil {
+			if err := writeHook(name); err != nil {
+				return nil, fmt.Errorf("writing %s: %w", name, err)
+			}
+		}
+
 		if err := writeFileSync(filepath.Join(tmp, name), files[name], mode); err != nil {
 			return nil, fmt.Errorf("writing %s: %w", name, err)
 		}
 	}
 
-	if err := moveInto(tmp, dir); err != nil {
+	if err := swapInto(tmp, dir); err != nil {
 		return nil, err
 	}
 
@@ -142,34 +168,116 @@ func existingFiles(dir string) ([]string, error) {
 	return found, nil
 }
 
-// moveInto puts the finished set in place: one rename of the whole
-// directory when dir is missing or empty, else one rename per file (each
-// atomic; all files are complete before the first one moves).
-func moveInto(tmp, dir string) error {
+// errNoExchange means the platform or file system cannot swap two
+// directories in one rename.
+var errNoExchange = errors.New("atomic directory exchange not supported")
+
+// errOldSetInTmp marks the one failure after which the temporary folder
+// holds the old set, so Generate must not remove it.
+var errOldSetInTmp = errors.New("old keys left in the temporary folder")
+
+// swapInto puts the finished set tmp in place of dir. A missing or empty
+// dir is replaced by one rename. Otherwise the files of dir that are not
+// part of a set are copied into tmp, an older dir.previous is removed, and
+// the folders are swapped in one atomic rename (Linux renameat2
+// RENAME_EXCHANGE) before the old set is renamed to dir.previous: dir is
+// always either the complete old set or the complete new one. Where the
+// exchange is not supported, two renames are used (dir -> dir.previous,
+// tmp -> dir): an interruption between them leaves dir absent and the old
+// set complete in dir.previous, still never a mix.
+func swapInto(tmp, dir string) error {
+	if err := os.Chmod(tmp, 0o700); err != nil {
+		return err
+	}
+
 	entries, err := os.ReadDir(dir)
 
 	switch {
 	case errors.Is(err, fs.ErrNotExist) || (err == nil && len(entries) == 0):
-		if err := os.Chmod(tmp, 0o700); err != nil {
-			return err
+		if err == nil {
+			if err := os.Remove(dir); err != nil {
+				return fmt.Errorf("replacing empty keys directory: %w", err)
+			}
 		}
 
 		if err := os.Rename(tmp, dir); err != nil {
 			return fmt.Errorf("moving keys into place: %w", err)
 		}
 
-		return nil
+		return syncDir(filepath.Dir(dir))
 	case err != nil:
 		return fmt.Errorf("reading keys directory: %w", err)
 	}
 
-	for _, name := range allFiles {
-		if err := os.Rename(filepath.Join(tmp, name), filepath.Join(dir, name)); err != nil {
-			return fmt.Errorf("moving %s into place: %w", name, err)
+	for _, e := range entries {
+		if slices.Contains(allFiles, e.Name()) || !e.Type().IsRegular() {
+			continue
+		}
+
+		if err := copyRegular(filepath.Join(dir, e.Name()), filepath.Join(tmp, e.Name())); err != nil {
+			return fmt.Errorf("keeping %s: %w", e.Name(), err)
 		}
 	}
 
+	prev := dir + PreviousSuffix
+	if err := os.RemoveAll(prev); err != nil {
+		return fmt.Errorf("removing the older %s: %w", prev, err)
+	}
+
+	switch err := exchangeDirs(tmp, dir); {
+	case err == nil:
+		// tmp now holds the old set.
+		if err := os.Rename(tmp, prev); err != nil {
+			return fmt.Errorf("keeping the old keys as %s: %w (they are in %s): %w", prev, err, tmp, errOldSetInTmp)
+		}
+
+		return syncDir(filepath.Dir(dir))
+	case !errors.Is(err, errNoExchange):
+		return fmt.Errorf("swapping keys into place: %w", err)
+	}
+
+	if err := os.Rename(dir, prev); err != nil {
+		return fmt.Errorf("moving the old keys to %s: %w", prev, err)
+	}
+
+	if err := os.Rename(tmp, dir); err != nil {
+		// Put the old set back: dir must not stay empty.
+		if rerr := os.Rename(prev, dir); rerr != nil {
+			return fmt.Errorf("moving keys into place: %w (and restoring %s failed: %v)", err, prev, rerr)
+		}
+
+		return fmt.Errorf("moving keys into place: %w", err)
+	}
+
+	return syncDir(filepath.Dir(dir))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close() //nolint:errcheck
+
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+
 	return nil
+}
+
+func copyRegular(src, dst string) error {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+
+	st, err := os.Stat(src)
+	if err != nil {
+		return err
+	}
+
+	return writeFileSync(dst, data, st.Mode().Perm())
 }
 
 func writeFileSync(path string, data []byte, mode fs.FileMode) error {

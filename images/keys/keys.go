@@ -68,11 +68,9 @@ var ownerFiles = map[string]bool{PKKeyFile: true, PKCertFile: true, KEKKeyFile: 
 // and GenerateOptions.Force is not set.
 var ErrExists = errors.New("keys already exist")
 
-// Set is a validated keys directory. Every field is an absolute path.
-//
-// The key paths always point at PKCS#1 PEM files (what Talos's imager
-// needs): when the directory holds a PKCS#8 key, Load writes a PKCS#1 copy
-// into a private cache and the path points there (see Converted).
+// Set is a validated keys directory. Every path is absolute and inside Dir:
+// no key is ever copied out of it (PKCS#8 keys are converted in memory by
+// whoever signs with them, see ReadPrivateKey).
 type Set struct {
 	Dir string `json:"dir"`
 
@@ -102,9 +100,10 @@ type Set struct {
 	Secrets     string `json:"secrets"`
 	Talosconfig string `json:"talosconfig"`
 
-	// Converted maps a file of Dir that held a PKCS#8 key to the PKCS#1
-	// copy Load made of it.
-	Converted map[string]string `json:"converted,omitempty"`
+	// PKCS8 names the key files of Dir stored as PKCS#8 (Talos's imager
+	// reads only PKCS#1 from a path; the builder serves these keys from
+	// memory instead).
+	PKCS8 []string `json:"pkcs8,omitempty"`
 }
 
 func newSet(dir string) *Set {

@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -33,8 +34,6 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	os.Setenv(PKCS1CacheDirEnv, "") //nolint:errcheck
-
 	code := m.Run()
 
 	if fixtureDir != "" {
@@ -64,8 +63,7 @@ func fixture(t *testing.T) string {
 	return fixtureDir
 }
 
-// copySet copies the fixture into a fresh directory and points the
-// PKCS#1 conversion cache into the test's temp dir.
+// copySet copies the fixture into a fresh directory.
 func copySet(t *testing.T) string {
 	t.Helper()
 
@@ -81,8 +79,6 @@ func copySet(t *testing.T) string {
 		require.NoError(t, err)
 		require.NoError(t, os.WriteFile(filepath.Join(dst, name), data, st.Mode().Perm()))
 	}
-
-	t.Setenv(PKCS1CacheDirEnv, filepath.Join(t.TempDir(), "cache"))
 
 	return dst
 }
@@ -132,7 +128,7 @@ func TestGenerate(t *testing.T) {
 
 	s, err := Load(dir)
 	require.NoError(t, err)
-	assert.Empty(t, s.Converted)
+	assert.Empty(t, s.PKCS8)
 
 	for _, name := range allFiles {
 		st, err := os.Stat(filepath.Join(dir, name))
@@ -282,11 +278,94 @@ func TestGenerateForce(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "mine", string(notes))
 
+	// The old set is kept whole beside it, and still loads.
+	prev, err := Load(dir + PreviousSuffix)
+	require.NoError(t, err)
+	assert.True(t, old.Equal(readCert(t, prev.UKISigningCert)), "DIR.previous holds the replaced set")
+
 	entries, err := os.ReadDir(filepath.Dir(dir))
 	require.NoError(t, err)
 
 	for _, e := range entries {
 		assert.False(t, strings.Contains(e.Name(), ".tmp-"), "leftover %s", e.Name())
+	}
+
+	// A second --force replaces DIR.previous with the set just replaced.
+	_, err = Generate(dir, GenerateOptions{Force: true, CommonName: "again"})
+	require.NoError(t, err)
+
+	prev, err = Load(dir + PreviousSuffix)
+	require.NoError(t, err)
+	assert.True(t, fresh.Equal(readCert(t, prev.UKISigningCert)))
+}
+
+// TestGenerateForceInterrupted fails a write in the middle of a new set (as
+// a crash or a full disk would): the old set is untouched, file for file,
+// no DIR.previous and no temporary folder are left. Finding 6 of issue 9:
+// --force replaced files one by one.
+func TestGenerateForceInterrupted(t *testing.T) {
+	dir := copySet(t)
+	before := map[string][]byte{}
+
+	for _, name := range allFiles {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		require.NoError(t, err)
+		before[name] = b
+	}
+
+	for _, failAt := range []string{UKISigningKeyFile, PKAuthFile, TalosconfigFile} {
+		t.Run(failAt, func(t *testing.T) {
+			writeHook = func(name string) error {
+				if name == failAt {
+					return errors.New("simulated power loss")
+				}
+
+				return nil
+			}
+			t.Cleanup(func() { writeHook = nil })
+
+			_, err := Generate(dir, GenerateOptions{Force: true})
+			require.ErrorContains(t, err, "writing "+failAt)
+
+			for _, name := range allFiles {
+				b, err := os.ReadFile(filepath.Join(dir, name))
+				require.NoError(t, err)
+				assert.Equal(t, before[name], b, "%s changed by an interrupted generate", name)
+			}
+
+			_, err = Load(dir)
+			require.NoError(t, err)
+
+			entries, err := os.ReadDir(filepath.Dir(dir))
+			require.NoError(t, err)
+			require.Len(t, entries, 1, "only DIR remains (no DIR.previous, no temporary folder)")
+		})
+	}
+}
+
+// isolatedHome points HOME, XDG_CACHE_HOME and TMPDIR at empty folders and
+// returns a check that nothing was written under them (finding 6 of issue
+// 9: Load wrote PKCS#1 copies of keys into ~/.cache/labfleet/keys-pkcs1).
+func isolatedHome(t *testing.T) func() {
+	t.Helper()
+
+	root := t.TempDir()
+	for _, env := range []string{"HOME", "XDG_CACHE_HOME", "TMPDIR"} {
+		d := filepath.Join(root, env)
+		require.NoError(t, os.Mkdir(d, 0o700))
+		t.Setenv(env, d)
+	}
+
+	return func() {
+		t.Helper()
+
+		require.NoError(t, filepath.WalkDir(root, func(p string, de fs.DirEntry, err error) error {
+			if err == nil && !de.IsDir() {
+				t.Errorf("a private key may not leave the keys folder: %s was written", p)
+			}
+
+			return err
+		}))
 	}
 }
 
@@ -301,24 +380,24 @@ func TestLoadAcceptsPKCS8(t *testing.T) {
 	pkcs8 := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 	require.NoError(t, os.WriteFile(path, pkcs8, 0o600))
 
+	nothingWritten := isolatedHome(t)
+
 	s, err := Load(dir)
 	require.NoError(t, err)
 
-	require.Contains(t, s.Converted, path)
-	assert.NotEqual(t, path, s.UKISigningKey)
-	assert.True(t, orig.Equal(readKey(t, s.UKISigningKey)), "the copy must be the same key, PKCS#1")
+	assert.Equal(t, path, s.UKISigningKey, "the set points at the keys folder's own file")
+	assert.Equal(t, []string{UKISigningKeyFile}, s.PKCS8)
 
-	st, err := os.Stat(s.UKISigningKey)
+	k, pkcs1, err := ReadPrivateKey(s.UKISigningKey)
 	require.NoError(t, err)
-	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+	assert.False(t, pkcs1)
+	assert.True(t, orig.Equal(k), "converted in memory to the same key")
 
 	left, err := os.ReadFile(path)
 	require.NoError(t, err)
 	assert.Equal(t, pkcs8, left, "the keys directory is not rewritten")
 
-	again, err := Load(dir)
-	require.NoError(t, err)
-	assert.Equal(t, s.UKISigningKey, again.UKISigningKey, "conversion is cached by content")
+	nothingWritten()
 }
 
 func pemKey(t *testing.T, k any) []byte {
@@ -566,4 +645,45 @@ func TestParseAuthVarNeverPanicsOnCorruption(t *testing.T) {
 			assert.NotPanics(t, func() { _, _ = ParseAuthVar(bad) }, "byte %d = %#x", i, v)
 		}
 	}
+}
+
+// TestGenerateForceSwap covers the swap itself: a failed exchange leaves
+// the old set in place and nothing else; without an atomic exchange the
+// two-rename path still ends with the new set in DIR and the old one in
+// DIR.previous.
+func TestGenerateForceSwap(t *testing.T) {
+	t.Run("exchange fails", func(t *testing.T) {
+		dir := copySet(t)
+		old := readCert(t, filepath.Join(dir, UKISigningCertFile))
+
+		exchangeDirs = func(string, string) error { return errors.New("simulated EIO") }
+		t.Cleanup(func() { exchangeDirs = exchange })
+
+		_, err := Generate(dir, GenerateOptions{Force: true})
+		require.ErrorContains(t, err, "swapping keys into place")
+
+		s, err := Load(dir)
+		require.NoError(t, err)
+		assert.True(t, old.Equal(readCert(t, s.UKISigningCert)))
+
+		entries, err := os.ReadDir(filepath.Dir(dir))
+		require.NoError(t, err)
+		require.Len(t, entries, 1)
+	})
+
+	t.Run("no atomic exchange", func(t *testing.T) {
+		dir := copySet(t)
+		old := readCert(t, filepath.Join(dir, UKISigningCertFile))
+
+		exchangeDirs = func(string, string) error { return errNoExchange }
+		t.Cleanup(func() { exchangeDirs = exchange })
+
+		s, err := Generate(dir, GenerateOptions{Force: true})
+		require.NoError(t, err)
+		assert.False(t, old.Equal(readCert(t, s.UKISigningCert)))
+
+		prev, err := Load(dir + PreviousSuffix)
+		require.NoError(t, err)
+		assert.True(t, old.Equal(readCert(t, prev.UKISigningCert)))
+	})
 }

@@ -21,10 +21,6 @@ import (
 // (missing, malformed or mismatched files), as opposed to I/O failures.
 var ErrInvalid = errors.New("invalid keys directory")
 
-// PKCS1CacheDirEnv overrides where Load writes PKCS#1 copies of PKCS#8 keys
-// (default: $XDG_CACHE_HOME/labfleet/keys-pkcs1, else ~/.cache/...).
-const PKCS1CacheDirEnv = "LABFLEET_KEYS_CACHE"
-
 type invalid struct {
 	dir, file string
 	msg       string
@@ -52,10 +48,9 @@ func (e *invalid) Unwrap() error { return ErrInvalid }
 // whose .auth files are all signed by the UKI key; when present they must be
 // the PK and KEK the .auth files enroll.
 //
-// PKCS#8 keys are accepted: the directory is left untouched and a PKCS#1
-// copy (what Talos's imager reads) is written, mode 0600, into a private
-// cache named after the source's sha256 (see PKCS1CacheDirEnv); the Set's
-// key path points at the copy and Set.Converted records it.
+// PKCS#8 keys are accepted and listed in Set.PKCS8. Load writes nothing:
+// a private key never leaves the keys directory; signers read PKCS#8 keys
+// in memory (ReadPrivateKey).
 func Load(dir string) (*Set, error) {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
@@ -112,17 +107,7 @@ func Load(dir string) (*Set, error) {
 		}
 
 		if format == formatPKCS8 {
-			conv, err := writePKCS1Copy(name, data, k)
-			if err != nil {
-				return nil, fmt.Errorf("converting %s from PKCS#8 to PKCS#1: %w", name, err)
-			}
-
-			if s.Converted == nil {
-				s.Converted = map[string]string{}
-			}
-
-			s.Converted[*path] = conv
-			*path = conv
+			s.PKCS8 = append(s.PKCS8, name)
 		}
 
 		return k, nil
@@ -208,54 +193,21 @@ func Load(dir string) (*Set, error) {
 	return s, nil
 }
 
-// writePKCS1Copy writes k as PKCS#1 into the conversion cache and returns
-// the path. The name carries the source's digest, so repeated loads reuse
-// one file and a changed key gets a new one.
-func writePKCS1Copy(name string, source []byte, k *rsa.PrivateKey) (string, error) {
-	dir := os.Getenv(PKCS1CacheDirEnv)
-	if dir == "" {
-		base, err := os.UserCacheDir()
-		if err != nil {
-			base = filepath.Join(os.TempDir(), fmt.Sprintf("labfleet-%d", os.Getuid()))
-		}
-
-		dir = filepath.Join(base, "labfleet", "keys-pkcs1")
-	}
-
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", err
-	}
-
-	sum := sha256.Sum256(source)
-	path := filepath.Join(dir, hex.EncodeToString(sum[:12])+"-"+name)
-
-	if _, err := os.Stat(path); err == nil {
-		return path, nil
-	}
-
-	tmp, err := os.CreateTemp(dir, ".tmp-")
+// ReadPrivateKey reads an RSA private key file (PKCS#1 or PKCS#8 PEM) into
+// memory; pkcs1 reports whether the file is PKCS#1, the only form Talos's
+// imager reads from a path. Nothing is written anywhere.
+func ReadPrivateKey(path string) (key *rsa.PrivateKey, pkcs1 bool, err error) {
+	data, err := os.ReadFile(path)
 	if err != nil {
-		return "", err
+		return nil, false, fmt.Errorf("reading private key: %w", err)
 	}
 
-	defer os.Remove(tmp.Name()) //nolint:errcheck
-
-	if _, err := tmp.Write(encodePKCS1(k)); err != nil {
-		tmp.Close() //nolint:errcheck
-
-		return "", err
+	k, format, err := parseRSAKey(data)
+	if err != nil {
+		return nil, false, fmt.Errorf("%s: %w", path, err)
 	}
 
-	if err := tmp.Close(); err != nil {
-		return "", err
-	}
-
-	// CreateTemp already made it 0600.
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return "", err
-	}
-
-	return path, nil
+	return k, format == formatPKCS1, nil
 }
 
 // checkChain follows the Secure Boot chain through the .auth files

@@ -24,8 +24,8 @@ func newKeysCheckCommand() *cobra.Command {
 		Long: `Check loads DIR as the builder does: every file present and parseable, the
 UKI certificate matching its key, RSA sizes (UKI >= 2048, PCR = 2048), and
 the Secure Boot chain (PK.auth signed by PK, KEK.auth by PK, db.auth by KEK
-and listing the UKI certificate). PKCS#8 keys are accepted; a PKCS#1 copy
-is cached for Talos's imager and reported. Exit code 2 when invalid.`,
+and listing the UKI certificate). PKCS#8 keys are accepted and reported;
+check writes nothing. Exit code 2 when invalid.`,
 		Example: `  imagectl keys check --dir _out/keys
   imagectl keys check --dir ~/talos/_out -o json`,
 		Args: cobra.NoArgs,

@@ -31,9 +31,10 @@ func newKeysGenerateCommand() *cobra.Command {
 
 Existing keys are never overwritten unless --force is given: images signed
 with the old keys stop booting on machines enrolled with the new ones, and
-disks sealed to the old PCR key no longer unlock. Files are written to a
-temporary directory beside DIR and moved in at the end, so an interrupted
-run leaves either the old set or the new one.`,
+disks sealed to the old PCR key no longer unlock. The new set is written to
+a temporary directory beside DIR and the folders are swapped at the end, so
+an interrupted run leaves either the old set or the new one; with --force
+the old set is kept as DIR.previous.`,
 		Example: `  # keys for the lab (what 'make images' uses)
   imagectl keys generate --dir _out/keys
 
@@ -95,8 +96,8 @@ func writeKeySet(cmd *cobra.Command, set *keys.Set, verb string) error {
 		fmt.Fprintf(w, "  %s\t%s\n", mode, filepath.Base(p))
 	}
 
-	for from, to := range set.Converted {
-		fmt.Fprintf(w, "  note: %s is PKCS#8; using a PKCS#1 copy at %s\n", filepath.Base(from), to)
+	for _, name := range set.PKCS8 {
+		fmt.Fprintf(w, "  note: %s is PKCS#8; it is converted in memory when signing, never copied\n", name)
 	}
 
 	return w.Flush()

@@ -1,0 +1,5 @@
+//go:build !linux
+
+package keys
+
+func exchange(_, _ string) error { return errNoExchange }
