@@ -627,7 +627,7 @@ func TestCancelKeepsPreviousOutputs(t *testing.T) {
 			c := &cancelAt{step: step, cancel: cancel, cancelled: make(chan time.Time, 1)}
 
 			_, err := build.Build(ctx, f.def, build.Options{
-				Root: f.root, OutDir: out, Baker: staticBaker{config: "version: v1alpha1\n"}, Force: true,
+				Root: f.root, OutDir: out, Baker: staticBaker{config: bootstrapConfig}, Force: true,
 				ToolsPath: filepath.Join(f.assets, "tools", "bin"), Progress: c,
 			})
 			returned := time.Now()

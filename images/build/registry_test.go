@@ -196,7 +196,7 @@ installer:
 	require.NoError(t, err)
 
 	opts := build.Options{
-		Root: root, Baker: staticBaker{config: "version: v1alpha1\n"}, Force: true,
+		Root: root, Baker: staticBaker{config: bootstrapConfig}, Force: true,
 		ToolsPath: filepath.Join(assets, "tools", "bin"),
 		Registry:  base.Registry{Transport: reg.transport},
 	}
