@@ -25,6 +25,12 @@ type execution struct {
 	rollout *store.Rollout
 	log     *slog.Logger
 
+	// lease guards every state write: once another process took the rollout
+	// over, writes fail with store.ErrLeaseLost and cancel stops all node work.
+	lease    *store.Lease
+	cancel   context.CancelFunc
+	leaseErr error
+
 	plan      plan.Plan
 	schedules map[string]*window.Schedule
 	waves     []store.Wave
@@ -63,6 +69,12 @@ func (e *execution) reconciledOne() {
 // storeFailed stops the rollout when progress can no longer be recorded:
 // touching nodes without a record would defeat crash recovery.
 func (e *execution) storeFailed(err error) {
+	if errors.Is(err, store.ErrLeaseLost) {
+		e.leaseLost(err)
+
+		return
+	}
+
 	e.log.Error("database write failed; stopping", "err", err)
 
 	e.mu.Lock()
@@ -74,8 +86,31 @@ func (e *execution) storeFailed(err error) {
 	e.stop(store.StatePaused, "database write failed")
 }
 
-func (e *execution) run(ctx context.Context) (Result, error) {
+// leaseLost stops this process at once: another executor owns the rollout,
+// so this one must not ask any node anything more (not even to finish a
+// gate: the new executor reconciles in-flight nodes itself).
+func (e *execution) leaseLost(err error) {
+	e.mu.Lock()
+	first := e.leaseErr == nil
+	if first {
+		e.leaseErr = err
+	}
+	e.mu.Unlock()
+
+	if first {
+		e.log.Error("another process took this rollout over; stopping without touching any more nodes", "err", err)
+	}
+
+	e.cancel()
+}
+
+func (e *execution) run(parent context.Context) (Result, error) {
 	r := e.rollout
+
+	ctx, cancel := context.WithCancel(parent)
+	defer cancel()
+
+	e.cancel = cancel
 
 	switch r.State {
 	case store.StateCompleted:
@@ -91,11 +126,18 @@ func (e *execution) run(ctx context.Context) (Result, error) {
 	}
 
 	pid := os.Getpid()
-	if err := e.opts.Store.AcquireLease(ctx, r.ID, hostname(), pid, leaseStale, e.opts.Force, e.opts.Actor); err != nil {
+
+	lease, err := e.opts.Store.AcquireLease(ctx, r.ID, hostname(), pid, leaseStale, e.opts.Force, e.opts.Actor)
+	if err != nil {
 		return Result{}, err
 	}
 
-	defer e.opts.Store.ReleaseLease(context.WithoutCancel(ctx), r.ID, pid) //nolint:errcheck
+	e.lease = lease
+	if lease.TookOver != "" {
+		e.log.Warn("lease "+lease.TookOver, "rollout", r.ID)
+	}
+
+	defer lease.Release(context.WithoutCancel(ctx)) //nolint:errcheck
 
 	switch r.Desired {
 	case store.DesiredAbort:
@@ -103,13 +145,13 @@ func (e *execution) run(ctx context.Context) (Result, error) {
 		e.stop(store.StateAborted, "aborted by operator")
 	case store.DesiredPause:
 		// Resuming is the operator asking to run again.
-		if err := e.opts.Store.SetDesired(ctx, r.ID, store.DesiredRun, e.opts.Actor); err != nil {
+		if err := lease.SetDesired(ctx, store.DesiredRun, e.opts.Actor); err != nil {
 			return Result{}, err
 		}
 	}
 
 	if r.State != store.StateRunning {
-		if err := e.opts.Store.SetState(ctx, r.ID, store.StateRunning, "resumed", e.opts.Actor); err != nil {
+		if err := lease.SetState(ctx, store.StateRunning, "resumed", e.opts.Actor); err != nil {
 			return Result{}, err
 		}
 	}
@@ -129,7 +171,7 @@ func (e *execution) run(ctx context.Context) (Result, error) {
 	go func() {
 		defer close(ctlDone)
 
-		e.control(ctlCtx, pid)
+		e.control(ctlCtx)
 	}()
 
 	for i := range e.waves {
@@ -140,6 +182,12 @@ func (e *execution) run(ctx context.Context) (Result, error) {
 		// Waves keep being visited while stopping: one may hold nodes that
 		// were in flight when the previous process died.
 		if err := e.runWave(ctx, i); err != nil {
+			if errors.Is(err, store.ErrLeaseLost) {
+				e.leaseLost(err)
+
+				break
+			}
+
 			return Result{}, err
 		}
 	}
@@ -147,7 +195,7 @@ func (e *execution) run(ctx context.Context) (Result, error) {
 	stopControl()
 	<-ctlDone
 
-	return e.finish(ctx)
+	return e.finish(parent)
 }
 
 // load reads the frozen rollout definition and its progress.
@@ -194,7 +242,7 @@ func (e *execution) load(ctx context.Context) error {
 		case store.NodeFailed:
 			e.waveFailures[n.Wave]++
 			e.failures++
-		case store.NodeRequested, store.NodeAccepted:
+		case store.NodeRequested, store.NodeAccepted, store.NodeRollingBack:
 			e.inFlightAtLoad++
 		}
 	}
@@ -228,7 +276,7 @@ func (e *execution) load(ctx context.Context) error {
 }
 
 // control polls operator requests and keeps the lease fresh.
-func (e *execution) control(ctx context.Context, pid int) {
+func (e *execution) control(ctx context.Context) {
 	tick := time.NewTicker(e.opts.ControlPoll)
 	defer tick.Stop()
 
@@ -259,7 +307,13 @@ func (e *execution) control(ctx context.Context, pid int) {
 
 		if time.Since(lastBeat) > 5*time.Second {
 			lastBeat = time.Now()
-			if err := e.opts.Store.Heartbeat(ctx, e.rollout.ID, pid); err != nil && ctx.Err() == nil {
+			if err := e.lease.Heartbeat(ctx); err != nil && ctx.Err() == nil {
+				if errors.Is(err, store.ErrLeaseLost) {
+					e.leaseLost(err)
+
+					return
+				}
+
 				e.log.Warn("refreshing lease", "err", err)
 			}
 		}
@@ -323,16 +377,23 @@ func (e *execution) finish(ctx context.Context) (Result, error) {
 
 	kind, reason := e.stopKind, e.stopReason
 
+	if e.leaseErr != nil {
+		// Nothing may be written: the rollout belongs to another process.
+		res, _ := Summarise(bg, st, id)
+
+		return res, fmt.Errorf("stopped: %w", e.leaseErr)
+	}
+
 	if e.storeErr != nil {
 		// Best effort: the database may be failing for good.
-		st.SetState(bg, id, store.StatePaused, "database write failed: "+e.storeErr.Error(), actor) //nolint:errcheck
+		e.lease.SetState(bg, store.StatePaused, "database write failed: "+e.storeErr.Error(), actor) //nolint:errcheck
 
 		return Result{RolloutID: id, Name: e.rollout.Name, State: store.StatePaused}, fmt.Errorf("recording progress: %w", e.storeErr)
 	}
 
 	switch {
 	case kind != "":
-		if err := st.SetState(bg, id, kind, reason, actor); err != nil {
+		if err := e.lease.SetState(bg, kind, reason, actor); err != nil {
 			return Result{}, err
 		}
 
@@ -353,7 +414,7 @@ func (e *execution) finish(ctx context.Context) (Result, error) {
 		return e.result(bg, fmt.Errorf("%w: %w", ErrInterrupted, ctx.Err()))
 	}
 
-	if err := st.SetState(bg, id, store.StateCompleted, "", actor); err != nil {
+	if err := e.lease.SetState(bg, store.StateCompleted, "", actor); err != nil {
 		return Result{}, err
 	}
 
@@ -387,7 +448,7 @@ func (e *execution) runWave(ctx context.Context, i int) error {
 	}
 
 	if w.State == store.WavePending {
-		if err := e.opts.Store.SetWaveState(ctx, e.rollout.ID, i, store.WaveRunning, e.opts.Actor); err != nil {
+		if err := e.lease.SetWaveState(ctx, i, store.WaveRunning, e.opts.Actor); err != nil {
 			return err
 		}
 	}
@@ -448,17 +509,26 @@ func (e *execution) runWave(ctx context.Context, i int) error {
 
 	e.log.Info("wave finished", "wave", i, "name", w.Name, "failures", e.waveFailures[i])
 
-	return e.opts.Store.SetWaveState(context.WithoutCancel(ctx), e.rollout.ID, i, store.WaveDone, e.opts.Actor)
+	if ctx.Err() != nil {
+		return nil // the lease was lost or the process interrupted mid-wave
+	}
+
+	return e.lease.SetWaveState(context.WithoutCancel(ctx), i, store.WaveDone, e.opts.Actor)
 }
 
 func (e *execution) waveInFlight(i int) bool {
 	for _, n := range e.nodes {
-		if n.Wave == i && (n.State == store.NodeRequested || n.State == store.NodeAccepted) {
+		if n.Wave == i && isInFlight(n.State) {
 			return true
 		}
 	}
 
 	return false
+}
+
+// isInFlight: the node may have been changed and its outcome is not recorded yet.
+func isInFlight(state string) bool {
+	return state == store.NodeRequested || state == store.NodeAccepted || state == store.NodeRollingBack
 }
 
 func terminal(state string) bool {
@@ -467,7 +537,7 @@ func terminal(state string) bool {
 
 func inFlight(c []*store.Node) bool {
 	for _, n := range c {
-		if n.State == store.NodeRequested || n.State == store.NodeAccepted {
+		if isInFlight(n.State) {
 			return true
 		}
 	}
@@ -506,7 +576,7 @@ func (e *execution) runCluster(ctx context.Context, wave int, nodes []*store.Nod
 		var first, rest []*store.Node
 
 		for _, n := range list {
-			if n.State == store.NodeRequested || n.State == store.NodeAccepted {
+			if isInFlight(n.State) {
 				first = append(first, n)
 			} else {
 				rest = append(rest, n)
@@ -561,7 +631,7 @@ func (e *execution) skip(ctx context.Context, n *store.Node, why string) {
 	}
 
 	tr := store.Transition{Node: n.ID, Subject: n.Cluster + "/" + n.Name, State: store.NodeSkipped, Detail: why}
-	if err := e.opts.Store.RecordNode(context.WithoutCancel(ctx), e.rollout.ID, e.opts.Actor, tr); err != nil {
+	if err := e.lease.RecordNode(context.WithoutCancel(ctx), e.opts.Actor, tr); err != nil {
 		e.storeFailed(fmt.Errorf("recording %s as skipped: %w", tr.Subject, err))
 
 		return

@@ -219,6 +219,12 @@ func (inv *Inventory) add(name string, data []byte) error {
 				c.Talosconfig = filepath.Join(dir, c.Talosconfig)
 			}
 
+			// Stored absolute: a rollout resumed from another directory must
+			// find the same credentials.
+			if abs, err := filepath.Abs(c.Talosconfig); err == nil && c.Talosconfig != "" {
+				c.Talosconfig = abs
+			}
+
 			inv.Clusters = append(inv.Clusters, c)
 		}
 	}

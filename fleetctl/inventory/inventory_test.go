@@ -2,6 +2,7 @@ package inventory_test
 
 import (
 	"errors"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -22,7 +23,11 @@ func TestLoadDirectoryMergesFiles(t *testing.T) {
 
 	c := inv.Clusters[0]
 	assert.Equal(t, filepath.Join("testdata", "dir", "clusters.yaml"), c.Source)
-	assert.Equal(t, filepath.Join("testdata", "dir", "creds", "ber-1-a", "talosconfig"), c.Talosconfig, "relative to the file")
+	// Relative to the file, and absolute (issue 13 finding 3): a resume from
+	// another directory must find the same credentials.
+	wd, err := os.Getwd()
+	require.NoError(t, err)
+	assert.Equal(t, filepath.Join(wd, "testdata", "dir", "creds", "ber-1-a", "talosconfig"), c.Talosconfig)
 
 	s, ok := inv.Site("ber-1")
 	require.True(t, ok)

@@ -89,6 +89,12 @@ type HealthGate struct {
 	Soak Duration `yaml:"soak,omitempty" json:"soak,omitempty"`
 	// Interval is the polling period of the gate (default 5s).
 	Interval Duration `yaml:"interval,omitempty" json:"interval,omitempty"`
+	// CallTimeout bounds each node API call except Upgrade (default 30s, at most 10m).
+	CallTimeout Duration `yaml:"callTimeout,omitempty" json:"callTimeout,omitempty"`
+	// UpgradeTimeout bounds the Upgrade call, which on Talos pulls the image
+	// before it answers (default 10m, at most 2h). A call that times out is
+	// not a refusal: the node is asked what it did.
+	UpgradeTimeout Duration `yaml:"upgradeTimeout,omitempty" json:"upgradeTimeout,omitempty"`
 }
 
 // Budget is the overall failure budget.
@@ -150,6 +156,13 @@ func Parse(name string, data []byte) (*Plan, error) {
 	return p, nil
 }
 
+// Defaults of the node call timeouts (also used for plans frozen by
+// releases that had no such fields).
+const (
+	DefaultCallTimeout    = 30 * time.Second
+	DefaultUpgradeTimeout = 10 * time.Minute
+)
+
 // Default fills the documented defaults.
 func (p *Plan) Default() {
 	if p.Concurrency == 0 {
@@ -166,6 +179,14 @@ func (p *Plan) Default() {
 
 	if p.Health.Interval == 0 {
 		p.Health.Interval = Duration(5 * time.Second)
+	}
+
+	if p.Health.CallTimeout == 0 {
+		p.Health.CallTimeout = Duration(DefaultCallTimeout)
+	}
+
+	if p.Health.UpgradeTimeout == 0 {
+		p.Health.UpgradeTimeout = Duration(DefaultUpgradeTimeout)
 	}
 
 	if p.AutoRollback == nil {
@@ -302,6 +323,14 @@ func (p *Plan) Validate() error {
 
 	if p.Health.Soak < 0 {
 		add("plan", "health.soak", "must not be negative")
+	}
+
+	if c := p.Health.CallTimeout.D(); c <= 0 || c > 10*time.Minute {
+		add("plan", "health.callTimeout", "%s is out of range (above 0, at most 10m)", c)
+	}
+
+	if u := p.Health.UpgradeTimeout.D(); u <= 0 || u > 2*time.Hour {
+		add("plan", "health.upgradeTimeout", "%s is out of range (above 0, at most 2h; Talos pulls the image inside the call)", u)
 	}
 
 	if p.Budget.MaxFailures < 0 {

@@ -197,7 +197,8 @@ func TestCLIAbortWithoutRunningProcess(t *testing.T) {
 	start := c.cmd("rollout", "start", "--inventory", filepath.Join(dir, "inventory.yaml"), "--plan", filepath.Join(dir, "plan.yaml"),
 		"--driver", "sim", "--sim-dir", dir)
 	require.NoError(t, start.Start())
-	time.Sleep(300 * time.Millisecond)
+	waitForRollout(t, c.db, 30*time.Second) // a loaded machine may take longer than a fixed sleep
+	time.Sleep(100 * time.Millisecond)
 	require.NoError(t, start.Process.Kill())
 	_ = start.Wait()
 

@@ -59,7 +59,7 @@ func TestMain(m *testing.M) {
 }
 
 var stateRank = map[string]int{
-	store.NodePending: 0, store.NodeRequested: 1, store.NodeAccepted: 2,
+	store.NodePending: 0, store.NodeRequested: 1, store.NodeAccepted: 2, store.NodeRollingBack: 2,
 	store.NodeDone: 3, store.NodeFailed: 3, store.NodeSkipped: 3,
 }
 
@@ -174,6 +174,13 @@ func TestCrashAndResume(t *testing.T) {
 				require.NoError(t, cmd.Start())
 
 				if attempt < kills {
+					// Mostly kill relative to progress, not to process start:
+					// on a loaded machine a blind 0-400 ms may land before the
+					// rollout exists, every time. Some kills stay blind.
+					if rng.IntN(4) > 0 {
+						waitForRollout(t, db, 30*time.Second)
+					}
+
 					time.Sleep(time.Duration(rng.IntN(400)) * time.Millisecond)
 					require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
 				}
@@ -214,6 +221,28 @@ func TestCrashAndResume(t *testing.T) {
 			checkInvariants(t, dir, db, exit)
 		})
 	}
+}
+
+// waitForRollout waits until a process has recorded a rollout in db.
+func waitForRollout(t *testing.T, db string, limit time.Duration) {
+	t.Helper()
+
+	deadline := time.Now().Add(limit)
+
+	for time.Now().Before(deadline) {
+		if st, err := store.OpenReadOnly(db); err == nil {
+			_, rerr := st.Rollout(t.Context(), "")
+			st.Close()
+
+			if rerr == nil {
+				return
+			}
+		}
+
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	t.Fatalf("no rollout recorded in %s within %s", db, limit)
 }
 
 func checkInvariants(t *testing.T, dir, db string, exit int) {
