@@ -256,3 +256,24 @@ func TestTalosconfigFrozenAbsolute(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, filepath.Join(wd, "creds/talosconfig"), nodes[0].Talosconfig)
 }
+
+// Findings 6 and 7 of issue 13 in-process: single-node clusters (a
+// one-member etcd) upgrade with preserve, and a service without a health
+// check does not hold the gate.
+func TestTalosLikeSingleNodeClustersUpgrade(t *testing.T) {
+	f := newFixture(t, sim.Spec{Clusters: 3, NodesPerCluster: 1}, sim.Behaviour{TalosLike: true}, func(p *plan.Plan) {
+		p.Budget = plan.Budget{}
+	})
+
+	res, err := engine.Run(t.Context(), f.opts())
+	require.NoError(t, err, "%+v", res)
+	assert.Equal(t, 3, res.Done)
+}
+
+func TestPreserveOnlyForSmallControlPlanes(t *testing.T) {
+	for cps, want := range map[int]bool{1: true, 2: true, 3: false, 5: false} {
+		assert.Equal(t, want, driver.Target{Role: "controlplane", ControlPlanes: cps}.Preserve(), "%d control plane nodes", cps)
+	}
+
+	assert.False(t, driver.Target{Role: "worker", ControlPlanes: 1}.Preserve())
+}

@@ -36,6 +36,8 @@ type execution struct {
 	waves     []store.Wave
 	nodes     []store.Node
 
+	controlPlanes map[string]int // per cluster: Talos needs preserve for 1-2
+
 	regionSem    map[string]chan struct{}
 	bandwidthSem map[string]chan struct{}
 
@@ -236,8 +238,14 @@ func (e *execution) load(ctx context.Context) error {
 		return err
 	}
 
+	e.controlPlanes = map[string]int{}
 	e.waveFailures = map[int]int{}
+
 	for _, n := range e.nodes {
+		if n.Role == inventory.RoleControlPlane {
+			e.controlPlanes[n.Cluster]++
+		}
+
 		switch n.State {
 		case store.NodeFailed:
 			e.waveFailures[n.Wave]++
@@ -641,7 +649,8 @@ func (e *execution) skip(ctx context.Context, n *store.Node, why string) {
 }
 
 func (e *execution) target(n *store.Node) driver.Target {
-	return driver.Target{Cluster: n.Cluster, Node: n.Name, Endpoint: n.Endpoint, Role: n.Role, Talosconfig: n.Talosconfig}
+	return driver.Target{Cluster: n.Cluster, Node: n.Name, Endpoint: n.Endpoint, Role: n.Role, Talosconfig: n.Talosconfig,
+		ControlPlanes: e.controlPlanes[n.Cluster]}
 }
 
 // errStop means the rollout is stopping and the node was not started.

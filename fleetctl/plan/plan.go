@@ -225,6 +225,9 @@ func (p *Plan) Validate() error {
 
 	if p.Version == "" {
 		add("plan", "version", "required (the version tag nodes report after the upgrade, e.g. v1.2.0)")
+	} else if tag := ImageTag(p.Image); tag != "" && tag != p.Version {
+		// The gate waits for nodes to report version: a mismatch could never pass.
+		add("plan", "version", "%q differs from the image's tag %q (nodes report the tag they run)", p.Version, tag)
 	}
 
 	if len(p.Waves) == 0 {
@@ -346,6 +349,18 @@ func (p *Plan) Validate() error {
 	}
 
 	return nil
+}
+
+// ImageTag is the tag of an image reference (repo:tag@sha256:...), "" if it has none.
+func ImageTag(ref string) string {
+	repo, _, _ := strings.Cut(ref, "@")
+
+	i := strings.LastIndex(repo, ":")
+	if i < 0 || strings.Contains(repo[i:], "/") {
+		return "" // no tag, or the colon belongs to a registry port
+	}
+
+	return repo[i+1:]
 }
 
 // ValidateImage checks that ref is pinned by a sha256 digest.
