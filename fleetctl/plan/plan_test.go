@@ -173,3 +173,12 @@ func TestVersionMustMatchImageTag(t *testing.T) {
 
 	assert.Empty(t, plan.ImageTag("registry.example:5000/installer@"+digest), "a registry port is no tag")
 }
+
+// Finding 10 of issue 13: budgets were floored through floats, so 0.57 % of
+// 10,000 nodes allowed 56 failures, not 57.
+func TestAllowedIsExact(t *testing.T) {
+	assert.Equal(t, 57, plan.Allowed(0, 0.57, 10000))
+	assert.Equal(t, 29, plan.Allowed(0, 0.29, 10000))
+	assert.Equal(t, 1, plan.Allowed(0, 10, 19), "floored: 1.9 allows 1")
+	assert.Equal(t, 3, plan.Allowed(3, 0.57, 100), "the larger of count and percent")
+}

@@ -128,3 +128,28 @@ func BenchmarkOpen(b *testing.B) {
 		s.Open(at)
 	}
 }
+
+// Finding 10 of issue 13: "02:5x" was read as 02:05, durations of 1ns
+// passed although the message says 1m-24h, and "Local" (the zone of
+// whatever machine runs fleetctl) was accepted.
+func TestValidationIsStrict(t *testing.T) {
+	for _, tc := range []struct {
+		zone string
+		w    window.Window
+		want string
+	}{
+		{"UTC", window.Window{Start: "02:5x", Duration: "1h"}, `start: "02:5x" is not a time of day`},
+		{"UTC", window.Window{Start: "2:050", Duration: "1h"}, `start: "2:050" is not a time of day`},
+		{"UTC", window.Window{Start: "+2:05", Duration: "1h"}, `start: "+2:05" is not a time of day`},
+		{"UTC", window.Window{Start: "02:00", Duration: "1ns"}, `duration: "1ns" is not a duration between 1m and 24h`},
+		{"UTC", window.Window{Start: "02:00", Duration: "59s"}, `duration: "59s" is not a duration between 1m and 24h`},
+		{"Local", window.Window{Start: "02:00", Duration: "1h"}, `timezone: "Local" depends on the machine fleetctl runs on`},
+	} {
+		_, err := window.NewSchedule(tc.zone, []window.Window{tc.w})
+		require.Error(t, err, "%+v", tc)
+		assert.Contains(t, err.Error(), tc.want)
+	}
+
+	_, err := window.NewSchedule("Europe/Berlin", []window.Window{{Start: "23:59", Duration: "1m"}})
+	require.NoError(t, err)
+}
