@@ -33,6 +33,13 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 				e.reconciledOne()
 			}
 		}()
+
+		// A node in flight holds its cap slots like any other.
+		release, err := e.acquireCaps(ctx, n, false)
+		if err != nil {
+			return false
+		}
+		defer release()
 	}
 
 	if n.State == store.NodePending {
@@ -45,6 +52,14 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 
 	node, err := e.opts.Driver.Open(ctx, e.target(n))
 	if err != nil {
+		if isInFlight(n.State) {
+			// The node may have been changed and only it can tell: never
+			// guess "failed". Leave its record and pause for the operator.
+			e.stop(store.StatePaused, fmt.Sprintf("cannot connect to %s to ask what it did (%v); its record stays %s: fix access, then resume", subject, err, n.State))
+
+			return false
+		}
+
 		return e.fail(ctx, wave, n, nil, fmt.Sprintf("opening node: %v", err), false)
 	}
 	defer node.Close() //nolint:errcheck
@@ -106,8 +121,9 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 				return e.fail(ctx, wave, n, node, "reconciled: node tried "+target+" before the crash and fell back to "+v, true)
 			}
 
-			// Asking again changes the node: only inside its window and caps.
-			release, err := e.admit(ctx, n)
+			// Asking again changes the node: only inside its window (its
+			// cap slots are already held).
+			err := e.waitWindow(ctx, n)
 
 			switch {
 			case errors.Is(err, errStop):
@@ -117,7 +133,6 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 			case err != nil:
 				return false
 			default:
-				defer release()
 
 				if !nr.record(ctx, store.Transition{State: store.NodeRequested, UpgradeCall: true, Detail: "reconciled: node reports " + v + ", requesting again"}) {
 					return false

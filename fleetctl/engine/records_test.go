@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"sync"
@@ -276,4 +277,31 @@ func TestPreserveOnlyForSmallControlPlanes(t *testing.T) {
 	}
 
 	assert.False(t, driver.Target{Role: "worker", ControlPlanes: 1}.Preserve())
+}
+
+// Finding 3 of issue 13: nodes that had been sent an upgrade were recorded
+// failed without being asked when the driver could not connect (a relative
+// talosconfig path resolved from another directory). Their records must
+// stay as they are and the rollout pause, naming the node.
+func TestInFlightNodeNotFailedWhenDriverCannotConnect(t *testing.T) {
+	f := newFixture(t, sim.Spec{Clusters: 2, NodesPerCluster: 1}, sim.Behaviour{}, func(p *plan.Plan) {
+		p.Waves = []plan.Wave{{Name: "all", Percent: 100}}
+	})
+
+	id, err := engine.Create(t.Context(), f.opts())
+	require.NoError(t, err)
+	require.NoError(t, f.st.RecordNode(t.Context(), id, "t", store.Transition{Node: 0, Subject: "c00000/n0", State: store.NodeAccepted, FromVersion: v1, UpgradeCall: true}))
+
+	o := f.opts()
+	o.Driver = driver.FactoryFunc(func(context.Context, driver.Target) (driver.Node, error) {
+		return nil, errors.New("cluster has no current context")
+	})
+
+	res, err := engine.Resume(t.Context(), o, id)
+	require.ErrorIs(t, err, engine.ErrPaused)
+	assert.Contains(t, res.Reason, "cannot connect to c00000/n0 to ask what it did (cluster has no current context); its record stays accepted")
+
+	nodes, err := f.st.Nodes(t.Context(), id)
+	require.NoError(t, err)
+	assert.Equal(t, store.NodeAccepted, nodes[0].State)
 }

@@ -660,20 +660,41 @@ var errStop = errors.New("stopping")
 // window is open and its region and bandwidth class have a free slot.
 // release returns the slots.
 func (e *execution) admit(ctx context.Context, n *store.Node) (release func(), err error) {
+	for {
+		if err := e.waitWindow(ctx, n); err != nil {
+			return nil, err
+		}
+
+		release, err := e.acquireCaps(ctx, n, true)
+		if err != nil {
+			return nil, err
+		}
+
+		// The window may have closed while waiting for a slot.
+		if sch := e.schedules[n.Site]; sch == nil || sch.Open(e.opts.Clock.Now()) {
+			return release, nil
+		}
+
+		release()
+	}
+}
+
+// waitWindow waits until the rollout is running and n's site window is open.
+func (e *execution) waitWindow(ctx context.Context, n *store.Node) error {
 	sch := e.schedules[n.Site]
 
 	for {
 		if e.stopped() != "" {
-			return nil, errStop
+			return errStop
 		}
 
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return err
 		}
 
 		now := e.opts.Clock.Now()
 		if sch == nil || sch.Open(now) {
-			break
+			return nil
 		}
 
 		wait := min(sch.NextOpen(now).Sub(now), e.opts.ControlPoll)
@@ -682,16 +703,26 @@ func (e *execution) admit(ctx context.Context, n *store.Node) (release func(), e
 		}
 
 		if err := e.opts.Clock.Sleep(ctx, wait); err != nil {
-			return nil, err
+			return err
 		}
 	}
+}
 
+// acquireCaps takes n's region and bandwidth slots. Nodes found in flight
+// after a crash take them too (honourStop false: they are reconciled even
+// while the rollout stops), so caps count every node in flight.
+func (e *execution) acquireCaps(ctx context.Context, n *store.Node, honourStop bool) (release func(), err error) {
 	var held []chan struct{}
 
 	release = func() {
 		for _, c := range held {
 			<-c
 		}
+	}
+
+	stop := e.stopCh
+	if !honourStop {
+		stop = nil // a nil channel never fires
 	}
 
 	for _, sem := range []chan struct{}{e.regionSem[n.Region], e.bandwidthSem[n.Bandwidth]} {
@@ -702,7 +733,7 @@ func (e *execution) admit(ctx context.Context, n *store.Node) (release func(), e
 		select {
 		case sem <- struct{}{}:
 			held = append(held, sem)
-		case <-e.stopCh:
+		case <-stop:
 			release()
 
 			return nil, errStop
@@ -711,13 +742,6 @@ func (e *execution) admit(ctx context.Context, n *store.Node) (release func(), e
 
 			return nil, ctx.Err()
 		}
-	}
-
-	// The window may have closed while waiting for a slot.
-	if sch != nil && !sch.Open(e.opts.Clock.Now()) {
-		release()
-
-		return e.admit(ctx, n)
 	}
 
 	return release, nil
