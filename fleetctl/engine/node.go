@@ -88,6 +88,14 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 			return !nr.record(ctx, store.Transition{State: store.NodeDone, FromVersion: v, Detail: "already at " + target})
 		}
 
+		// The version call may have taken long: check the window right
+		// before the node is asked to change.
+		if !e.fits(n, e.opts.Clock.Now()) {
+			if err := e.waitWindow(ctx, n); err != nil {
+				return false
+			}
+		}
+
 		// Written before the node is asked: after a crash this record is what
 		// tells resume that the node may have received the request.
 		if !nr.record(ctx, store.Transition{State: store.NodeRequested, FromVersion: v, UpgradeCall: true, Detail: "upgrade " + v + " -> " + target}) {

@@ -293,8 +293,13 @@ func TestInFlightNodeNotFailedWhenDriverCannotConnect(t *testing.T) {
 	require.NoError(t, f.st.RecordNode(t.Context(), id, "t", store.Transition{Node: 0, Subject: "c00000/n0", State: store.NodeAccepted, FromVersion: v1, UpgradeCall: true}))
 
 	o := f.opts()
-	o.Driver = driver.FactoryFunc(func(context.Context, driver.Target) (driver.Node, error) {
-		return nil, errors.New("cluster has no current context")
+	inner := f.fleet.Factory()
+	o.Driver = driver.FactoryFunc(func(ctx context.Context, t driver.Target) (driver.Node, error) {
+		if t.Cluster == "c00000" {
+			return nil, errors.New("cluster has no current context")
+		}
+
+		return inner.Open(ctx, t)
 	})
 
 	res, err := engine.Resume(t.Context(), o, id)

@@ -483,31 +483,7 @@ func (e *execution) runWave(ctx context.Context, i int) error {
 		clusters[ci] = append(clusters[ci], n)
 	}
 
-	jobs := make(chan []*store.Node)
-
-	var wg sync.WaitGroup
-
-	workers := min(max(w.Concurrency, 1), len(clusters))
-	for range workers {
-		wg.Go(func() {
-			for c := range jobs {
-				e.runCluster(ctx, i, c)
-			}
-		})
-	}
-
-	for _, c := range clusters {
-		// Clusters with in-flight nodes are always handed out: their nodes must
-		// be reconciled even when the rollout is stopping.
-		if (e.stopped() != "" || ctx.Err() != nil) && !inFlight(c) {
-			continue
-		}
-
-		jobs <- c
-	}
-
-	close(jobs)
-	wg.Wait()
+	e.dispatch(ctx, i, w, clusters)
 
 	for _, n := range e.nodes {
 		if n.Wave == i && !terminal(n.State) {
@@ -522,6 +498,98 @@ func (e *execution) runWave(ctx context.Context, i int) error {
 	}
 
 	return e.lease.SetWaveState(context.WithoutCancel(ctx), i, store.WaveDone, e.opts.Actor)
+}
+
+// dispatch hands the wave's clusters to its workers. A worker is free
+// before a cluster is picked, and the pick is the first cluster (in
+// inventory order) whose site is open now or that has nodes in flight: a
+// closed site never holds a worker while an open one waits. When every
+// remaining cluster is closed the dispatcher (holding the free worker, so at
+// most one sleeper when concurrency is 1) sleeps until the next opening.
+func (e *execution) dispatch(ctx context.Context, wave int, w store.Wave, clusters [][]*store.Node) {
+	workers := min(max(w.Concurrency, 1), len(clusters))
+	jobs := make(chan []*store.Node)
+	free := make(chan struct{}, workers)
+
+	var wg sync.WaitGroup
+
+	for range workers {
+		free <- struct{}{}
+
+		wg.Go(func() {
+			for c := range jobs {
+				e.runCluster(ctx, wave, c)
+				free <- struct{}{}
+			}
+		})
+	}
+
+	defer func() {
+		close(jobs)
+		wg.Wait()
+	}()
+
+	remaining := clusters
+
+	for len(remaining) > 0 {
+		select {
+		case <-free:
+		case <-ctx.Done():
+			return
+		}
+
+		for {
+			stopping := e.stopped() != "" || ctx.Err() != nil
+			now := e.opts.Clock.Now()
+			pick, next := -1, time.Time{}
+
+			for k, c := range remaining {
+				// Clusters with in-flight nodes are always handed out: their
+				// nodes must be reconciled even when the rollout is stopping.
+				if inFlight(c) {
+					pick = k
+
+					break
+				}
+
+				if stopping {
+					continue
+				}
+
+				sch := e.schedules[c[0].Site]
+				if sch == nil || sch.Open(now) {
+					pick = k
+
+					break
+				}
+
+				if o := sch.NextOpen(now); next.IsZero() || o.Before(next) {
+					next = o
+				}
+			}
+
+			if pick >= 0 {
+				c := remaining[pick]
+				remaining = append(remaining[:pick:pick], remaining[pick+1:]...)
+				jobs <- c
+
+				break
+			}
+
+			if stopping || next.IsZero() {
+				return
+			}
+
+			wait := min(next.Sub(now), e.opts.ControlPoll)
+			if wait <= 0 {
+				wait = time.Millisecond
+			}
+
+			if e.opts.Clock.Sleep(ctx, wait) != nil {
+				return
+			}
+		}
+	}
 }
 
 func (e *execution) waveInFlight(i int) bool {
@@ -671,7 +739,7 @@ func (e *execution) admit(ctx context.Context, n *store.Node) (release func(), e
 		}
 
 		// The window may have closed while waiting for a slot.
-		if sch := e.schedules[n.Site]; sch == nil || sch.Open(e.opts.Clock.Now()) {
+		if e.fits(n, e.opts.Clock.Now()) {
 			return release, nil
 		}
 
@@ -679,7 +747,28 @@ func (e *execution) admit(ctx context.Context, n *store.Node) (release func(), e
 	}
 }
 
-// waitWindow waits until the rollout is running and n's site window is open.
+// opEstimate is the longest one node operation may take: the Upgrade call,
+// the health gate and the soak. A node starts only if that fits in what is
+// left of its window.
+func (e *execution) opEstimate() time.Duration {
+	return e.upgradeTimeout() + e.plan.Health.Timeout.D() + e.plan.Health.Soak.D()
+}
+
+// fits reports whether n's site window is open at now and the whole node
+// operation fits before it closes.
+func (e *execution) fits(n *store.Node, now time.Time) bool {
+	sch := e.schedules[n.Site]
+	if sch == nil || sch.Always() {
+		return true
+	}
+
+	open, until := sch.OpenUntil(now)
+
+	return open && until.Sub(now) >= e.opEstimate()
+}
+
+// waitWindow waits until the rollout is running and the whole node
+// operation fits in n's site window.
 func (e *execution) waitWindow(ctx context.Context, n *store.Node) error {
 	sch := e.schedules[n.Site]
 
@@ -693,11 +782,16 @@ func (e *execution) waitWindow(ctx context.Context, n *store.Node) error {
 		}
 
 		now := e.opts.Clock.Now()
-		if sch == nil || sch.Open(now) {
+		if e.fits(n, now) {
 			return nil
 		}
 
-		wait := min(sch.NextOpen(now).Sub(now), e.opts.ControlPoll)
+		next := sch.NextOpen(now)
+		if open, until := sch.OpenUntil(now); open {
+			next = sch.NextOpen(until) // too little left of this window
+		}
+
+		wait := min(next.Sub(now), e.opts.ControlPoll)
 		if wait <= 0 {
 			wait = time.Millisecond
 		}

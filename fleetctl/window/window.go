@@ -124,6 +124,20 @@ func (s *Schedule) startOn(c compiled, day time.Time) (time.Time, bool) {
 	return time.Date(day.Year(), day.Month(), day.Day(), c.hour, c.minute, 0, 0, s.loc), true
 }
 
+// endOn is when the window starting on day (at start) closes: its local wall-clock
+// start plus its duration on the wall clock, not in elapsed time, so a
+// 01:00+4h window ends at 05:00 also on the nights DST changes.
+//
+// A start the clock skips (02:30 on a spring-forward night) opens when the
+// clock jumps and keeps its full length instead of shrinking to nothing.
+func (s *Schedule) endOn(c compiled, day, start time.Time) time.Time {
+	if h, m, _ := start.Clock(); h != c.hour || m != c.minute {
+		return start.Add(c.duration)
+	}
+
+	return time.Date(day.Year(), day.Month(), day.Day(), c.hour, c.minute, int(c.duration/time.Second), 0, s.loc)
+}
+
 // OpenUntil reports whether t falls inside a window and, if so, when that window closes.
 func (s *Schedule) OpenUntil(t time.Time) (bool, time.Time) {
 	if s.Always() {
@@ -145,7 +159,7 @@ func (s *Schedule) OpenUntil(t time.Time) (bool, time.Time) {
 				continue
 			}
 
-			end := start.Add(c.duration)
+			end := s.endOn(c, day, start)
 			if !t.Before(start) && t.Before(end) {
 				if !open || end.After(until) {
 					until = end

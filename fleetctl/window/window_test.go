@@ -153,3 +153,30 @@ func TestValidationIsStrict(t *testing.T) {
 	_, err := window.NewSchedule("Europe/Berlin", []window.Window{{Start: "23:59", Duration: "1m"}})
 	require.NoError(t, err)
 }
+
+// Finding 4 of issue 13: window length was counted in elapsed time, so on
+// the spring-forward night a Berlin 01:00+4h window stayed open until 06:00
+// CEST and a Sunday 00:00+24h window ran into Monday. Windows end at the
+// local wall-clock time start+duration.
+func TestWindowsEndOnWallClockAcrossDST(t *testing.T) {
+	berlin := mustLoc(t, "Europe/Berlin")
+
+	night, err := window.NewSchedule("Europe/Berlin", []window.Window{{Start: "01:00", Duration: "4h"}})
+	require.NoError(t, err)
+
+	// 2026-03-29: clocks go from 02:00 CET to 03:00 CEST.
+	open, until := night.OpenUntil(time.Date(2026, 3, 29, 4, 30, 0, 0, berlin))
+	assert.True(t, open)
+	assert.Equal(t, time.Date(2026, 3, 29, 5, 0, 0, 0, berlin), until.In(berlin))
+	assert.False(t, night.Open(time.Date(2026, 3, 29, 5, 30, 0, 0, berlin)), "closed at 05:30 CEST")
+
+	// 2026-10-25: clocks go from 03:00 CEST back to 02:00 CET; the window still ends at 05:00 local.
+	_, until = night.OpenUntil(time.Date(2026, 10, 25, 4, 30, 0, 0, berlin))
+	assert.Equal(t, time.Date(2026, 10, 25, 5, 0, 0, 0, berlin), until.In(berlin))
+
+	sunday, err := window.NewSchedule("Europe/Berlin", []window.Window{{Days: []string{"sun"}, Start: "00:00", Duration: "24h"}})
+	require.NoError(t, err)
+	assert.True(t, sunday.Open(time.Date(2026, 3, 29, 23, 30, 0, 0, berlin)))
+	assert.False(t, sunday.Open(time.Date(2026, 3, 30, 0, 30, 0, 0, berlin)), "Monday 00:30 is not Sunday")
+	assert.True(t, sunday.Open(time.Date(2026, 10, 25, 23, 30, 0, 0, berlin)), "the 25-hour Sunday is open to its end")
+}
