@@ -751,7 +751,7 @@ func (e *execution) admit(ctx context.Context, n *store.Node) (release func(), e
 // the health gate and the soak. A node starts only if that fits in what is
 // left of its window.
 func (e *execution) opEstimate() time.Duration {
-	return e.upgradeTimeout() + e.plan.Health.Timeout.D() + e.plan.Health.Soak.D()
+	return e.plan.NodeWindowNeed()
 }
 
 // fits reports whether n's site window is open at now and the whole node

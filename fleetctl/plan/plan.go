@@ -196,6 +196,18 @@ func (p *Plan) Default() {
 	}
 }
 
+// NodeWindowNeed is how much of a maintenance window one node operation may
+// take: the Upgrade call, the health gate and the soak. A node starts only
+// if this much of its window is left.
+func (p *Plan) NodeWindowNeed() time.Duration {
+	u := p.Health.UpgradeTimeout.D()
+	if u <= 0 {
+		u = DefaultUpgradeTimeout
+	}
+
+	return u + p.Health.Timeout.D() + p.Health.Soak.D()
+}
+
 // Rollback reports whether failed nodes are rolled back automatically.
 func (p *Plan) Rollback() bool { return p.AutoRollback == nil || *p.AutoRollback }
 

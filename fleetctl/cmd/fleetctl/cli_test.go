@@ -104,6 +104,8 @@ func TestCLIInventoryAndPlan(t *testing.T) {
 	require.Equal(t, 0, code, out)
 	assert.Contains(t, out, "canary")
 	assert.Contains(t, out, "nothing was changed")
+	// sim init's plan: 2s gate, no soak, default 10m upgrade call.
+	assert.Contains(t, out, "a node starts only with 10m2s of its window left (upgrade call 10m0s + gate 2s + soak 0s)")
 
 	_, err := os.Stat(c.db)
 	assert.ErrorIs(t, err, os.ErrNotExist, "plan writes no database")

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -127,7 +128,13 @@ func TestCrashAndResume(t *testing.T) {
 	// not only kills between nodes.
 	inFlightAtKill := 0
 
+	// --force attempts while the first process ran, and how many were refused as busy.
+	forced, refused := 0, 0
+
 	defer func() {
+		t.Logf("resume --force while the first process ran: %d, refused as busy: %d", forced, refused)
+		assert.Positive(t, refused, "no --force attempt met a live executor; the test proves little")
+
 		assert.Positive(t, inFlightAtKill, "no kill landed while a node was being upgraded; the test proves little")
 		t.Logf("nodes left in flight by the kills, summed over trials: %d", inFlightAtKill)
 	}()
@@ -182,6 +189,23 @@ func TestCrashAndResume(t *testing.T) {
 					}
 
 					time.Sleep(time.Duration(rng.IntN(400)) * time.Millisecond)
+
+					// Issue 13 finding 1: a second executor with --force while
+					// the first still runs is refused (exit 5) and changes
+					// nothing; the journal check below proves no node was
+					// upgraded twice.
+					if rng.IntN(2) == 0 {
+						forced++
+
+						// 5 while the first holds its lock. Other codes mean
+						// the first had not created the rollout yet or had
+						// already finished; the invariants below still hold.
+						out, _ := fleetctl("rollout", "resume", "--force").CombinedOutput()
+						if strings.Contains(string(out), "--force never takes over a live executor") {
+							refused++
+						}
+					}
+
 					require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
 				}
 
