@@ -136,7 +136,7 @@ func (e *execution) run(parent context.Context) (Result, error) {
 
 	e.lease = lease
 	if lease.TookOver != "" {
-		e.log.Warn("lease "+lease.TookOver, "rollout", r.ID)
+		e.log.Warn("lease " + lease.TookOver)
 	}
 
 	defer lease.Release(context.WithoutCancel(ctx)) //nolint:errcheck
@@ -570,7 +570,11 @@ func (e *execution) dispatch(ctx context.Context, wave int, w store.Wave, cluste
 
 			if pick >= 0 {
 				c := remaining[pick]
-				remaining = append(remaining[:pick:pick], remaining[pick+1:]...)
+				if pick == 0 {
+					remaining = remaining[1:] // the common case: no copy
+				} else {
+					remaining = append(remaining[:pick:pick], remaining[pick+1:]...)
+				}
 				jobs <- c
 
 				break

@@ -186,13 +186,7 @@ func (l *Lease) check(tx *sql.Tx) error {
 
 // guarded runs fn in a write transaction only while this lease is held.
 func (l *Lease) guarded(ctx context.Context, fn func(*sql.Tx) error) error {
-	return l.s.write(ctx, func(tx *sql.Tx) error {
-		if err := l.check(tx); err != nil {
-			return err
-		}
-
-		return fn(tx)
-	})
+	return l.s.writeAs(ctx, l, fn)
 }
 
 // Heartbeat refreshes the lease; ErrLeaseLost if another process took it.

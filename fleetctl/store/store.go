@@ -90,8 +90,9 @@ var ErrClosed = errors.New("store is closed")
 var ErrReadOnly = errors.New("store is open read-only")
 
 type op struct {
-	fn   func(*sql.Tx) error
-	done chan error
+	fn    func(*sql.Tx) error
+	lease *Lease // checked once per transaction before fn runs; nil: unguarded
+	done  chan error
 }
 
 // Open opens (creating if needed) the database at path and brings its schema
@@ -217,7 +218,21 @@ func (s *Store) commit(batch []op) error {
 		return fmt.Errorf("beginning transaction: %w", err)
 	}
 
+	// Each lease is checked once per transaction, in the transaction: a
+	// takeover commits before or after it as a whole.
+	var checked *Lease
+
 	for _, o := range batch {
+		if o.lease != nil && o.lease != checked {
+			if err := o.lease.check(tx); err != nil {
+				tx.Rollback() //nolint:errcheck
+
+				return err
+			}
+
+			checked = o.lease
+		}
+
 		if err := o.fn(tx); err != nil {
 			tx.Rollback() //nolint:errcheck
 
@@ -234,11 +249,16 @@ func (s *Store) commit(batch []op) error {
 
 // write runs fn in a (group-committed) transaction and returns once it is durable.
 func (s *Store) write(ctx context.Context, fn func(*sql.Tx) error) error {
+	return s.writeAs(ctx, nil, fn)
+}
+
+// writeAs is write guarded by lease (nil: unguarded).
+func (s *Store) writeAs(ctx context.Context, lease *Lease, fn func(*sql.Tx) error) error {
 	if s.readOnly {
 		return ErrReadOnly
 	}
 
-	o := op{fn: fn, done: make(chan error, 1)}
+	o := op{fn: fn, lease: lease, done: make(chan error, 1)}
 
 	s.mu.RLock()
 	if s.isClosed {
