@@ -21,6 +21,16 @@ type Target struct {
 	Endpoint    string // host[:port] of the machine API
 	Role        string // controlplane or worker
 	Talosconfig string // client configuration (mTLS credentials) for the cluster
+	// ControlPlanes is the number of control plane nodes of the cluster.
+	ControlPlanes int
+}
+
+// Preserve tells whether the upgrade must keep the node's data (Talos's
+// preserve flag): a control plane node of a cluster with one or two control
+// plane nodes, whose etcd would lose quorum (or its only member) otherwise.
+// Talos refuses such an upgrade without preserve.
+func (t Target) Preserve() bool {
+	return t.Role == "controlplane" && t.ControlPlanes > 0 && t.ControlPlanes <= 2
 }
 
 // Service is one service and its health as the node reports it.
@@ -29,6 +39,10 @@ type Service struct {
 	State   string `json:"state"`
 	Healthy bool   `json:"healthy"`
 	Message string `json:"message,omitempty"`
+	// NoHealthCheck: the service has no health check (Talos reports such
+	// services healthy=false, unknown=true). The gate ignores them, as
+	// talosctl's health check does.
+	NoHealthCheck bool `json:"noHealthCheck,omitempty"`
 }
 
 // Health is a node's service list.
@@ -46,7 +60,7 @@ func (h Health) Unhealthy() []string {
 	var bad []string
 
 	for _, s := range h.Services {
-		if !s.Healthy {
+		if !s.Healthy && !s.NoHealthCheck {
 			bad = append(bad, s.ID)
 		}
 	}

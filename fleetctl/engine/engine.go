@@ -20,6 +20,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -83,9 +84,10 @@ type Options struct {
 	Clock Clock
 	// ControlPoll is how often pause/abort requests are read from the store (default 250ms).
 	ControlPoll time.Duration
-	// CallTimeout bounds each node API call (default 30s).
+	// CallTimeout overrides the plan's health.callTimeout (tests); 0 uses the plan.
 	CallTimeout time.Duration
-	// Force takes over a rollout whose lease another live process holds.
+	// Force takes over a lease held on another host whose heartbeat expired
+	// (never a live holder; a dead holder on this host is taken over anyway).
 	Force bool
 	// OnResumed is called once state is loaded and the lease taken (resume latency measurements).
 	OnResumed func()
@@ -108,9 +110,6 @@ func (o *Options) defaults() {
 		o.ControlPoll = 250 * time.Millisecond
 	}
 
-	if o.CallTimeout <= 0 {
-		o.CallTimeout = 30 * time.Second
-	}
 }
 
 // WaveResult summarises one wave.
@@ -214,10 +213,19 @@ func Create(ctx context.Context, opts Options) (string, error) {
 				bw = inventory.BandwidthMedium
 			}
 
+			// Frozen absolute: resume may run from another directory
+			// (a relative path there names other credentials, or none).
+			tc := c.Talosconfig
+			if tc != "" {
+				if tc, err = filepath.Abs(tc); err != nil {
+					return "", fmt.Errorf("cluster %s: talosconfig: %w", c.Name, err)
+				}
+			}
+
 			for _, n := range c.Nodes {
 				nodes = append(nodes, store.Node{
 					ID: len(nodes), Wave: wa.Index, Cluster: c.Name, Name: n.Name, Endpoint: n.Endpoint, Role: n.Role,
-					Site: s.Name, Region: s.Region, Bandwidth: bw, Talosconfig: c.Talosconfig,
+					Site: s.Name, Region: s.Region, Bandwidth: bw, Talosconfig: tc,
 				})
 			}
 		}
@@ -291,7 +299,7 @@ func Summarise(ctx context.Context, st *store.Store, id string) (Result, error) 
 		wr := WaveResult{
 			Index: w.Index, Name: w.Name, State: w.State, Nodes: w.Nodes, MaxFailures: w.MaxFailures,
 			Done: c[store.NodeDone], Failed: c[store.NodeFailed], Skipped: c[store.NodeSkipped],
-			InFlight: c[store.NodeRequested] + c[store.NodeAccepted], Pending: c[store.NodePending],
+			InFlight: c[store.NodeRequested] + c[store.NodeAccepted] + c[store.NodeRollingBack], Pending: c[store.NodePending],
 		}
 		res.Waves = append(res.Waves, wr)
 		res.Nodes += wr.Nodes

@@ -552,7 +552,7 @@ func TestHungNodeFailsWithoutRollback(t *testing.T) {
 		}
 	}
 
-	assert.Contains(t, failed.Detail, "rollback failed")
+	assert.Contains(t, failed.Detail, "no rollback sent: the node did not say which image it runs")
 	assert.Contains(t, failed.Detail, "health gate timed out")
 }
 

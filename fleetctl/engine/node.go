@@ -5,8 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/labfleet/labfleet/fleetctl/driver"
+	"github.com/labfleet/labfleet/fleetctl/plan"
 	"github.com/labfleet/labfleet/fleetctl/store"
 )
 
@@ -22,12 +27,19 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 	subject := n.Cluster + "/" + n.Name
 	log := e.log.With("node", subject)
 
-	if n.State == store.NodeRequested || n.State == store.NodeAccepted {
+	if isInFlight(n.State) {
 		defer func() {
 			if terminal(n.State) {
 				e.reconciledOne()
 			}
 		}()
+
+		// A node in flight holds its cap slots like any other.
+		release, err := e.acquireCaps(ctx, n, false)
+		if err != nil {
+			return false
+		}
+		defer release()
 	}
 
 	if n.State == store.NodePending {
@@ -40,12 +52,26 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 
 	node, err := e.opts.Driver.Open(ctx, e.target(n))
 	if err != nil {
+		if isInFlight(n.State) {
+			// The node may have been changed and only it can tell: never
+			// guess "failed". Leave its record and pause for the operator.
+			e.stop(store.StatePaused, fmt.Sprintf("cannot connect to %s to ask what it did (%v); its record stays %s: fix access, then resume", subject, err, n.State))
+
+			return false
+		}
+
 		return e.fail(ctx, wave, n, nil, fmt.Sprintf("opening node: %v", err), false)
 	}
 	defer node.Close() //nolint:errcheck
 
 	nr := &nodeRun{e: e, n: n, node: node, subject: subject}
 	target := e.rollout.Version
+
+	if n.State == store.NodeRollingBack {
+		// A rollback was about to be sent (or sent) when the previous process
+		// stopped: finish watching it, never send it again.
+		return e.fail(ctx, wave, n, node, n.Error, true)
+	}
 
 	switch n.State {
 	case store.NodePending:
@@ -60,6 +86,14 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 
 		if v == target {
 			return !nr.record(ctx, store.Transition{State: store.NodeDone, FromVersion: v, Detail: "already at " + target})
+		}
+
+		// The version call may have taken long: check the window right
+		// before the node is asked to change.
+		if !e.fits(n, e.opts.Clock.Now()) {
+			if err := e.waitWindow(ctx, n); err != nil {
+				return false
+			}
 		}
 
 		// Written before the node is asked: after a crash this record is what
@@ -95,8 +129,9 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 				return e.fail(ctx, wave, n, node, "reconciled: node tried "+target+" before the crash and fell back to "+v, true)
 			}
 
-			// Asking again changes the node: only inside its window and caps.
-			release, err := e.admit(ctx, n)
+			// Asking again changes the node: only inside its window (its
+			// cap slots are already held).
+			err := e.waitWindow(ctx, n)
 
 			switch {
 			case errors.Is(err, errStop):
@@ -106,7 +141,6 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 			case err != nil:
 				return false
 			default:
-				defer release()
 
 				if !nr.record(ctx, store.Transition{State: store.NodeRequested, UpgradeCall: true, Detail: "reconciled: node reports " + v + ", requesting again"}) {
 					return false
@@ -144,7 +178,7 @@ func (r *nodeRun) record(ctx context.Context, tr store.Transition) bool {
 
 	// The node was (or is about to be) touched: the record must land even if
 	// ctx is being cancelled, or resume would lose track of it.
-	if err := r.e.opts.Store.RecordNode(context.WithoutCancel(ctx), r.e.rollout.ID, r.e.opts.Actor, tr); err != nil {
+	if err := r.e.lease.RecordNode(context.WithoutCancel(ctx), r.e.opts.Actor, tr); err != nil {
 		r.e.storeFailed(fmt.Errorf("recording %s as %s: %w", r.subject, tr.State, err))
 
 		return false
@@ -224,7 +258,41 @@ func (r *nodeRun) fellBack(ctx context.Context) bool {
 }
 
 func (r *nodeRun) call(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, r.e.opts.CallTimeout)
+	return context.WithTimeout(ctx, r.e.callTimeout())
+}
+
+func (e *execution) callTimeout() time.Duration {
+	switch {
+	case e.opts.CallTimeout > 0:
+		return e.opts.CallTimeout
+	case e.plan.Health.CallTimeout > 0:
+		return e.plan.Health.CallTimeout.D()
+	}
+
+	return plan.DefaultCallTimeout
+}
+
+func (e *execution) upgradeTimeout() time.Duration {
+	if u := e.plan.Health.UpgradeTimeout.D(); u > 0 {
+		return u
+	}
+
+	return plan.DefaultUpgradeTimeout
+}
+
+// uncertain: the call may have reached the node although no answer came
+// back (timeout, connection lost). Only the node can tell what happened.
+func uncertain(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+
+	switch status.Code(err) {
+	case codes.DeadlineExceeded, codes.Unavailable, codes.Canceled:
+		return true
+	}
+
+	return false
 }
 
 func (r *nodeRun) version(ctx context.Context) (string, error) {
@@ -237,21 +305,43 @@ func (r *nodeRun) version(ctx context.Context) (string, error) {
 // upgrade asks the node to upgrade; ok is false when processing must stop
 // here (failed tells whether the node was recorded as failed).
 func (r *nodeRun) upgrade(ctx context.Context, wave int) (failed, ok bool) {
-	c, cancel := r.call(ctx)
-	err := r.node.Upgrade(c, r.e.rollout.Image)
+	for attempt := 1; ; attempt++ {
+		c, cancel := context.WithTimeout(ctx, r.e.upgradeTimeout())
+		err := r.node.Upgrade(c, r.e.rollout.Image)
 
-	cancel()
+		cancel()
 
-	switch {
-	case err == nil:
-		return false, r.record(ctx, store.Transition{State: store.NodeAccepted, Detail: "upgrade accepted"})
-	case errors.Is(err, driver.ErrInProgress):
-		return false, r.record(ctx, store.Transition{State: store.NodeAccepted, Detail: "upgrade already in progress on node"})
-	case ctx.Err() != nil:
-		return false, false // interrupted: stays requested, resume asks the node
+		switch {
+		case err == nil:
+			return false, r.record(ctx, store.Transition{State: store.NodeAccepted, Detail: "upgrade accepted"})
+		case errors.Is(err, driver.ErrInProgress):
+			return false, r.record(ctx, store.Transition{State: store.NodeAccepted, Detail: "upgrade already in progress on node"})
+		case ctx.Err() != nil:
+			return false, false // interrupted: stays requested, resume asks the node
+		case !uncertain(err):
+			return r.e.fail(ctx, wave, r.n, r.node, fmt.Sprintf("upgrade refused: %v", err), false), false
+		}
+
+		// No answer is not a refusal: the node may be installing (Talos pulls
+		// the image inside the call). Ask it, as resume would.
+		v, verr := r.waitReachable(ctx)
+
+		switch {
+		case ctx.Err() != nil:
+			return false, false
+		case verr == nil && v == r.e.rollout.Version:
+			return false, r.record(ctx, store.Transition{State: store.NodeAccepted, Detail: "upgrade call got no answer (" + err.Error() + "); node reports " + v})
+		case attempt >= 2:
+			return r.e.fail(ctx, wave, r.n, r.node, fmt.Sprintf("upgrade call got no answer twice within %s (%v); outcome unknown", r.e.upgradeTimeout(), err), true), false
+		}
+
+		// Asking again is safe: a node still installing the first request
+		// answers "in progress".
+		if !r.record(ctx, store.Transition{State: store.NodeRequested, UpgradeCall: true,
+			Detail: "upgrade call got no answer (" + err.Error() + "); asking again"}) {
+			return false, false
+		}
 	}
-
-	return r.e.fail(ctx, wave, r.n, r.node, fmt.Sprintf("upgrade refused: %v", err), false), false
 }
 
 // waitReachable polls the node's version until it answers or the gate times out.
@@ -386,10 +476,17 @@ func (e *execution) fail(ctx context.Context, wave int, n *store.Node, node driv
 	tr := store.Transition{Node: n.ID, Subject: subject, State: store.NodeFailed, Error: reason}
 
 	if touched && node != nil && e.plan.Rollback() {
-		tr.RolledBack, tr.Detail = e.rollback(ctx, n, node)
+		var ok bool
+
+		n.Error = reason // carried by the rolling-back row, for a resume
+
+		tr.RolledBack, tr.Detail, ok = e.rollback(ctx, n, node)
+		if !ok {
+			return true // the store failed or the lease was lost: stop here
+		}
 	}
 
-	if err := e.opts.Store.RecordNode(context.WithoutCancel(ctx), e.rollout.ID, e.opts.Actor, tr); err != nil {
+	if err := e.lease.RecordNode(context.WithoutCancel(ctx), e.opts.Actor, tr); err != nil {
 		e.storeFailed(fmt.Errorf("recording %s as failed: %w", subject, err))
 
 		return true
@@ -403,65 +500,80 @@ func (e *execution) fail(ctx context.Context, wave int, n *store.Node, node driv
 	return true
 }
 
-// rollback asks the node to boot its previous image and waits (up to the gate
-// timeout) for it to report the version it ran before.
-func (e *execution) rollback(ctx context.Context, n *store.Node, node driver.Node) (bool, string) {
-	clock := e.opts.Clock
-	hg := e.plan.Health
-	deadline := clock.Now().Add(hg.Timeout.D())
+// rollback brings a failed node back to the image it ran before, at most
+// once per failure. It first asks which image the node runs: a rollback on
+// Talos boots "the other" boot entry, so one sent to a node already back on
+// its previous image (it fell back, or never installed the new one because
+// it was still pulling it) would boot the failed image. Before the call a
+// "rolling-back" row is written, so a crash in between is never mistaken for
+// a node that still needs one. rolledBack reports whether the node is known
+// to run its previous image again; ok is false when the row could not be
+// written (nothing was sent).
+func (e *execution) rollback(ctx context.Context, n *store.Node, node driver.Node) (rolledBack bool, detail string, ok bool) {
+	nr := &nodeRun{e: e, n: n, node: node, subject: n.Cluster + "/" + n.Name}
+	target := e.rollout.Version
 
-	// A node that fell back by itself (systemd-boot boot counting gave up on
-	// the new entry) already runs its old version: nothing to roll back.
-	if n.FromVersion != "" {
-		c, cancel := context.WithTimeout(ctx, e.opts.CallTimeout)
-		v, verr := node.Version(c)
-
-		cancel()
-
-		if verr == nil && v == n.FromVersion {
-			return true, "node already back on " + v + " (fell back by itself); no rollback call needed"
-		}
+	if n.State == store.NodeRollingBack {
+		// Left by a previous process: the call may have been sent. Never repeat it.
+		return nr.awaitPrevious(ctx, "rollback was requested before a restart; not repeated")
 	}
 
-	var err error
+	v, err := nr.version(ctx)
 
-	for {
-		c, cancel := context.WithTimeout(ctx, e.opts.CallTimeout)
-		err = node.Rollback(c)
-
-		cancel()
-
-		if err == nil || ctx.Err() != nil || !clock.Now().Before(deadline) {
-			break
+	switch {
+	case err != nil:
+		return false, "no rollback sent: the node did not say which image it runs: " + err.Error(), true
+	case n.FromVersion != "" && v == n.FromVersion:
+		if nr.fellBack(ctx) {
+			return true, "node fell back to " + v + " by itself; no rollback sent", true
 		}
 
-		if clock.Sleep(ctx, hg.Interval.D()) != nil {
-			break
-		}
+		return false, "node still runs its previous image " + v + " (the upgrade may not be installed yet); no rollback sent", true
+	case v != target:
+		return false, "node runs " + v + ", neither " + target + " nor its previous image; no rollback sent", true
 	}
+
+	if !nr.record(ctx, store.Transition{State: store.NodeRollingBack, Error: n.Error, Detail: "node runs " + v + "; asking it to boot " + n.FromVersion}) {
+		return false, "", false
+	}
+
+	c, cancel := nr.call(ctx)
+	err = node.Rollback(c)
+
+	cancel()
 
 	if err != nil {
-		return false, fmt.Sprintf("rollback failed: %v", err)
+		// The call may still have reached the node (a timeout): watch, do not resend.
+		return nr.awaitPrevious(ctx, "rollback call failed ("+err.Error()+"); not repeated")
 	}
 
-	if n.FromVersion == "" {
-		return true, "rollback requested"
+	return nr.awaitPrevious(ctx, "rollback sent")
+}
+
+// awaitPrevious polls (up to the gate timeout) for the node to report the
+// version it ran before the upgrade.
+// ok is false when ctx ended first: the row stays rolling-back for a resume.
+func (r *nodeRun) awaitPrevious(ctx context.Context, sent string) (bool, string, bool) {
+	if r.n.FromVersion == "" {
+		return false, sent + "; previous version unknown", true
 	}
 
-	for clock.Now().Before(deadline) && ctx.Err() == nil {
-		c, cancel := context.WithTimeout(ctx, e.opts.CallTimeout)
-		v, verr := node.Version(c)
+	clock := r.e.opts.Clock
+	hg := r.e.plan.Health
+	deadline := clock.Now().Add(hg.Timeout.D())
 
-		cancel()
-
-		if verr == nil && v == n.FromVersion {
-			return true, "rolled back to " + v
+	for {
+		// A node going away for its reboot answers with errors: keep asking.
+		if v, err := r.version(ctx); err == nil && v == r.n.FromVersion {
+			return true, sent + "; node runs " + v + " again", true
 		}
 
-		if clock.Sleep(ctx, hg.Interval.D()) != nil {
-			break
+		if ctx.Err() != nil {
+			return false, "", false
+		}
+
+		if !clock.Now().Before(deadline) || clock.Sleep(ctx, hg.Interval.D()) != nil {
+			return false, fmt.Sprintf("%s; node did not report %s within %s", sent, r.n.FromVersion, hg.Timeout.D()), true
 		}
 	}
-
-	return true, fmt.Sprintf("rollback requested; node did not report %s within %s", n.FromVersion, hg.Timeout.D())
 }

@@ -25,10 +25,18 @@ type execution struct {
 	rollout *store.Rollout
 	log     *slog.Logger
 
+	// lease guards every state write: once another process took the rollout
+	// over, writes fail with store.ErrLeaseLost and cancel stops all node work.
+	lease    *store.Lease
+	cancel   context.CancelFunc
+	leaseErr error
+
 	plan      plan.Plan
 	schedules map[string]*window.Schedule
 	waves     []store.Wave
 	nodes     []store.Node
+
+	controlPlanes map[string]int // per cluster: Talos needs preserve for 1-2
 
 	regionSem    map[string]chan struct{}
 	bandwidthSem map[string]chan struct{}
@@ -63,6 +71,12 @@ func (e *execution) reconciledOne() {
 // storeFailed stops the rollout when progress can no longer be recorded:
 // touching nodes without a record would defeat crash recovery.
 func (e *execution) storeFailed(err error) {
+	if errors.Is(err, store.ErrLeaseLost) {
+		e.leaseLost(err)
+
+		return
+	}
+
 	e.log.Error("database write failed; stopping", "err", err)
 
 	e.mu.Lock()
@@ -74,8 +88,31 @@ func (e *execution) storeFailed(err error) {
 	e.stop(store.StatePaused, "database write failed")
 }
 
-func (e *execution) run(ctx context.Context) (Result, error) {
+// leaseLost stops this process at once: another executor owns the rollout,
+// so this one must not ask any node anything more (not even to finish a
+// gate: the new executor reconciles in-flight nodes itself).
+func (e *execution) leaseLost(err error) {
+	e.mu.Lock()
+	first := e.leaseErr == nil
+	if first {
+		e.leaseErr = err
+	}
+	e.mu.Unlock()
+
+	if first {
+		e.log.Error("another process took this rollout over; stopping without touching any more nodes", "err", err)
+	}
+
+	e.cancel()
+}
+
+func (e *execution) run(parent context.Context) (Result, error) {
 	r := e.rollout
+
+	ctx, cancel := context.WithCancel(parent)
+	defer cancel()
+
+	e.cancel = cancel
 
 	switch r.State {
 	case store.StateCompleted:
@@ -91,11 +128,18 @@ func (e *execution) run(ctx context.Context) (Result, error) {
 	}
 
 	pid := os.Getpid()
-	if err := e.opts.Store.AcquireLease(ctx, r.ID, hostname(), pid, leaseStale, e.opts.Force, e.opts.Actor); err != nil {
+
+	lease, err := e.opts.Store.AcquireLease(ctx, r.ID, hostname(), pid, leaseStale, e.opts.Force, e.opts.Actor)
+	if err != nil {
 		return Result{}, err
 	}
 
-	defer e.opts.Store.ReleaseLease(context.WithoutCancel(ctx), r.ID, pid) //nolint:errcheck
+	e.lease = lease
+	if lease.TookOver != "" {
+		e.log.Warn("lease " + lease.TookOver)
+	}
+
+	defer lease.Release(context.WithoutCancel(ctx)) //nolint:errcheck
 
 	switch r.Desired {
 	case store.DesiredAbort:
@@ -103,13 +147,13 @@ func (e *execution) run(ctx context.Context) (Result, error) {
 		e.stop(store.StateAborted, "aborted by operator")
 	case store.DesiredPause:
 		// Resuming is the operator asking to run again.
-		if err := e.opts.Store.SetDesired(ctx, r.ID, store.DesiredRun, e.opts.Actor); err != nil {
+		if err := lease.SetDesired(ctx, store.DesiredRun, e.opts.Actor); err != nil {
 			return Result{}, err
 		}
 	}
 
 	if r.State != store.StateRunning {
-		if err := e.opts.Store.SetState(ctx, r.ID, store.StateRunning, "resumed", e.opts.Actor); err != nil {
+		if err := lease.SetState(ctx, store.StateRunning, "resumed", e.opts.Actor); err != nil {
 			return Result{}, err
 		}
 	}
@@ -129,7 +173,7 @@ func (e *execution) run(ctx context.Context) (Result, error) {
 	go func() {
 		defer close(ctlDone)
 
-		e.control(ctlCtx, pid)
+		e.control(ctlCtx)
 	}()
 
 	for i := range e.waves {
@@ -140,6 +184,12 @@ func (e *execution) run(ctx context.Context) (Result, error) {
 		// Waves keep being visited while stopping: one may hold nodes that
 		// were in flight when the previous process died.
 		if err := e.runWave(ctx, i); err != nil {
+			if errors.Is(err, store.ErrLeaseLost) {
+				e.leaseLost(err)
+
+				break
+			}
+
 			return Result{}, err
 		}
 	}
@@ -147,7 +197,7 @@ func (e *execution) run(ctx context.Context) (Result, error) {
 	stopControl()
 	<-ctlDone
 
-	return e.finish(ctx)
+	return e.finish(parent)
 }
 
 // load reads the frozen rollout definition and its progress.
@@ -188,13 +238,19 @@ func (e *execution) load(ctx context.Context) error {
 		return err
 	}
 
+	e.controlPlanes = map[string]int{}
 	e.waveFailures = map[int]int{}
+
 	for _, n := range e.nodes {
+		if n.Role == inventory.RoleControlPlane {
+			e.controlPlanes[n.Cluster]++
+		}
+
 		switch n.State {
 		case store.NodeFailed:
 			e.waveFailures[n.Wave]++
 			e.failures++
-		case store.NodeRequested, store.NodeAccepted:
+		case store.NodeRequested, store.NodeAccepted, store.NodeRollingBack:
 			e.inFlightAtLoad++
 		}
 	}
@@ -228,7 +284,7 @@ func (e *execution) load(ctx context.Context) error {
 }
 
 // control polls operator requests and keeps the lease fresh.
-func (e *execution) control(ctx context.Context, pid int) {
+func (e *execution) control(ctx context.Context) {
 	tick := time.NewTicker(e.opts.ControlPoll)
 	defer tick.Stop()
 
@@ -259,7 +315,13 @@ func (e *execution) control(ctx context.Context, pid int) {
 
 		if time.Since(lastBeat) > 5*time.Second {
 			lastBeat = time.Now()
-			if err := e.opts.Store.Heartbeat(ctx, e.rollout.ID, pid); err != nil && ctx.Err() == nil {
+			if err := e.lease.Heartbeat(ctx); err != nil && ctx.Err() == nil {
+				if errors.Is(err, store.ErrLeaseLost) {
+					e.leaseLost(err)
+
+					return
+				}
+
 				e.log.Warn("refreshing lease", "err", err)
 			}
 		}
@@ -323,16 +385,23 @@ func (e *execution) finish(ctx context.Context) (Result, error) {
 
 	kind, reason := e.stopKind, e.stopReason
 
+	if e.leaseErr != nil {
+		// Nothing may be written: the rollout belongs to another process.
+		res, _ := Summarise(bg, st, id)
+
+		return res, fmt.Errorf("stopped: %w", e.leaseErr)
+	}
+
 	if e.storeErr != nil {
 		// Best effort: the database may be failing for good.
-		st.SetState(bg, id, store.StatePaused, "database write failed: "+e.storeErr.Error(), actor) //nolint:errcheck
+		e.lease.SetState(bg, store.StatePaused, "database write failed: "+e.storeErr.Error(), actor) //nolint:errcheck
 
 		return Result{RolloutID: id, Name: e.rollout.Name, State: store.StatePaused}, fmt.Errorf("recording progress: %w", e.storeErr)
 	}
 
 	switch {
 	case kind != "":
-		if err := st.SetState(bg, id, kind, reason, actor); err != nil {
+		if err := e.lease.SetState(bg, kind, reason, actor); err != nil {
 			return Result{}, err
 		}
 
@@ -353,7 +422,7 @@ func (e *execution) finish(ctx context.Context) (Result, error) {
 		return e.result(bg, fmt.Errorf("%w: %w", ErrInterrupted, ctx.Err()))
 	}
 
-	if err := st.SetState(bg, id, store.StateCompleted, "", actor); err != nil {
+	if err := e.lease.SetState(bg, store.StateCompleted, "", actor); err != nil {
 		return Result{}, err
 	}
 
@@ -387,7 +456,7 @@ func (e *execution) runWave(ctx context.Context, i int) error {
 	}
 
 	if w.State == store.WavePending {
-		if err := e.opts.Store.SetWaveState(ctx, e.rollout.ID, i, store.WaveRunning, e.opts.Actor); err != nil {
+		if err := e.lease.SetWaveState(ctx, i, store.WaveRunning, e.opts.Actor); err != nil {
 			return err
 		}
 	}
@@ -414,31 +483,7 @@ func (e *execution) runWave(ctx context.Context, i int) error {
 		clusters[ci] = append(clusters[ci], n)
 	}
 
-	jobs := make(chan []*store.Node)
-
-	var wg sync.WaitGroup
-
-	workers := min(max(w.Concurrency, 1), len(clusters))
-	for range workers {
-		wg.Go(func() {
-			for c := range jobs {
-				e.runCluster(ctx, i, c)
-			}
-		})
-	}
-
-	for _, c := range clusters {
-		// Clusters with in-flight nodes are always handed out: their nodes must
-		// be reconciled even when the rollout is stopping.
-		if (e.stopped() != "" || ctx.Err() != nil) && !inFlight(c) {
-			continue
-		}
-
-		jobs <- c
-	}
-
-	close(jobs)
-	wg.Wait()
+	e.dispatch(ctx, i, w, clusters)
 
 	for _, n := range e.nodes {
 		if n.Wave == i && !terminal(n.State) {
@@ -448,17 +493,122 @@ func (e *execution) runWave(ctx context.Context, i int) error {
 
 	e.log.Info("wave finished", "wave", i, "name", w.Name, "failures", e.waveFailures[i])
 
-	return e.opts.Store.SetWaveState(context.WithoutCancel(ctx), e.rollout.ID, i, store.WaveDone, e.opts.Actor)
+	if ctx.Err() != nil {
+		return nil // the lease was lost or the process interrupted mid-wave
+	}
+
+	return e.lease.SetWaveState(context.WithoutCancel(ctx), i, store.WaveDone, e.opts.Actor)
+}
+
+// dispatch hands the wave's clusters to its workers. A worker is free
+// before a cluster is picked, and the pick is the first cluster (in
+// inventory order) whose site is open now or that has nodes in flight: a
+// closed site never holds a worker while an open one waits. When every
+// remaining cluster is closed the dispatcher (holding the free worker, so at
+// most one sleeper when concurrency is 1) sleeps until the next opening.
+func (e *execution) dispatch(ctx context.Context, wave int, w store.Wave, clusters [][]*store.Node) {
+	workers := min(max(w.Concurrency, 1), len(clusters))
+	jobs := make(chan []*store.Node)
+	free := make(chan struct{}, workers)
+
+	var wg sync.WaitGroup
+
+	for range workers {
+		free <- struct{}{}
+
+		wg.Go(func() {
+			for c := range jobs {
+				e.runCluster(ctx, wave, c)
+				free <- struct{}{}
+			}
+		})
+	}
+
+	defer func() {
+		close(jobs)
+		wg.Wait()
+	}()
+
+	remaining := clusters
+
+	for len(remaining) > 0 {
+		select {
+		case <-free:
+		case <-ctx.Done():
+			return
+		}
+
+		for {
+			stopping := e.stopped() != "" || ctx.Err() != nil
+			now := e.opts.Clock.Now()
+			pick, next := -1, time.Time{}
+
+			for k, c := range remaining {
+				// Clusters with in-flight nodes are always handed out: their
+				// nodes must be reconciled even when the rollout is stopping.
+				if inFlight(c) {
+					pick = k
+
+					break
+				}
+
+				if stopping {
+					continue
+				}
+
+				sch := e.schedules[c[0].Site]
+				if sch == nil || sch.Open(now) {
+					pick = k
+
+					break
+				}
+
+				if o := sch.NextOpen(now); next.IsZero() || o.Before(next) {
+					next = o
+				}
+			}
+
+			if pick >= 0 {
+				c := remaining[pick]
+				if pick == 0 {
+					remaining = remaining[1:] // the common case: no copy
+				} else {
+					remaining = append(remaining[:pick:pick], remaining[pick+1:]...)
+				}
+				jobs <- c
+
+				break
+			}
+
+			if stopping || next.IsZero() {
+				return
+			}
+
+			wait := min(next.Sub(now), e.opts.ControlPoll)
+			if wait <= 0 {
+				wait = time.Millisecond
+			}
+
+			if e.opts.Clock.Sleep(ctx, wait) != nil {
+				return
+			}
+		}
+	}
 }
 
 func (e *execution) waveInFlight(i int) bool {
 	for _, n := range e.nodes {
-		if n.Wave == i && (n.State == store.NodeRequested || n.State == store.NodeAccepted) {
+		if n.Wave == i && isInFlight(n.State) {
 			return true
 		}
 	}
 
 	return false
+}
+
+// isInFlight: the node may have been changed and its outcome is not recorded yet.
+func isInFlight(state string) bool {
+	return state == store.NodeRequested || state == store.NodeAccepted || state == store.NodeRollingBack
 }
 
 func terminal(state string) bool {
@@ -467,7 +617,7 @@ func terminal(state string) bool {
 
 func inFlight(c []*store.Node) bool {
 	for _, n := range c {
-		if n.State == store.NodeRequested || n.State == store.NodeAccepted {
+		if isInFlight(n.State) {
 			return true
 		}
 	}
@@ -506,7 +656,7 @@ func (e *execution) runCluster(ctx context.Context, wave int, nodes []*store.Nod
 		var first, rest []*store.Node
 
 		for _, n := range list {
-			if n.State == store.NodeRequested || n.State == store.NodeAccepted {
+			if isInFlight(n.State) {
 				first = append(first, n)
 			} else {
 				rest = append(rest, n)
@@ -561,7 +711,7 @@ func (e *execution) skip(ctx context.Context, n *store.Node, why string) {
 	}
 
 	tr := store.Transition{Node: n.ID, Subject: n.Cluster + "/" + n.Name, State: store.NodeSkipped, Detail: why}
-	if err := e.opts.Store.RecordNode(context.WithoutCancel(ctx), e.rollout.ID, e.opts.Actor, tr); err != nil {
+	if err := e.lease.RecordNode(context.WithoutCancel(ctx), e.opts.Actor, tr); err != nil {
 		e.storeFailed(fmt.Errorf("recording %s as skipped: %w", tr.Subject, err))
 
 		return
@@ -571,7 +721,8 @@ func (e *execution) skip(ctx context.Context, n *store.Node, why string) {
 }
 
 func (e *execution) target(n *store.Node) driver.Target {
-	return driver.Target{Cluster: n.Cluster, Node: n.Name, Endpoint: n.Endpoint, Role: n.Role, Talosconfig: n.Talosconfig}
+	return driver.Target{Cluster: n.Cluster, Node: n.Name, Endpoint: n.Endpoint, Role: n.Role, Talosconfig: n.Talosconfig,
+		ControlPlanes: e.controlPlanes[n.Cluster]}
 }
 
 // errStop means the rollout is stopping and the node was not started.
@@ -581,38 +732,95 @@ var errStop = errors.New("stopping")
 // window is open and its region and bandwidth class have a free slot.
 // release returns the slots.
 func (e *execution) admit(ctx context.Context, n *store.Node) (release func(), err error) {
+	for {
+		if err := e.waitWindow(ctx, n); err != nil {
+			return nil, err
+		}
+
+		release, err := e.acquireCaps(ctx, n, true)
+		if err != nil {
+			return nil, err
+		}
+
+		// The window may have closed while waiting for a slot.
+		if e.fits(n, e.opts.Clock.Now()) {
+			return release, nil
+		}
+
+		release()
+	}
+}
+
+// opEstimate is the longest one node operation may take: the Upgrade call,
+// the health gate and the soak. A node starts only if that fits in what is
+// left of its window.
+func (e *execution) opEstimate() time.Duration {
+	return e.plan.NodeWindowNeed()
+}
+
+// fits reports whether n's site window is open at now and the whole node
+// operation fits before it closes.
+func (e *execution) fits(n *store.Node, now time.Time) bool {
+	sch := e.schedules[n.Site]
+	if sch == nil || sch.Always() {
+		return true
+	}
+
+	open, until := sch.OpenUntil(now)
+
+	return open && until.Sub(now) >= e.opEstimate()
+}
+
+// waitWindow waits until the rollout is running and the whole node
+// operation fits in n's site window.
+func (e *execution) waitWindow(ctx context.Context, n *store.Node) error {
 	sch := e.schedules[n.Site]
 
 	for {
 		if e.stopped() != "" {
-			return nil, errStop
+			return errStop
 		}
 
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return err
 		}
 
 		now := e.opts.Clock.Now()
-		if sch == nil || sch.Open(now) {
-			break
+		if e.fits(n, now) {
+			return nil
 		}
 
-		wait := min(sch.NextOpen(now).Sub(now), e.opts.ControlPoll)
+		next := sch.NextOpen(now)
+		if open, until := sch.OpenUntil(now); open {
+			next = sch.NextOpen(until) // too little left of this window
+		}
+
+		wait := min(next.Sub(now), e.opts.ControlPoll)
 		if wait <= 0 {
 			wait = time.Millisecond
 		}
 
 		if err := e.opts.Clock.Sleep(ctx, wait); err != nil {
-			return nil, err
+			return err
 		}
 	}
+}
 
+// acquireCaps takes n's region and bandwidth slots. Nodes found in flight
+// after a crash take them too (honourStop false: they are reconciled even
+// while the rollout stops), so caps count every node in flight.
+func (e *execution) acquireCaps(ctx context.Context, n *store.Node, honourStop bool) (release func(), err error) {
 	var held []chan struct{}
 
 	release = func() {
 		for _, c := range held {
 			<-c
 		}
+	}
+
+	stop := e.stopCh
+	if !honourStop {
+		stop = nil // a nil channel never fires
 	}
 
 	for _, sem := range []chan struct{}{e.regionSem[n.Region], e.bandwidthSem[n.Bandwidth]} {
@@ -623,7 +831,7 @@ func (e *execution) admit(ctx context.Context, n *store.Node) (release func(), e
 		select {
 		case sem <- struct{}{}:
 			held = append(held, sem)
-		case <-e.stopCh:
+		case <-stop:
 			release()
 
 			return nil, errStop
@@ -632,13 +840,6 @@ func (e *execution) admit(ctx context.Context, n *store.Node) (release func(), e
 
 			return nil, ctx.Err()
 		}
-	}
-
-	// The window may have closed while waiting for a slot.
-	if sch != nil && !sch.Open(e.opts.Clock.Now()) {
-		release()
-
-		return e.admit(ctx, n)
 	}
 
 	return release, nil

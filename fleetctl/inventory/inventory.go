@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -219,6 +220,12 @@ func (inv *Inventory) add(name string, data []byte) error {
 				c.Talosconfig = filepath.Join(dir, c.Talosconfig)
 			}
 
+			// Stored absolute: a rollout resumed from another directory must
+			// find the same credentials.
+			if abs, err := filepath.Abs(c.Talosconfig); err == nil && c.Talosconfig != "" {
+				c.Talosconfig = abs
+			}
+
 			inv.Clusters = append(inv.Clusters, c)
 		}
 	}
@@ -246,6 +253,20 @@ func (es Errors) Error() string {
 	}
 
 	return strings.Join(parts, "\n")
+}
+
+// DefaultPort is the machine API port an endpoint without one uses.
+const DefaultPort = "50000"
+
+// NormalizeEndpoint writes an endpoint as host:port with the default port,
+// so "10.0.0.10" and "10.0.0.10:50000" compare equal.
+func NormalizeEndpoint(ep string) string {
+	host, port, err := net.SplitHostPort(ep)
+	if err != nil {
+		host, port = strings.TrimSuffix(strings.TrimPrefix(ep, "["), "]"), DefaultPort
+	}
+
+	return strings.ToLower(net.JoinHostPort(host, port))
 }
 
 // Validate checks every entry and returns all problems found (as Errors).
@@ -292,6 +313,12 @@ func (inv *Inventory) Validate() error {
 
 	clusters := map[string]string{}
 
+	type seenEndpoint struct{ cluster, node, as string }
+
+	// Across the whole inventory: two entries for one machine would upgrade
+	// it twice and break every per-cluster guarantee.
+	endpoints := map[string]seenEndpoint{}
+
 	for i, c := range inv.Clusters {
 		entry := fmt.Sprintf("clusters[%d] %q", i, c.Name)
 		if c.Name == "" {
@@ -312,8 +339,13 @@ func (inv *Inventory) Validate() error {
 			add(c.Source, entry, "nodes", "a cluster needs at least one node")
 		}
 
+		if c.Talosconfig != "" {
+			if _, err := os.Stat(c.Talosconfig); err != nil {
+				add(c.Source, entry, "talosconfig", "%s: no such file (fleetctl site init writes one)", c.Talosconfig)
+			}
+		}
+
 		names := map[string]bool{}
-		endpoints := map[string]bool{}
 
 		for j, n := range c.Nodes {
 			nentry := fmt.Sprintf("%s nodes[%d] %q", entry, j, n.Name)
@@ -327,11 +359,15 @@ func (inv *Inventory) Validate() error {
 
 			if n.Endpoint == "" {
 				add(c.Source, nentry, "endpoint", "required (host or host:port of the machine API)")
-			} else if endpoints[n.Endpoint] {
-				add(c.Source, nentry, "endpoint", "duplicate endpoint %q in cluster", n.Endpoint)
+			} else {
+				key := NormalizeEndpoint(n.Endpoint)
+				if prev, dup := endpoints[key]; dup {
+					add(c.Source, nentry, "endpoint", "%q is also node %s of cluster %s (%q; the port defaults to %s)",
+						n.Endpoint, prev.node, prev.cluster, prev.as, DefaultPort)
+				} else {
+					endpoints[key] = seenEndpoint{cluster: c.Name, node: n.Name, as: n.Endpoint}
+				}
 			}
-
-			endpoints[n.Endpoint] = true
 
 			if n.Role != RoleControlPlane && n.Role != RoleWorker {
 				add(c.Source, nentry, "role", "%q is not a role (want controlplane or worker)", n.Role)

@@ -2,6 +2,7 @@ package inventory_test
 
 import (
 	"errors"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -22,7 +23,11 @@ func TestLoadDirectoryMergesFiles(t *testing.T) {
 
 	c := inv.Clusters[0]
 	assert.Equal(t, filepath.Join("testdata", "dir", "clusters.yaml"), c.Source)
-	assert.Equal(t, filepath.Join("testdata", "dir", "creds", "ber-1-a", "talosconfig"), c.Talosconfig, "relative to the file")
+	// Relative to the file, and absolute (issue 13 finding 3): a resume from
+	// another directory must find the same credentials.
+	wd, err := os.Getwd()
+	require.NoError(t, err)
+	assert.Equal(t, filepath.Join(wd, "testdata", "dir", "creds", "ber-1-a", "talosconfig"), c.Talosconfig)
 
 	s, ok := inv.Site("ber-1")
 	require.True(t, ok)
@@ -79,7 +84,7 @@ clusters:
 				`clusters[0] "a": site: unknown site "nowhere"`,
 				`clusters[0] "a" nodes[0] "n1": role: "master" is not a role (want controlplane or worker)`,
 				`clusters[0] "a" nodes[1] "n1": name: duplicate node name`,
-				`clusters[0] "a" nodes[1] "n1": endpoint: duplicate endpoint`,
+				`clusters[0] "a" nodes[1] "n1": endpoint: "1.2.3.4" is also node n1 of cluster a`,
 				`clusters[1] "a": name: duplicate cluster name (first defined in inv.yaml)`,
 				`clusters[1] "a": nodes: a cluster needs at least one node`,
 			},
@@ -107,4 +112,33 @@ func TestParseRejectsUnknownFields(t *testing.T) {
 	_, err := inventory.Parse("inv.yaml", []byte("sites:\n  - name: x\n    timezon: UTC\n"))
 	require.ErrorContains(t, err, "inv.yaml")
 	require.ErrorContains(t, err, "timezon")
+}
+
+// Finding 10 of issue 13: the same endpoint in two clusters (also written
+// once with and once without the default port) and a talosconfig that does
+// not exist were accepted.
+func TestValidateEndpointsAcrossClustersAndTalosconfig(t *testing.T) {
+	inv, err := inventory.Parse("inv.yaml", []byte(`
+sites:
+  - {name: s, region: r, timezone: UTC}
+clusters:
+  - name: a
+    site: s
+    talosconfig: /nonexistent/talosconfig
+    nodes:
+      - {name: cp1, endpoint: "10.0.0.10", role: controlplane}
+  - name: b
+    site: s
+    nodes:
+      - {name: cp1, endpoint: "10.0.0.10:50000", role: controlplane}
+      - {name: w1, endpoint: "[fd00::1]", role: worker}
+      - {name: w2, endpoint: "[fd00::1]:50000", role: worker}
+`))
+	require.NoError(t, err)
+
+	err = inv.Validate()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `inv.yaml: clusters[1] "b" nodes[0] "cp1": endpoint: "10.0.0.10:50000" is also node cp1 of cluster a ("10.0.0.10"; the port defaults to 50000)`)
+	assert.Contains(t, err.Error(), `clusters[1] "b" nodes[2] "w2": endpoint: "[fd00::1]:50000" is also node w1 of cluster b`)
+	assert.Contains(t, err.Error(), `inv.yaml: clusters[0] "a": talosconfig: /nonexistent/talosconfig: no such file (fleetctl site init writes one)`)
 }

@@ -6,6 +6,7 @@ package plan
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"os"
 	"strings"
 	"time"
@@ -89,6 +90,12 @@ type HealthGate struct {
 	Soak Duration `yaml:"soak,omitempty" json:"soak,omitempty"`
 	// Interval is the polling period of the gate (default 5s).
 	Interval Duration `yaml:"interval,omitempty" json:"interval,omitempty"`
+	// CallTimeout bounds each node API call except Upgrade (default 30s, at most 10m).
+	CallTimeout Duration `yaml:"callTimeout,omitempty" json:"callTimeout,omitempty"`
+	// UpgradeTimeout bounds the Upgrade call, which on Talos pulls the image
+	// before it answers (default 10m, at most 2h). A call that times out is
+	// not a refusal: the node is asked what it did.
+	UpgradeTimeout Duration `yaml:"upgradeTimeout,omitempty" json:"upgradeTimeout,omitempty"`
 }
 
 // Budget is the overall failure budget.
@@ -150,6 +157,13 @@ func Parse(name string, data []byte) (*Plan, error) {
 	return p, nil
 }
 
+// Defaults of the node call timeouts (also used for plans frozen by
+// releases that had no such fields).
+const (
+	DefaultCallTimeout    = 30 * time.Second
+	DefaultUpgradeTimeout = 10 * time.Minute
+)
+
 // Default fills the documented defaults.
 func (p *Plan) Default() {
 	if p.Concurrency == 0 {
@@ -168,10 +182,30 @@ func (p *Plan) Default() {
 		p.Health.Interval = Duration(5 * time.Second)
 	}
 
+	if p.Health.CallTimeout == 0 {
+		p.Health.CallTimeout = Duration(DefaultCallTimeout)
+	}
+
+	if p.Health.UpgradeTimeout == 0 {
+		p.Health.UpgradeTimeout = Duration(DefaultUpgradeTimeout)
+	}
+
 	if p.AutoRollback == nil {
 		t := true
 		p.AutoRollback = &t
 	}
+}
+
+// NodeWindowNeed is how much of a maintenance window one node operation may
+// take: the Upgrade call, the health gate and the soak. A node starts only
+// if this much of its window is left.
+func (p *Plan) NodeWindowNeed() time.Duration {
+	u := p.Health.UpgradeTimeout.D()
+	if u <= 0 {
+		u = DefaultUpgradeTimeout
+	}
+
+	return u + p.Health.Timeout.D() + p.Health.Soak.D()
 }
 
 // Rollback reports whether failed nodes are rolled back automatically.
@@ -204,6 +238,9 @@ func (p *Plan) Validate() error {
 
 	if p.Version == "" {
 		add("plan", "version", "required (the version tag nodes report after the upgrade, e.g. v1.2.0)")
+	} else if tag := ImageTag(p.Image); tag != "" && tag != p.Version {
+		// The gate waits for nodes to report version: a mismatch could never pass.
+		add("plan", "version", "%q differs from the image's tag %q (nodes report the tag they run)", p.Version, tag)
 	}
 
 	if len(p.Waves) == 0 {
@@ -304,6 +341,14 @@ func (p *Plan) Validate() error {
 		add("plan", "health.soak", "must not be negative")
 	}
 
+	if c := p.Health.CallTimeout.D(); c <= 0 || c > 10*time.Minute {
+		add("plan", "health.callTimeout", "%s is out of range (above 0, at most 10m)", c)
+	}
+
+	if u := p.Health.UpgradeTimeout.D(); u <= 0 || u > 2*time.Hour {
+		add("plan", "health.upgradeTimeout", "%s is out of range (above 0, at most 2h; Talos pulls the image inside the call)", u)
+	}
+
 	if p.Budget.MaxFailures < 0 {
 		add("plan", "budget.maxFailures", "must not be negative")
 	}
@@ -317,6 +362,18 @@ func (p *Plan) Validate() error {
 	}
 
 	return nil
+}
+
+// ImageTag is the tag of an image reference (repo:tag@sha256:...), "" if it has none.
+func ImageTag(ref string) string {
+	repo, _, _ := strings.Cut(ref, "@")
+
+	i := strings.LastIndex(repo, ":")
+	if i < 0 || strings.Contains(repo[i:], "/") {
+		return "" // no tag, or the colon belongs to a registry port
+	}
+
+	return repo[i+1:]
 }
 
 // ValidateImage checks that ref is pinned by a sha256 digest.
@@ -339,8 +396,11 @@ func ValidateImage(ref string) error {
 }
 
 // Allowed returns how many failures a budget of (count, percent of total) tolerates.
+// The percentage counts in hundredths of a percent and the share is floored
+// in integer arithmetic: through floats 0.57 % of 10,000 gave 56, not 57.
 func Allowed(count int, percent float64, total int) int {
-	byPercent := int(percent * float64(total) / 100)
+	hundredths := int64(math.Round(percent * 100))
+	byPercent := int(hundredths * int64(total) / 10000)
 
 	return max(count, byPercent)
 }

@@ -17,7 +17,7 @@ const digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef012345678
 
 const goodPlan = `
 name: v2
-image: registry.example/installer:v2@` + digest + `
+image: registry.example/installer:v2.0.0@` + digest + `
 version: v2.0.0
 waves:
   - {name: canary, clusters: [c3]}
@@ -46,7 +46,7 @@ func TestValidateNamesFields(t *testing.T) {
 	for _, tc := range []struct {
 		name, replace, with, want string
 	}{
-		{"image without digest", "@" + digest, "", `plan.yaml: plan: image: "registry.example/installer:v2" is not pinned by digest`},
+		{"image without digest", "@" + digest, "", `plan.yaml: plan: image: "registry.example/installer:v2.0.0" is not pinned by digest`},
 		{"short digest", digest, "sha256:abc", "malformed digest"},
 		{"no version", "version: v2.0.0", "", "plan: version: required"},
 		{"last wave below 100", "percent: 100", "percent: 90", "the last wave must have percent: 100"},
@@ -155,4 +155,30 @@ func BenchmarkAssign10kClusters(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// Finding 7 of issue 13: a plan whose version differs from the image's tag
+// was accepted; its gate could never pass (or passed on the wrong image).
+func TestVersionMustMatchImageTag(t *testing.T) {
+	p := &plan.Plan{Name: "x", Image: "registry.example:5000/installer:v2.0.1@" + digest, Version: "v2.0.0",
+		Waves: []plan.Wave{{Name: "all", Percent: 100}}}
+	p.Default()
+
+	err := p.Validate()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `version: "v2.0.0" differs from the image's tag "v2.0.1"`)
+
+	p.Version = "v2.0.1"
+	require.NoError(t, p.Validate())
+
+	assert.Empty(t, plan.ImageTag("registry.example:5000/installer@"+digest), "a registry port is no tag")
+}
+
+// Finding 10 of issue 13: budgets were floored through floats, so 0.57 % of
+// 10,000 nodes allowed 56 failures, not 57.
+func TestAllowedIsExact(t *testing.T) {
+	assert.Equal(t, 57, plan.Allowed(0, 0.57, 10000))
+	assert.Equal(t, 29, plan.Allowed(0, 0.29, 10000))
+	assert.Equal(t, 1, plan.Allowed(0, 10, 19), "floored: 1.9 allows 1")
+	assert.Equal(t, 3, plan.Allowed(3, 0.57, 100), "the larger of count and percent")
 }

@@ -24,13 +24,14 @@ func VersionOf(image string) string {
 // Factory drives the fleet in-process (no network), for engine tests and benchmarks.
 func (f *Fleet) Factory() driver.Factory {
 	return driver.FactoryFunc(func(_ context.Context, t driver.Target) (driver.Node, error) {
-		return &localNode{f: f, key: Key(t.Cluster, t.Node)}, nil
+		return &localNode{f: f, key: Key(t.Cluster, t.Node), preserve: t.Preserve()}, nil
 	})
 }
 
 type localNode struct {
-	f   *Fleet
-	key string
+	f        *Fleet
+	key      string
+	preserve bool
 }
 
 func (n *localNode) wait(ctx context.Context) error {
@@ -50,7 +51,7 @@ func (n *localNode) Upgrade(ctx context.Context, image string) error {
 		return err
 	}
 
-	return n.f.Upgrade(n.key, VersionOf(image))
+	return n.f.UpgradePreserve(n.key, VersionOf(image), n.preserve)
 }
 
 func (n *localNode) Rollback(ctx context.Context) error {

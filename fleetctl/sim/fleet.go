@@ -37,6 +37,9 @@ const Label = "SIMULATED"
 var (
 	ErrUnreachable = errors.New("simulated node unreachable (rebooting or hung)")
 	ErrNoPrevious  = errors.New("simulated node has no previous image to roll back to")
+	// ErrEtcdQuorum is Talos's refusal to upgrade a control plane node of a
+	// one-member etcd without preserve.
+	ErrEtcdQuorum = errors.New("error validating etcd for upgrade: etcd member count(1) is insufficient to maintain quorum (upgrade with preserve)")
 )
 
 // Duration is a time.Duration written as "10ms".
@@ -78,6 +81,11 @@ type Behaviour struct {
 	StageTime Duration `yaml:"stageTime,omitempty"`
 	// RebootTime is how long a node is unreachable while rebooting.
 	RebootTime Duration `yaml:"rebootTime,omitempty"`
+	// TalosLike makes nodes behave like real Talos where it matters to the
+	// engine: the control plane node of a generated cluster (n0, a one-member
+	// etcd) refuses an upgrade without preserve, and every node also lists a
+	// service without a health check (healthy=false, unknown=true).
+	TalosLike bool `yaml:"talosLike,omitempty"`
 }
 
 // Validate checks the behaviour.
@@ -380,10 +388,20 @@ func (f *Fleet) running(n *simNode) string {
 
 // Upgrade accepts an upgrade to version, unless one is in progress.
 func (f *Fleet) Upgrade(key, version string) error {
+	return f.UpgradePreserve(key, version, true)
+}
+
+// UpgradePreserve is Upgrade with Talos's preserve flag, which a TalosLike
+// control plane node requires.
+func (f *Fleet) UpgradePreserve(key, version string, preserve bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 
 	n := f.node(key)
+
+	if f.b.TalosLike && !preserve && strings.HasSuffix(key, "/n0") {
+		return ErrEtcdQuorum
+	}
 
 	switch f.phase(key, n) {
 	case phaseStaging:
@@ -437,6 +455,11 @@ func (f *Fleet) Services(key string) ([]driver.Service, error) {
 		}
 
 		out = append(out, s)
+	}
+
+	if f.b.TalosLike {
+		// Talos lists services without a health check as unknown, never healthy.
+		out = append(out, driver.Service{ID: "dashboard", State: "Running", NoHealthCheck: true})
 	}
 
 	return out, nil

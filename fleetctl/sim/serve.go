@@ -81,6 +81,9 @@ func grpcErr(err error) error {
 		return status.Error(codes.FailedPrecondition, "SIMULATED: upgrade in progress")
 	case errors.Is(err, ErrUnreachable):
 		return status.Error(codes.Unavailable, "SIMULATED: "+err.Error())
+	case errors.Is(err, ErrEtcdQuorum):
+		// Talos answers with a plain error (gRPC Unknown), not a precondition code.
+		return status.Error(codes.Unknown, "SIMULATED: "+err.Error())
 	case errors.Is(err, ErrNoPrevious):
 		return status.Error(codes.NotFound, "SIMULATED: "+err.Error())
 	}
@@ -108,7 +111,7 @@ func (m *machineService) Upgrade(ctx context.Context, req *machineapi.UpgradeReq
 		return nil, err
 	}
 
-	if err := m.f.Upgrade(m.key, VersionOf(req.GetImage())); err != nil {
+	if err := m.f.UpgradePreserve(m.key, VersionOf(req.GetImage()), req.GetPreserve()); err != nil {
 		return nil, grpcErr(err)
 	}
 
@@ -177,7 +180,7 @@ func (m *machineService) ServiceList(ctx context.Context, _ *emptypb.Empty) (*ma
 	for _, s := range svcs {
 		list.Services = append(list.Services, &machineapi.ServiceInfo{
 			Id: s.ID, State: s.State,
-			Health: &machineapi.ServiceHealth{Healthy: s.Healthy, LastMessage: s.Message},
+			Health: &machineapi.ServiceHealth{Healthy: s.Healthy, Unknown: s.NoHealthCheck, LastMessage: s.Message},
 		})
 	}
 

@@ -5,8 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"os"
-	"syscall"
 	"time"
 )
 
@@ -218,7 +216,11 @@ func (s *Store) Desired(ctx context.Context, id string) (string, error) {
 
 // SetDesired records an operator's request (pause, abort, run) and audits it.
 func (s *Store) SetDesired(ctx context.Context, id, desired, actor string) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, setDesired(id, desired, actor))
+}
+
+func setDesired(id, desired, actor string) func(*sql.Tx) error {
+	return func(tx *sql.Tx) error {
 		res, err := tx.Exec(`UPDATE rollouts SET desired = ?, updated_at = ? WHERE id = ?`, desired, now(), id)
 		if err != nil {
 			return fmt.Errorf("updating desired state: %w", err)
@@ -229,90 +231,22 @@ func (s *Store) SetDesired(ctx context.Context, id, desired, actor string) error
 		}
 
 		return audit(tx, now(), actor, id, "rollout."+desired, id, "")
-	})
+	}
 }
 
 // SetState records the rollout's state (and why).
 func (s *Store) SetState(ctx context.Context, id, state, reason, actor string) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, setState(id, state, reason, actor))
+}
+
+func setState(id, state, reason, actor string) func(*sql.Tx) error {
+	return func(tx *sql.Tx) error {
 		if _, err := tx.Exec(`UPDATE rollouts SET state = ?, reason = ?, updated_at = ? WHERE id = ?`, state, reason, now(), id); err != nil {
 			return fmt.Errorf("updating rollout state: %w", err)
 		}
 
 		return audit(tx, now(), actor, id, "rollout.state", state, reason)
-	})
-}
-
-// AcquireLease makes this process the rollout's executor. A lease held by a
-// live process is refused unless it is older than staleAfter (a process on
-// another host that stopped heartbeating) or force is set. A holder on this
-// host whose pid is gone (kill -9) is taken over at once.
-func (s *Store) AcquireLease(ctx context.Context, id, host string, pid int, staleAfter time.Duration, force bool, actor string) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
-		var (
-			lh string
-			lp int
-			la int64
-		)
-
-		err := tx.QueryRow(`SELECT lease_host, lease_pid, lease_at FROM rollouts WHERE id = ?`, id).Scan(&lh, &lp, &la)
-		if errors.Is(err, sql.ErrNoRows) {
-			return ErrNotFound
-		}
-
-		if err != nil {
-			return fmt.Errorf("reading lease: %w", err)
-		}
-
-		held := lp != 0 && !(lh == host && lp == pid)
-		if held && !force {
-			alive := true
-			if lh == host {
-				alive = pidAlive(lp)
-			}
-
-			if alive && time.Since(t(la)) < staleAfter {
-				return fmt.Errorf("%w (%s pid %d, last seen %s)", ErrLeaseHeld, lh, lp, t(la).Format(time.RFC3339))
-			}
-		}
-
-		at := now()
-		if _, err := tx.Exec(`UPDATE rollouts SET lease_host = ?, lease_pid = ?, lease_at = ?, started_at = CASE WHEN started_at = 0 THEN ? ELSE started_at END WHERE id = ?`,
-			host, pid, at, at, id); err != nil {
-			return fmt.Errorf("taking lease: %w", err)
-		}
-
-		detail := fmt.Sprintf("host=%s pid=%d", host, pid)
-		if held {
-			detail += fmt.Sprintf(" took over from %s pid %d", lh, lp)
-		}
-
-		return audit(tx, at, actor, id, "rollout.lease", id, detail)
-	})
-}
-
-// Heartbeat refreshes the lease.
-func (s *Store) Heartbeat(ctx context.Context, id string, pid int) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
-		_, err := tx.Exec(`UPDATE rollouts SET lease_at = ? WHERE id = ? AND lease_pid = ?`, now(), id, pid)
-
-		return err
-	})
-}
-
-// ReleaseLease clears the lease held by pid.
-func (s *Store) ReleaseLease(ctx context.Context, id string, pid int) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
-		_, err := tx.Exec(`UPDATE rollouts SET lease_host = '', lease_pid = 0 WHERE id = ? AND lease_pid = ?`, id, pid)
-
-		return err
-	})
-}
-
-func pidAlive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-
-	return err == nil || errors.Is(err, syscall.EPERM)
+	}
 }
 
 // Sites reads the frozen site schedules.
@@ -367,7 +301,11 @@ func (s *Store) Waves(ctx context.Context, id string) ([]Wave, error) {
 
 // SetWaveState records a wave starting or finishing.
 func (s *Store) SetWaveState(ctx context.Context, id string, idx int, state, actor string) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, setWaveState(id, idx, state, actor))
+}
+
+func setWaveState(id string, idx int, state, actor string) func(*sql.Tx) error {
+	return func(tx *sql.Tx) error {
 		at := now()
 
 		var q string
@@ -384,7 +322,7 @@ func (s *Store) SetWaveState(ctx context.Context, id string, idx int, state, act
 		}
 
 		return audit(tx, at, actor, id, "wave."+state, fmt.Sprintf("wave %d", idx), "")
-	})
+	}
 }
 
 // Nodes reads every node of the rollout ordered by id.
@@ -432,7 +370,11 @@ type Transition struct {
 // RecordNode commits a node transition with its audit line. It returns only
 // once the change is durable, so callers may then act on the node.
 func (s *Store) RecordNode(ctx context.Context, rollout, actor string, tr Transition) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, recordNode(rollout, actor, tr))
+}
+
+func recordNode(rollout, actor string, tr Transition) func(*sql.Tx) error {
+	return func(tx *sql.Tx) error {
 		at := now()
 
 		rb, calls := 0, 0
@@ -457,7 +399,7 @@ func (s *Store) RecordNode(ctx context.Context, rollout, actor string, tr Transi
 		}
 
 		return audit(tx, at, actor, rollout, "node."+tr.State, tr.Subject, detail)
-	})
+	}
 }
 
 // Audit reads the audit log of a rollout (all rollouts if id is empty), oldest
@@ -537,19 +479,4 @@ func (s *Store) NodeCounts(ctx context.Context, id string) (Counts, error) {
 	}
 
 	return out, rows.Err()
-}
-
-// LeaseLive reports whether the rollout's lease holder is (probably) alive:
-// on this host its pid exists; elsewhere it heartbeated recently.
-func LeaseLive(r *Rollout) bool {
-	if r.LeasePID == 0 {
-		return false
-	}
-
-	host, _ := os.Hostname()
-	if r.LeaseHost == host {
-		return pidAlive(r.LeasePID)
-	}
-
-	return time.Since(r.LeaseAt) < 30*time.Second
 }

@@ -43,9 +43,14 @@ const (
 	NodePending   = "pending"   // not touched yet
 	NodeRequested = "requested" // about to call Upgrade (the call may or may not have reached the node)
 	NodeAccepted  = "accepted"  // the node accepted the upgrade; health gate running
-	NodeDone      = "done"      // passed its health gate (or already ran the target version)
-	NodeFailed    = "failed"    // failed; rolled back if the plan says so
-	NodeSkipped   = "skipped"   // not upgraded because another node of its cluster failed
+	// NodeRollingBack is written before a rollback call: the node was seen
+	// running the target image and is about to be asked to boot its previous
+	// one. Resume never sends that call again (on Talos a second rollback
+	// boots the failed image again); it asks the node which image it runs.
+	NodeRollingBack = "rolling-back"
+	NodeDone        = "done"    // passed its health gate (or already ran the target version)
+	NodeFailed      = "failed"  // failed; rolled back if the plan says so
+	NodeSkipped     = "skipped" // not upgraded because another node of its cluster failed
 )
 
 // Wave states.
@@ -58,80 +63,6 @@ const (
 // ErrNotFound is returned when a rollout does not exist.
 var ErrNotFound = errors.New("rollout not found")
 
-// ErrLeaseHeld is returned when another live process is executing the rollout.
-var ErrLeaseHeld = errors.New("rollout is being executed by another process")
-
-const schema = `
-CREATE TABLE IF NOT EXISTS rollouts (
-	id TEXT PRIMARY KEY,
-	name TEXT NOT NULL,
-	image TEXT NOT NULL,
-	version TEXT NOT NULL,
-	plan TEXT NOT NULL,
-	driver TEXT NOT NULL DEFAULT '',
-	state TEXT NOT NULL,
-	desired TEXT NOT NULL,
-	reason TEXT NOT NULL DEFAULT '',
-	created_by TEXT NOT NULL,
-	created_at INTEGER NOT NULL,
-	updated_at INTEGER NOT NULL,
-	started_at INTEGER NOT NULL DEFAULT 0,
-	lease_host TEXT NOT NULL DEFAULT '',
-	lease_pid INTEGER NOT NULL DEFAULT 0,
-	lease_at INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS sites (
-	rollout_id TEXT NOT NULL,
-	name TEXT NOT NULL,
-	timezone TEXT NOT NULL,
-	windows TEXT NOT NULL,
-	PRIMARY KEY (rollout_id, name)
-);
-CREATE TABLE IF NOT EXISTS waves (
-	rollout_id TEXT NOT NULL,
-	idx INTEGER NOT NULL,
-	name TEXT NOT NULL,
-	state TEXT NOT NULL,
-	clusters INTEGER NOT NULL,
-	nodes INTEGER NOT NULL,
-	max_failures INTEGER NOT NULL,
-	concurrency INTEGER NOT NULL,
-	started_at INTEGER NOT NULL DEFAULT 0,
-	finished_at INTEGER NOT NULL DEFAULT 0,
-	PRIMARY KEY (rollout_id, idx)
-);
-CREATE TABLE IF NOT EXISTS nodes (
-	rollout_id TEXT NOT NULL,
-	id INTEGER NOT NULL,
-	wave INTEGER NOT NULL,
-	cluster TEXT NOT NULL,
-	name TEXT NOT NULL,
-	endpoint TEXT NOT NULL,
-	role TEXT NOT NULL,
-	site TEXT NOT NULL,
-	region TEXT NOT NULL,
-	bandwidth TEXT NOT NULL,
-	talosconfig TEXT NOT NULL,
-	state TEXT NOT NULL,
-	from_version TEXT NOT NULL DEFAULT '',
-	error TEXT NOT NULL DEFAULT '',
-	rolled_back INTEGER NOT NULL DEFAULT 0,
-	upgrade_calls INTEGER NOT NULL DEFAULT 0,
-	updated_at INTEGER NOT NULL DEFAULT 0,
-	PRIMARY KEY (rollout_id, id)
-);
-CREATE TABLE IF NOT EXISTS audit (
-	id INTEGER PRIMARY KEY AUTOINCREMENT,
-	at INTEGER NOT NULL,
-	actor TEXT NOT NULL,
-	rollout_id TEXT NOT NULL,
-	action TEXT NOT NULL,
-	subject TEXT NOT NULL,
-	detail TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_rollout ON audit (rollout_id, id);
-`
-
 // Options tune durability.
 type Options struct {
 	// Synchronous is SQLite's synchronous pragma: FULL (default) survives power
@@ -142,8 +73,10 @@ type Options struct {
 
 // Store is an open database.
 type Store struct {
-	db  *sql.DB
-	ops chan op
+	db       *sql.DB
+	path     string
+	readOnly bool
+	ops      chan op
 
 	mu       sync.RWMutex // guards isClosed against sends on the closed ops channel
 	isClosed bool
@@ -153,12 +86,17 @@ type Store struct {
 // ErrClosed is returned by writes after Close.
 var ErrClosed = errors.New("store is closed")
 
+// ErrReadOnly is returned by writes to a store opened with OpenReadOnly.
+var ErrReadOnly = errors.New("store is open read-only")
+
 type op struct {
-	fn   func(*sql.Tx) error
-	done chan error
+	fn    func(*sql.Tx) error
+	lease *Lease // checked once per transaction before fn runs; nil: unguarded
+	done  chan error
 }
 
-// Open opens (creating if needed) the database at path.
+// Open opens (creating if needed) the database at path and brings its schema
+// up to date. Commands that only read use OpenReadOnly instead.
 func Open(path string, opts Options) (*Store, error) {
 	syncMode := opts.Synchronous
 	if syncMode == "" {
@@ -174,14 +112,41 @@ func Open(path string, opts Options) (*Store, error) {
 
 	db.SetMaxOpenConns(4)
 
-	if _, err := db.Exec(schema); err != nil {
+	if err := migrateUp(db); err != nil {
 		db.Close() //nolint:errcheck
 
-		return nil, fmt.Errorf("creating schema in %s: %w", path, err)
+		return nil, fmt.Errorf("updating the schema of %s: %w", path, err)
 	}
 
-	s := &Store{db: db, ops: make(chan op, 1024), closed: make(chan struct{})}
+	s := &Store{db: db, path: path, ops: make(chan op, 1024), closed: make(chan struct{})}
 	go s.writer()
+
+	return s, nil
+}
+
+// OpenReadOnly opens an existing database for reading only: it never creates
+// the file, never changes its schema, and every write returns ErrReadOnly.
+// A database whose schema is older than this fleetctl is refused with a hint.
+func OpenReadOnly(path string) (*Store, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("opening database %s: %w (give the --db of an existing rollout database)", path, err)
+	}
+
+	db, err := sql.Open("sqlite", fmt.Sprintf("file:%s?mode=ro&_pragma=busy_timeout(10000)", path))
+	if err != nil {
+		return nil, fmt.Errorf("opening database: %w", err)
+	}
+
+	db.SetMaxOpenConns(4)
+
+	if err := checkSchema(db); err != nil {
+		db.Close() //nolint:errcheck
+
+		return nil, fmt.Errorf("database %s: %w", path, err)
+	}
+
+	s := &Store{db: db, path: path, readOnly: true, ops: make(chan op), closed: make(chan struct{})}
+	close(s.closed)
 
 	return s, nil
 }
@@ -196,7 +161,9 @@ func (s *Store) Close() error {
 	}
 
 	s.isClosed = true
-	close(s.ops)
+	if !s.readOnly {
+		close(s.ops)
+	}
 	s.mu.Unlock()
 
 	<-s.closed
@@ -251,7 +218,21 @@ func (s *Store) commit(batch []op) error {
 		return fmt.Errorf("beginning transaction: %w", err)
 	}
 
+	// Each lease is checked once per transaction, in the transaction: a
+	// takeover commits before or after it as a whole.
+	var checked *Lease
+
 	for _, o := range batch {
+		if o.lease != nil && o.lease != checked {
+			if err := o.lease.check(tx); err != nil {
+				tx.Rollback() //nolint:errcheck
+
+				return err
+			}
+
+			checked = o.lease
+		}
+
 		if err := o.fn(tx); err != nil {
 			tx.Rollback() //nolint:errcheck
 
@@ -268,7 +249,16 @@ func (s *Store) commit(batch []op) error {
 
 // write runs fn in a (group-committed) transaction and returns once it is durable.
 func (s *Store) write(ctx context.Context, fn func(*sql.Tx) error) error {
-	o := op{fn: fn, done: make(chan error, 1)}
+	return s.writeAs(ctx, nil, fn)
+}
+
+// writeAs is write guarded by lease (nil: unguarded).
+func (s *Store) writeAs(ctx context.Context, lease *Lease, fn func(*sql.Tx) error) error {
+	if s.readOnly {
+		return ErrReadOnly
+	}
+
+	o := op{fn: fn, lease: lease, done: make(chan error, 1)}
 
 	s.mu.RLock()
 	if s.isClosed {

@@ -2,9 +2,9 @@ package store_test
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -110,38 +110,180 @@ func TestDesiredVisibleAcrossHandles(t *testing.T) {
 }
 
 func TestLease(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "f.db")
+	st := open(t, db)
+	create(t, st, "r1", 1)
+
+	host, _ := os.Hostname()
+	ctx := t.Context()
+
+	l, err := st.AcquireLease(ctx, "r1", host, os.Getpid(), time.Minute, false, "me")
+	require.NoError(t, err)
+	assert.Empty(t, l.TookOver)
+
+	// The database lock is held: a second executor on this host is refused,
+	// even with force, and the error names the live holder.
+	other := open(t, db)
+	_, err = other.AcquireLease(ctx, "r1", host, os.Getpid()+100000, 0, true, "you")
+	require.ErrorIs(t, err, store.ErrLeaseHeld)
+	assert.Contains(t, err.Error(), fmt.Sprintf("pid %d is alive", os.Getpid()))
+	assert.Contains(t, err.Error(), "--force never takes over a live executor")
+
+	r, err := st.Rollout(ctx, "r1")
+	require.NoError(t, err)
+	assert.True(t, other.ExecutorLive(r))
+
+	require.NoError(t, l.Heartbeat(ctx))
+	require.NoError(t, l.Release(ctx))
+
+	r, err = st.Rollout(ctx, "r1")
+	require.NoError(t, err)
+	assert.False(t, other.ExecutorLive(r))
+}
+
+// A holder recorded on this host whose database lock is free is dead
+// (kill -9): taken over without --force, and the audit line says so.
+func TestLeaseTakesOverDeadHolderOnThisHost(t *testing.T) {
 	st := open(t, filepath.Join(t.TempDir(), "f.db"))
 	create(t, st, "r1", 1)
 
 	host, _ := os.Hostname()
 	ctx := t.Context()
 
-	require.NoError(t, st.AcquireLease(ctx, "r1", host, os.Getpid(), time.Minute, false, "me"))
-	require.NoError(t, st.AcquireLease(ctx, "r1", host, os.Getpid(), time.Minute, false, "me"), "re-entrant")
+	_, err := st.DB().Exec(`UPDATE rollouts SET lease_host = ?, lease_pid = 4242, lease_at = ?, lease_token = 'old'`, host, time.Now().UnixNano())
+	require.NoError(t, err)
 
-	// A live process (this one) holds it: another pid is refused, unless forced.
-	require.ErrorIs(t, st.AcquireLease(ctx, "r1", host, os.Getpid()+100000, time.Minute, false, "you"), store.ErrLeaseHeld)
+	l, err := st.AcquireLease(ctx, "r1", host, os.Getpid(), time.Minute, false, "me")
+	require.NoError(t, err)
+	assert.Contains(t, l.TookOver, "pid 4242: that process is gone")
 
-	// A holder on another host is refused until its heartbeat is stale.
-	require.NoError(t, st.AcquireLease(ctx, "r1", "elsewhere", 1, time.Minute, true, "them"))
-	require.ErrorIs(t, st.AcquireLease(ctx, "r1", host, os.Getpid(), time.Minute, false, "me"), store.ErrLeaseHeld)
-	require.NoError(t, st.AcquireLease(ctx, "r1", host, os.Getpid(), 0, false, "me"), "stale lease taken over")
+	audit, err := st.Audit(ctx, "r1", 1)
+	require.NoError(t, err)
+	assert.Contains(t, audit[0].Detail, "took over from "+host+" pid 4242")
+}
 
-	// A dead holder on this host is taken over at once (kill -9).
-	dead := exec.Command("true")
-	require.NoError(t, dead.Run())
-	require.NoError(t, st.AcquireLease(ctx, "r1", host, dead.Process.Pid, time.Minute, true, "ghost"))
-	require.NoError(t, st.AcquireLease(ctx, "r1", host, os.Getpid(), time.Minute, false, "me"))
+// A holder on another host: refused while it heartbeats, even with force;
+// once its heartbeat expired, taken over only with force.
+func TestLeaseOtherHostNeedsForceAndExpiry(t *testing.T) {
+	st := open(t, filepath.Join(t.TempDir(), "f.db"))
+	create(t, st, "r1", 1)
+
+	ctx := t.Context()
+	beat := func(ago time.Duration) {
+		_, err := st.DB().Exec(`UPDATE rollouts SET lease_host = 'elsewhere', lease_pid = 7, lease_at = ?, lease_token = 'theirs'`,
+			time.Now().Add(-ago).UnixNano())
+		require.NoError(t, err)
+	}
+
+	beat(time.Second)
+
+	_, err := st.AcquireLease(ctx, "r1", "here", 1, 30*time.Second, true, "me")
+	require.ErrorIs(t, err, store.ErrLeaseHeld)
+	assert.Contains(t, err.Error(), "elsewhere pid 7 heartbeated")
+
+	beat(time.Minute)
+
+	_, err = st.AcquireLease(ctx, "r1", "here", 1, 30*time.Second, false, "me")
+	require.ErrorIs(t, err, store.ErrLeaseHeld)
+	assert.Contains(t, err.Error(), "'rollout resume --force' takes over")
+
+	l, err := st.AcquireLease(ctx, "r1", "here", 1, 30*time.Second, true, "me")
+	require.NoError(t, err)
+	assert.Contains(t, l.TookOver, "(--force): no heartbeat for 1m0s")
+	require.NoError(t, l.Release(ctx))
+}
+
+// Finding 1 of issue 13: a process that lost its lease must not write
+// anything more; every guarded write checks the token in its transaction.
+func TestLeaseLostStopsEveryWrite(t *testing.T) {
+	st := open(t, filepath.Join(t.TempDir(), "f.db"))
+	create(t, st, "r1", 2)
+
+	ctx := t.Context()
+
+	l, err := st.AcquireLease(ctx, "r1", "here", 1, time.Minute, false, "me")
+	require.NoError(t, err)
+	require.NoError(t, l.RecordNode(ctx, "me", store.Transition{Node: 0, Subject: "c/n0", State: store.NodeRequested}))
+
+	// Another host takes over (its flock does not reach us, e.g. NFS).
+	_, err = st.DB().Exec(`UPDATE rollouts SET lease_host = 'elsewhere', lease_pid = 9, lease_token = 'theirs'`)
+	require.NoError(t, err)
+
+	require.ErrorIs(t, l.RecordNode(ctx, "me", store.Transition{Node: 1, Subject: "c/n1", State: store.NodeRequested}), store.ErrLeaseLost)
+	require.ErrorIs(t, l.Heartbeat(ctx), store.ErrLeaseLost)
+	require.ErrorIs(t, l.SetState(ctx, store.StateCompleted, "", "me"), store.ErrLeaseLost)
+	require.ErrorIs(t, l.SetWaveState(ctx, 0, store.WaveDone, "me"), store.ErrLeaseLost)
+
+	nodes, err := st.Nodes(ctx, "r1")
+	require.NoError(t, err)
+	assert.Equal(t, store.NodeRequested, nodes[0].State)
+	assert.Equal(t, store.NodePending, nodes[1].State, "the write after the takeover must not land")
 
 	r, err := st.Rollout(ctx, "r1")
 	require.NoError(t, err)
-	assert.Equal(t, os.Getpid(), r.LeasePID)
-	assert.True(t, store.LeaseLive(r))
+	assert.Equal(t, store.StateRunning, r.State)
 
-	require.NoError(t, st.ReleaseLease(ctx, "r1", os.Getpid()))
+	// Release must not clear the new holder's lease.
+	require.NoError(t, l.Release(ctx))
 	r, err = st.Rollout(ctx, "r1")
 	require.NoError(t, err)
-	assert.False(t, store.LeaseLive(r))
+	assert.Equal(t, 9, r.LeasePID)
+}
+
+// Read-only commands never create a database and never write.
+func TestOpenReadOnly(t *testing.T) {
+	dir := t.TempDir()
+
+	_, err := store.OpenReadOnly(filepath.Join(dir, "missing.db"))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "missing.db")
+	assert.NoFileExists(t, filepath.Join(dir, "missing.db"))
+
+	db := filepath.Join(dir, "f.db")
+	st := open(t, db)
+	create(t, st, "r1", 1)
+	require.NoError(t, st.Close())
+
+	ro, err := store.OpenReadOnly(db)
+	require.NoError(t, err)
+
+	defer ro.Close()
+
+	r, err := ro.Rollout(t.Context(), "r1")
+	require.NoError(t, err)
+	assert.Equal(t, "r1", r.ID)
+	require.ErrorIs(t, ro.SetDesired(t.Context(), "r1", store.DesiredPause, "me"), store.ErrReadOnly)
+}
+
+// A database written before schema versioning (the old CREATE TABLE
+// statements, no migration table) is brought up to date by Open, keeping its
+// rows; read-only opening refuses it with a hint instead of failing later.
+func TestMigratesUnversionedDatabase(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "old.db")
+
+	raw, err := sql.Open("sqlite", "file:"+db)
+	require.NoError(t, err)
+
+	initial, err := os.ReadFile("migrations/0001_initial.sql")
+	require.NoError(t, err)
+	_, err = raw.Exec(string(initial))
+	require.NoError(t, err)
+	_, err = raw.Exec(`INSERT INTO rollouts (id, name, image, version, plan, state, desired, created_by, created_at, updated_at)
+		VALUES ('r-old', 'old', 'img', 'v1', '{}', 'completed', 'run', 'me', 1, 1)`)
+	require.NoError(t, err)
+	require.NoError(t, raw.Close())
+
+	_, err = store.OpenReadOnly(db)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "rollout resume")
+
+	st := open(t, db)
+	r, err := st.Rollout(t.Context(), "r-old")
+	require.NoError(t, err)
+	assert.Equal(t, "old", r.Name)
+
+	_, err = st.AcquireLease(t.Context(), "r-old", "here", 1, time.Minute, false, "me")
+	require.NoError(t, err, "the lease_token column exists after migration")
 }
 
 func BenchmarkRecordNodeConcurrent(b *testing.B) {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	_ "time/tzdata" // zones resolve the same on hosts without /usr/share/zoneinfo
 )
 
 // Window is one recurring maintenance window in site local time.
@@ -58,13 +59,12 @@ func (w Window) compile() (compiled, error) {
 		c.days[wd] = true
 	}
 
-	if _, err := fmt.Sscanf(w.Start, "%d:%d", &c.hour, &c.minute); err != nil || len(w.Start) != 5 ||
-		c.hour < 0 || c.hour > 23 || c.minute < 0 || c.minute > 59 {
+	if !strictHHMM(w.Start, &c.hour, &c.minute) {
 		return c, fmt.Errorf("start: %q is not a time of day (want HH:MM, e.g. 02:30)", w.Start)
 	}
 
 	d, err := time.ParseDuration(w.Duration)
-	if err != nil || d <= 0 || d > 24*time.Hour {
+	if err != nil || d < time.Minute || d > 24*time.Hour {
 		return c, fmt.Errorf("duration: %q is not a duration between 1m and 24h (e.g. 4h, 90m)", w.Duration)
 	}
 
@@ -82,6 +82,12 @@ type Schedule struct {
 // NewSchedule parses the time zone (an IANA name such as Europe/Berlin) and
 // the windows. No windows means the site may be touched at any time.
 func NewSchedule(timeZone string, windows []Window) (*Schedule, error) {
+	if timeZone == "Local" {
+		// time.LoadLocation accepts it, but it names the zone of whatever
+		// machine runs fleetctl, not the site's.
+		return nil, fmt.Errorf("timezone: %q depends on the machine fleetctl runs on; name the site's IANA zone (e.g. Europe/Berlin, UTC)", timeZone)
+	}
+
 	loc, err := time.LoadLocation(timeZone)
 	if err != nil {
 		return nil, fmt.Errorf("timezone: %q is not an IANA time zone (e.g. Europe/Berlin, UTC): %w", timeZone, err)
@@ -118,6 +124,20 @@ func (s *Schedule) startOn(c compiled, day time.Time) (time.Time, bool) {
 	return time.Date(day.Year(), day.Month(), day.Day(), c.hour, c.minute, 0, 0, s.loc), true
 }
 
+// endOn is when the window starting on day (at start) closes: its local wall-clock
+// start plus its duration on the wall clock, not in elapsed time, so a
+// 01:00+4h window ends at 05:00 also on the nights DST changes.
+//
+// A start the clock skips (02:30 on a spring-forward night) opens when the
+// clock jumps and keeps its full length instead of shrinking to nothing.
+func (s *Schedule) endOn(c compiled, day, start time.Time) time.Time {
+	if h, m, _ := start.Clock(); h != c.hour || m != c.minute {
+		return start.Add(c.duration)
+	}
+
+	return time.Date(day.Year(), day.Month(), day.Day(), c.hour, c.minute, int(c.duration/time.Second), 0, s.loc)
+}
+
 // OpenUntil reports whether t falls inside a window and, if so, when that window closes.
 func (s *Schedule) OpenUntil(t time.Time) (bool, time.Time) {
 	if s.Always() {
@@ -139,7 +159,7 @@ func (s *Schedule) OpenUntil(t time.Time) (bool, time.Time) {
 				continue
 			}
 
-			end := start.Add(c.duration)
+			end := s.endOn(c, day, start)
 			if !t.Before(start) && t.Before(end) {
 				if !open || end.After(until) {
 					until = end
@@ -190,4 +210,23 @@ func (s *Schedule) NextOpen(t time.Time) time.Time {
 	}
 
 	return best
+}
+
+// strictHHMM parses exactly two digits, a colon and two digits (Sscanf's %d
+// accepted "02:5x" as 02:05 and signs).
+func strictHHMM(s string, hour, minute *int) bool {
+	if len(s) != 5 || s[2] != ':' {
+		return false
+	}
+
+	for _, i := range []int{0, 1, 3, 4} {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+
+	*hour = int(s[0]-'0')*10 + int(s[1]-'0')
+	*minute = int(s[3]-'0')*10 + int(s[4]-'0')
+
+	return *hour <= 23 && *minute <= 59
 }

@@ -128,3 +128,55 @@ func BenchmarkOpen(b *testing.B) {
 		s.Open(at)
 	}
 }
+
+// Finding 10 of issue 13: "02:5x" was read as 02:05, durations of 1ns
+// passed although the message says 1m-24h, and "Local" (the zone of
+// whatever machine runs fleetctl) was accepted.
+func TestValidationIsStrict(t *testing.T) {
+	for _, tc := range []struct {
+		zone string
+		w    window.Window
+		want string
+	}{
+		{"UTC", window.Window{Start: "02:5x", Duration: "1h"}, `start: "02:5x" is not a time of day`},
+		{"UTC", window.Window{Start: "2:050", Duration: "1h"}, `start: "2:050" is not a time of day`},
+		{"UTC", window.Window{Start: "+2:05", Duration: "1h"}, `start: "+2:05" is not a time of day`},
+		{"UTC", window.Window{Start: "02:00", Duration: "1ns"}, `duration: "1ns" is not a duration between 1m and 24h`},
+		{"UTC", window.Window{Start: "02:00", Duration: "59s"}, `duration: "59s" is not a duration between 1m and 24h`},
+		{"Local", window.Window{Start: "02:00", Duration: "1h"}, `timezone: "Local" depends on the machine fleetctl runs on`},
+	} {
+		_, err := window.NewSchedule(tc.zone, []window.Window{tc.w})
+		require.Error(t, err, "%+v", tc)
+		assert.Contains(t, err.Error(), tc.want)
+	}
+
+	_, err := window.NewSchedule("Europe/Berlin", []window.Window{{Start: "23:59", Duration: "1m"}})
+	require.NoError(t, err)
+}
+
+// Finding 4 of issue 13: window length was counted in elapsed time, so on
+// the spring-forward night a Berlin 01:00+4h window stayed open until 06:00
+// CEST and a Sunday 00:00+24h window ran into Monday. Windows end at the
+// local wall-clock time start+duration.
+func TestWindowsEndOnWallClockAcrossDST(t *testing.T) {
+	berlin := mustLoc(t, "Europe/Berlin")
+
+	night, err := window.NewSchedule("Europe/Berlin", []window.Window{{Start: "01:00", Duration: "4h"}})
+	require.NoError(t, err)
+
+	// 2026-03-29: clocks go from 02:00 CET to 03:00 CEST.
+	open, until := night.OpenUntil(time.Date(2026, 3, 29, 4, 30, 0, 0, berlin))
+	assert.True(t, open)
+	assert.Equal(t, time.Date(2026, 3, 29, 5, 0, 0, 0, berlin), until.In(berlin))
+	assert.False(t, night.Open(time.Date(2026, 3, 29, 5, 30, 0, 0, berlin)), "closed at 05:30 CEST")
+
+	// 2026-10-25: clocks go from 03:00 CEST back to 02:00 CET; the window still ends at 05:00 local.
+	_, until = night.OpenUntil(time.Date(2026, 10, 25, 4, 30, 0, 0, berlin))
+	assert.Equal(t, time.Date(2026, 10, 25, 5, 0, 0, 0, berlin), until.In(berlin))
+
+	sunday, err := window.NewSchedule("Europe/Berlin", []window.Window{{Days: []string{"sun"}, Start: "00:00", Duration: "24h"}})
+	require.NoError(t, err)
+	assert.True(t, sunday.Open(time.Date(2026, 3, 29, 23, 30, 0, 0, berlin)))
+	assert.False(t, sunday.Open(time.Date(2026, 3, 30, 0, 30, 0, 0, berlin)), "Monday 00:30 is not Sunday")
+	assert.True(t, sunday.Open(time.Date(2026, 10, 25, 23, 30, 0, 0, berlin)), "the 25-hour Sunday is open to its end")
+}

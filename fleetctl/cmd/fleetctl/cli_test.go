@@ -104,6 +104,8 @@ func TestCLIInventoryAndPlan(t *testing.T) {
 	require.Equal(t, 0, code, out)
 	assert.Contains(t, out, "canary")
 	assert.Contains(t, out, "nothing was changed")
+	// sim init's plan: 2s gate, no soak, default 10m upgrade call.
+	assert.Contains(t, out, "a node starts only with 10m2s of its window left (upgrade call 10m0s + gate 2s + soak 0s)")
 
 	_, err := os.Stat(c.db)
 	assert.ErrorIs(t, err, os.ErrNotExist, "plan writes no database")
@@ -197,7 +199,8 @@ func TestCLIAbortWithoutRunningProcess(t *testing.T) {
 	start := c.cmd("rollout", "start", "--inventory", filepath.Join(dir, "inventory.yaml"), "--plan", filepath.Join(dir, "plan.yaml"),
 		"--driver", "sim", "--sim-dir", dir)
 	require.NoError(t, start.Start())
-	time.Sleep(300 * time.Millisecond)
+	waitForRollout(t, c.db, 30*time.Second) // a loaded machine may take longer than a fixed sleep
+	time.Sleep(100 * time.Millisecond)
 	require.NoError(t, start.Process.Kill())
 	_ = start.Wait()
 

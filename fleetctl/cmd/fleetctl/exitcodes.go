@@ -15,7 +15,7 @@ const (
 	ExitBadInput = 2 // invalid flags, inventory or plan
 	ExitHalted   = 3 // the rollout halted itself: a failure budget was spent
 	ExitStopped  = 4 // the rollout is paused, aborted or was interrupted
-	ExitBusy     = 5 // another live process executes this rollout
+	ExitBusy     = 5 // another live process executes this rollout, or took it over from this one
 )
 
 // badInput marks errors caused by what the user gave us.
@@ -48,7 +48,7 @@ func exitCode(err error) int {
 		return ExitHalted
 	case errors.Is(err, engine.ErrPaused), errors.Is(err, engine.ErrAborted), errors.Is(err, engine.ErrInterrupted):
 		return ExitStopped
-	case errors.Is(err, store.ErrLeaseHeld):
+	case errors.Is(err, store.ErrLeaseHeld), errors.Is(err, store.ErrLeaseLost):
 		return ExitBusy
 	}
 

@@ -166,7 +166,7 @@ being upgraded when the previous process stopped (even by kill -9) are asked
 their version: a node already running the target version is not upgraded
 again, it only goes through its health gate. Waves finish in order.`,
 		Example: `  fleetctl rollout resume --db fleet.db
-  fleetctl rollout resume r-20261125-020000-1a2b3c --force   # take over from a live process on another host`,
+  fleetctl rollout resume r-20261125-020000-1a2b3c --force   # take over from a process on another host whose heartbeat expired`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			start := time.Now()
@@ -195,7 +195,7 @@ again, it only goes through its health gate. Waves finish in order.`,
 		},
 	}
 
-	cmd.Flags().BoolVar(&force, "force", false, "take over even if another live process holds the rollout")
+	cmd.Flags().BoolVar(&force, "force", false, "take over from a holder on another host whose heartbeat expired (30 s); a live holder on this host is never taken over")
 
 	return cmd
 }
@@ -274,7 +274,7 @@ func request(cmd *cobra.Command, id, desired string, wait bool) error {
 		return err
 	}
 
-	live := r.LeasePID != 0 && store.LeaseLive(r)
+	live := st.ExecutorLive(r)
 
 	switch {
 	case live && wait:

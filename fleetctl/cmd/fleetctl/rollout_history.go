@@ -27,7 +27,7 @@ func newRolloutHistoryCmd() *cobra.Command {
 				return err
 			}
 
-			st, err := openStore()
+			st, err := openStoreReadOnly()
 			if err != nil {
 				return err
 			}

@@ -24,6 +24,7 @@ type planOut struct {
 	RegionCaps     map[string]int     `json:"regionCaps,omitempty"`
 	BandwidthCaps  map[string]int     `json:"bandwidthCaps,omitempty"`
 	Health         plan.HealthGate    `json:"health"`
+	NodeWindowNeed string             `json:"nodeWindowNeed"` // upgrade + gate + soak: a node starts only if this much of its window is left
 	AutoRollback   bool               `json:"autoRollback"`
 	ClosedSites    map[string]siteWin `json:"closedSites,omitempty"`
 }
@@ -70,7 +71,8 @@ func newRolloutPlanCmd() *cobra.Command {
 			out := planOut{
 				Name: p.Name, Image: p.Image, Version: p.Version, Assignment: a, MaxUnavailable: p.MaxUnavailable,
 				RegionCaps: p.RegionCaps, BandwidthCaps: p.BandwidthCaps, Health: p.Health, AutoRollback: p.Rollback(),
-				ClosedSites: map[string]siteWin{},
+				NodeWindowNeed: p.NodeWindowNeed().String(),
+				ClosedSites:    map[string]siteWin{},
 			}
 
 			now := time.Now()
@@ -112,6 +114,8 @@ func newRolloutPlanCmd() *cobra.Command {
 			fmt.Fprintf(w, "selected: %d clusters, %d nodes; overall failure budget %d nodes\n", a.Clusters, a.Nodes, a.MaxFailures)
 			fmt.Fprintf(w, "per cluster: control plane one at a time, workers %d at a time; health gate %s timeout, %s soak, every %s; auto rollback %v\n",
 				p.MaxUnavailable, p.Health.Timeout.D(), p.Health.Soak.D(), p.Health.Interval.D(), p.Rollback())
+			fmt.Fprintf(w, "a node starts only with %s of its window left (upgrade call %s + gate %s + soak %s)\n",
+				p.NodeWindowNeed(), p.Health.UpgradeTimeout.D(), p.Health.Timeout.D(), p.Health.Soak.D())
 
 			if len(p.RegionCaps)+len(p.BandwidthCaps) > 0 {
 				fmt.Fprintf(w, "caps: region %v, bandwidth %v\n", p.RegionCaps, p.BandwidthCaps)

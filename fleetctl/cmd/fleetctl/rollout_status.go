@@ -45,7 +45,7 @@ func newRolloutStatusCmd() *cobra.Command {
 				return err
 			}
 
-			st, err := openStore()
+			st, err := openStoreReadOnly()
 			if err != nil {
 				return err
 			}
@@ -117,7 +117,7 @@ func status(cmd *cobra.Command, st *store.Store, id string) (statusOut, error) {
 	}
 
 	out := statusOut{Result: res, Desired: r.Desired, StartedAt: r.StartedAt}
-	if store.LeaseLive(r) {
+	if st.ExecutorLive(r) {
 		out.Executor = fmt.Sprintf("%s pid %d", r.LeaseHost, r.LeasePID)
 	}
 

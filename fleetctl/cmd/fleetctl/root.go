@@ -97,6 +97,17 @@ func openStore() (*store.Store, error) {
 	return st, nil
 }
 
+// openStoreReadOnly is for commands that only read: they never create a
+// database or change its schema.
+func openStoreReadOnly() (*store.Store, error) {
+	st, err := store.OpenReadOnly(g.db)
+	if err != nil {
+		return nil, bad(err)
+	}
+
+	return st, nil
+}
+
 // driverSpec is how a rollout's driver is recorded: "talos" or "sim:<abs dir>".
 func driverSpec(name, simDir string) (string, error) {
 	switch name {

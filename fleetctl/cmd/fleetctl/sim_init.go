@@ -107,6 +107,7 @@ func newSimInitCmd() *cobra.Command {
 	f.Float64Var(&b.HangRate, "hang-rate", 0, "share of nodes (0-1) that never come back from the reboot")
 	f.StringSliceVar(&b.BadVersions, "bad-version", nil, "versions that come up unhealthy on every node")
 	f.StringSliceVar(&b.FallbackVersions, "fallback-version", nil, "versions that never boot: nodes fall back to their previous image by themselves")
+	f.BoolVar(&b.TalosLike, "talos-like", false, "behave like real Talos: control planes of one-member etcd refuse upgrades without preserve; a service without health check is listed")
 	f.DurationVar(&latency, "latency", 0, "added to every node API call")
 	f.DurationVar(&stage, "stage-time", 0, "time a node keeps its old version after accepting an upgrade")
 	f.DurationVar(&reboot, "reboot-time", 0, "time a node is unreachable while rebooting")

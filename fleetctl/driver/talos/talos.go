@@ -81,11 +81,12 @@ func (f *Factory) Open(ctx context.Context, t driver.Target) (driver.Node, error
 		return nil, fmt.Errorf("connecting to %s: %w", t.Endpoint, err)
 	}
 
-	return &node{c: c}, nil
+	return &node{c: c, preserve: t.Preserve()}, nil
 }
 
 type node struct {
-	c *client.Client
+	c        *client.Client
+	preserve bool
 }
 
 func (n *node) Version(ctx context.Context) (string, error) {
@@ -104,7 +105,7 @@ func (n *node) Version(ctx context.Context) (string, error) {
 }
 
 func (n *node) Upgrade(ctx context.Context, image string) error {
-	resp, err := n.c.MachineClient.Upgrade(ctx, &machineapi.UpgradeRequest{Image: image})
+	resp, err := n.c.MachineClient.Upgrade(ctx, &machineapi.UpgradeRequest{Image: image, Preserve: n.preserve})
 	if err == nil {
 		_, err = client.FilterMessages(resp, err)
 	}
@@ -159,6 +160,8 @@ func (n *node) Health(ctx context.Context) (driver.Health, error) {
 				State:   s.GetState(),
 				Healthy: s.GetHealth().GetHealthy(),
 				Message: s.GetHealth().GetLastMessage(),
+				// Talos marks a service without a health check "unknown".
+				NoHealthCheck: s.GetHealth().GetUnknown(),
 			})
 		}
 	}

@@ -246,3 +246,33 @@ func TestDriverReportsFallbackOverRead(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "v1.0.0", v, "back on the old version")
 }
+
+// TestTalosLikeNodesPassOverMachineAPI is findings 6 and 7 of issue 13
+// through the real client: Talos refuses to upgrade the control plane of a
+// one-member etcd without preserve, and lists services without a health
+// check as healthy=false/unknown=true. Both made every canary fail.
+func TestTalosLikeNodesPassOverMachineAPI(t *testing.T) {
+	inv, fleet, dir := servedFleet(t, sim.Spec{Clusters: 2, NodesPerCluster: 2},
+		sim.Behaviour{InitialVersion: "v1.0.0", TalosLike: true})
+
+	p := &plan.Plan{
+		Name: "talos-like", Image: sim.Image("v2.0.0"), Version: "v2.0.0",
+		Waves:  []plan.Wave{{Name: "canary", Count: 1}, {Name: "rest", Percent: 100}},
+		Health: plan.HealthGate{Timeout: plan.Duration(2 * time.Second), Interval: plan.Duration(10 * time.Millisecond)},
+	}
+	p.Default()
+	require.NoError(t, p.Validate())
+
+	st, err := store.Open(filepath.Join(dir, "fleet.db"), store.Options{})
+	require.NoError(t, err)
+
+	defer st.Close()
+
+	res, err := engine.Run(t.Context(), engine.Options{Inventory: inv, Plan: p, Store: st, Driver: talos.NewFactory(), DriverName: "talos"})
+	require.NoError(t, err, "%+v", res)
+	assert.Equal(t, 4, res.Done)
+
+	for key, c := range fleet.Counts() {
+		assert.Equal(t, 1, c.Upgrades, "node %s", key)
+	}
+}
