@@ -48,7 +48,18 @@ type Definition struct {
 	Disk Disk `yaml:"disk,omitempty" json:"disk"`
 	// Installer says where the installer image goes (only with the installer output).
 	Installer Installer `yaml:"installer,omitempty" json:"installer"`
+	// Lab marks a lab definition: only a lab definition may bake stand-in
+	// add-ons (pins.source: standin, digests that exist only in the
+	// project's stand-in mirror). Production definitions leave it unset.
+	Lab bool `yaml:"lab,omitempty" json:"lab,omitempty"`
+
+	// file is where the definition was read from, for errors found later
+	// (e.g. by the baker, which reads the add-ons).
+	file string
 }
+
+// File is the path the definition was parsed from.
+func (d *Definition) File() string { return d.file }
 
 // Base is exactly one of Image or Layout: an OCI image in the layout of
 // Talos's imager image (usr/install/<arch>/{vmlinuz,initramfs.xz,systemd-stub.efi,systemd-boot.efi}).
@@ -141,6 +152,7 @@ func Parse(file string, data []byte) (*Definition, error) {
 		return nil, fmt.Errorf("%s: %w (fields are documented in images/README.md)", file, err)
 	}
 
+	d.file = file
 	d.Defaults()
 
 	if err := d.Validate(file); err != nil {

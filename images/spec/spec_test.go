@@ -108,3 +108,13 @@ func TestShippedEnrollModes(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, spec.EnrollForce, edge.EnrollKeys(), "bare metal enrolls unattended")
 }
+
+func TestLabMarking(t *testing.T) {
+	lab, err := spec.Load("../lab.yaml")
+	require.NoError(t, err)
+	require.True(t, lab.Lab, "images/lab.yaml is the lab definition")
+
+	edge, err := spec.Load("../edge.yaml")
+	require.NoError(t, err)
+	require.False(t, edge.Lab, "images/edge.yaml is a production definition")
+}
