@@ -18,6 +18,7 @@ PACKAGES=(
 	squashfs-tools xorriso cpio zstd xz-utils  # used by Talos's imager
 	binutils                                # objcopy: the baseline UKI assembly in make bench
 	tpm2-tools socat time                   # debugging, /usr/bin/time for peak RSS in benches
+	skopeo umoci                            # OCI conformance test of the installer image (images/build)
 	ca-certificates git make
 )
 
