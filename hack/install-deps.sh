@@ -19,6 +19,7 @@ PACKAGES=(
 	binutils                                # objcopy: the baseline UKI assembly in make bench
 	tpm2-tools socat time                   # debugging, /usr/bin/time for peak RSS in benches
 	docker-registry                         # the CNCF distribution registry: push/pull tests with auth and TLS
+	skopeo umoci                            # OCI conformance test of the installer image (images/build)
 	ca-certificates git make
 )
 

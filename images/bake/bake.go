@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/labfleet/labfleet/extensions"
@@ -105,6 +106,20 @@ func (b *Baker) Bake(ctx context.Context, req build.BakeRequest) (*build.Baked, 
 		return &build.Baked{MachineConfig: cfg}, nil
 	}
 
+	if !def.Lab {
+		names, err := Standins(b.Dir, def)
+		if err != nil {
+			return nil, err
+		}
+
+		if len(names) > 0 {
+			return nil, &spec.FieldError{File: def.File(), Field: "addons", Msg: fmt.Sprintf(
+				"%s are stand-ins (pins.source: standin): their images exist only in the project's stand-in mirror, not in a production image. "+
+					"Pin them to upstream (imagectl addons bump NAME, without --standin), remove them, or mark a lab definition with lab: true",
+				strings.Join(names, ", "))}
+		}
+	}
+
 	mirror, err := b.mirrorFor(ctx, def)
 	if err != nil {
 		return nil, err
@@ -121,7 +136,7 @@ func (b *Baker) Bake(ctx context.Context, req build.BakeRequest) (*build.Baked, 
 	out := &build.Baked{MachineConfig: baked.MachineConfig, CacheLayoutDir: baked.CacheLayoutDir}
 
 	for _, a := range baked.Addons {
-		ra := record.Addon{Name: a.Name, Version: a.Version, ChartDigest: a.ChartDigest, Source: a.PinSource}
+		ra := record.Addon{Name: a.Name, Version: a.Version, ChartDigest: a.ChartDigest, Source: a.PinSource, Standin: a.PinSource == addons.SourceStandin}
 		for _, img := range a.Images {
 			ra.Images = append(ra.Images, record.AddonImage{Ref: img.Ref, Digest: img.Digest})
 		}
@@ -130,6 +145,30 @@ func (b *Baker) Bake(ctx context.Context, req build.BakeRequest) (*build.Baked, 
 	}
 
 	return out, nil
+}
+
+// Standins lists the definition's add-ons (under dir, the add-ons root)
+// whose pins are the project's stand-ins, in definition order.
+func Standins(dir string, def *spec.Definition) ([]string, error) {
+	// LoadAll reads the default add-ons for an empty list; none are baked then.
+	if len(def.Addons) == 0 {
+		return nil, nil
+	}
+
+	list, err := addons.LoadAll(dir, def.Addons)
+	if err != nil {
+		return nil, err
+	}
+
+	var names []string
+
+	for _, a := range list {
+		if a.Pins.Source == addons.SourceStandin {
+			names = append(names, a.Name)
+		}
+	}
+
+	return names, nil
 }
 
 // mirrorFor starts the stand-in mirror when any add-on is pinned to the
@@ -143,7 +182,7 @@ func (b *Baker) mirrorFor(ctx context.Context, def *spec.Definition) (map[string
 	standin := false
 
 	for _, a := range list {
-		if a.Pins.Source == "standin" {
+		if a.Pins.Source == addons.SourceStandin {
 			standin = true
 		}
 	}

@@ -217,6 +217,8 @@ func TestBuildFromRegistryBase(t *testing.T) {
 		require.NotEmpty(t, o.SHA256)
 	}
 
+	checkInstallerRecorded(t, res.Dir, rec)
+
 	uki, _ := rec.Output("uki")
 	p, err := pe.Open(filepath.Join(res.Dir, uki.Path))
 	require.NoError(t, err)

@@ -17,6 +17,8 @@ import (
 	"github.com/diskfs/go-diskfs/disk"
 	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/partition/gpt"
+
+	"github.com/labfleet/labfleet/images/spec"
 )
 
 const (
@@ -38,8 +40,15 @@ func EntryFile(name, version string) string {
 // LoaderConf is systemd-boot's configuration. The default is a glob so that
 // an entry whose boot counter ran out sorts last and the previous one boots
 // (an exact default would pin a broken entry; see docs/contracts.md).
-func LoaderConf(name string) string {
-	return fmt.Sprintf("timeout 0\ndefault %s-*\nsecure-boot-enroll if-safe\nconsole-mode keep\n", name)
+// enroll is secure-boot-enroll (spec.EnrollModes); in manual mode the menu
+// is shown for 10 s, since timeout 0 would hide the enroll entry.
+func LoaderConf(name, enroll string) string {
+	timeout := 0
+	if enroll == spec.EnrollManual {
+		timeout = 10
+	}
+
+	return fmt.Sprintf("timeout %d\ndefault %s-*\nsecure-boot-enroll %s\nconsole-mode keep\n", timeout, name, enroll)
 }
 
 // espFile is one file to put on the ESP.
@@ -57,7 +66,7 @@ func (b *builder) writeDisk(ctx context.Context) error {
 
 	files := []espFile{
 		{dst: "EFI/BOOT/BOOTX64.EFI", src: sdboot},
-		{dst: "loader/loader.conf", data: []byte(LoaderConf(b.def.Name))},
+		{dst: "loader/loader.conf", data: []byte(LoaderConf(b.def.Name, b.def.EnrollKeys()))},
 		{dst: "loader/keys/auto/PK.auth", src: b.keys.PKAuth},
 		{dst: "loader/keys/auto/KEK.auth", src: b.keys.KEKAuth},
 		{dst: "loader/keys/auto/db.auth", src: b.keys.DBAuth},

@@ -3,9 +3,12 @@ package build
 import (
 	"archive/tar"
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -15,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // Installer image layout (docs/contracts.md): one layer with these files.
@@ -26,22 +30,47 @@ const (
 	LabelSchematic      = "org.labfleet.schematic"
 )
 
+// SourceRepository is where labfleet's source lives (its Go module path),
+// the installer's org.opencontainers.image.source.
+const SourceRepository = "https://github.com/labfleet/labfleet"
+
+// InstallerInfo is the installer image's metadata.
+type InstallerInfo struct {
+	Name, Version, SchematicID string
+	// Epoch is SOURCE_DATE_EPOCH: every timestamp in the image and the
+	// org.opencontainers.image.created annotation.
+	Epoch int64
+	// Revision is the source revision (git commit) the image was built
+	// from; empty leaves org.opencontainers.image.revision out.
+	Revision string
+	// Source is the source repository URL; empty leaves
+	// org.opencontainers.image.source out.
+	Source string
+}
+
 // InstallerImage builds the installer image from a signed UKI and a record
 // (the record as of the UKI; it cannot contain the installer's own digest).
-func InstallerImage(ukiPath string, recordJSON []byte, name, version, schematicID string, epoch int64, work string) (v1.Image, error) {
+// It is an OCI image (OCI manifest, config and gzip layer media types) with
+// the standard org.opencontainers.image.* annotations on its manifest, so
+// OCI tools (skopeo, umoci, image-spec validators) accept it.
+func InstallerImage(ukiPath string, recordJSON []byte, info InstallerInfo, work string) (v1.Image, error) {
 	layerPath := filepath.Join(work, "installer-layer.tar")
-	mtime := time.Unix(epoch, 0).UTC()
+	mtime := time.Unix(info.Epoch, 0).UTC()
 
 	if err := writeLayerTar(layerPath, mtime, ukiPath, recordJSON); err != nil {
 		return nil, err
 	}
 
-	layer, err := tarball.LayerFromFile(layerPath)
+	layer, err := tarball.LayerFromFile(layerPath, tarball.WithMediaType(types.OCILayer))
 	if err != nil {
 		return nil, fmt.Errorf("creating installer layer: %w", err)
 	}
 
-	img, err := mutate.AppendLayers(empty.Image, layer)
+	// empty.Image is a Docker schema 2 image; OCI layouts and OCI tools
+	// want OCI media types throughout.
+	img := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
+
+	img, err = mutate.AppendLayers(img, layer)
 	if err != nil {
 		return nil, fmt.Errorf("assembling installer image: %w", err)
 	}
@@ -55,14 +84,80 @@ func InstallerImage(ukiPath string, recordJSON []byte, name, version, schematicI
 	cf.Architecture = "amd64"
 	cf.OS = "linux"
 	cf.Created = v1.Time{Time: mtime}
-	cf.Config.Labels = map[string]string{LabelName: name, LabelVersion: version, LabelSchematic: schematicID}
+	cf.Config.Labels = map[string]string{LabelName: info.Name, LabelVersion: info.Version, LabelSchematic: info.SchematicID}
 
 	img, err = mutate.ConfigFile(img, cf)
 	if err != nil {
 		return nil, fmt.Errorf("setting installer config: %w", err)
 	}
 
-	return img, nil
+	ann := map[string]string{
+		"org.opencontainers.image.title":   info.Name,
+		"org.opencontainers.image.version": info.Version,
+		"org.opencontainers.image.created": mtime.Format(time.RFC3339),
+	}
+
+	if info.Revision != "" {
+		ann["org.opencontainers.image.revision"] = info.Revision
+	}
+
+	if info.Source != "" {
+		ann["org.opencontainers.image.source"] = info.Source
+	}
+
+	annotated, ok := mutate.Annotations(img, ann).(v1.Image)
+	if !ok {
+		return nil, errors.New("annotating installer image: not an image")
+	}
+
+	return annotated, nil
+}
+
+// WriteInstallerLayout writes img as the only image of a new OCI layout in
+// dir, tagged tag (org.opencontainers.image.ref.name in index.json, which is
+// how skopeo's and umoci's dir:tag find it).
+func WriteInstallerLayout(dir string, img v1.Image, tag string) error {
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		return fmt.Errorf("creating installer layout: %w", err)
+	}
+
+	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": tag})); err != nil {
+		return fmt.Errorf("writing installer layout: %w", err)
+	}
+
+	return nil
+}
+
+// imageSize is what pulling img transfers: manifest, config and layers.
+func imageSize(img v1.Image) (int64, error) {
+	m, err := img.Manifest()
+	if err != nil {
+		return 0, fmt.Errorf("reading installer manifest: %w", err)
+	}
+
+	raw, err := img.RawManifest()
+	if err != nil {
+		return 0, fmt.Errorf("reading installer manifest: %w", err)
+	}
+
+	size := int64(len(raw)) + m.Config.Size
+	for _, l := range m.Layers {
+		size += l.Size
+	}
+
+	return size, nil
+}
+
+// sourceRevision is the git commit checked out in root, or "" when root is
+// not a git checkout (the annotation is then left out, not made up).
+func sourceRevision(ctx context.Context, root string) string {
+	out, err := exec.CommandContext(ctx, "git", "-C", root, "rev-parse", "--verify", "HEAD").Output()
+	if err != nil {
+		return ""
+	}
+
+	return strings.TrimSpace(string(out))
 }
 
 func writeLayerTar(path string, mtime time.Time, ukiPath string, recordJSON []byte) error {
@@ -123,25 +218,26 @@ func (b *builder) writeInstaller(ctx context.Context) error {
 		return err
 	}
 
-	img, err := InstallerImage(b.uki, recJSON, b.def.Name, b.def.Version, b.rec.SchematicID, b.epoch, b.work)
+	img, err := InstallerImage(b.uki, recJSON, InstallerInfo{
+		Name: b.def.Name, Version: b.def.Version, SchematicID: b.rec.SchematicID, Epoch: b.epoch,
+		Revision: sourceRevision(ctx, b.opts.Root), Source: SourceRepository,
+	}, b.work)
 	if err != nil {
 		return err
 	}
 
-	dir := filepath.Join(b.stage, "installer")
-
-	p, err := layout.Write(dir, empty.Index)
-	if err != nil {
-		return fmt.Errorf("creating installer layout: %w", err)
-	}
-
-	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": b.def.Version})); err != nil {
-		return fmt.Errorf("writing installer layout: %w", err)
+	if err := WriteInstallerLayout(filepath.Join(b.stage, "installer"), img, b.def.Version); err != nil {
+		return err
 	}
 
 	digest, err := img.Digest()
 	if err != nil {
 		return fmt.Errorf("installer digest: %w", err)
+	}
+
+	size, err := imageSize(img)
+	if err != nil {
+		return err
 	}
 
 	ref := ""
@@ -162,7 +258,10 @@ func (b *builder) writeInstaller(ctx context.Context) error {
 	}
 
 	// The record's installer entry names the image by its manifest digest.
-	b.rec.Outputs = append(b.rec.Outputs, installerOutput(digest.String(), ref))
+	// Size is what a pull transfers (manifest, config, layers).
+	out := installerOutput(digest.String(), ref)
+	out.Size = size
+	b.rec.Outputs = append(b.rec.Outputs, out)
 
 	return nil
 }

@@ -44,11 +44,14 @@ type AddonImage struct {
 
 // Addon is one baked add-on.
 type Addon struct {
-	Name        string       `json:"name"`
-	Version     string       `json:"version"`
-	ChartDigest string       `json:"chartDigest"`
-	Source      string       `json:"source,omitempty"`
-	Images      []AddonImage `json:"images"`
+	Name        string `json:"name"`
+	Version     string `json:"version"`
+	ChartDigest string `json:"chartDigest"`
+	Source      string `json:"source,omitempty"`
+	// Standin is true for an add-on pinned to the project's stand-ins
+	// (Source "standin"): not the upstream software. Only lab definitions bake them.
+	Standin bool         `json:"standin,omitempty"`
+	Images  []AddonImage `json:"images"`
 }
 
 // Record describes one build.

@@ -48,7 +48,18 @@ type Definition struct {
 	Disk Disk `yaml:"disk,omitempty" json:"disk"`
 	// Installer says where the installer image goes (only with the installer output).
 	Installer Installer `yaml:"installer,omitempty" json:"installer"`
+	// Lab marks a lab definition: only a lab definition may bake stand-in
+	// add-ons (pins.source: standin, digests that exist only in the
+	// project's stand-in mirror). Production definitions leave it unset.
+	Lab bool `yaml:"lab,omitempty" json:"lab,omitempty"`
+
+	// file is where the definition was read from, for errors found later
+	// (e.g. by the baker, which reads the add-ons).
+	file string
 }
+
+// File is the path the definition was parsed from.
+func (d *Definition) File() string { return d.file }
 
 // Base is exactly one of Image or Layout: an OCI image in the layout of
 // Talos's imager image (usr/install/<arch>/{vmlinuz,initramfs.xz,systemd-stub.efi,systemd-boot.efi}).
@@ -141,6 +152,7 @@ func Parse(file string, data []byte) (*Definition, error) {
 		return nil, fmt.Errorf("%s: %w (fields are documented in images/README.md)", file, err)
 	}
 
+	d.file = file
 	d.Defaults()
 
 	if err := d.Validate(file); err != nil {
@@ -224,8 +236,23 @@ func (d *Definition) Validate(file string) error {
 		bad("schematic.customization.systemExtensions", "not supported by imagectl yet: bake add-ons with the addons field instead")
 	}
 
-	if c.SecureBoot.EnrollKeys != "" || c.SecureBoot.IncludeWellKnownCertificates {
-		bad("schematic.customization.secureboot", "not supported: keys come from the keys directory and systemd-boot auto-enrolls PK/KEK/db from it")
+	// enrollKeys is honoured as image-factory honours it (loader.conf's
+	// secure-boot-enroll); the well-known Microsoft certificates are not
+	// shipped with imagectl, so asking for them is refused.
+	if c.SecureBoot.EnrollKeys != "" && !slices.Contains(EnrollModes, c.SecureBoot.EnrollKeys) {
+		bad("schematic.customization.secureboot.enrollKeys", "%q is not allowed: use off, manual, if-safe or force (Talos v1.14 imager's sdBootEnrollKeys; empty means if-safe)", c.SecureBoot.EnrollKeys)
+	}
+
+	if c.SecureBoot.IncludeWellKnownCertificates {
+		bad("schematic.customization.secureboot.includeWellKnownCertificates", "not supported: keys come from the keys directory only; remove the field")
+	}
+
+	// image-factory embeds this string as the machine config; imagectl embeds
+	// only the secret-free bootstrap config (machineconfig.Bootstrap) and
+	// delivers node configs after boot, so a second embedded config is
+	// refused instead of changing the schematic ID and being dropped.
+	if c.EmbeddedMachineConfiguration != "" {
+		bad("schematic.customization.embeddedMachineConfiguration", "not supported: images embed only the secret-free bootstrap config; remove the field and deliver the node's config after boot (labctl / fleetctl, see docs/contracts.md: first boot)")
 	}
 
 	if c.Bootloader != imageropts.BootLoaderKindNone && c.Bootloader != imageropts.BootLoaderKindSDBoot {
@@ -285,6 +312,36 @@ func (d *Definition) Validate(file string) error {
 	}
 
 	return errors.Join(errs...)
+}
+
+// Key enrollment modes: systemd-boot's loader.conf secure-boot-enroll
+// values, the choices of Talos v1.14's imager (profile.SDBootEnrollKeys) and
+// of image-factory's schematic customization.secureboot.enrollKeys.
+const (
+	// EnrollOff: systemd-boot never enrolls; keys are enrolled from the firmware setup.
+	EnrollOff = "off"
+	// EnrollManual: systemd-boot offers an "Enroll Secure Boot keys" menu entry.
+	EnrollManual = "manual"
+	// EnrollIfSafe: automatic enrollment, but only inside a virtual machine
+	// (systemd-boot's judgement); on bare metal nothing is enrolled.
+	EnrollIfSafe = "if-safe"
+	// EnrollForce: automatic enrollment whenever the firmware is in setup
+	// mode, also on bare metal, where firmware that needs vendor keys (option
+	// ROMs signed by Microsoft's CA) may then fail to start its devices.
+	EnrollForce = "force"
+)
+
+// EnrollModes lists the allowed enrollment modes.
+var EnrollModes = []string{EnrollOff, EnrollManual, EnrollIfSafe, EnrollForce}
+
+// EnrollKeys is the enrollment mode written to loader.conf: the schematic's
+// customization.secureboot.enrollKeys, or if-safe (image-factory's default).
+func (d *Definition) EnrollKeys() string {
+	if m := d.Schematic.Customization.SecureBoot.EnrollKeys; m != "" {
+		return m
+	}
+
+	return EnrollIfSafe
 }
 
 // Wants reports whether output kind o is requested.

@@ -49,6 +49,7 @@ func TestValidationNamesFileAndField(t *testing.T) {
 		{"unknown field", "name: lab\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l}\ncolour: red\n", "field colour not found"},
 		{"small esp", "name: lab\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l}\ndisk: {espMiB: 8}\n", "disk.espMiB"},
 		{"system extensions", "name: lab\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l}\nschematic: {customization: {systemExtensions: {officialExtensions: [siderolabs/iscsi-tools]}}}\n", "systemExtensions: not supported"},
+		{"embedded machine configuration", "name: lab\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l}\nschematic: {customization: {embeddedMachineConfiguration: \"apiVersion: v1alpha1\\nkind: ImageCacheConfig\\n\"}}\n", "bad.yaml: schematic.customization.embeddedMachineConfiguration: not supported"},
 		{"talos version", "name: lab\nversion: 1.0.0\ntalosVersion: 1.14\nbase: {layout: l}\n", "talosVersion"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -74,4 +75,46 @@ func errorsUnwrapAll(err error) error {
 
 		err = u.Unwrap()
 	}
+}
+
+func TestEnrollKeysModes(t *testing.T) {
+	const head = "name: x\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l}\n"
+
+	d, err := spec.Parse("x.yaml", []byte(head))
+	require.NoError(t, err)
+	require.Equal(t, spec.EnrollIfSafe, d.EnrollKeys(), "image-factory's default")
+
+	for _, mode := range []string{"off", "manual", "if-safe", "force"} {
+		d, err := spec.Parse("x.yaml", []byte(head+"schematic: {customization: {secureboot: {enrollKeys: "+mode+"}}}\n"))
+		require.NoError(t, err, mode)
+		require.Equal(t, mode, d.EnrollKeys())
+	}
+
+	_, err = spec.Parse("bad.yaml", []byte(head+"schematic: {customization: {secureboot: {enrollKeys: always}}}\n"))
+	require.Error(t, err)
+	require.Contains(t, err.Error(), `bad.yaml: schematic.customization.secureboot.enrollKeys: "always" is not allowed: use off, manual, if-safe or force`)
+
+	_, err = spec.Parse("bad.yaml", []byte(head+"schematic: {customization: {secureboot: {includeWellKnownCertificates: true}}}\n"))
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "bad.yaml: schematic.customization.secureboot.includeWellKnownCertificates: not supported")
+}
+
+func TestShippedEnrollModes(t *testing.T) {
+	lab, err := spec.Load("../lab.yaml")
+	require.NoError(t, err)
+	require.Equal(t, spec.EnrollIfSafe, lab.EnrollKeys(), "the lab enrolls inside VMs only")
+
+	edge, err := spec.Load("../edge.yaml")
+	require.NoError(t, err)
+	require.Equal(t, spec.EnrollForce, edge.EnrollKeys(), "bare metal enrolls unattended")
+}
+
+func TestLabMarking(t *testing.T) {
+	lab, err := spec.Load("../lab.yaml")
+	require.NoError(t, err)
+	require.True(t, lab.Lab, "images/lab.yaml is the lab definition")
+
+	edge, err := spec.Load("../edge.yaml")
+	require.NoError(t, err)
+	require.False(t, edge.Lab, "images/edge.yaml is a production definition")
 }

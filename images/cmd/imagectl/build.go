@@ -170,7 +170,13 @@ func printResults(w io.Writer, results []*build.Result) error {
 		}
 
 		for _, a := range r.Record.Addons {
-			fmt.Fprintf(tw, "  add-on\t%s %s\t%d images\n", a.Name, a.Version, len(a.Images))
+			// A stand-in is not the upstream software: say so where people look.
+			standin := ""
+			if a.Standin {
+				standin = " (stand-in)"
+			}
+
+			fmt.Fprintf(tw, "  add-on\t%s %s%s\t%d images\n", a.Name, a.Version, standin, len(a.Images))
 		}
 	}
 
