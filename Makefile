@@ -44,7 +44,7 @@ test: ## run all tests: unit tests, then the emulated-hardware scenarios (qemu-t
 	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v -e /qemu-tests -e /lab/harness)
 	@mkdir -p $(OUT)
 	$(GO) test -count=1 -timeout 10m ./lab/harness/...
-	set -o pipefail; $(GO) test -count=1 -timeout 25m -v ./qemu-tests/ 2>&1 | tee $(OUT)/qemu-tests.log
+	set -o pipefail; $(GO) test -count=1 -timeout 40m -v ./qemu-tests/ 2>&1 | tee $(OUT)/qemu-tests.log
 
 SOAK ?= 10
 

@@ -390,6 +390,9 @@ func waitVersion(ctx context.Context, t *testing.T, m *Machine, version string, 
 
 // Scenario 3: upgrade through the node API, unlock without resealing, bless.
 func TestUpgrade(t *testing.T) {
+	// single-machine scenarios run side by side: two VM slots
+	t.Parallel()
+
 	g := Golden(t)
 	ctx := scenario(t)
 	m := g.Clone(t, "upgrade")
@@ -415,6 +418,9 @@ func TestUpgrade(t *testing.T) {
 // a new version. Without housekeeping the 4th fails for lack of space;
 // with it, the ESP keeps the running, previous and new entries only.
 func TestSixUpgrades(t *testing.T) {
+	// single-machine scenarios run side by side: two VM slots
+	t.Parallel()
+
 	g := Golden(t)
 	ctx := scenario(t)
 	m := g.Clone(t, "six")
@@ -495,6 +501,9 @@ func TestFallback(t *testing.T) {
 // data. The machine runs images that pause at every checkpoint
 // (labos.pause), so the cut lands exactly there.
 func TestPowerLoss(t *testing.T) {
+	// single-machine scenarios run side by side: two VM slots
+	t.Parallel()
+
 	g := Golden(t)
 	trials := soakTrials(t)
 

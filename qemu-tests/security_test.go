@@ -14,6 +14,8 @@ import (
 // would bind the disk key to a PCR 7 anyone can reproduce: the node must
 // refuse to create STATE, say why, stay unhealthy and not bless the entry.
 func TestSetupModeRefusesToSeal(t *testing.T) {
+	t.Parallel()
+
 	ctx := scenario(t)
 	m := suite.NewMachine(t, "setupmode", "v1")
 
