@@ -127,7 +127,13 @@ func (m *Machine) Boot(ctx context.Context, o BootOptions) *harness.VM {
 		spec.Code = o.Code
 	}
 
-	vm, err := harness.Start(ctx, spec)
+	// Waiting for a VM slot is not the scenario's time: with two slots
+	// shared by every parallel scenario (and make soak's repeats), a turn
+	// can take minutes. The VM itself does not live by this context.
+	startCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Minute)
+	defer cancel()
+
+	vm, err := harness.Start(startCtx, spec)
 	require.NoError(m.t, err, "starting %s", m.Name)
 
 	m.vm = vm

@@ -35,7 +35,9 @@ func scenario(t *testing.T) context.Context {
 	start := time.Now()
 	t.Cleanup(func() { suite.record(t.Name(), !t.Failed(), time.Since(start)) })
 
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	// generous: parallel scenarios share two VM slots, and a machine's
+	// waits (each bounded on its own) come after its turn for a slot
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	t.Cleanup(cancel)
 
 	return ctx
