@@ -66,12 +66,16 @@ func New(db *sql.DB) *Registry {
 
 // Machine is one enrolled machine.
 type Machine struct {
-	UUID           string    `json:"uuid"`
-	Site           string    `json:"site"`
-	TokenID        string    `json:"tokenID"`
-	PublicKey      string    `json:"publicKey"`
-	TunnelAddress  string    `json:"tunnelAddress"`
-	VirtualAddress string    `json:"virtualAddress,omitempty"`
+	UUID           string `json:"uuid"`
+	Site           string `json:"site"`
+	TokenID        string `json:"tokenID"`
+	PublicKey      string `json:"publicKey"`
+	TunnelAddress  string `json:"tunnelAddress"`
+	VirtualAddress string `json:"virtualAddress,omitempty"`
+	// Endpoint is where the hub last heard the node's WireGuard packets
+	// from (UDP ip:port, or the virtual gRPC endpoint); a restarted hub
+	// starts handshakes there.
+	Endpoint       string    `json:"endpoint,omitempty"`
 	Transport      string    `json:"transport"`
 	FirstSeen      time.Time `json:"firstSeen"`
 	LastSeen       time.Time `json:"lastSeen"`
@@ -102,6 +106,9 @@ type Enrollment struct {
 	Transport    string
 	// VirtualAddress is the machine's address on the gRPC tunnel (empty for UDP).
 	VirtualAddress string
+	// Endpoint is the node's WireGuard endpoint if known now (gRPC: its
+	// virtual endpoint; UDP: learnt from its first packets).
+	Endpoint string
 }
 
 // Enrolled is the result of an enrollment.
@@ -114,7 +121,7 @@ type Enrolled struct {
 	New bool
 }
 
-const machineCols = `uuid, site, token_id, unique_token, public_key, tunnel_address, virtual_address, transport,
+const machineCols = `uuid, site, token_id, unique_token, public_key, tunnel_address, virtual_address, endpoint, transport,
 	first_seen, last_seen, talos_version, image_version, secure_boot, disk_encryption, state, cluster, role,
 	decided_by, decided_at, config_applied_at, last_error`
 
@@ -127,7 +134,7 @@ func scanMachine(s scanner) (Machine, error) {
 	)
 
 	err := s.Scan(&m.UUID, &m.Site, &m.TokenID, &m.uniqueToken, &m.PublicKey, &m.TunnelAddress, &m.VirtualAddress,
-		&m.Transport, &first, &last, &m.TalosVersion, &m.ImageVersion, &m.SecureBoot, &m.DiskEncryption, &m.State,
+		&m.Endpoint, &m.Transport, &first, &last, &m.TalosVersion, &m.ImageVersion, &m.SecureBoot, &m.DiskEncryption, &m.State,
 		&m.Cluster, &m.Role, &m.DecidedBy, &decided, &applied, &m.LastError)
 	if err != nil {
 		return Machine{}, err
@@ -173,9 +180,9 @@ func (r *Registry) Enroll(ctx context.Context, e Enrollment, alloc func() (netip
 				}
 
 				_, err = tx.ExecContext(ctx, `INSERT INTO hub_machines (uuid, site, token_id, unique_token, public_key,
-					tunnel_address, virtual_address, transport, first_seen, last_seen, talos_version, state)
-					VALUES (?,?,?,?,?,?,?,?,?,?,?,?)`,
-					e.UUID, e.Site, e.TokenID, e.UniqueToken, e.PublicKey, addr.String(), e.VirtualAddress, e.Transport,
+					tunnel_address, virtual_address, endpoint, transport, first_seen, last_seen, talos_version, state)
+					VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+					e.UUID, e.Site, e.TokenID, e.UniqueToken, e.PublicKey, addr.String(), e.VirtualAddress, e.Endpoint, e.Transport,
 					now, now, e.TalosVersion, StatePending)
 				if err == nil {
 					break
@@ -207,8 +214,8 @@ func (r *Registry) Enroll(ctx context.Context, e Enrollment, alloc func() (netip
 			}
 
 			if _, err := tx.ExecContext(ctx, `UPDATE hub_machines SET site = ?, token_id = ?, unique_token = ?, public_key = ?,
-				virtual_address = ?, transport = ?, last_seen = ?, talos_version = ? WHERE uuid = ?`,
-				e.Site, e.TokenID, uniq, e.PublicKey, e.VirtualAddress, e.Transport, now, e.TalosVersion, e.UUID); err != nil {
+				virtual_address = ?, endpoint = ?, transport = ?, last_seen = ?, talos_version = ? WHERE uuid = ?`,
+				e.Site, e.TokenID, uniq, e.PublicKey, e.VirtualAddress, e.Endpoint, e.Transport, now, e.TalosVersion, e.UUID); err != nil {
 				return fmt.Errorf("updating machine %s: %w", e.UUID, err)
 			}
 
@@ -291,9 +298,11 @@ func (r *Registry) Machines(ctx context.Context) ([]Machine, error) {
 	return out, rows.Err()
 }
 
-// Seen records that a machine was heard from (a handshake, an event, a log line).
-func (r *Registry) Seen(ctx context.Context, uuid string, at time.Time) error {
-	_, err := r.db.ExecContext(ctx, `UPDATE hub_machines SET last_seen = max(last_seen, ?) WHERE uuid = ?`, at.UnixNano(), uuid)
+// Seen records that a machine was heard from (a handshake) and from where
+// (empty endpoint: unchanged).
+func (r *Registry) Seen(ctx context.Context, uuid string, at time.Time, endpoint string) error {
+	_, err := r.db.ExecContext(ctx, `UPDATE hub_machines SET last_seen = max(last_seen, ?),
+		endpoint = CASE WHEN ? = '' THEN endpoint ELSE ? END WHERE uuid = ?`, at.UnixNano(), endpoint, endpoint, uuid)
 	if err != nil {
 		return fmt.Errorf("recording last seen of %s: %w", uuid, err)
 	}

@@ -20,6 +20,7 @@ CREATE TABLE IF NOT EXISTS hub_machines (
 	public_key TEXT NOT NULL,
 	tunnel_address TEXT NOT NULL UNIQUE,
 	virtual_address TEXT NOT NULL DEFAULT '',
+	endpoint TEXT NOT NULL DEFAULT '',
 	transport TEXT NOT NULL,
 	first_seen INTEGER NOT NULL,
 	last_seen INTEGER NOT NULL,
