@@ -1,0 +1,298 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/labfleet/labfleet/fleetctl/hub"
+	"github.com/labfleet/labfleet/fleetctl/hub/registry"
+	"github.com/labfleet/labfleet/fleetctl/store"
+)
+
+func newHubCmd() *cobra.Command {
+	var (
+		cfgPath string
+		over    hub.Config
+		pubEPs  []string
+	)
+
+	cmd := &cobra.Command{
+		Use:   "hub",
+		Short: "Run the SideroLink hub: nodes dial out to it, enroll, send events and logs",
+		Long: `fleetctl hub runs the management side of SideroLink. Nodes behind firewalls
+that allow no inbound port dial out to it: they call the provisioning API (TCP,
+--api-listen) with their per-site join token, then bring up a WireGuard link over
+UDP (--wireguard-listen) or tunnelled over the same TCP connection where UDP is
+blocked. The hub records every machine in the database (fleetctl machines),
+keeps their events and kernel logs (fleetctl events / logs), and hands a machine
+configuration only to machines the inventory lists by UUID or an operator
+accepted. WireGuard runs in userspace on a TUN device: no kernel module needed,
+but root (CAP_NET_ADMIN) is.
+
+Flags override the --config file field by field. SIGINT/SIGTERM stop it
+gracefully; nodes reconnect by themselves when it comes back.`,
+		Example: `  fleetctl hub --db fleet.db --config hub.yaml
+  fleetctl hub --db fleet.db --api-listen :8099 --wireguard-listen :50180 --public-endpoint hub.example.org:50180
+  fleetctl hub token create berlin --db fleet.db`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg := hub.Defaults()
+
+			if cfgPath != "" {
+				var err error
+				if cfg, err = hub.LoadConfig(cfgPath); err != nil {
+					return bad(err)
+				}
+			}
+
+			f := cmd.Flags()
+			set := func(name string, dst *string, v string) {
+				if f.Changed(name) {
+					*dst = v
+				}
+			}
+
+			set("api-listen", &cfg.APIListen, over.APIListen)
+			set("wireguard-listen", &cfg.WireGuardListen, over.WireGuardListen)
+			set("prefix", &cfg.Prefix, over.Prefix)
+			set("interface", &cfg.Interface, over.Interface)
+			set("inventory-uuids", &cfg.Inventory, over.Inventory)
+			set("config-dir", &cfg.ConfigDir, over.ConfigDir)
+
+			if f.Changed("public-endpoint") {
+				cfg.PublicEndpoints = pubEPs
+			}
+
+			if err := cfg.Validate(); err != nil {
+				return bad(err)
+			}
+
+			st, err := openStore()
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+
+			h, err := hub.New(cfg, registry.New(st.DB()), logger(false), hub.Options{})
+			if err != nil {
+				return bad(err)
+			}
+
+			return h.Run(cmd.Context())
+		},
+	}
+
+	f := cmd.Flags()
+	f.StringVar(&cfgPath, "config", "", "hub configuration (YAML, version v1alpha1; see fleetctl/README.md)")
+	f.StringVar(&over.APIListen, "api-listen", hub.DefaultAPIListen, "provisioning API and gRPC tunnel (TCP host:port)")
+	f.StringVar(&over.WireGuardListen, "wireguard-listen", hub.DefaultWireGuardListen, "WireGuard endpoint (UDP host:port)")
+	f.StringSliceVar(&pubEPs, "public-endpoint", nil, "host:port nodes send WireGuard packets to (default: the address they reached the API on)")
+	f.StringVar(&over.Prefix, "prefix", hub.DefaultPrefix, "tunnel prefix (IPv6 ULA, /64 or larger)")
+	f.StringVar(&over.Interface, "interface", hub.DefaultInterface, "name of the TUN device")
+	f.StringVar(&over.Inventory, "inventory-uuids", "", "YAML list of machines by UUID that get their configuration without being accepted")
+	f.StringVar(&over.ConfigDir, "config-dir", "", "machine configurations to hand out: DIR/CLUSTER/ROLE.yaml")
+
+	cmd.AddCommand(newHubTokenCmd())
+
+	return cmd
+}
+
+func newHubTokenCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "token",
+		Short: "Manage per-site join tokens (create, ls, revoke, rotate)",
+		Long: `A join token lets a machine of a site be seen by the hub: enroll, bring up its
+link, send events and logs. It does not give it a configuration: that needs
+its UUID in the inventory or 'fleetctl machines accept'. Tokens are stored
+hashed; the secret is printed once, at creation, and never again.`,
+	}
+
+	cmd.AddCommand(newHubTokenCreateCmd(false), newHubTokenCreateCmd(true), newHubTokenLsCmd(), newHubTokenRevokeCmd())
+
+	return cmd
+}
+
+// tokenOut is what create and rotate print; Secret appears only here.
+type tokenOut struct {
+	registry.Token
+	Secret  string   `json:"secret"`
+	Revoked []string `json:"revoked,omitempty"`
+	// KernelArgs is how a Talos image carries it (SideroLink kernel argument).
+	KernelArgs string `json:"kernelArgs"`
+}
+
+func newHubTokenCreateCmd(rotate bool) *cobra.Command {
+	var (
+		hubAddr string
+		tunnel  bool
+		prefix  string
+	)
+
+	use, short := "create SITE", "Create a join token for a site (printed once)"
+	if rotate {
+		use, short = "rotate SITE", "Create a new token for a site and revoke its other tokens at once"
+	}
+
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Example: `  fleetctl hub token create berlin --hub hub.example.org:8099
+  fleetctl hub token rotate berlin --hub hub.example.org:8099 --grpc-tunnel -o json`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			asJSON, err := jsonOut()
+			if err != nil {
+				return err
+			}
+
+			st, err := openStore()
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+
+			reg := registry.New(st.DB())
+
+			var out tokenOut
+			if rotate {
+				out.Secret, out.Token, out.Revoked, err = reg.RotateToken(cmd.Context(), args[0], store.Actor())
+			} else {
+				out.Secret, out.Token, err = reg.CreateToken(cmd.Context(), args[0], store.Actor())
+			}
+
+			if err != nil {
+				return err
+			}
+
+			p, err := netip.ParsePrefix(prefix)
+			if err != nil {
+				return bad(fmt.Errorf("--prefix %q: %w", prefix, err))
+			}
+
+			out.KernelArgs = kernelArgs(hubAddr, p.Masked().Addr().Next(), out.Secret, tunnel)
+
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), out)
+			}
+
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "token %s for site %s (shown once: store it now)\n%s\n", out.ID, out.Site, out.Secret)
+
+			if len(out.Revoked) > 0 {
+				fmt.Fprintf(w, "revoked: %s\n", strings.Join(out.Revoked, ", "))
+			}
+
+			fmt.Fprintf(w, "kernel arguments: %s\n", out.KernelArgs)
+
+			return nil
+		},
+	}
+
+	cmd.Flags().StringVar(&hubAddr, "hub", "HUB:8099", "host:port of the hub's API as the site's nodes reach it (for the printed kernel arguments)")
+	cmd.Flags().StringVar(&prefix, "prefix", hub.DefaultPrefix, "the hub's tunnel prefix (for the event sink and log receiver addresses)")
+	cmd.Flags().BoolVar(&tunnel, "grpc-tunnel", false, "the site blocks outbound UDP: tunnel WireGuard over the API's TCP connection")
+
+	return cmd
+}
+
+// kernelArgs is the SideroLink kernel argument (and the event sink and log
+// receiver arguments) a Talos node of the site boots with; grpc:// because
+// the hub's API is plain gRPC (the WireGuard link is the encryption).
+func kernelArgs(hubAddr string, serverAddr netip.Addr, secret string, tunnel bool) string {
+	q := "jointoken=" + secret
+	if tunnel {
+		q += "&grpc_tunnel=true"
+	}
+
+	server := net.JoinHostPort(serverAddr.String(), "")
+
+	return fmt.Sprintf("siderolink.api=grpc://%s?%s talos.events.sink=%s%d talos.logging.kernel=tcp://%s%d",
+		hubAddr, q, server, hub.DefaultEventSinkPort, server, hub.DefaultLogReceiverPort)
+}
+
+func newHubTokenLsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "ls",
+		Short: "List join tokens (never their secrets)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			asJSON, err := jsonOut()
+			if err != nil {
+				return err
+			}
+
+			st, err := openStoreReadOnly()
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+
+			toks, err := registry.New(st.DB()).Tokens(cmd.Context())
+			if err != nil {
+				return err
+			}
+
+			if asJSON {
+				if toks == nil {
+					toks = []registry.Token{}
+				}
+
+				return printJSON(cmd.OutOrStdout(), toks)
+			}
+
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "TOKEN\tSITE\tCREATED\tBY\tSTATE")
+
+			for _, t := range toks {
+				state := "live"
+				if t.Revoked() {
+					state = fmt.Sprintf("revoked %s (%s)", t.RevokedAt.Local().Format(time.RFC3339), t.RevokeReason)
+				}
+
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.ID, t.Site, t.CreatedAt.Local().Format(time.RFC3339), t.CreatedBy, state)
+			}
+
+			return tw.Flush()
+		},
+	}
+}
+
+func newHubTokenRevokeCmd() *cobra.Command {
+	var reason string
+
+	cmd := &cobra.Command{
+		Use:   "revoke TOKEN-ID",
+		Short: "Revoke a join token: machines using it are refused when they next provision",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := openStore()
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+
+			if err := registry.New(st.DB()).RevokeToken(cmd.Context(), args[0], reason); err != nil {
+				if errors.Is(err, registry.ErrNotFound) {
+					return bad(err)
+				}
+
+				return err
+			}
+
+			fmt.Fprintf(cmd.OutOrStdout(), "revoked %s\n", args[0])
+
+			return nil
+		},
+	}
+
+	cmd.Flags().StringVar(&reason, "reason", "revoked by "+store.Actor(), "why (shown to the operator when a machine is refused)")
+
+	return cmd
+}
