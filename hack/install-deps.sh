@@ -20,6 +20,7 @@ PACKAGES=(
 	tpm2-tools socat time                   # debugging, /usr/bin/time for peak RSS in benches
 	docker-registry                         # the CNCF distribution registry: push/pull tests with auth and TLS
 	skopeo umoci                            # OCI conformance test of the installer image (images/build)
+	iproute2                                # ip netns/veth: the hub's UDP test between two network namespaces
 	ca-certificates git make
 )
 
