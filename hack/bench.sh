@@ -13,6 +13,7 @@
 #   2. extensions: its Go benchmarks (image cache size, dedup, render time),
 #      every package of extensions/ that has a Benchmark function.
 #   3. fleetctl: fleetctl/scripts/bench.sh, included as it prints.
+#   3b. hub: fleetctl/hub/bench.sh (1,000 simulated SideroLink nodes).
 #   4. boot: boot-to-healthy of the lab image beside the trivial-init
 #      baseline, through labctl.
 #
@@ -20,7 +21,7 @@
 #   BIN          where imagectl/labctl are (default <repo>/bin; `make bench` builds them)
 #   BENCH_RUNS   timed repetitions per measurement (default 5; the median is reported)
 #   BENCH_WORK   scratch folder (default <repo>/_out/bench); its keys/ are reused between runs
-#   BENCH_SKIP   space-separated sections to skip: imagectl extensions fleetctl boot
+#   BENCH_SKIP   space-separated sections to skip: imagectl extensions fleetctl hub boot
 #
 # It never touches _out/labos, _out/labbase or _out/keys: the bench builds
 # its own lab bases (labos and the trivial-init baseline, with lab/labbase as
@@ -353,6 +354,26 @@ section_fleetctl() {
 	fi
 }
 
+# --------------------------------------------------------------------- hub
+
+section_hub() {
+	echo '```sh'
+	echo "bash fleetctl/hub/bench.sh --peers 100,1000 --idle 30s"
+	echo '```'
+	echo
+	timeout 8m bash fleetctl/hub/bench.sh --peers 100,1000 --idle 30s 2>"$WORK/hub-bench.err"
+	local rc=$?
+	if [ "$rc" -ne 0 ]; then
+		echo
+		echo "fleetctl/hub/bench.sh exited $rc:"
+		echo '```'
+		tail -n 20 "$WORK/hub-bench.err"
+		echo '```'
+		[ "$rc" -eq 3 ] && return "$NOT_MEASURED"
+		return 1
+	fi
+}
+
 # -------------------------------------------------------------------- boot
 
 section_boot() {
@@ -489,6 +510,7 @@ fi
 run_section imagectl "imagectl: lab image build vs objcopy + sbsign" section_imagectl
 run_section extensions "extensions: add-on rendering and image cache" section_extensions
 run_section fleetctl "fleetctl: simulated rollout" section_fleetctl
+run_section hub "fleetctl hub: 100 and 1,000 simulated SideroLink nodes" section_hub
 run_section boot "boot: lab image vs trivial-init baseline" section_boot
 
 echo
