@@ -102,7 +102,7 @@ func TestConfigOnlyToAdmittedMachines(t *testing.T) {
 	for _, uuid := range []string{"uuid-inv", "uuid-acc", "uuid-stranger", "uuid-rej"} {
 		p := e.peer(ctx, simpeer.Options{JoinToken: tok, UUID: uuid, UniqueToken: uuid, Tunnel: uuid != "uuid-acc"})
 		peers[uuid] = serveMaintenance(t, p)
-		linkUp(t, ctx, p)
+		e.linkUp(ctx, p)
 	}
 
 	_, err := e.reg.Decide(ctx, "uuid-rej", registry.StateRejected, "", "", "op@test")
@@ -114,14 +114,17 @@ func TestConfigOnlyToAdmittedMachines(t *testing.T) {
 
 	e.waitLog(`msg="configuration withheld" machine=uuid-stranger reason="machine uuid-stranger (site berlin): configuration withheld: its UUID is not in the inventory and no operator accepted it`, 5*time.Second)
 	e.waitLog(`msg="configuration withheld" machine=uuid-rej reason="machine uuid-rej: configuration withheld: rejected by op@test"`, 5*time.Second)
+	e.waitLog(`msg="link dropped" machine=uuid-rej reason="rejected by op@test"`, 5*time.Second)
 
 	_, err = e.reg.Decide(ctx, "uuid-acc", registry.StateAccepted, "c1", "worker", "op@test")
 	require.NoError(t, err)
 	eventually(t, 20*time.Second, "accepted machine configured", func() bool { return len(peers["uuid-acc"].got()) == 1 })
 
-	m, err := e.reg.Machine(ctx, "uuid-acc")
-	require.NoError(t, err)
-	assert.False(t, m.ConfigApplied.IsZero())
+	eventually(t, 5*time.Second, "the apply recorded", func() bool {
+		m, err := e.reg.Machine(ctx, "uuid-acc")
+
+		return err == nil && !m.ConfigApplied.IsZero()
+	})
 
 	time.Sleep(time.Second) // a few more reconcile rounds
 	assert.Empty(t, peers["uuid-stranger"].got(), "a machine neither listed nor accepted never gets a configuration")

@@ -75,6 +75,12 @@ type Config struct {
 	// ConfigDir holds the machine configurations the hub hands out:
 	// CONFIGDIR/CLUSTER/ROLE.yaml (e.g. configs/berlin-1/worker.yaml).
 	ConfigDir string `yaml:"configDir,omitempty"`
+	// TLSCert and TLSKey are PEM files: with both, the API (and the gRPC
+	// tunnel) is served over TLS and nodes use an https:// SideroLink URL;
+	// without, it is plain gRPC (grpc://) and the join token crosses the
+	// network in clear (the WireGuard link itself is always encrypted).
+	TLSCert string `yaml:"tlsCert,omitempty"`
+	TLSKey  string `yaml:"tlsKey,omitempty"`
 	// PeerDownAfter is how long after its last handshake a peer counts as
 	// down (WireGuard's handshake timeout + rekey timeouts: 275s).
 	PeerDownAfter time.Duration `yaml:"peerDownAfter,omitempty"`
@@ -181,6 +187,10 @@ func (c Config) Validate() error {
 
 	if c.EventSinkPort == c.LogReceiverPort {
 		add("logReceiverPort", "%d is also the eventSinkPort (give each its own)", c.LogReceiverPort)
+	}
+
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		add("tlsKey", "tlsCert and tlsKey go together (give both PEM files, or neither for plain gRPC)")
 	}
 
 	if c.PeerDownAfter < 0 {

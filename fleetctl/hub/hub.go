@@ -2,6 +2,7 @@ package hub
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -20,6 +21,7 @@ import (
 	"go.uber.org/zap"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/labfleet/labfleet/fleetctl/hub/registry"
 )
@@ -182,7 +184,20 @@ func (h *Hub) Run(ctx context.Context) error {
 
 	tunnelSvc := wggrpc.NewService(h.pt, h.allowed, zap.NewNop())
 
-	api := grpc.NewServer(grpc.StreamInterceptor(h.tunnelGuard))
+	apiOpts := []grpc.ServerOption{grpc.StreamInterceptor(h.tunnelGuard)}
+
+	if h.cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(h.cfg.TLSCert, h.cfg.TLSKey)
+		if err != nil {
+			apiLn.Close() //nolint:errcheck
+
+			return fmt.Errorf("loading the API's TLS certificate (tlsCert %s, tlsKey %s): %w", h.cfg.TLSCert, h.cfg.TLSKey, err)
+		}
+
+		apiOpts = append(apiOpts, grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})))
+	}
+
+	api := grpc.NewServer(apiOpts...)
 	pb.RegisterProvisionServiceServer(api, &provisioner{h: h})
 	pb.RegisterWireGuardOverGRPCServiceServer(api, tunnelSvc)
 
@@ -231,7 +246,7 @@ func (h *Hub) Run(ctx context.Context) error {
 	bgWG.Go(func() { h.seenLoop(bg) })
 
 	h.log.Info("hub serving",
-		"api", apiLn.Addr().String(), "wireguard_port", h.dev.Port(), "interface", h.cfg.Interface,
+		"api", apiLn.Addr().String(), "api_tls", h.cfg.TLSCert != "", "wireguard_port", h.dev.Port(), "interface", h.cfg.Interface,
 		"server_address", h.serverAddr, "prefix", h.prefix, "event_sink", sinkLn.Addr().String(),
 		"log_receiver", logLn.Addr().String(), "public_key", h.key.PublicKey().String(), "restored_peers", restored)
 	close(h.ready)
@@ -452,6 +467,13 @@ func (h *Hub) Reconcile(ctx context.Context) {
 		return
 	}
 
+	all, err := h.dev.Peers()
+	if err != nil {
+		h.log.Error("reconcile: reading WireGuard peers", "err", err)
+
+		return
+	}
+
 	up, err := h.PeersUp()
 	if err != nil {
 		h.log.Error("reconcile: reading WireGuard peers", "err", err)
@@ -460,6 +482,16 @@ func (h *Hub) Reconcile(ctx context.Context) {
 	}
 
 	for _, m := range ms {
+		if m.State == registry.StateRejected {
+			h.dropRejected(m, all)
+
+			if _, err := Admit(m, h.opts.Inventory); err != nil {
+				h.withhold(m.UUID, err.Error())
+			}
+
+			continue
+		}
+
 		if !m.ConfigApplied.IsZero() {
 			continue
 		}
@@ -483,6 +515,29 @@ func (h *Hub) Reconcile(ctx context.Context) {
 
 		h.apply(ctx, m, adm)
 	}
+}
+
+// dropRejected takes down the link of a machine an operator rejected
+// (possibly from another process) while it was connected.
+func (h *Hub) dropRejected(m registry.Machine, peers map[wgtypes.Key]PeerStatus) {
+	pub, err := wgtypes.ParseKey(m.PublicKey)
+	if err != nil {
+		return
+	}
+
+	if _, ok := peers[pub]; !ok {
+		return
+	}
+
+	h.allowed.RemoveToken(pub)
+
+	if err := h.dev.RemovePeer(pub); err != nil {
+		h.log.Error("dropping the link of a rejected machine", "machine", m.UUID, "err", err)
+
+		return
+	}
+
+	h.log.Warn("link dropped", "machine", m.UUID, "reason", "rejected by "+m.DecidedBy)
 }
 
 func (h *Hub) withhold(uuid, reason string) {

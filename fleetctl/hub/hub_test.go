@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -222,6 +223,12 @@ func eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 }
 
 func linkUp(t testing.TB, ctx context.Context, p *simpeer.Peer) {
+	linkUpE(t, nil, ctx, p)
+}
+
+func (e *env) linkUp(ctx context.Context, p *simpeer.Peer) { linkUpE(e.t, e, ctx, p) }
+
+func linkUpE(t testing.TB, e *env, ctx context.Context, p *simpeer.Peer) {
 	t.Helper()
 
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -232,7 +239,16 @@ func linkUp(t testing.TB, ctx context.Context, p *simpeer.Peer) {
 	pctx, cancel2 := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel2()
 
-	require.NoError(t, p.Ping(pctx), "ping the hub through the tunnel")
+	if err := p.Ping(pctx); err != nil {
+		addrs, _ := exec.Command("ip", "-6", "addr", "show").CombinedOutput()
+		route, _ := exec.Command("ip", "-6", "route", "get", p.Addr.String()).CombinedOutput()
+		var up any
+		if e != nil {
+			up, _ = e.h.PeersUp()
+		}
+
+		t.Fatalf("ping the hub through the tunnel: %v\nip -6 addr:\n%s\nroute to node:\n%s\npeer: %s\nhub peers: %+v", err, addrs, route, p.Stats(), up)
+	}
 }
 
 // A node enrolls over the gRPC tunnel (UDP blocked), its link carries
@@ -242,7 +258,7 @@ func TestEnrollOverGRPCTunnelEventsAndLogs(t *testing.T) {
 	ctx := context.Background()
 
 	p := e.peer(ctx, simpeer.Options{JoinToken: e.token("berlin"), UUID: "uuid-grpc-1", UniqueToken: "u1", Tunnel: true})
-	linkUp(t, ctx, p)
+	e.linkUp(ctx, p)
 
 	m, err := e.reg.Machine(ctx, "uuid-grpc-1")
 	require.NoError(t, err)
@@ -284,7 +300,7 @@ func TestEnrollOverUDP(t *testing.T) {
 	ctx := context.Background()
 
 	p := e.peer(ctx, simpeer.Options{JoinToken: e.token("berlin"), UUID: "uuid-udp-1", UniqueToken: "u1"})
-	linkUp(t, ctx, p)
+	e.linkUp(ctx, p)
 
 	m, err := e.reg.Machine(ctx, "uuid-udp-1")
 	require.NoError(t, err)
@@ -299,7 +315,7 @@ func TestTokensRefusedOthersUndisturbed(t *testing.T) {
 	ctx := context.Background()
 
 	good := e.peer(ctx, simpeer.Options{JoinToken: e.token("berlin"), UUID: "uuid-good", UniqueToken: "g", Tunnel: true})
-	linkUp(t, ctx, good)
+	e.linkUp(ctx, good)
 
 	_, err := simpeer.Connect(ctx, simpeer.Options{API: e.cfg.APIListen, JoinToken: "lfj_guessed", UUID: "uuid-unknown-token"})
 	require.Error(t, err)
@@ -331,7 +347,7 @@ func TestDuplicateUUIDRefused(t *testing.T) {
 	tok := e.token("berlin")
 
 	first := e.peer(ctx, simpeer.Options{JoinToken: tok, UUID: "uuid-dup", UniqueToken: "machine-a", Tunnel: true})
-	linkUp(t, ctx, first)
+	e.linkUp(ctx, first)
 
 	_, err := simpeer.Connect(ctx, simpeer.Options{API: e.cfg.APIListen, JoinToken: tok, UUID: "uuid-dup", UniqueToken: "machine-b", Tunnel: true})
 	require.Error(t, err)
@@ -354,10 +370,10 @@ func TestGarbageOnTunnel(t *testing.T) {
 	tok := e.token("berlin")
 
 	good := e.peer(ctx, simpeer.Options{JoinToken: tok, UUID: "uuid-good", UniqueToken: "g", Tunnel: true})
-	linkUp(t, ctx, good)
+	e.linkUp(ctx, good)
 
 	bad := e.peer(ctx, simpeer.Options{JoinToken: tok, UUID: "uuid-garbage", UniqueToken: "b", Tunnel: true})
-	linkUp(t, ctx, bad)
+	e.linkUp(ctx, bad)
 
 	// A stream with an unknown virtual address is refused.
 	err := simpeer.SendRaw(ctx, e.cfg.APIListen, "[fd00::dead]:50888", []byte{1, 2, 3})
@@ -389,8 +405,8 @@ func TestReconnectAfterHubRestart(t *testing.T) {
 
 	grpcPeer := e.peer(ctx, simpeer.Options{JoinToken: tok, UUID: "uuid-r-grpc", UniqueToken: "a", Tunnel: true})
 	udpPeer := e.peer(ctx, simpeer.Options{JoinToken: tok, UUID: "uuid-r-udp", UniqueToken: "b"})
-	linkUp(t, ctx, grpcPeer)
-	linkUp(t, ctx, udpPeer)
+	e.linkUp(ctx, grpcPeer)
+	e.linkUp(ctx, udpPeer)
 
 	before := e.h.PublicKey()
 
@@ -425,11 +441,11 @@ func TestRebootKeepsAddress(t *testing.T) {
 	tok := e.token("berlin")
 
 	p1 := e.peer(ctx, simpeer.Options{JoinToken: tok, UUID: "uuid-reboot", UniqueToken: "same", Tunnel: true})
-	linkUp(t, ctx, p1)
+	e.linkUp(ctx, p1)
 	p1.Close()
 
 	p2 := e.peer(ctx, simpeer.Options{JoinToken: tok, UUID: "uuid-reboot", UniqueToken: "same", Tunnel: true})
-	linkUp(t, ctx, p2)
+	e.linkUp(ctx, p2)
 	assert.Equal(t, p1.Addr, p2.Addr)
 }
 
@@ -441,7 +457,7 @@ func TestTokenRotation(t *testing.T) {
 
 	old := e.token("berlin")
 	enrolled := e.peer(ctx, simpeer.Options{JoinToken: old, UUID: "uuid-before", UniqueToken: "a", Tunnel: true})
-	linkUp(t, ctx, enrolled)
+	e.linkUp(ctx, enrolled)
 
 	newSecret, _, revoked, err := e.reg.RotateToken(ctx, "berlin", "test")
 	require.NoError(t, err)
@@ -452,7 +468,7 @@ func TestTokenRotation(t *testing.T) {
 	assert.Contains(t, err.Error(), "rotated to")
 
 	after := e.peer(ctx, simpeer.Options{JoinToken: newSecret, UUID: "uuid-after", UniqueToken: "c", Tunnel: true})
-	linkUp(t, ctx, after)
+	e.linkUp(ctx, after)
 
 	require.NoError(t, enrolled.Ping(ctx), "machines enrolled with the old token keep their links")
 }

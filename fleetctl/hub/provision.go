@@ -70,13 +70,11 @@ func (p *provisioner) Provision(ctx context.Context, req *pb.ProvisionRequest) (
 	}
 
 	transport := registry.TransportUDP
-	virtual, endpoint := "", ""
+	virtual := ""
 
 	if req.GetWireguardOverGrpc() {
 		transport = registry.TransportGRPC
-		va := randomAddr(h.virtualPrefix)
-		virtual = va.String()
-		endpoint = netip.AddrPortFrom(va, virtualPeerPort).String()
+		virtual = randomAddr(h.virtualPrefix).String()
 	}
 
 	// One enrollment at a time per UUID: two requests for one UUID racing
@@ -93,7 +91,10 @@ func (p *provisioner) Provision(ctx context.Context, req *pb.ProvisionRequest) (
 		TalosVersion:   req.GetTalosVersion(),
 		Transport:      transport,
 		VirtualAddress: virtual,
-		Endpoint:       endpoint,
+		// No endpoint yet: the node starts the handshake (as with SideroLink's
+		// own server); the hub learns the endpoint from it. Starting one from
+		// both sides at once only costs the first packets.
+		Endpoint: "",
 	}, func() (netip.Addr, error) { return randomAddr(h.prefix), nil })
 
 	switch {

@@ -65,6 +65,8 @@ gracefully; nodes reconnect by themselves when it comes back.`,
 			set("interface", &cfg.Interface, over.Interface)
 			set("inventory-uuids", &cfg.Inventory, over.Inventory)
 			set("config-dir", &cfg.ConfigDir, over.ConfigDir)
+			set("tls-cert", &cfg.TLSCert, over.TLSCert)
+			set("tls-key", &cfg.TLSKey, over.TLSKey)
 
 			if f.Changed("public-endpoint") {
 				cfg.PublicEndpoints = pubEPs
@@ -97,6 +99,8 @@ gracefully; nodes reconnect by themselves when it comes back.`,
 	f.StringVar(&over.Prefix, "prefix", hub.DefaultPrefix, "tunnel prefix (IPv6 ULA, /64 or larger)")
 	f.StringVar(&over.Interface, "interface", hub.DefaultInterface, "name of the TUN device")
 	f.StringVar(&over.Inventory, "inventory-uuids", "", "YAML list of machines by UUID that get their configuration without being accepted")
+	f.StringVar(&over.TLSCert, "tls-cert", "", "PEM certificate: serve the API over TLS (nodes use https://)")
+	f.StringVar(&over.TLSKey, "tls-key", "", "PEM key of --tls-cert")
 	f.StringVar(&over.ConfigDir, "config-dir", "", "machine configurations to hand out: DIR/CLUSTER/ROLE.yaml")
 
 	cmd.AddCommand(newHubTokenCmd())
@@ -132,6 +136,7 @@ func newHubTokenCreateCmd(rotate bool) *cobra.Command {
 	var (
 		hubAddr string
 		tunnel  bool
+		useTLS  bool
 		prefix  string
 	)
 
@@ -176,7 +181,7 @@ func newHubTokenCreateCmd(rotate bool) *cobra.Command {
 				return bad(fmt.Errorf("--prefix %q: %w", prefix, err))
 			}
 
-			out.KernelArgs = kernelArgs(hubAddr, p.Masked().Addr().Next(), out.Secret, tunnel)
+			out.KernelArgs = kernelArgs(hubAddr, p.Masked().Addr().Next(), out.Secret, tunnel, useTLS)
 
 			if asJSON {
 				return printJSON(cmd.OutOrStdout(), out)
@@ -197,15 +202,21 @@ func newHubTokenCreateCmd(rotate bool) *cobra.Command {
 
 	cmd.Flags().StringVar(&hubAddr, "hub", "HUB:8099", "host:port of the hub's API as the site's nodes reach it (for the printed kernel arguments)")
 	cmd.Flags().StringVar(&prefix, "prefix", hub.DefaultPrefix, "the hub's tunnel prefix (for the event sink and log receiver addresses)")
+	cmd.Flags().BoolVar(&useTLS, "tls", false, "the hub serves its API over TLS (--tls-cert): print an https:// URL")
 	cmd.Flags().BoolVar(&tunnel, "grpc-tunnel", false, "the site blocks outbound UDP: tunnel WireGuard over the API's TCP connection")
 
 	return cmd
 }
 
 // kernelArgs is the SideroLink kernel argument (and the event sink and log
-// receiver arguments) a Talos node of the site boots with; grpc:// because
-// the hub's API is plain gRPC (the WireGuard link is the encryption).
-func kernelArgs(hubAddr string, serverAddr netip.Addr, secret string, tunnel bool) string {
+// receiver arguments) a Talos node of the site boots with: https:// when the
+// hub's API has TLS, else grpc:// (plain gRPC; Talos's name for insecure).
+func kernelArgs(hubAddr string, serverAddr netip.Addr, secret string, tunnel, useTLS bool) string {
+	scheme := "grpc"
+	if useTLS {
+		scheme = "https"
+	}
+
 	q := "jointoken=" + secret
 	if tunnel {
 		q += "&grpc_tunnel=true"
@@ -213,8 +224,8 @@ func kernelArgs(hubAddr string, serverAddr netip.Addr, secret string, tunnel boo
 
 	server := net.JoinHostPort(serverAddr.String(), "")
 
-	return fmt.Sprintf("siderolink.api=grpc://%s?%s talos.events.sink=%s%d talos.logging.kernel=tcp://%s%d",
-		hubAddr, q, server, hub.DefaultEventSinkPort, server, hub.DefaultLogReceiverPort)
+	return fmt.Sprintf("siderolink.api=%s://%s?%s talos.events.sink=%s%d talos.logging.kernel=tcp://%s%d",
+		scheme, hubAddr, q, server, hub.DefaultEventSinkPort, server, hub.DefaultLogReceiverPort)
 }
 
 func newHubTokenLsCmd() *cobra.Command {

@@ -11,6 +11,7 @@ package simpeer
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,6 +36,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun/netstack"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
@@ -53,6 +56,9 @@ type Options struct {
 	Light bool
 	// Keepalive is the persistent keepalive (Talos: 25s).
 	Keepalive time.Duration
+	// TLS, if set, dials the API over TLS (an https:// SideroLink URL);
+	// nil: plain gRPC (grpc://).
+	TLS *tls.Config
 	// RelayRetry is how long the gRPC relay waits before it dials again
 	// (Talos: 5s after a failed relay; 1s is the library's minimum).
 	RelayRetry time.Duration
@@ -74,9 +80,17 @@ type Peer struct {
 	wg     sync.WaitGroup
 }
 
+func (o Options) creds() grpc.DialOption {
+	if o.TLS != nil {
+		return grpc.WithTransportCredentials(credentials.NewTLS(o.TLS))
+	}
+
+	return grpc.WithTransportCredentials(insecure.NewCredentials())
+}
+
 // Provision calls the provisioning API once, as a Talos node does at boot.
 func Provision(ctx context.Context, o Options, pub wgtypes.Key) (*pb.ProvisionResponse, error) {
-	cc, err := grpc.NewClient(o.API, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(o.API, o.creds())
 	if err != nil {
 		return nil, fmt.Errorf("dialing %s: %w", o.API, err)
 	}
@@ -203,7 +217,7 @@ func Connect(ctx context.Context, o Options) (*Peer, error) {
 // as Talos's userspace tunnel controller does.
 func (p *Peer) relayLoop(ctx context.Context, qp *wgbind.QueuePair, ourAddr netip.AddrPort) {
 	for ctx.Err() == nil {
-		relay, err := wggrpc.NewRelayToHost(p.opts.API, p.opts.RelayRetry, qp, ourAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		relay, err := wggrpc.NewRelayToHost(p.opts.API, p.opts.RelayRetry, qp, ourAddr, p.opts.creds())
 		if err == nil {
 			relay.Run(ctx, zap.NewNop()) //nolint:errcheck
 			relay.Close()
@@ -282,10 +296,18 @@ func (p *Peer) WaitHandshake(ctx context.Context, after time.Time) error {
 	}
 }
 
-// Ping sends an ICMPv6 echo to the hub through the tunnel and waits for the reply.
+// Ping sends ICMPv6 echoes to the hub through the tunnel, one a second as
+// ping does, until one is answered or ctx ends (default 10s).
 func (p *Peer) Ping(ctx context.Context) error {
 	if p.tnet == nil {
 		return errors.New("light peers have no IP stack")
+	}
+
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+
+		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
 	}
 
 	pc, err := p.tnet.DialPingAddr(p.Addr, p.ServerAddr)
@@ -294,30 +316,54 @@ func (p *Peer) Ping(ctx context.Context) error {
 	}
 	defer pc.Close() //nolint:errcheck
 
-	msg := icmp.Message{Type: ipv6.ICMPTypeEchoRequest, Body: &icmp.Echo{ID: 7, Seq: 1, Data: []byte("labfleet")}}
+	// netstack's PingConn only wakes a reader for packets that arrive
+	// while it waits: a reply already queued is not noticed. So the reader
+	// waits first, and only then is the echo sent.
+	replies := make(chan error, 1)
 
-	b, err := msg.Marshal(nil)
-	if err != nil {
-		return err
+	go func() {
+		buf := make([]byte, 1500)
+
+		for {
+			pc.SetReadDeadline(time.Now().Add(time.Second)) //nolint:errcheck
+
+			_, err := pc.Read(buf)
+			if err == nil || ctx.Err() != nil {
+				replies <- err
+
+				return
+			}
+		}
+	}()
+
+	time.Sleep(20 * time.Millisecond)
+
+	for seq := 1; ; seq++ {
+		msg := icmp.Message{Type: ipv6.ICMPTypeEchoRequest, Body: &icmp.Echo{ID: 7, Seq: seq, Data: []byte("labfleet")}}
+
+		b, err := msg.Marshal(nil)
+		if err != nil {
+			return err
+		}
+
+		if _, err := pc.Write(b); err != nil {
+			return fmt.Errorf("ping: %w", err)
+		}
+
+		select {
+		case err := <-replies:
+			if err != nil {
+				return fmt.Errorf("machine %s: no ping reply from %s: %w", p.opts.UUID, p.ServerAddr, ctx.Err())
+			}
+
+			return nil
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+			<-replies
+
+			return fmt.Errorf("machine %s: no ping reply from %s: %w", p.opts.UUID, p.ServerAddr, ctx.Err())
+		}
 	}
-
-	deadline, ok := ctx.Deadline()
-	if !ok {
-		deadline = time.Now().Add(5 * time.Second)
-	}
-
-	pc.SetDeadline(deadline) //nolint:errcheck
-
-	if _, err := pc.Write(b); err != nil {
-		return fmt.Errorf("ping: %w", err)
-	}
-
-	buf := make([]byte, 1500)
-	if _, err := pc.Read(buf); err != nil {
-		return fmt.Errorf("ping reply: %w", err)
-	}
-
-	return nil
 }
 
 // DialHub opens a TCP connection to the hub's tunnel address through the link.
@@ -458,4 +504,22 @@ func SendRaw(ctx context.Context, api, virtualAddrPort string, data []byte) erro
 			return err
 		}
 	}
+}
+
+// Stats is WireGuard's view of the link, as text (debugging).
+func (p *Peer) Stats() string {
+	text, err := p.dev.IpcGet()
+	if err != nil {
+		return err.Error()
+	}
+
+	var out []string
+
+	for _, l := range strings.Split(text, "\n") {
+		if strings.HasPrefix(l, "rx_bytes") || strings.HasPrefix(l, "tx_bytes") || strings.HasPrefix(l, "last_handshake_time_sec") || strings.HasPrefix(l, "endpoint") {
+			out = append(out, l)
+		}
+	}
+
+	return strings.Join(out, " ")
 }
