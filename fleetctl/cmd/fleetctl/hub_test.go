@@ -219,3 +219,103 @@ func TestHubBadConfigExitCode(t *testing.T) {
 	assert.Contains(t, out, `apiListen: ":99999": port "99999" is not 1-65535`)
 	assert.Contains(t, out, "prefix: 10.0.0.0/8 is not IPv6")
 }
+
+// kill -9 of the hub: nodes on both transports get their links back from a
+// new hub process by themselves, without enrolling again (the hub's key,
+// the peers and their last endpoints are in the database, written as they
+// are learnt, not only at a graceful stop).
+func TestHubKill9NodesReconnect(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: fleetctl hub creates a TUN device, which needs root (CAP_NET_ADMIN); CI runs as root")
+	}
+
+	c := cli{t: t, bin: buildBinary(t), db: filepath.Join(t.TempDir(), "fleet.db")}
+
+	out, code := c.stdout("hub", "token", "create", "berlin", "-o", "json")
+	require.Equal(t, 0, code, out)
+
+	var tok struct{ Secret string }
+	require.NoError(t, json.Unmarshal([]byte(out), &tok))
+
+	api := fmt.Sprintf("127.0.0.1:%d", freeTCP(t))
+
+	l, err := net.ListenPacket("udp", "127.0.0.1:0")
+	require.NoError(t, err)
+
+	wg := l.LocalAddr().String()
+	l.Close()
+
+	start := func() (*lockedLines, func(sig syscall.Signal)) {
+		cmd := c.cmd("hub", "--api-listen", api, "--wireguard-listen", wg,
+			"--interface", fmt.Sprintf("lfk9%d", os.Getpid()%100000), "--prefix", fmt.Sprintf("fd7f:%x:2::/64", os.Getpid()&0xffff))
+
+		stderr, err := cmd.StderrPipe()
+		require.NoError(t, err)
+		require.NoError(t, cmd.Start())
+
+		logs := &lockedLines{}
+
+		go logs.collect(stderr)
+
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() }) //nolint:errcheck
+
+		waitFor(t, 30*time.Second, "hub serving", func() bool { return logs.has(`msg="hub serving"`) })
+
+		return logs, func(sig syscall.Signal) {
+			cmd.Process.Signal(sig) //nolint:errcheck
+			cmd.Wait()              //nolint:errcheck
+		}
+	}
+
+	logs, stop := start()
+
+	ctx := context.Background()
+
+	var peers []*simpeer.Peer
+
+	for _, tunnel := range []bool{true, false} {
+		p, err := simpeer.Connect(ctx, simpeer.Options{API: api, JoinToken: tok.Secret, UUID: fmt.Sprintf("uuid-k9-%v", tunnel),
+			UniqueToken: fmt.Sprint(tunnel), Tunnel: tunnel, Keepalive: time.Second})
+		require.NoError(t, err, logs.String())
+		t.Cleanup(p.Close)
+
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		require.NoError(t, p.WaitHandshake(wctx, time.Time{}))
+		cancel()
+
+		peers = append(peers, p)
+	}
+
+	// The hub records where it hears each node from every few seconds.
+	waitFor(t, 20*time.Second, "endpoints recorded", func() bool {
+		out, _ := c.stdout("machines", "ls", "-o", "json")
+
+		var ms []registry.Machine
+		if json.Unmarshal([]byte(out), &ms) != nil || len(ms) != 2 {
+			return false
+		}
+
+		return ms[0].Endpoint != "" && ms[1].Endpoint != ""
+	})
+
+	stop(syscall.SIGKILL)
+
+	killed := time.Now()
+	logs2, stop2 := start()
+
+	assert.True(t, logs2.has("restored_peers=2"), logs2.String())
+
+	for _, p := range peers {
+		wctx, cancel := context.WithTimeout(ctx, 40*time.Second)
+		require.NoError(t, p.WaitHandshake(wctx, killed), "hub log:\n%s", logs2.String())
+		cancel()
+
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		require.NoError(t, p.Ping(pctx))
+		cancel()
+	}
+
+	assert.False(t, logs2.has(`msg="machine enrolled"`), "nodes came back without enrolling again")
+
+	stop2(syscall.SIGTERM)
+}
