@@ -361,6 +361,25 @@ func TestDuplicateUUIDRefused(t *testing.T) {
 	require.NoError(t, first.Ping(ctx), "the first machine keeps its link")
 }
 
+// Bad input: a node presenting an enrolled machine's WireGuard key (it
+// cannot complete handshakes, but the hub would move the other machine's
+// address to it) is refused; the owner keeps its link.
+func TestStolenKeyRefused(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	tok := e.token("berlin")
+
+	owner := e.peer(ctx, simpeer.Options{JoinToken: tok, UUID: "uuid-owner", UniqueToken: "o", Tunnel: true})
+	e.linkUp(ctx, owner)
+
+	_, err := simpeer.Provision(ctx, simpeer.Options{API: e.cfg.APIListen, JoinToken: tok, UUID: "uuid-thief", UniqueToken: "t"}, owner.PublicKey())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "machine uuid-thief: WireGuard public key already in use by machine uuid-owner")
+	e.waitLog(`msg="enrollment refused" machine=uuid-thief`, 5*time.Second)
+
+	require.NoError(t, owner.Ping(ctx), "the owner keeps its link")
+}
+
 // Bad input: garbage on the gRPC tunnel ends that stream only, logged with
 // the machine and the reason; another machine's link is undisturbed and
 // the sender's record is kept.

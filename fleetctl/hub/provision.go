@@ -100,6 +100,8 @@ func (p *provisioner) Provision(ctx context.Context, req *pb.ProvisionRequest) (
 	switch {
 	case errors.Is(err, registry.ErrDuplicateUUID):
 		return refuse(codes.AlreadyExists, "duplicate machine UUID", err)
+	case errors.Is(err, registry.ErrKeyInUse):
+		return refuse(codes.AlreadyExists, "WireGuard key in use", err)
 	case errors.Is(err, registry.ErrRejected):
 		return refuse(codes.PermissionDenied, "machine rejected", err)
 	case err != nil:

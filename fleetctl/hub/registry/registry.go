@@ -50,6 +50,7 @@ var (
 	ErrTokenRevoked  = errors.New("join token revoked")
 	ErrDuplicateUUID = errors.New("duplicate machine UUID")
 	ErrRejected      = errors.New("machine rejected by an operator")
+	ErrKeyInUse      = errors.New("WireGuard public key already in use")
 )
 
 // Registry reads and writes the hub tables of a fleetctl store.
@@ -162,12 +163,26 @@ func fromNanos(n int64) time.Time {
 // machine's. It refuses, naming the UUID and the reason:
 //   - a rejected machine (ErrRejected);
 //   - a UUID already enrolled with a different unique token: two machines
-//     with the same SMBIOS UUID (ErrDuplicateUUID). The first keeps its link.
+//     with the same SMBIOS UUID (ErrDuplicateUUID). The first keeps its link;
+//   - a WireGuard key another machine has (ErrKeyInUse).
 func (r *Registry) Enroll(ctx context.Context, e Enrollment, alloc func() (netip.Addr, error)) (Enrolled, error) {
 	var out Enrolled
 
 	err := r.tx(ctx, func(tx *sql.Tx) error {
 		now := r.now().UnixNano()
+
+		// A key names exactly one peer: taking another machine's key would
+		// move that machine's tunnel address to the newcomer.
+		var owner string
+
+		err := tx.QueryRowContext(ctx, `SELECT uuid FROM hub_machines WHERE public_key = ? AND uuid != ?`, e.PublicKey, e.UUID).Scan(&owner)
+
+		switch {
+		case err == nil:
+			return fmt.Errorf("machine %s: %w by machine %s (a node presents its own key; the enrolled machine keeps its link)", e.UUID, ErrKeyInUse, owner)
+		case !errors.Is(err, sql.ErrNoRows):
+			return fmt.Errorf("checking the key of machine %s: %w", e.UUID, err)
+		}
 
 		old, err := scanMachine(tx.QueryRowContext(ctx, `SELECT `+machineCols+` FROM hub_machines WHERE uuid = ?`, e.UUID))
 

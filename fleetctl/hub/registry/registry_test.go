@@ -258,3 +258,18 @@ func TestHubKeyStable(t *testing.T) {
 	assert.Equal(t, k1, k2)
 	assert.Equal(t, 1, n)
 }
+
+func TestEnrollRefusesAnotherMachinesKey(t *testing.T) {
+	ctx := context.Background()
+	r := open(t)
+
+	_, err := r.Enroll(ctx, enroll("u1", "t1", "key1"), seqAlloc())
+	require.NoError(t, err)
+
+	_, err = r.Enroll(ctx, enroll("u2", "t2", "key1"), seqAlloc())
+	require.ErrorIs(t, err, registry.ErrKeyInUse)
+	assert.ErrorContains(t, err, "machine u2: WireGuard public key already in use by machine u1")
+
+	_, err = r.Machine(ctx, "u2")
+	require.ErrorIs(t, err, registry.ErrNotFound)
+}
