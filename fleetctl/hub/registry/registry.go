@@ -14,7 +14,9 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -608,4 +610,20 @@ func randomID(n int) string {
 	}
 
 	return string(b)
+}
+
+// NodeEndpoint is where fleetctl's driver reaches an enrolled machine's API:
+// host:port on its tunnel address (routed through the hub's TUN device, so
+// from the hub's host). It refuses a rejected machine.
+func (r *Registry) NodeEndpoint(ctx context.Context, uuid string, port int) (string, error) {
+	m, err := r.Machine(ctx, uuid)
+	if err != nil {
+		return "", err
+	}
+
+	if m.State == StateRejected {
+		return "", fmt.Errorf("machine %s: %w (by %s)", uuid, ErrRejected, m.DecidedBy)
+	}
+
+	return net.JoinHostPort(m.TunnelAddress, strconv.Itoa(port)), nil
 }

@@ -273,3 +273,24 @@ func TestEnrollRefusesAnotherMachinesKey(t *testing.T) {
 	_, err = r.Machine(ctx, "u2")
 	require.ErrorIs(t, err, registry.ErrNotFound)
 }
+
+func TestNodeEndpoint(t *testing.T) {
+	ctx := context.Background()
+	r := open(t)
+
+	enr, err := r.Enroll(ctx, enroll("u1", "t", "k"), seqAlloc())
+	require.NoError(t, err)
+
+	ep, err := r.NodeEndpoint(ctx, "u1", 50000)
+	require.NoError(t, err)
+	assert.Equal(t, "["+enr.Machine.TunnelAddress+"]:50000", ep)
+
+	_, err = r.NodeEndpoint(ctx, "nope", 50000)
+	require.ErrorContains(t, err, "machine nope: not found")
+
+	_, err = r.Decide(ctx, "u1", registry.StateRejected, "", "", "op")
+	require.NoError(t, err)
+
+	_, err = r.NodeEndpoint(ctx, "u1", 50000)
+	require.ErrorIs(t, err, registry.ErrRejected)
+}
