@@ -282,4 +282,21 @@ func TestUDPBetweenNetworkNamespaces(t *testing.T) {
 	hubOut2 := &lockedOut{}
 	startIn(t, hubNS, hubEnv, hubOut2)
 	waitOut("the node's link is back after the hub restarted", peerOut, func() bool { return peerOut.find("PING-OK", restarted) })
+
+	// Token rotation: the old token is refused from the site, the new one
+	// enrolls, and the node enrolled before keeps its link.
+	newSecret, _, _, err := reg.RotateToken(context.Background(), "netns-site", "test")
+	require.NoError(t, err)
+
+	lateOut := &lockedOut{}
+	startIn(t, peerNS, []string{"LF_NETNS_ROLE=peer", "LF_API=10.231.0.1:8099", "LF_TOKEN=" + secret, "LF_UUID=uuid-netns-late"}, lateOut)
+	waitOut("the old token refused", lateOut, func() bool { return lateOut.find("PEER-ERROR", time.Time{}) })
+	require.Contains(t, lateOut.String(), "join token revoked")
+
+	newOut := &lockedOut{}
+	startIn(t, peerNS, []string{"LF_NETNS_ROLE=peer", "LF_API=10.231.0.1:8099", "LF_TOKEN=" + newSecret, "LF_UUID=uuid-netns-new"}, newOut)
+	waitOut("a node with the new token linked", newOut, func() bool { return newOut.find("PING-OK", time.Time{}) })
+
+	rotated := time.Now()
+	waitOut("the first node's link undisturbed", peerOut, func() bool { return peerOut.find("PING-OK", rotated) })
 }
