@@ -106,8 +106,10 @@ type builder struct {
 	baked   *Baked
 	cmdline string
 	uki     string // path of the signed UKI in stage
-	rec     *record.Record
-	written map[string]stamp // outputs as hashed for the record, by path in stage
+	// installerBase is the local OCI layout copy of the resolved installer-base.
+	installerBase string
+	rec           *record.Record
+	written       map[string]stamp // outputs as hashed for the record, by path in stage
 }
 
 // Build runs the definition's build.
