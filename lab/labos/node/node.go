@@ -562,10 +562,8 @@ func (n *Node) addons() ([]nodeapi.Addon, error) {
 	}
 
 	if p, err := sysinit.FindPartition(n.parts, PartCache, n.disk); err == nil {
-		if idx, err := addons.ReadCacheIndex(p.Device); err == nil {
-			if cached, err := addons.CachedDigests(idx); err == nil {
-				addons.PinImages(as, cached)
-			}
+		if err := addons.MountCache(p.Device); err == nil {
+			addons.PinImages(as, addons.CachedDigests(os.DirFS(addons.CacheMountPoint), addons.Images(as)))
 		} else {
 			n.Log.Info("image cache not readable", "err", err)
 		}
