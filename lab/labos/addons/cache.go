@@ -61,37 +61,66 @@ func CacheName(ref name.Reference) string {
 // does (internal/app/machined/pkg/system/services/registry: a tag is
 // manifests/<name>/reference/<tag>; its sha256 names
 // manifests/<name>/digest/sha256-<hex>, which must hold the same bytes), and
-// checks the manifest's config and layers are in blob/. It maps each
-// reference found complete to its manifest digest; others are left out.
+// checks the manifest's config and layers are in blob/. A reference by
+// digest (name@sha256:..., name:tag@sha256:...) is looked up by its digest
+// file, whose bytes must hash to it. It maps each reference found complete
+// to its manifest digest; others are left out (Uncached lists them).
 func CachedDigests(cache fs.FS, refs []string) map[string]string {
 	out := map[string]string{}
 
 	for _, r := range refs {
-		tag, err := name.NewTag(r)
-		if err != nil || strings.Contains(r, "@") {
-			continue // by digest already, or not a tag
+		if d, ok := cachedDigest(cache, r); ok {
+			out[r] = d
 		}
+	}
 
-		dir := path.Join("manifests", CacheName(tag))
+	return out
+}
 
-		byTag, err := fs.ReadFile(cache, path.Join(dir, "reference", tag.TagStr()))
-		if err != nil {
-			continue
+func cachedDigest(cache fs.FS, r string) (string, bool) {
+	ref, err := name.ParseReference(r)
+	if err != nil {
+		return "", false
+	}
+
+	dir := path.Join("manifests", CacheName(ref))
+
+	var manifest []byte
+
+	switch ref := ref.(type) {
+	case name.Digest:
+		manifest, err = fs.ReadFile(cache, path.Join(dir, "digest", strings.Replace(ref.DigestStr(), "sha256:", "sha256-", 1)))
+	case name.Tag:
+		manifest, err = fs.ReadFile(cache, path.Join(dir, "reference", ref.TagStr()))
+	}
+
+	if err != nil || manifest == nil {
+		return "", false
+	}
+
+	sum := sha256.Sum256(manifest)
+	digest := "sha256:" + hex.EncodeToString(sum[:])
+
+	if d, ok := ref.(name.Digest); ok && d.DigestStr() != digest {
+		return "", false
+	}
+
+	byDigest, err := fs.ReadFile(cache, path.Join(dir, "digest", strings.Replace(digest, "sha256:", "sha256-", 1)))
+	if err != nil || !bytes.Equal(manifest, byDigest) || !blobsPresent(cache, manifest) {
+		return "", false
+	}
+
+	return digest, true
+}
+
+// Uncached lists the references of refs that cached (CachedDigests) lacks.
+func Uncached(refs []string, cached map[string]string) []string {
+	var out []string
+
+	for _, r := range refs {
+		if _, ok := cached[r]; !ok {
+			out = append(out, r)
 		}
-
-		sum := sha256.Sum256(byTag)
-		hexSum := hex.EncodeToString(sum[:])
-
-		byDigest, err := fs.ReadFile(cache, path.Join(dir, "digest", "sha256-"+hexSum))
-		if err != nil || !bytes.Equal(byTag, byDigest) {
-			continue
-		}
-
-		if !blobsPresent(cache, byTag) {
-			continue
-		}
-
-		out[r] = "sha256:" + hexSum
 	}
 
 	return out

@@ -40,8 +40,18 @@ func TestCachedDigests(t *testing.T) {
 
 	t.Run("complete", func(t *testing.T) {
 		fsys, digest := talosTree("quay.io/cilium/cilium", "v1.18.0", manifest, cfg, layer)
-		got := addons.CachedDigests(fsys, []string{"quay.io/cilium/cilium:v1.18.0", "quay.io/cilium/cilium:v9", "quay.io/cilium/operator@sha256:aaaa"})
-		require.Equal(t, map[string]string{"quay.io/cilium/cilium:v1.18.0": digest}, got)
+		other := "quay.io/cilium/operator@sha256:" + hex.EncodeToString(make([]byte, 32))
+		refs := []string{
+			"quay.io/cilium/cilium:v1.18.0", "quay.io/cilium/cilium:v9", other,
+			"quay.io/cilium/cilium@" + digest, "quay.io/cilium/cilium:v1.18.0@" + digest,
+		}
+		got := addons.CachedDigests(fsys, refs)
+		require.Equal(t, map[string]string{
+			"quay.io/cilium/cilium:v1.18.0":           digest,
+			"quay.io/cilium/cilium@" + digest:         digest,
+			"quay.io/cilium/cilium:v1.18.0@" + digest: digest,
+		}, got)
+		require.Equal(t, []string{"quay.io/cilium/cilium:v9", other}, addons.Uncached(refs, got))
 	})
 
 	t.Run("docker hub names live under docker.io", func(t *testing.T) {

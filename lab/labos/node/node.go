@@ -546,30 +546,37 @@ func (n *Node) entryName() string {
 	return "labos"
 }
 
-func (n *Node) addons() ([]nodeapi.Addon, error) {
+// addons reports the baked add-ons and, when the image has an IMAGECACHE
+// partition, the add-on images its Talos image cache lacks.
+func (n *Node) addons() ([]nodeapi.Addon, []string, error) {
 	m := n.machine
 	if m == nil {
 		m = n.embedded
 	}
 
 	if m == nil {
-		return nil, errors.New("no machine config")
+		return nil, nil, errors.New("no machine config")
 	}
 
 	as, err := addons.FromManifests(m.InlineManifests)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+
+	var uncached []string
 
 	if p, err := sysinit.FindPartition(n.parts, PartCache, n.disk); err == nil {
 		if err := addons.MountCache(p.Device); err == nil {
-			addons.PinImages(as, addons.CachedDigests(os.DirFS(addons.CacheMountPoint), addons.Images(as)))
+			refs := addons.Images(as)
+			cached := addons.CachedDigests(os.DirFS(addons.CacheMountPoint), refs)
+			uncached = addons.Uncached(refs, cached)
+			addons.PinImages(as, cached)
 		} else {
 			n.Log.Info("image cache not readable", "err", err)
 		}
 	}
 
-	return as, nil
+	return as, uncached, nil
 }
 
 func (n *Node) checks(apiCheck nodeapi.Check) []nodeapi.Check {
@@ -595,11 +602,18 @@ func (n *Node) checks(apiCheck nodeapi.Check) []nodeapi.Check {
 
 	ebpfCheck := health.RunProbes(nodeapi.ServiceEBPF, health.CiliumProbes())
 
-	as, err := n.addons()
+	as, uncached, err := n.addons()
 	addonCheck := health.Addons(as, nil)
 
 	if err != nil {
 		addonCheck.Message = err.Error()
+	}
+
+	// Talos would pull what its image cache lacks; a baked image must not
+	// need to.
+	if len(uncached) > 0 {
+		addonCheck.Healthy = false
+		addonCheck.Message = "not in the image cache: " + strings.Join(uncached, ", ")
 	}
 
 	n.update(func(s *nodeapi.Status) { s.Addons = as })
