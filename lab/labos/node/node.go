@@ -566,14 +566,18 @@ func (n *Node) addons() ([]nodeapi.Addon, []string, error) {
 	var uncached []string
 
 	if p, err := sysinit.FindPartition(n.parts, PartCache, n.disk); err == nil {
+		refs := addons.Images(as)
+		cached := map[string]string{}
+
+		// an image cache that cannot be read holds none of the images
 		if err := addons.MountCache(p.Device); err == nil {
-			refs := addons.Images(as)
-			cached := addons.CachedDigests(os.DirFS(addons.CacheMountPoint), refs)
-			uncached = addons.Uncached(refs, cached)
-			addons.PinImages(as, cached)
+			cached = addons.CachedDigests(os.DirFS(addons.CacheMountPoint), refs)
 		} else {
 			n.Log.Info("image cache not readable", "err", err)
 		}
+
+		uncached = addons.Uncached(refs, cached)
+		addons.PinImages(as, cached)
 	}
 
 	return as, uncached, nil
