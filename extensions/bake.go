@@ -40,6 +40,10 @@ type BakeOptions struct {
 	// CacheDir is where the OCI image layout is written; it must not exist
 	// or be empty.
 	CacheDir string
+	// ImageCacheDir, when set, receives the same images in Talos's image
+	// cache format (addons.WriteTalosCache: blob/ and manifests/), the root
+	// of the disk's IMAGECACHE filesystem; it must not exist or be empty.
+	ImageCacheDir string
 	// Logger receives progress; nil is silent.
 	Logger *slog.Logger
 }
@@ -57,6 +61,9 @@ type Baked struct {
 	SitePatch []byte `json:"-"`
 	// CacheLayoutDir is the OCI image layout directory (= CacheDir).
 	CacheLayoutDir string `json:"cacheLayoutDir"`
+	// ImageCacheDir is the Talos-format image cache tree (= ImageCacheDir
+	// of the options; empty when not asked for).
+	ImageCacheDir string `json:"imageCacheDir,omitempty"`
 	// Addons records what was baked, for the build record.
 	Addons []AddonRecord `json:"addons"`
 	// CacheBytes is the layout's size on disk.
@@ -186,6 +193,14 @@ func Bake(ctx context.Context, opts BakeOptions) (*Baked, error) {
 
 	if err := addons.CheckCache(opts.CacheDir, uses); err != nil {
 		return nil, err
+	}
+
+	if opts.ImageCacheDir != "" {
+		if err := addons.WriteTalosCache(ctx, opts.CacheDir, opts.ImageCacheDir); err != nil {
+			return nil, err
+		}
+
+		baked.ImageCacheDir = opts.ImageCacheDir
 	}
 
 	baked.CacheTime = time.Since(start)

@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 }
 
 func bakeOpts(cache string) extensions.BakeOptions {
-	return extensions.BakeOptions{Dir: ".", Mirror: mirror, CacheDir: cache}
+	return extensions.BakeOptions{Dir: ".", Mirror: mirror, CacheDir: cache, ImageCacheDir: cache + "-talos"}
 }
 
 func TestBake(t *testing.T) {
@@ -129,10 +129,9 @@ func TestBake(t *testing.T) {
 		want = append(want, e)
 	}
 
-	talos := filepath.Join(t.TempDir(), "talos")
-	require.NoError(t, addons.WriteTalosCache(baked.CacheLayoutDir, talos))
+	require.NotEmpty(t, baked.ImageCacheDir, "Bake writes Talos's image cache format")
 
-	for _, dir := range []string{baked.CacheLayoutDir, talos} {
+	for _, dir := range []string{baked.CacheLayoutDir, baked.ImageCacheDir} {
 		rep, err := bakedinfo.Inspect(baked.MachineConfig, os.DirFS(dir))
 		require.NoError(t, err)
 		require.Len(t, rep.Images, 8)
@@ -151,6 +150,7 @@ func TestBakeIsDeterministic(t *testing.T) {
 	assert.Equal(t, b1.Addons, b2.Addons)
 	assert.Equal(t, b1.CacheBytes, b2.CacheBytes)
 	assert.Equal(t, exttest.Tree(t, b1.CacheLayoutDir), exttest.Tree(t, b2.CacheLayoutDir))
+	assert.Equal(t, exttest.Tree(t, b1.ImageCacheDir), exttest.Tree(t, b2.ImageCacheDir), "the Talos image cache tree too")
 }
 
 func TestBakeWithSite(t *testing.T) {

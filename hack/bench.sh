@@ -173,7 +173,7 @@ section_imagectl() {
 
 	# images/lab.yaml with base.layout pointed at the bench's lab base.
 	local def="$WORK/lab.yaml"
-	sed "s|^\([[:space:]]*layout:\).*|\1 $layout|" images/lab.yaml >"$def"
+	sed -e "s|^\(  layout:\).*|\1 $layout|" -e "s|^\(    layout:\).*|\1 ${layout%/oci}/installer-base|" images/lab.yaml >"$def"
 	grep -q "layout: $layout\$" "$def" || { echo "could not point base.layout of images/lab.yaml at $layout"; return 1; }
 
 	local build=("$imagectl" build "$def" --out "$out" --keys "$keys" --quiet)
@@ -399,7 +399,7 @@ section_boot() {
 	# The baseline image: the same definition, keys and builder on the
 	# trivial-init base, so only /init differs.
 	local tdef="$WORK/lab-trivial.yaml" tdisk="$WORK/out-trivial/labos/disk.raw"
-	sed "s|^\([[:space:]]*layout:\).*|\1 $layout|" images/lab.yaml >"$tdef"
+	sed -e "s|^\(  layout:\).*|\1 $layout|" -e "s|^\(    layout:\).*|\1 ${layout%/oci}/installer-base|" images/lab.yaml >"$tdef"
 	if ! "$imagectl" build "$tdef" --out "$WORK/out-trivial" --keys "$WORK/keys" --quiet >"$WORK/trivial-build.log" 2>&1; then
 		echo "**building the baseline image failed**"
 		echo '```'

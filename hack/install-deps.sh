@@ -13,7 +13,7 @@ PACKAGES=(
 	qemu-system-x86 qemu-utils ovmf        # the lab's emulated hardware and UEFI firmware
 	swtpm swtpm-tools                       # software TPM 2.0 for the lab VMs
 	sbsigntool efitools                     # sbverify and EFI signature tools (checks, baseline bench)
-	cryptsetup-bin e2fsprogs                # LUKS2 and ext4 tools copied into labos's initramfs
+	cryptsetup-bin e2fsprogs                # LUKS2 and ext4 tools copied into labos's initramfs; mkfs.ext4 + debugfs make IMAGECACHE
 	mtools dosfstools                       # FAT inspection in tests
 	squashfs-tools xorriso cpio zstd xz-utils  # used by Talos's imager
 	binutils                                # objcopy: the baseline UKI assembly in make bench

@@ -256,6 +256,7 @@ func (s *Suite) buildImages(ctx context.Context) error {
 
 		def.Version = v.version
 		def.Base.Layout = filepath.Join(s.Work, "labbase", "oci")
+		def.Installer.Base.Layout = filepath.Join(s.Work, "labbase", "installer-base")
 		def.Schematic.Customization.ExtraKernelArgs = append(def.Schematic.Customization.ExtraKernelArgs, v.extraArgs...)
 
 		if v.outputs != nil {

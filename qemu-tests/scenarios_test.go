@@ -337,7 +337,7 @@ var (
 )
 
 // The booted lab image carries all four add-ons, with the images pinned in
-// the build record (labos reads the embedded config and the IMAGECACHE index).
+// the build record (labos reads the embedded config and the Talos image cache on IMAGECACHE).
 func TestBakedAddons(t *testing.T) {
 	Golden(t)
 	scenario(t)

@@ -159,7 +159,7 @@ func TestWriteTalosCache(t *testing.T) {
 	require.NoError(t, err)
 
 	dst := filepath.Join(t.TempDir(), "talos")
-	require.NoError(t, addons.WriteTalosCache(oci, dst))
+	require.NoError(t, addons.WriteTalosCache(context.Background(), oci, dst))
 
 	for _, a := range list {
 		for _, img := range a.Images {
@@ -180,6 +180,15 @@ func TestWriteTalosCache(t *testing.T) {
 			sum := sha256.Sum256(byDigest)
 			assert.Equal(t, img.Digest, "sha256:"+hex.EncodeToString(sum[:]), "manifest bytes hash to the pin")
 		}
+	}
+
+	// only the images' own registries: the loopback registry Talos's
+	// writer pulled from leaves no trace
+	regs, err := os.ReadDir(filepath.Join(dst, "manifests"))
+	require.NoError(t, err)
+
+	for _, r := range regs {
+		assert.NotContains(t, r.Name(), "127.0.0.1")
 	}
 
 	blobs, err := os.ReadDir(filepath.Join(dst, "blob"))

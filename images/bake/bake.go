@@ -127,13 +127,14 @@ func (b *Baker) Bake(ctx context.Context, req build.BakeRequest) (*build.Baked, 
 
 	baked, err := extensions.Bake(ctx, extensions.BakeOptions{
 		Dir: b.Dir, Addons: def.Addons, Mirror: mirror, Site: b.Site,
-		CacheDir: filepath.Join(req.WorkDir, "imagecache"),
+		CacheDir:      filepath.Join(req.WorkDir, "imagecache"),
+		ImageCacheDir: filepath.Join(req.WorkDir, "imagecache-talos"),
 	})
 	if err != nil {
 		return nil, err
 	}
 
-	out := &build.Baked{MachineConfig: baked.MachineConfig, CacheLayoutDir: baked.CacheLayoutDir}
+	out := &build.Baked{MachineConfig: baked.MachineConfig, CacheLayoutDir: baked.CacheLayoutDir, ImageCacheDir: baked.ImageCacheDir}
 
 	for _, a := range baked.Addons {
 		ra := record.Addon{Name: a.Name, Version: a.Version, ChartDigest: a.ChartDigest, Source: a.PinSource, Standin: a.PinSource == addons.SourceStandin}

@@ -40,7 +40,11 @@ type Baked struct {
 	// documents without any secret (see docs/contracts.md).
 	MachineConfig  []byte
 	CacheLayoutDir string // OCI layout of add-on images; empty when there are none
-	Addons         []record.Addon
+	// ImageCacheDir is the same images in Talos's image cache format
+	// (blob/, manifests/): the IMAGECACHE filesystem's root; empty when
+	// there are none.
+	ImageCacheDir string
+	Addons        []record.Addon
 }
 
 // Baker renders add-ons and the machine configuration (extensions/).
@@ -106,8 +110,10 @@ type builder struct {
 	baked   *Baked
 	cmdline string
 	uki     string // path of the signed UKI in stage
-	rec     *record.Record
-	written map[string]stamp // outputs as hashed for the record, by path in stage
+	// installerBase is the local OCI layout copy of the resolved installer-base.
+	installerBase string
+	rec           *record.Record
+	written       map[string]stamp // outputs as hashed for the record, by path in stage
 }
 
 // Build runs the definition's build.

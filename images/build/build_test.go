@@ -118,10 +118,64 @@ func talosLayoutImage(t testing.TB, assets string, initramfs []byte) v1.Image {
 	return img
 }
 
+// InstallerBaseBinary is the stand-in installer binary of the test
+// installer-base: the tests check it is carried over unchanged.
+var installerBaseBinary = []byte("#!/bin/sh\necho stand-in Talos installer\n")
+
+// talosInstallerBaseImage builds an image in the layout of Talos's
+// installer-base (Dockerfile target installer-base): one squashed layer
+// with /usr/bin/installer, the alpha.talos.dev/version label and
+// /bin/installer as entrypoint.
+func talosInstallerBaseImage(t testing.TB) v1.Image {
+	var buf bytes.Buffer
+
+	tw := tar.NewWriter(&buf)
+	require.NoError(t, tw.WriteHeader(&tar.Header{Name: "usr/bin/", Mode: 0o755, Typeflag: tar.TypeDir}))
+	require.NoError(t, tw.WriteHeader(&tar.Header{Name: "usr/bin/installer", Mode: 0o755, Size: int64(len(installerBaseBinary)), Typeflag: tar.TypeReg}))
+	_, err := tw.Write(installerBaseBinary)
+	require.NoError(t, err)
+	require.NoError(t, tw.Close())
+
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil })
+	require.NoError(t, err)
+
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	require.NoError(t, err)
+
+	cf, err := img.ConfigFile()
+	require.NoError(t, err)
+
+	cf = cf.DeepCopy()
+	cf.Architecture, cf.OS = "amd64", "linux"
+	cf.Config.Entrypoint = []string{"/bin/installer"}
+	cf.Config.Env = []string{"VERSION=v1.14.1"}
+	cf.Config.Labels = map[string]string{"alpha.talos.dev/version": "v1.14.1", "org.opencontainers.image.source": "https://github.com/siderolabs/talos"}
+
+	img, err = mutate.ConfigFile(img, cf)
+	require.NoError(t, err)
+
+	return img
+}
+
+// pushImage writes img to ref on the insecure in-process registry and
+// returns its digest.
+func pushImage(t testing.TB, ref string, img v1.Image) v1.Hash {
+	tag, err := name.NewTag(ref, name.Insecure)
+	require.NoError(t, err)
+	require.NoError(t, remote.Write(tag, img))
+
+	digest, err := img.Digest()
+	require.NoError(t, err)
+
+	return digest
+}
+
 type fixture struct {
 	root, keys, ref, assets string
 	digest                  v1.Hash
-	def                     *spec.Definition
+	// installerBase is the installer-base image the fixture serves (pinned by digest).
+	installerBase v1.Image
+	def           *spec.Definition
 }
 
 func newFixture(t testing.TB) *fixture {
@@ -141,13 +195,11 @@ func newFixtureWith(t testing.TB, initramfs []byte) *fixture {
 	require.NoError(t, err)
 
 	ref := u.Host + "/siderolabs/imager:v1.14.1"
-	img := talosLayoutImage(t, assets, initramfs)
-	tag, err := name.NewTag(ref, name.Insecure)
-	require.NoError(t, err)
-	require.NoError(t, remote.Write(tag, img))
+	digest := pushImage(t, ref, talosLayoutImage(t, assets, initramfs))
 
-	digest, err := img.Digest()
-	require.NoError(t, err)
+	ibRef := u.Host + "/siderolabs/installer-base:v1.14.1"
+	ib := talosInstallerBaseImage(t)
+	ibDigest := pushImage(t, ibRef, ib)
 
 	root := t.TempDir()
 	keyDir := filepath.Join(root, "keys")
@@ -168,10 +220,15 @@ schematic:
 keys: keys
 outputs: [uki, disk, installer]
 disk: {espMiB: 64, stateMiB: 32}
+installer:
+  base:
+    image: `+ibRef+`
+    digest: `+ibDigest.String()+`
+    insecure: true
 `))
 	require.NoError(t, err)
 
-	return &fixture{root: root, keys: keyDir, ref: ref, assets: assets, digest: digest, def: def}
+	return &fixture{root: root, keys: keyDir, ref: ref, assets: assets, digest: digest, installerBase: ib, def: def}
 }
 
 func (f *fixture) build(_ testing.TB, out string, force bool) (*build.Result, error) {
@@ -192,7 +249,7 @@ func TestBuildFromRegistryBase(t *testing.T) {
 	rec, err := record.Load(res.Dir)
 	require.NoError(t, err)
 	require.Equal(t, f.digest.String(), rec.Inputs[0].Digest)
-	require.Len(t, rec.Inputs, 1+len(base.Inputs))
+	require.Len(t, rec.Inputs, 1+len(base.Inputs)+1)
 	require.Contains(t, rec.Cmdline, "labos.version=1.0.0")
 
 	// labos.db= is the sha256 of our db certificate's DER, so a node can

@@ -65,6 +65,13 @@ func (b *builder) cacheKey(ctx context.Context) (string, error) {
 
 	fmt.Fprintf(h, "base %s\n", digest)
 
+	ibKey, err := b.installerBaseKey(ctx)
+	if err != nil {
+		return "", err
+	}
+
+	fmt.Fprint(h, ibKey)
+
 	for _, p := range keyFiles(b.keys) {
 		sum, _, err := hashFile(p)
 		if err != nil {

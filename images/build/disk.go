@@ -2,21 +2,25 @@ package build
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/disk"
 	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/partition/gpt"
+	"github.com/siderolabs/talos/pkg/machinery/constants"
+	"github.com/siderolabs/talos/pkg/machinery/imager/quirks"
+	"github.com/siderolabs/talos/pkg/makefs"
 
 	"github.com/labfleet/labfleet/images/spec"
 )
@@ -26,10 +30,14 @@ const (
 	// BootTries is systemd-boot's boot counter for a new entry: after this
 	// many failed boots it falls back to the previous entry.
 	BootTries = 3
-	// Partition names the node looks for.
-	PartESP        = "EFI"
-	PartImageCache = "IMAGECACHE"
-	PartState      = "STATE"
+	// Partition names (GPT partition names, which Talos and labos look
+	// partitions up by): Talos's machinery constants.
+	PartESP        = constants.EFIPartitionLabel
+	PartMeta       = constants.MetaPartitionLabel
+	PartImageCache = constants.ImageCachePartitionLabel
+	PartState      = constants.StatePartitionLabel
+	// diskImageLabel seeds the disk GUID of a Talos disk image (cmd/installer/pkg/install: diskImageLabel).
+	diskImageLabel = "talos-image-disk"
 )
 
 // EntryFile is the UKI's name on the ESP with a fresh boot counter.
@@ -73,14 +81,16 @@ func (b *builder) writeDisk(ctx context.Context) error {
 		{dst: "EFI/Linux/" + EntryFile(b.def.Name, b.def.Version), src: b.uki},
 	}
 
-	cacheMiB, cacheFiles, err := b.imageCacheFiles()
+	espMiB := int64(b.def.Disk.ESPMiB)
+	stateMiB := int64(b.def.Disk.StateMiB)
+	metaMiB := int64(quirks.New(b.def.TalosVersion).PartitionSizes().METASize()) / mib //nolint:gosec // 1 MiB
+
+	cacheImg, cacheMiB, err := b.imageCachePartition(ctx)
 	if err != nil {
 		return err
 	}
 
-	espMiB := int64(b.def.Disk.ESPMiB)
-	stateMiB := int64(b.def.Disk.StateMiB)
-	size := (1 + espMiB + cacheMiB + stateMiB + 1) * mib
+	size := (1 + espMiB + metaMiB + cacheMiB + stateMiB + 1) * mib
 	out := filepath.Join(b.stage, "disk.raw")
 
 	// The filesystems read SOURCE_DATE_EPOCH for timestamps and volume IDs.
@@ -93,7 +103,14 @@ func (b *builder) writeDisk(ctx context.Context) error {
 		return fmt.Errorf("creating disk image: %w", err)
 	}
 
-	if err := layoutDisk(ctx, b, d, espMiB, cacheMiB, stateMiB, files, cacheFiles); err != nil {
+	parts := []diskPart{{PartESP, gpt.EFISystemPartition, espMiB}, {PartMeta, gpt.LinuxFilesystem, metaMiB}}
+	if cacheImg != "" {
+		parts = append(parts, diskPart{PartImageCache, gpt.LinuxFilesystem, cacheMiB})
+	}
+
+	parts = append(parts, diskPart{PartState, gpt.LinuxFilesystem, stateMiB})
+
+	if err := layoutDisk(ctx, d, parts, files, cacheImg); err != nil {
 		d.Close() //nolint:errcheck
 
 		return err
@@ -106,95 +123,178 @@ func (b *builder) writeDisk(ctx context.Context) error {
 	return b.addOutput("disk", out, "")
 }
 
-func layoutDisk(ctx context.Context, b *builder, d *disk.Disk, espMiB, cacheMiB, stateMiB int64, files, cacheFiles []espFile) error {
+// diskPart is one GPT partition of the disk image.
+type diskPart struct {
+	name string
+	typ  gpt.Type
+	mb   int64
+}
 
-	sectors := func(m int64) uint64 { return uint64(m * mib / 512) }
+// layoutDisk writes Talos v1.14's layout for a UEFI (systemd-boot) disk
+// image (cmd/installer/pkg/install/install.go, partition options in
+// internal/pkg/partition): EFI (FAT32, systemd-boot, keys, the UKI), META
+// (zeroes), IMAGECACHE when add-on images are baked (ext4), in that order,
+// with GUIDs derived from the labels as Talos derives them for images
+// (makefs.GUIDFromLabel). Talos v1.8+ creates STATE and EPHEMERAL on first
+// boot in the free space after them; labos cannot grow a GPT, so the image
+// carries an empty STATE partition in that place (README: stand-ins).
+func layoutDisk(ctx context.Context, d *disk.Disk, parts []diskPart, files []espFile, cacheImg string) error {
+	sectors := func(m int64) uint64 { return uint64(m * mib / 512) } //nolint:gosec // sizes are positive
 	start := sectors(1)
-	parts := []*gpt.Partition{}
+	table := &gpt.Table{LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true, GUID: labelGUID(diskImageLabel)}
 
-	for i, p := range []struct {
-		name string
-		typ  gpt.Type
-		mb   int64
-	}{
-		{PartESP, gpt.EFISystemPartition, espMiB},
-		{PartImageCache, gpt.LinuxFilesystem, cacheMiB},
-		{PartState, gpt.LinuxFilesystem, stateMiB},
-	} {
-		parts = append(parts, &gpt.Partition{
-			Index: i + 1, Start: start, End: start + sectors(p.mb) - 1, Size: uint64(p.mb * mib),
-			Type: p.typ, Name: p.name, GUID: b.guid("part-" + p.name),
+	for i, p := range parts {
+		table.Partitions = append(table.Partitions, &gpt.Partition{
+			Index: i + 1, Start: start, End: start + sectors(p.mb) - 1, Size: uint64(p.mb * mib), //nolint:gosec
+			Type: p.typ, Name: p.name, GUID: labelGUID(p.name),
 		})
 		start += sectors(p.mb)
 	}
 
-	table := &gpt.Table{Partitions: parts, LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true, GUID: b.guid("disk")}
 	if err := d.Partition(table); err != nil {
 		return fmt.Errorf("writing partition table: %w", err)
 	}
 
-	if err := fillFAT(ctx, d, 1, "EFI", files); err != nil {
+	if err := fillFAT(ctx, d, 1, PartESP, files); err != nil {
 		return fmt.Errorf("writing ESP: %w", err)
 	}
 
-	if err := fillFAT(ctx, d, 2, "IMAGECACHE", cacheFiles); err != nil {
+	if cacheImg == "" {
+		return nil
+	}
+
+	f, err := os.Open(cacheImg)
+	if err != nil {
+		return fmt.Errorf("writing image cache partition: %w", err)
+	}
+	defer f.Close() //nolint:errcheck
+
+	if _, err := d.WritePartitionContents(3, ctxReader{ctx, f}); err != nil {
 		return fmt.Errorf("writing image cache partition: %w", err)
 	}
 
 	return nil
 }
 
-// imageCacheFiles lists the add-on image cache (an OCI layout) and sizes its partition.
-func (b *builder) imageCacheFiles() (int64, []espFile, error) {
-	var files []espFile
+// labelGUID is Talos's GUID for a label in reproducible images.
+func labelGUID(label string) string {
+	return strings.ToUpper(makefs.GUIDFromLabel(label).String())
+}
+
+// imageCachePartition makes the IMAGECACHE filesystem: ext4 labelled
+// IMAGECACHE holding the Talos image cache tree at its root, as Talos's
+// installer formats it for a disk image (internal/pkg/partition/format.go:
+// FileSystemTypeExt4, reproducible: UUID and hash seed from the label). It
+// returns "" when no add-on images are baked (Talos then has no IMAGECACHE
+// either). Its size follows Talos's imager (tree + 20%, whole MiB) unless
+// disk.imageCacheMiB sets it.
+func (b *builder) imageCachePartition(ctx context.Context) (string, int64, error) {
+	tree := b.baked.ImageCacheDir
+	if tree == "" {
+		return "", 0, nil
+	}
 
 	var total int64
 
-	if b.baked.CacheLayoutDir != "" {
-		err := filepath.WalkDir(b.baked.CacheLayoutDir, func(p string, de fs.DirEntry, err error) error {
-			if err != nil || de.IsDir() {
-				return err
-			}
+	var paths []string
 
-			rel, err := filepath.Rel(b.baked.CacheLayoutDir, p)
-			if err != nil {
-				return err
-			}
-
-			info, err := de.Info()
-			if err != nil {
-				return err
-			}
-
-			total += info.Size()
-			files = append(files, espFile{dst: filepath.ToSlash(rel), src: p})
-
-			return nil
-		})
+	err := filepath.WalkDir(tree, func(p string, de fs.DirEntry, err error) error {
 		if err != nil {
-			return 0, nil, fmt.Errorf("reading image cache layout: %w", err)
+			return err
 		}
+
+		rel, err := filepath.Rel(tree, p)
+		if err != nil {
+			return err
+		}
+
+		if rel != "." {
+			paths = append(paths, "/"+filepath.ToSlash(rel))
+		}
+
+		info, err := de.Info()
+		if err != nil {
+			return err
+		}
+
+		if !de.IsDir() {
+			total += info.Size()
+		}
+
+		// tar --mtime in Talos's makefs: every file at SOURCE_DATE_EPOCH
+		return os.Chtimes(p, time.Unix(b.epoch, 0), time.Unix(b.epoch, 0))
+	})
+	if err != nil {
+		return "", 0, fmt.Errorf("reading image cache %s: %w", tree, err)
 	}
 
-	sizeMiB := int64(b.def.Disk.ImageCacheMiB)
-	need := total*11/10/mib + 40 // FAT overhead and slack; FAT32 needs at least ~33 MiB here
+	// Talos: size + 20%, rounded up to a MiB; plus room for ext4's journal
+	// and tables, which a small cache would not cover.
+	need := (total*12/10+mib-1)/mib + 8
 
+	sizeMiB := int64(b.def.Disk.ImageCacheMiB)
 	if sizeMiB == 0 {
 		sizeMiB = need
 	} else if sizeMiB < need {
-		return 0, nil, fmt.Errorf("disk.imageCacheMiB=%d is too small for the %d MiB image cache: raise it to at least %d or set 0 to size it automatically", sizeMiB, total/mib, need)
+		return "", 0, fmt.Errorf("disk.imageCacheMiB=%d is too small for the %d MiB image cache: raise it to at least %d or set 0 to size it automatically", sizeMiB, total/mib, need)
 	}
 
-	return sizeMiB, files, nil
+	img := filepath.Join(b.work, "imagecache.ext4")
+	if err := os.WriteFile(img, nil, 0o644); err != nil {
+		return "", 0, fmt.Errorf("creating image cache filesystem: %w", err)
+	}
+
+	if err := os.Truncate(img, sizeMiB*mib); err != nil {
+		return "", 0, fmt.Errorf("creating image cache filesystem: %w", err)
+	}
+
+	if err := mkfsExt4(ctx, img, PartImageCache, tree, b.epoch, paths); err != nil {
+		return "", 0, err
+	}
+
+	return img, sizeMiB, nil
 }
 
-// guid derives a stable GUID so the same inputs give the same disk bytes.
-func (b *builder) guid(what string) string {
-	sum := sha256.Sum256([]byte(b.def.Name + "\x00" + b.def.Version + "\x00" + what))
-	sum[6] = (sum[6] & 0x0f) | 0x40 // version 4 layout
-	sum[8] = (sum[8] & 0x3f) | 0x80
+// mkfsExt4 formats img as ext4 holding dir, with Talos makefs's
+// reproducible options (-U and hash_seed from the label). Talos's makefs
+// feeds mkfs.ext4 a tar on stdin, which needs e2fsprogs 1.47.1; bookworm's
+// 1.47.0 takes the directory instead, copying each file's times (ctime
+// cannot be set, reading a directory moves its atime), so debugfs then sets
+// every inode's times to epoch: the same inputs give the same bytes. Owners are root's (root_owner, and imagectl runs as the files'
+// owner).
+func mkfsExt4(ctx context.Context, img, label, dir string, epoch int64, paths []string) error {
+	guid := makefs.GUIDFromLabel(label).String()
+	env := append(os.Environ(), "E2FSPROGS_FAKE_TIME="+strconv.FormatInt(epoch, 10), "SOURCE_DATE_EPOCH="+strconv.FormatInt(epoch, 10))
 
-	return fmt.Sprintf("%X-%X-%X-%X-%X", sum[0:4], sum[4:6], sum[6:8], sum[8:10], sum[10:16])
+	mkfs := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-L", label, "-U", guid,
+		"-E", "hash_seed="+guid+",root_owner=0:0", "-d", dir, img)
+	mkfs.Env = env
+
+	if out, err := mkfs.CombinedOutput(); err != nil {
+		return fmt.Errorf("formatting IMAGECACHE (mkfs.ext4 from e2fsprogs): %w: %s", err, out)
+	}
+
+	sort.Strings(paths)
+
+	stamp := time.Unix(epoch, 0).UTC().Format("20060102150405")
+
+	var cmds strings.Builder
+
+	for _, p := range append([]string{"/", "/lost+found"}, paths...) {
+		for _, field := range []string{"atime", "ctime", "mtime"} {
+			fmt.Fprintf(&cmds, "set_inode_field %s %s %s\n", p, field, stamp)
+		}
+	}
+
+	debugfs := exec.CommandContext(ctx, "debugfs", "-w", "-f", "-", img)
+	debugfs.Env = env
+	debugfs.Stdin = strings.NewReader(cmds.String())
+
+	if out, err := debugfs.CombinedOutput(); err != nil {
+		return fmt.Errorf("stamping IMAGECACHE (debugfs from e2fsprogs): %w: %s", err, out)
+	}
+
+	return nil
 }
 
 func fillFAT(ctx context.Context, d *disk.Disk, part int, label string, files []espFile) error {

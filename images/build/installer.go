@@ -1,7 +1,6 @@
 package build
 
 import (
-	"archive/tar"
 	"context"
 	"errors"
 	"fmt"
@@ -19,12 +18,21 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/siderolabs/talos/pkg/imager/profile"
+	"github.com/siderolabs/talos/pkg/machinery/meta"
+
+	"github.com/labfleet/labfleet/images/base"
 )
 
-// Installer image layout (docs/contracts.md): one layer with these files.
+// Installer image layout (docs/contracts.md "Installer image"): Talos's.
+// Talos's imager (pkg/imager, installer output) puts the installer-base's
+// first layer first and one artifacts layer after it holding
+// usr/install/<arch>/systemd-boot.efi and usr/install/<arch>/vmlinuz.efi
+// (the signed UKI; machinery constants SDBootAssetPath, UKIAssetPath).
+// labfleet adds only config labels and manifest annotations.
 const (
-	InstallerUKIPath    = "labfleet/uki.efi"
-	InstallerRecordPath = "labfleet/build.json"
+	InstallerUKIPath    = "usr/install/" + base.Arch + "/vmlinuz.efi"
+	InstallerSDBootPath = "usr/install/" + base.Arch + "/systemd-boot.efi"
 	LabelName           = "org.labfleet.name"
 	LabelVersion        = "org.labfleet.version"
 	LabelSchematic      = "org.labfleet.schematic"
@@ -37,7 +45,7 @@ const SourceRepository = "https://github.com/labfleet/labfleet"
 // InstallerInfo is the installer image's metadata.
 type InstallerInfo struct {
 	Name, Version, SchematicID string
-	// Epoch is SOURCE_DATE_EPOCH: every timestamp in the image and the
+	// Epoch is SOURCE_DATE_EPOCH: the config's created time and the
 	// org.opencontainers.image.created annotation.
 	Epoch int64
 	// Revision is the source revision (git commit) the image was built
@@ -48,47 +56,60 @@ type InstallerInfo struct {
 	Source string
 }
 
-// InstallerImage builds the installer image from a signed UKI and a record
-// (the record as of the UKI; it cannot contain the installer's own digest).
-// It is an OCI image (OCI manifest, config and gzip layer media types) with
-// the standard org.opencontainers.image.* annotations on its manifest, so
-// OCI tools (skopeo, umoci, image-spec validators) accept it.
-func InstallerImage(ukiPath string, recordJSON []byte, info InstallerInfo, work string) (v1.Image, error) {
-	layerPath := filepath.Join(work, "installer-layer.tar")
-	mtime := time.Unix(info.Epoch, 0).UTC()
+// ociLayer presents a gzip layer with the OCI media type: layers read back
+// from the imager's docker tarball report Docker's.
+type ociLayer struct{ v1.Layer }
 
-	if err := writeLayerTar(layerPath, mtime, ukiPath, recordJSON); err != nil {
-		return nil, err
-	}
+func (ociLayer) MediaType() (types.MediaType, error) { return types.OCILayer, nil }
 
-	layer, err := tarball.LayerFromFile(layerPath, tarball.WithMediaType(types.OCILayer))
+// InstallerImage turns the installer Talos's imager wrote (a docker tarball,
+// its installer output) into labfleet's installer image: the same layers and
+// runtime config, as an OCI image (OCI manifest, config and gzip layer media
+// types) with the standard org.opencontainers.image.* annotations, the
+// labfleet labels labos reads, and created = SOURCE_DATE_EPOCH instead of the
+// imager's wall clock, so OCI tools accept it and rebuilds match.
+func InstallerImage(imagerTarball string, info InstallerInfo) (v1.Image, error) {
+	src, err := tarball.ImageFromPath(imagerTarball, nil)
 	if err != nil {
-		return nil, fmt.Errorf("creating installer layer: %w", err)
+		return nil, fmt.Errorf("reading imager installer %s: %w", imagerTarball, err)
 	}
 
-	// empty.Image is a Docker schema 2 image; OCI layouts and OCI tools
-	// want OCI media types throughout.
+	srcCfg, err := src.ConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("reading imager installer config: %w", err)
+	}
+
+	layers, err := src.Layers()
+	if err != nil {
+		return nil, fmt.Errorf("reading imager installer layers: %w", err)
+	}
+
+	mtime := time.Unix(info.Epoch, 0).UTC()
+	cfg := srcCfg.Config.DeepCopy()
+
+	if cfg.Labels == nil {
+		cfg.Labels = map[string]string{}
+	}
+
+	cfg.Labels[LabelName] = info.Name
+	cfg.Labels[LabelVersion] = info.Version
+	cfg.Labels[LabelSchematic] = info.SchematicID
+
 	img := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
 
-	img, err = mutate.AppendLayers(img, layer)
-	if err != nil {
-		return nil, fmt.Errorf("assembling installer image: %w", err)
-	}
-
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, fmt.Errorf("reading installer config: %w", err)
-	}
-
-	cf = cf.DeepCopy()
-	cf.Architecture = "amd64"
-	cf.OS = "linux"
-	cf.Created = v1.Time{Time: mtime}
-	cf.Config.Labels = map[string]string{LabelName: info.Name, LabelVersion: info.Version, LabelSchematic: info.SchematicID}
-
-	img, err = mutate.ConfigFile(img, cf)
+	img, err = mutate.ConfigFile(img, &v1.ConfigFile{
+		Architecture: srcCfg.Architecture, OS: srcCfg.OS, Created: v1.Time{Time: mtime}, Config: *cfg,
+		RootFS: v1.RootFS{Type: "layers"},
+	})
 	if err != nil {
 		return nil, fmt.Errorf("setting installer config: %w", err)
+	}
+
+	for _, l := range layers {
+		img, err = mutate.Append(img, mutate.Addendum{Layer: ociLayer{l}, History: v1.History{Created: v1.Time{Time: mtime}}})
+		if err != nil {
+			return nil, fmt.Errorf("assembling installer image: %w", err)
+		}
 	}
 
 	ann := map[string]string{
@@ -160,68 +181,75 @@ func sourceRevision(ctx context.Context, root string) string {
 	return strings.TrimSpace(string(out))
 }
 
-func writeLayerTar(path string, mtime time.Time, ukiPath string, recordJSON []byte) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return fmt.Errorf("creating installer layer: %w", err)
-	}
-	defer f.Close() //nolint:errcheck
+// imagerProfile is the Talos imager profile of this build for output kind
+// (the UKI step's and the installer step's): the same kernel arguments,
+// embedded config, META values and signers, so both carry the same boot
+// configuration.
+func (b *builder) imagerProfile(kind profile.OutputKind, ukiSigner profile.SigningKeyAndCertificate, pcrSigner profile.SigningKey) profile.Profile {
+	secureBoot := true
+	dir := filepath.Join(b.base.Files[base.Kernel].Path, "..")
 
-	tw := tar.NewWriter(f)
-
-	if err := tw.WriteHeader(&tar.Header{Name: "labfleet/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mtime, Format: tar.FormatPAX}); err != nil {
-		return fmt.Errorf("writing installer layer: %w", err)
-	}
-
-	uki, err := os.Open(ukiPath)
-	if err != nil {
-		return fmt.Errorf("opening UKI: %w", err)
-	}
-	defer uki.Close() //nolint:errcheck
-
-	st, err := uki.Stat()
-	if err != nil {
-		return fmt.Errorf("opening UKI: %w", err)
-	}
-
-	if err := tw.WriteHeader(&tar.Header{Name: InstallerUKIPath, Typeflag: tar.TypeReg, Mode: 0o644, Size: st.Size(), ModTime: mtime, Format: tar.FormatPAX}); err != nil {
-		return fmt.Errorf("writing installer layer: %w", err)
-	}
-
-	if _, err := uki.WriteTo(tw); err != nil {
-		return fmt.Errorf("writing UKI into installer layer: %w", err)
-	}
-
-	if err := tw.WriteHeader(&tar.Header{Name: InstallerRecordPath, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(recordJSON)), ModTime: mtime, Format: tar.FormatPAX}); err != nil {
-		return fmt.Errorf("writing installer layer: %w", err)
+	prof := profile.Profile{
+		Arch:       base.Arch,
+		Platform:   "metal",
+		SecureBoot: &secureBoot,
+		Name:       b.def.Name,
+		Version:    b.profileVersion(),
+		Customization: profile.CustomizationProfile{
+			ExtraKernelArgs:              b.kernelArgs(),
+			EmbeddedMachineConfiguration: string(b.baked.MachineConfig),
+		},
+		Input: profile.Input{
+			Kernel:    profile.FileAsset{Path: filepath.Join(dir, base.Kernel)},
+			Initramfs: profile.FileAsset{Path: filepath.Join(dir, base.Initramfs)},
+			SDStub:    profile.FileAsset{Path: filepath.Join(dir, base.SDStub)},
+			SDBoot:    profile.FileAsset{Path: filepath.Join(dir, base.SDBoot)},
+			SecureBoot: &profile.SecureBootAssets{
+				SecureBootSigner: ukiSigner,
+				PCRSigner:        pcrSigner,
+			},
+		},
+		Output: profile.Output{Kind: kind, OutFormat: profile.OutFormatRaw},
 	}
 
-	if _, err := tw.Write(recordJSON); err != nil {
-		return fmt.Errorf("writing record into installer layer: %w", err)
+	for _, m := range b.def.Schematic.Customization.Meta {
+		prof.Customization.MetaContents = append(prof.Customization.MetaContents, meta.Value{Key: m.Key, Value: m.Value})
 	}
 
-	if err := tw.Close(); err != nil {
-		return fmt.Errorf("closing installer layer: %w", err)
-	}
-
-	return f.Close()
+	return prof
 }
 
 func (b *builder) writeInstaller(ctx context.Context) error {
-	// Step timings vary run to run; the copy inside the image leaves them out
-	// so the installer image is reproducible.
-	embedded := *b.rec
-	embedded.Steps = nil
+	ukiSigner, pcrSigner, stopSigners, err := b.imagerSigners()
+	if err != nil {
+		return err
+	}
+	defer stopSigners()
 
-	recJSON, err := embedded.Marshal()
+	prof := b.imagerProfile(profile.OutKindInstaller, ukiSigner, pcrSigner)
+
+	// Talos's imager pulls the installer-base itself; it gets the copy
+	// resolved (and digest-checked) here, as a local layout, so the image
+	// assembled is the one recorded.
+	prof.Input.BaseInstaller = profile.ContainerAsset{
+		ImageRef: "installer-base:" + b.def.TalosVersion, // names the tarball's tag only
+		OCIPath:  b.installerBase,
+	}
+
+	outDir := filepath.Join(b.work, "imager-installer")
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return fmt.Errorf("creating imager output dir: %w", err)
+	}
+
+	tarPath, err := b.runImager(ctx, prof, outDir)
 	if err != nil {
 		return err
 	}
 
-	img, err := InstallerImage(b.uki, recJSON, InstallerInfo{
+	img, err := InstallerImage(tarPath, InstallerInfo{
 		Name: b.def.Name, Version: b.def.Version, SchematicID: b.rec.SchematicID, Epoch: b.epoch,
 		Revision: sourceRevision(ctx, b.opts.Root), Source: SourceRepository,
-	}, b.work)
+	})
 	if err != nil {
 		return err
 	}

@@ -3,45 +3,56 @@ package build_test
 import (
 	"archive/tar"
 	"bytes"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/opencontainers/image-spec/schema"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/stretchr/testify/require"
 
 	"github.com/labfleet/labfleet/images/build"
+	"github.com/labfleet/labfleet/images/keys"
 	"github.com/labfleet/labfleet/images/record"
 	"github.com/labfleet/labfleet/images/spec"
+	"github.com/labfleet/labfleet/lab/labos/upgrade"
 )
 
-const installerTag = "1.2.3"
+const installerTag = "1.0.0" // the fixture's version
 
-// installerLayout writes an installer image for a stand-in UKI into an OCI layout.
-func installerLayout(t *testing.T) (dir string, ukiData []byte) {
+// installerLayout builds the fixture's installer (Talos's imager installer
+// output from the test installer-base) in a git checkout, so every standard
+// annotation is set, and returns the layout, the fixture and the checkout's
+// revision.
+func installerLayout(t *testing.T) (dir string, f *fixture, revision string) {
 	t.Helper()
 
-	work := t.TempDir()
-	ukiData = []byte("MZ not a real UKI")
-	uki := filepath.Join(work, "uki.efi")
-	require.NoError(t, os.WriteFile(uki, ukiData, 0o644))
+	f = newFixture(t)
+	f.def.Outputs = []string{spec.OutputUKI, spec.OutputInstaller}
 
-	img, err := build.InstallerImage(uki, []byte(`{"name":"edge"}`+"\n"), build.InstallerInfo{
-		Name: "edge", Version: installerTag, SchematicID: "abc", Epoch: 1700000000,
-		Revision: "0123456789abcdef0123456789abcdef01234567", Source: "https://github.com/labfleet/labfleet",
-	}, work)
+	for _, args := range [][]string{{"init", "-q"}, {"-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "--allow-empty", "-m", "x"}} {
+		out, err := exec.Command("git", append([]string{"-C", f.root}, args...)...).CombinedOutput()
+		require.NoError(t, err, "git %v: %s", args, out)
+	}
+
+	rev, err := exec.Command("git", "-C", f.root, "rev-parse", "HEAD").Output()
 	require.NoError(t, err)
 
-	dir = filepath.Join(work, "oci")
-	require.NoError(t, build.WriteInstallerLayout(dir, img, installerTag))
+	res, err := f.build(t, filepath.Join(f.root, "_out"), true)
+	require.NoError(t, err)
 
-	return dir, ukiData
+	return filepath.Join(res.Dir, "installer"), f, strings.TrimSpace(string(rev))
 }
 
 func readJSON(t *testing.T, path string, v any) []byte {
@@ -61,7 +72,7 @@ func blobPath(dir string, d ocispec.Descriptor) string {
 // The layout, index, manifest and config are validated against the OCI image
 // spec's own JSON schemas, and the media types and annotations are OCI's.
 func TestInstallerImageIsOCI(t *testing.T) {
-	dir, ukiData := installerLayout(t)
+	dir, f, revision := installerLayout(t)
 
 	hdr, err := os.ReadFile(filepath.Join(dir, "oci-layout"))
 	require.NoError(t, err)
@@ -79,11 +90,22 @@ func TestInstallerImageIsOCI(t *testing.T) {
 	require.NoError(t, schema.ValidatorMediaTypeManifest.Validate(bytes.NewReader(raw)))
 	require.Equal(t, ocispec.MediaTypeImageManifest, m.MediaType)
 	require.Equal(t, ocispec.MediaTypeImageConfig, m.Config.MediaType)
-	require.Len(t, m.Layers, 1)
-	require.Equal(t, ocispec.MediaTypeImageLayerGzip, m.Layers[0].MediaType)
+	// Talos's imager: the installer-base's layer, then the artifacts layer.
+	require.Len(t, m.Layers, 2)
+
+	for _, l := range m.Layers {
+		require.Equal(t, ocispec.MediaTypeImageLayerGzip, l.MediaType)
+	}
+
+	baseLayers, err := f.installerBase.Layers()
+	require.NoError(t, err)
+	baseLayer, err := baseLayers[0].Digest()
+	require.NoError(t, err)
+	require.Equal(t, baseLayer.String(), m.Layers[0].Digest.String(), "the installer-base layer is carried unchanged")
+
 	require.Equal(t, map[string]string{
 		ocispec.AnnotationVersion:  installerTag,
-		ocispec.AnnotationRevision: "0123456789abcdef0123456789abcdef01234567",
+		ocispec.AnnotationRevision: revision,
 		ocispec.AnnotationSource:   "https://github.com/labfleet/labfleet",
 		ocispec.AnnotationCreated:  "2023-11-14T22:13:20Z", // SOURCE_DATE_EPOCH 1700000000
 		ocispec.AnnotationTitle:    "edge",
@@ -93,50 +115,75 @@ func TestInstallerImageIsOCI(t *testing.T) {
 	raw = readJSON(t, blobPath(dir, m.Config), &cfg)
 	require.NoError(t, schema.ValidatorMediaTypeImageConfig.Validate(bytes.NewReader(raw)))
 	require.Equal(t, "amd64", cfg.Architecture)
+	require.Equal(t, "2023-11-14T22:13:20Z", cfg.Created.UTC().Format(time.RFC3339))
 	require.Equal(t, installerTag, cfg.Config.Labels[build.LabelVersion])
+	// the installer-base's runtime config is kept: Talos runs /bin/installer
+	require.Equal(t, []string{"/bin/installer"}, cfg.Config.Entrypoint)
+	require.Equal(t, "v1.14.1", cfg.Config.Labels["alpha.talos.dev/version"])
 
-	// What labos reads (lab/labos/upgrade): labfleet/uki.efi in the layer.
 	p, err := layout.FromPath(dir)
 	require.NoError(t, err)
 	ii, err := p.ImageIndex()
 	require.NoError(t, err)
-	im, err := ii.IndexManifest()
+	h, err := v1.NewHash(idx.Manifests[0].Digest.String())
 	require.NoError(t, err)
-	got, err := ii.Image(im.Manifests[0].Digest)
-	require.NoError(t, err)
-	layers, err := got.Layers()
-	require.NoError(t, err)
-	rc, err := layers[0].Uncompressed()
+	img, err := ii.Image(h)
 	require.NoError(t, err)
 
+	files := flatten(t, img)
+	require.Equal(t, installerBaseBinary, files["usr/bin/installer"])
+
+	// The artifacts Talos's installer writes to the ESP, signed with the
+	// keys folder's db key.
+	certPEM, err := os.ReadFile(filepath.Join(f.keys, keys.UKISigningCertFile))
+	require.NoError(t, err)
+	blk, _ := pem.Decode(certPEM)
+	require.NotNil(t, blk)
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	require.NoError(t, err)
+
+	for _, path := range []string{build.InstallerUKIPath, build.InstallerSDBootPath} {
+		require.Contains(t, files, path)
+		require.NoError(t, upgrade.Trust{DB: []*x509.Certificate{cert}}.Verify(files[path]), "%s signed by db", path)
+	}
+
+	// What labos reads for an upgrade (lab/labos/upgrade): the same UKI.
+	up, err := upgrade.FromImage(img)
+	require.NoError(t, err)
+	require.Equal(t, files[build.InstallerUKIPath], up.UKI)
+	require.Equal(t, "edge", up.Name)
+	require.Equal(t, installerTag, up.Version)
+}
+
+// flatten reads an image's filesystem (later layers win) into memory.
+func flatten(t *testing.T, img v1.Image) map[string][]byte {
+	t.Helper()
+
+	rc := mutate.Extract(img)
 	defer rc.Close() //nolint:errcheck
 
+	files := map[string][]byte{}
 	tr := tar.NewReader(rc)
-	found := false
 
 	for {
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
-			break
+			return files
 		}
 
 		require.NoError(t, err)
 
-		if h.Name == build.InstallerUKIPath {
+		if h.Typeflag == tar.TypeReg {
 			data, err := io.ReadAll(tr)
 			require.NoError(t, err)
-			require.Equal(t, ukiData, data)
-
-			found = true
+			files[strings.TrimPrefix(h.Name, "/")] = data
 		}
 	}
-
-	require.True(t, found, "%s in the layer", build.InstallerUKIPath)
 }
 
 // Real OCI clients resolve the tag and read the image.
 func TestInstallerLayoutAcceptedByOCITools(t *testing.T) {
-	dir, _ := installerLayout(t)
+	dir, _, _ := installerLayout(t)
 
 	for _, tc := range []struct {
 		tool string

@@ -177,6 +177,15 @@ func TestRegistryWithAuthAndTLS(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, remote.Write(tag, img, remote.WithAuthFromKeychain(authn.DefaultKeychain), remote.WithTransport(reg.transport)))
 
+	ib := talosInstallerBaseImage(t)
+	ibDigest, err := ib.Digest()
+	require.NoError(t, err)
+
+	ibRef := reg.host + "/siderolabs/installer-base:v1.14.1"
+	ibTag, err := name.NewTag(ibRef)
+	require.NoError(t, err)
+	require.NoError(t, remote.Write(ibTag, ib, remote.WithAuthFromKeychain(authn.DefaultKeychain), remote.WithTransport(reg.transport)))
+
 	root := t.TempDir()
 	_, err = keys.Generate(filepath.Join(root, "keys"), keys.GenerateOptions{})
 	require.NoError(t, err)
@@ -192,6 +201,9 @@ keys: keys
 outputs: [uki, installer]
 installer:
   repository: `+reg.host+`/labfleet/edge-installer
+  base:
+    image: `+ibRef+`
+    digest: `+ibDigest.String()+`
 `))
 	require.NoError(t, err)
 

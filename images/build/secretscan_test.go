@@ -101,6 +101,7 @@ func labDefinition(t *testing.T, f *fixture) *spec.Definition {
 	def.Base.Digest = f.digest.String()
 	def.Base.Insecure = true
 	def.Keys = "keys"
+	def.Installer.Base = f.def.Installer.Base
 
 	return def
 }

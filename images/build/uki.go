@@ -11,10 +11,7 @@ import (
 
 	"github.com/siderolabs/talos/pkg/imager"
 	"github.com/siderolabs/talos/pkg/imager/profile"
-	"github.com/siderolabs/talos/pkg/machinery/meta"
 	"github.com/siderolabs/talos/pkg/reporter"
-
-	"github.com/labfleet/labfleet/images/base"
 )
 
 // imagerMu serialises imager runs: the imager reads SOURCE_DATE_EPOCH from the
@@ -50,35 +47,7 @@ func (b *builder) buildUKI(ctx context.Context) error {
 	}
 	defer stopSigners()
 
-	secureBoot := true
-	dir := filepath.Join(b.base.Files[base.Kernel].Path, "..")
-
-	prof := profile.Profile{
-		Arch:       base.Arch,
-		Platform:   "metal",
-		SecureBoot: &secureBoot,
-		Name:       b.def.Name,
-		Version:    b.profileVersion(),
-		Customization: profile.CustomizationProfile{
-			ExtraKernelArgs:              b.kernelArgs(),
-			EmbeddedMachineConfiguration: string(b.baked.MachineConfig),
-		},
-		Input: profile.Input{
-			Kernel:    profile.FileAsset{Path: filepath.Join(dir, base.Kernel)},
-			Initramfs: profile.FileAsset{Path: filepath.Join(dir, base.Initramfs)},
-			SDStub:    profile.FileAsset{Path: filepath.Join(dir, base.SDStub)},
-			SDBoot:    profile.FileAsset{Path: filepath.Join(dir, base.SDBoot)},
-			SecureBoot: &profile.SecureBootAssets{
-				SecureBootSigner: ukiSigner,
-				PCRSigner:        pcrSigner,
-			},
-		},
-		Output: profile.Output{Kind: profile.OutKindUKI, OutFormat: profile.OutFormatRaw},
-	}
-
-	for _, m := range b.def.Schematic.Customization.Meta {
-		prof.Customization.MetaContents = append(prof.Customization.MetaContents, meta.Value{Key: m.Key, Value: m.Value})
-	}
+	prof := b.imagerProfile(profile.OutKindUKI, ukiSigner, pcrSigner)
 
 	outDir := filepath.Join(b.work, "imager-out")
 	if err := os.MkdirAll(outDir, 0o755); err != nil {

@@ -98,7 +98,18 @@ type Installer struct {
 	// Repository to push to, e.g. registry.example.com/labfleet/installer;
 	// empty writes only an OCI layout under _out/<name>/installer/.
 	Repository string `yaml:"repository,omitempty" json:"repository,omitempty"`
+	// Base is the installer-base image the installer is assembled from by
+	// Talos's imager (its installer output): in production
+	// ghcr.io/siderolabs/installer-base:<talosVersion>, in the lab the
+	// stand-in layout `make labbase` writes (_out/labbase/installer-base).
+	// Same fields as base: one of image or layout, optional digest pin;
+	// unset means ghcr.io/siderolabs/installer-base:<talosVersion>.
+	Base Base `yaml:"base,omitempty" json:"base"`
 }
+
+// DefaultInstallerBase is Talos's installer-base repository
+// (Talos pkg/images DefaultInstallerBaseImageRepository).
+const DefaultInstallerBase = "ghcr.io/siderolabs/installer-base"
 
 // Output kinds.
 const (
@@ -178,6 +189,12 @@ func (d *Definition) Defaults() {
 
 	if d.Keys == "" {
 		d.Keys = "_out/keys"
+	}
+
+	// Talos's imager defaults its base installer the same way
+	// (profile.Input.FillDefaults).
+	if d.Installer.Base.Image == "" && d.Installer.Base.Layout == "" {
+		d.Installer.Base.Image = DefaultInstallerBase + ":" + d.TalosVersion
 	}
 
 	if d.Cluster.Name == "" {
@@ -287,6 +304,14 @@ func (d *Definition) Validate(file string) error {
 
 	if (seen[OutputDisk] || seen[OutputInstaller]) && !seen[OutputUKI] {
 		bad("outputs", "disk and installer outputs carry the UKI: add %q", OutputUKI)
+	}
+
+	if ib := d.Installer.Base; ib.Image != "" && ib.Layout != "" {
+		bad("installer.base", "installer.base.image and installer.base.layout are exclusive: set only one")
+	}
+
+	if d.Installer.Base.Digest != "" && !digestRE.MatchString(d.Installer.Base.Digest) {
+		bad("installer.base.digest", "%q is not a digest: use sha256:<64 hex digits>", d.Installer.Base.Digest)
 	}
 
 	for i, a := range d.Addons {

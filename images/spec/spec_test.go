@@ -51,6 +51,8 @@ func TestValidationNamesFileAndField(t *testing.T) {
 		{"system extensions", "name: lab\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l}\nschematic: {customization: {systemExtensions: {officialExtensions: [siderolabs/iscsi-tools]}}}\n", "systemExtensions: not supported"},
 		{"embedded machine configuration", "name: lab\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l}\nschematic: {customization: {embeddedMachineConfiguration: \"apiVersion: v1alpha1\\nkind: ImageCacheConfig\\n\"}}\n", "bad.yaml: schematic.customization.embeddedMachineConfiguration: not supported"},
 		{"talos version", "name: lab\nversion: 1.0.0\ntalosVersion: 1.14\nbase: {layout: l}\n", "talosVersion"},
+		{"both installer bases", "name: lab\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l}\ninstaller: {base: {layout: l, image: i}}\n", "bad.yaml: installer.base: installer.base.image and installer.base.layout are exclusive"},
+		{"bad installer base digest", "name: lab\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l}\ninstaller: {base: {layout: l, digest: abc}}\n", "bad.yaml: installer.base.digest"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := spec.Parse("bad.yaml", []byte(tc.yaml))
@@ -58,6 +60,19 @@ func TestValidationNamesFileAndField(t *testing.T) {
 			require.Contains(t, err.Error(), tc.want)
 		})
 	}
+}
+
+// An unset installer.base is Talos's installer-base of the definition's
+// Talos version, as Talos's imager defaults it.
+func TestInstallerBaseDefault(t *testing.T) {
+	d, err := spec.Parse("x.yaml", []byte("name: lab\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l}\n"))
+	require.NoError(t, err)
+	require.Equal(t, "ghcr.io/siderolabs/installer-base:v1.14.1", d.Installer.Base.Image)
+
+	d, err = spec.Parse("x.yaml", []byte("name: lab\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l}\ninstaller: {base: {layout: ib}}\n"))
+	require.NoError(t, err)
+	require.Empty(t, d.Installer.Base.Image)
+	require.Equal(t, "ib", d.Installer.Base.Layout)
 }
 
 func TestLoadMissingFile(t *testing.T) {

@@ -54,8 +54,10 @@ type Options struct {
 	// RepoDir is the module root go build runs in. Default: the directory
 	// holding go.mod above the working directory.
 	RepoDir string
-	// OutDir receives the OCI layout (OutDir/oci) and the initramfs
-	// (OutDir/initramfs.xz). Its oci/ subdirectory is replaced.
+	// OutDir receives the OCI layout (OutDir/oci), the stand-in
+	// installer-base layout (OutDir/installer-base) and the initramfs
+	// (OutDir/initramfs.xz). Its oci/ and installer-base/ subdirectories
+	// are replaced.
 	// Default: <RepoDir>/_out/labbase.
 	OutDir string
 	// Version is the lab base version: the image annotation
@@ -78,6 +80,9 @@ type Options struct {
 type Result struct {
 	// LayoutDir is the OCI image layout directory (one image in its index).
 	LayoutDir string
+	// InstallerBaseDir is the OCI layout of the stand-in installer-base
+	// (OutDir/installer-base), in Talos's installer-base layout.
+	InstallerBaseDir string
 	// Digest is the image manifest digest ("sha256:...").
 	Digest string
 	// KernelVersion is the kernel release (uname -r) of the lab assets.

@@ -1,6 +1,7 @@
 package labbase
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"os"
@@ -8,7 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/klauspost/compress/zstd"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -110,6 +113,55 @@ func TestBuildTrivialIsReproducible(t *testing.T) {
 	require.Len(t, m.Manifests, 1)
 	assert.Equal(t, "0.0.1-test", m.Manifests[0].Annotations[AnnotationVersion])
 	assert.Equal(t, results[0].Digest, m.Manifests[0].Digest.String())
+
+	// The stand-in installer-base: one linux/amd64 image in Talos's
+	// installer-base layout, the same bytes every build.
+	ib := func(r *Result) v1.Image {
+		p, err := layout.FromPath(r.InstallerBaseDir)
+		require.NoError(t, err)
+		idx, err := p.ImageIndex()
+		require.NoError(t, err)
+		m, err := idx.IndexManifest()
+		require.NoError(t, err)
+		require.Len(t, m.Manifests, 1)
+		require.NotNil(t, m.Manifests[0].Platform, "Talos's imager takes an OCI path's image by its platform")
+		assert.Equal(t, "amd64", m.Manifests[0].Platform.Architecture)
+		img, err := idx.Image(m.Manifests[0].Digest)
+		require.NoError(t, err)
+
+		return img
+	}
+	img0, img1 := ib(results[0]), ib(results[1])
+	d0, err := img0.Digest()
+	require.NoError(t, err)
+	d1, err := img1.Digest()
+	require.NoError(t, err)
+	assert.Equal(t, d0, d1)
+
+	cf, err := img0.ConfigFile()
+	require.NoError(t, err)
+	assert.Equal(t, []string{"/bin/installer"}, cf.Config.Entrypoint)
+	assert.Equal(t, InstallerBaseTalosVersion, cf.Config.Labels["alpha.talos.dev/version"])
+
+	rc := mutate.Extract(img0)
+	defer rc.Close() //nolint:errcheck
+
+	tr := tar.NewReader(rc)
+	found := false
+
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			break
+		}
+
+		if h.Name == "usr/bin/installer" {
+			found = true
+			assert.Equal(t, int64(0o755), h.Mode)
+		}
+	}
+
+	assert.True(t, found, "usr/bin/installer in the installer-base")
 }
 
 func TestBuildLabBaseContents(t *testing.T) {

@@ -173,8 +173,79 @@ func (b *builder) writeLayout(context.Context) error {
 	b.res.Digest = d.String()
 	b.log.Info("layout written", "dir", dir, "digest", b.res.Digest)
 
+	return b.writeInstallerBase()
+}
+
+// InstallerBaseStandIn is /usr/bin/installer of the lab installer-base. The
+// lab installs upgrades with labos, which only reads the UKI from the
+// installer image; the binary exists so the image has Talos's
+// installer-base layout, and says what it is if anyone runs it.
+const InstallerBaseStandIn = "#!/bin/sh\necho \"labfleet lab installer-base: a stand-in without the Talos installer (README: Stand-ins)\" >&2\nexit 1\n"
+
+// writeInstallerBase writes OutDir/installer-base: an OCI layout with one
+// linux/amd64 image in the layout of Talos's installer-base (its
+// Dockerfile's installer-base target: one squashed layer with
+// /usr/bin/installer, entrypoint /bin/installer, label
+// alpha.talos.dev/version), from which imagectl assembles lab installers
+// with Talos's imager as it does from ghcr.io/siderolabs/installer-base.
+func (b *builder) writeInstallerBase() error {
+	tarData, err := layerTar([]layerFile{{name: "usr/bin/installer", data: []byte(InstallerBaseStandIn), mode: 0o755}})
+	if err != nil {
+		return fmt.Errorf("writing installer-base layer: %w", err)
+	}
+
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(tarData)), nil
+	}, tarball.WithMediaType(types.OCILayer))
+	if err != nil {
+		return fmt.Errorf("creating installer-base layer: %w", err)
+	}
+
+	img := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
+
+	img, err = mutate.Append(img, mutate.Addendum{Layer: layer, History: v1.History{Created: v1.Time{Time: epoch}, CreatedBy: "labfleet labbase " + b.opts.Version}})
+	if err != nil {
+		return fmt.Errorf("appending installer-base layer: %w", err)
+	}
+
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return err
+	}
+
+	cfg = cfg.DeepCopy()
+	cfg.Architecture, cfg.OS = "amd64", "linux"
+	cfg.Created = v1.Time{Time: epoch}
+	cfg.Config.Entrypoint = []string{"/bin/installer"}
+	cfg.Config.Env = []string{"VERSION=" + InstallerBaseTalosVersion}
+	cfg.Config.Labels = map[string]string{"alpha.talos.dev/version": InstallerBaseTalosVersion, AnnotationVersion: b.opts.Version}
+
+	if img, err = mutate.ConfigFile(img, cfg); err != nil {
+		return fmt.Errorf("setting installer-base config: %w", err)
+	}
+
+	dir := filepath.Join(b.opts.OutDir, "installer-base")
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		return fmt.Errorf("writing installer-base layout: %w", err)
+	}
+
+	if err := p.AppendImage(img, layout.WithPlatform(v1.Platform{OS: "linux", Architecture: "amd64"})); err != nil {
+		return fmt.Errorf("writing installer-base layout: %w", err)
+	}
+
+	b.res.InstallerBaseDir = dir
+
 	return nil
 }
+
+// InstallerBaseTalosVersion is the Talos version the lab installer-base
+// stands in for (its alpha.talos.dev/version label).
+const InstallerBaseTalosVersion = "v1.14.1"
 
 func (b *builder) kind() string {
 	if b.opts.TrivialInit {

@@ -34,9 +34,11 @@ machine configuration, assembles and signs the UKI with Talos's imager, and
 writes the requested outputs to _out/<name>/:
 
   <name>.efi     the signed UKI (.pcrsig/.pcrpkey for TPM unlock)
-  disk.raw       GPT disk: ESP with signed systemd-boot, auto-enroll keys and
-                 the UKI with a boot counter; IMAGECACHE; room for STATE
-  installer/     the installer image as an OCI layout (pushed too when
+  disk.raw       GPT disk in Talos's layout: EFI (signed systemd-boot,
+                 auto-enroll keys, the UKI with a boot counter), META,
+                 IMAGECACHE (Talos's image cache, ext4), room for STATE
+  installer/     Talos's installer image (Talos's imager, from
+                 installer.base) as an OCI layout (pushed too when
                  installer.repository is set)
   build.json     the build record: inputs and outputs with digests, timings
 

@@ -1,11 +1,10 @@
 // Package addons reports the platform add-ons baked into the image: the
 // machine config's inline manifests (what Talos applies at bootstrap) and,
-// when the IMAGECACHE partition holds an OCI layout, the cached images by
-// digest.
+// from the IMAGECACHE partition in Talos's image cache format, the cached
+// images by digest.
 package addons
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -99,40 +98,6 @@ func collectImages(n *yaml.Node, into map[string]bool) {
 	for _, c := range n.Content {
 		collectImages(c, into)
 	}
-}
-
-// Index is the part of an OCI image layout index labos reads.
-type Index struct {
-	Manifests []struct {
-		Digest      string            `json:"digest"`
-		Annotations map[string]string `json:"annotations"`
-	} `json:"manifests"`
-}
-
-// RefAnnotations name an image in a layout index (OCI's, then containerd's).
-var RefAnnotations = []string{"io.containerd.image.name", "org.opencontainers.image.ref.name"}
-
-// CachedDigests maps image references found in an OCI layout index.json to
-// their manifest digests.
-func CachedDigests(indexJSON []byte) (map[string]string, error) {
-	var idx Index
-	if err := json.Unmarshal(indexJSON, &idx); err != nil {
-		return nil, fmt.Errorf("parsing image cache index: %w", err)
-	}
-
-	out := map[string]string{}
-
-	for _, m := range idx.Manifests {
-		for _, a := range RefAnnotations {
-			if ref := m.Annotations[a]; ref != "" {
-				out[ref] = m.Digest
-
-				break
-			}
-		}
-	}
-
-	return out, nil
 }
 
 // PinImages rewrites add-on image references to name@digest where the

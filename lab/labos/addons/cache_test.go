@@ -1,53 +1,91 @@
 package addons_test
 
 import (
-	"os"
-	"os/exec"
-	"path/filepath"
+	"crypto/sha256"
+	"encoding/hex"
 	"testing"
+	"testing/fstest"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/stretchr/testify/require"
 
 	"github.com/labfleet/labfleet/lab/labos/addons"
+	"github.com/labfleet/labfleet/lab/nodeapi"
 )
 
-// TestReadCacheIndex reads index.json from a real FAT filesystem image, as
-// the builder writes the IMAGECACHE partition.
-func TestReadCacheIndex(t *testing.T) {
-	for _, tool := range []string{"mkfs.vfat", "mcopy"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s is required (dosfstools, mtools)", tool)
-			}
+// talosTree is an image cache in Talos's format (pkg/imager/cache, flat):
+// the manifest under reference/<tag> and digest/sha256-<hex>, config and
+// layer in blob/.
+func talosTree(name, tag string, manifest []byte, blobs ...string) (fstest.MapFS, string) {
+	sum := sha256.Sum256(manifest)
+	hexSum := hex.EncodeToString(sum[:])
 
-			t.Skipf("%s not installed", tool)
-		}
+	fsys := fstest.MapFS{
+		"manifests/" + name + "/reference/" + tag:        {Data: manifest},
+		"manifests/" + name + "/digest/sha256-" + hexSum: {Data: manifest},
 	}
 
-	dir := t.TempDir()
-	img := filepath.Join(dir, "cache.img")
-	index := filepath.Join(dir, "index.json")
-	want := `{"schemaVersion":2,"manifests":[{"digest":"sha256:1111","annotations":{"io.containerd.image.name":"quay.io/cilium/cilium:v1.18.0"}}]}`
+	for _, b := range blobs {
+		fsys["blob/sha256-"+b] = &fstest.MapFile{Data: []byte("x")}
+	}
 
-	require.NoError(t, os.WriteFile(index, []byte(want), 0o644))
+	return fsys, "sha256:" + hexSum
+}
 
-	out, err := exec.Command("mkfs.vfat", "-F", "32", "-n", "IMAGECACHE", "-C", img, "40960").CombinedOutput()
-	require.NoError(t, err, string(out))
+// CachedDigests resolves a tag as Talos's registry does, and leaves out
+// images whose digest file disagrees or whose blobs are missing.
+func TestCachedDigests(t *testing.T) {
+	cfg, layer := "aa"+hex.EncodeToString(make([]byte, 31)), "bb"+hex.EncodeToString(make([]byte, 31))
+	manifest := []byte(`{"schemaVersion":2,"config":{"digest":"sha256:` + cfg + `"},"layers":[{"digest":"sha256:` + layer + `"}]}`)
 
-	_, err = addons.ReadCacheIndex(img)
-	require.ErrorContains(t, err, "no index.json")
+	t.Run("complete", func(t *testing.T) {
+		fsys, digest := talosTree("quay.io/cilium/cilium", "v1.18.0", manifest, cfg, layer)
+		other := "quay.io/cilium/operator@sha256:" + hex.EncodeToString(make([]byte, 32))
+		refs := []string{
+			"quay.io/cilium/cilium:v1.18.0", "quay.io/cilium/cilium:v9", other,
+			"quay.io/cilium/cilium@" + digest, "quay.io/cilium/cilium:v1.18.0@" + digest,
+		}
+		got := addons.CachedDigests(fsys, refs)
+		require.Equal(t, map[string]string{
+			"quay.io/cilium/cilium:v1.18.0":           digest,
+			"quay.io/cilium/cilium@" + digest:         digest,
+			"quay.io/cilium/cilium:v1.18.0@" + digest: digest,
+		}, got)
+		require.Equal(t, []string{"quay.io/cilium/cilium:v9", other}, addons.Uncached(refs, got))
+	})
 
-	out, err = exec.Command("mcopy", "-i", img, index, "::/index.json").CombinedOutput()
-	require.NoError(t, err, string(out))
+	t.Run("docker hub names live under docker.io", func(t *testing.T) {
+		fsys, digest := talosTree("docker.io/library/busybox", "1.37", manifest, cfg, layer)
+		got := addons.CachedDigests(fsys, []string{"busybox:1.37"})
+		require.Equal(t, map[string]string{"busybox:1.37": digest}, got)
+	})
 
-	got, err := addons.ReadCacheIndex(img)
-	require.NoError(t, err)
-	require.Equal(t, want, string(got))
+	t.Run("missing layer", func(t *testing.T) {
+		fsys, _ := talosTree("quay.io/cilium/cilium", "v1.18.0", manifest, cfg)
+		require.Empty(t, addons.CachedDigests(fsys, []string{"quay.io/cilium/cilium:v1.18.0"}))
+	})
 
-	cached, err := addons.CachedDigests(got)
-	require.NoError(t, err)
-	require.Equal(t, "sha256:1111", cached["quay.io/cilium/cilium:v1.18.0"])
+	t.Run("digest file disagrees", func(t *testing.T) {
+		fsys, digest := talosTree("quay.io/cilium/cilium", "v1.18.0", manifest, cfg, layer)
+		fsys["manifests/quay.io/cilium/cilium/digest/sha256-"+digest[len("sha256:"):]] = &fstest.MapFile{Data: []byte("{}")}
+		require.Empty(t, addons.CachedDigests(fsys, []string{"quay.io/cilium/cilium:v1.18.0"}))
+	})
+}
 
-	_, err = addons.ReadCacheIndex(filepath.Join(dir, "missing"))
-	require.Error(t, err)
+func TestImages(t *testing.T) {
+	require.Equal(t, []string{"a:1", "b:2", "c:3"}, addons.Images([]nodeapi.Addon{{Images: []string{"a:1", "b:2"}}, {Images: []string{"c:3"}}}))
+}
+
+// CacheName matches Talos's registry's directory names.
+func TestCacheName(t *testing.T) {
+	for ref, want := range map[string]string{
+		"quay.io/cilium/cilium:v1.18.0": "quay.io/cilium/cilium",
+		"nginx:1":                       "docker.io/library/nginx",
+		"docker.io/bitnami/x:1":         "docker.io/bitnami/x",
+		"localhost:5000/x/y:1":          "localhost_5000_/x/y",
+	} {
+		r, err := name.ParseReference(ref)
+		require.NoError(t, err)
+		require.Equal(t, want, addons.CacheName(r), ref)
+	}
 }

@@ -546,32 +546,41 @@ func (n *Node) entryName() string {
 	return "labos"
 }
 
-func (n *Node) addons() ([]nodeapi.Addon, error) {
+// addons reports the baked add-ons and, when the image has an IMAGECACHE
+// partition, the add-on images its Talos image cache lacks.
+func (n *Node) addons() ([]nodeapi.Addon, []string, error) {
 	m := n.machine
 	if m == nil {
 		m = n.embedded
 	}
 
 	if m == nil {
-		return nil, errors.New("no machine config")
+		return nil, nil, errors.New("no machine config")
 	}
 
 	as, err := addons.FromManifests(m.InlineManifests)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 
+	var uncached []string
+
 	if p, err := sysinit.FindPartition(n.parts, PartCache, n.disk); err == nil {
-		if idx, err := addons.ReadCacheIndex(p.Device); err == nil {
-			if cached, err := addons.CachedDigests(idx); err == nil {
-				addons.PinImages(as, cached)
-			}
+		refs := addons.Images(as)
+		cached := map[string]string{}
+
+		// an image cache that cannot be read holds none of the images
+		if err := addons.MountCache(p.Device); err == nil {
+			cached = addons.CachedDigests(os.DirFS(addons.CacheMountPoint), refs)
 		} else {
 			n.Log.Info("image cache not readable", "err", err)
 		}
+
+		uncached = addons.Uncached(refs, cached)
+		addons.PinImages(as, cached)
 	}
 
-	return as, nil
+	return as, uncached, nil
 }
 
 func (n *Node) checks(apiCheck nodeapi.Check) []nodeapi.Check {
@@ -597,11 +606,18 @@ func (n *Node) checks(apiCheck nodeapi.Check) []nodeapi.Check {
 
 	ebpfCheck := health.RunProbes(nodeapi.ServiceEBPF, health.CiliumProbes())
 
-	as, err := n.addons()
+	as, uncached, err := n.addons()
 	addonCheck := health.Addons(as, nil)
 
 	if err != nil {
 		addonCheck.Message = err.Error()
+	}
+
+	// Talos would pull what its image cache lacks; a baked image must not
+	// need to.
+	if len(uncached) > 0 {
+		addonCheck.Healthy = false
+		addonCheck.Message = "not in the image cache: " + strings.Join(uncached, ", ")
 	}
 
 	n.update(func(s *nodeapi.Status) { s.Addons = as })

@@ -1,5 +1,7 @@
-// Package upgrade installs a new UKI from an installer image: pull it from
-// a registry, find labfleet/uki.efi, verify its Authenticode signature
+// Package upgrade installs a new UKI from an installer image in Talos's
+// installer layout: pull it from a registry, find the signed UKI at
+// usr/install/amd64/vmlinuz.efi (where Talos's imager puts it and Talos's
+// installer takes it from), verify its Authenticode signature
 // against db and dbx (as firmware will) BEFORE anything touches the ESP,
 // then write it as a boot-counted entry so systemd-boot tries it next and
 // falls back if it never gets blessed.
@@ -25,9 +27,10 @@ import (
 	"github.com/labfleet/labfleet/lab/labos/efivars"
 )
 
-// Installer image layout (docs/contracts.md "Installer image").
+// Installer image layout (docs/contracts.md "Installer image"): Talos's
+// machinery constants.UKIAssetPath for amd64, and labfleet's labels.
 const (
-	UKIPath      = "labfleet/uki.efi"
+	UKIPath      = "usr/install/amd64/vmlinuz.efi"
 	LabelName    = "org.labfleet.name"
 	LabelVersion = "org.labfleet.version"
 )
