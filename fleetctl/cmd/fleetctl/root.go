@@ -51,7 +51,7 @@ Exit codes: 0 ok, 1 error, 2 bad input, 3 halted by a failure budget,
 
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return bad(err) })
 
-	root.AddCommand(newSiteCmd(), newInventoryCmd(), newRolloutCmd(), newSimCmd())
+	root.AddCommand(newSiteCmd(), newInventoryCmd(), newRolloutCmd(), newSimCmd(), newOverviewCmd())
 
 	return root
 }
