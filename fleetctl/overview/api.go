@@ -18,6 +18,7 @@ func (s *Server) routes() {
 
 	m.HandleFunc("POST /api/v1/login", s.login)
 	m.HandleFunc("POST /api/v1/logout", s.logout)
+	m.HandleFunc("GET /api/v1/session", s.session)
 	m.HandleFunc("GET /api/v1/me", s.read(s.me))
 	m.HandleFunc("GET /api/v1/fleet", s.read(s.fleet))
 	m.HandleFunc("GET /api/v1/clusters", s.read(s.clusters))
@@ -141,6 +142,24 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
 	s.auth.endSession(r)
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, Secure: s.opts.Secure, SameSite: http.SameSiteStrictMode})
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// Session is GET /api/v1/session: whether the caller is logged in, answered
+// without credentials (200 either way) so the page can show its login form
+// without a failed request in the browser console.
+type Session struct {
+	Authenticated bool `json:"authenticated"`
+	*Identity
+}
+
+func (s *Server) session(w http.ResponseWriter, r *http.Request) {
+	if id, ok := s.auth.identify(r); ok {
+		writeJSON(w, r, Session{Authenticated: true, Identity: &id})
+
+		return
+	}
+
+	writeJSON(w, r, Session{})
 }
 
 func (s *Server) me(w http.ResponseWriter, r *http.Request, id Identity) { writeJSON(w, r, id) }

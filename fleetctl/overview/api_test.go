@@ -415,3 +415,15 @@ func TestConfigValidation(t *testing.T) {
 	_, err = LoadConfig(p)
 	require.ErrorContains(t, err, "field extra not found")
 }
+
+// The session probe answers without credentials (the login page needs no failed request).
+func TestSessionProbe(t *testing.T) {
+	f := newFixture(t, smallFleet(false), nil)
+
+	resp, b := f.do(t, "GET", "/api/v1/session", "", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.JSONEq(t, `{"authenticated":false}`, string(b))
+
+	_, b = f.do(t, "GET", "/api/v1/session", opToken, nil)
+	require.JSONEq(t, `{"authenticated":true,"name":"alice","role":"operator","method":"token"}`, string(b))
+}

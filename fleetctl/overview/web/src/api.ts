@@ -64,7 +64,7 @@ async function call<T>(method: string, path: string, body?: unknown): Promise<T>
 }
 
 export const api = {
-  me: () => call<Identity>("GET", "/api/v1/me"),
+  session: () => call<{ authenticated: boolean } & Partial<Identity>>("GET", "/api/v1/session"),
   login: (token: string) => call<Identity>("POST", "/api/v1/login", { token }),
   logout: () => call<void>("POST", "/api/v1/logout"),
   fleet: (q: string) => call<Fleet>("GET", "/api/v1/fleet?" + q),

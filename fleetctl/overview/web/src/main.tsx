@@ -1,6 +1,6 @@
 import { render } from "preact";
 import { useEffect, useState } from "preact/hooks";
-import { api, ApiError, Identity } from "./api";
+import { api, Identity } from "./api";
 import { FleetPage } from "./fleet";
 import { NodePage } from "./node";
 import { RolloutPage } from "./rollout";
@@ -51,7 +51,7 @@ function App() {
   const [me, setMe] = useState<Identity | null | undefined>(undefined);
   const route = useRoute();
   useEffect(() => {
-    api.me().then(setMe, (e) => setMe(e instanceof ApiError && e.status === 401 ? null : undefined));
+    api.session().then((s) => setMe(s.authenticated ? (s as Identity) : null), () => setMe(null));
   }, []);
   if (me === undefined) return <p class="loading">Loading…</p>;
   if (me === null) return <Login onLogin={setMe} />;

@@ -137,7 +137,7 @@ export function RolloutPage({ id, me }: { id: string; me: Identity }) {
         </thead>
         <tbody>
           {s.waves.map((w, i) => (
-            <tr data-testid="wave" data-state={w.state}>
+            <tr data-testid="wave" data-state={w.state} data-index={w.index}>
               <td>{w.index}</td><th scope="row">{w.name}</th><td>{w.state}</td><td><WaveBar w={w} /></td>
               <td class="num">{w.done}</td><td class="num">{w.failed}</td>
               <td class="num">{d.waveBudgets[i]?.left} / {d.waveBudgets[i]?.allowed}</td>
