@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -154,14 +155,26 @@ func (e *e2eFleet) execute(_ context.Context, id, actor string) error {
 }
 
 type consoleErrors struct {
-	mu   sync.Mutex
-	errs []string
+	mu         sync.Mutex
+	errs       []string
+	netChanged int
 }
 
 func (c *consoleErrors) add(s string) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
+
+	// The one tolerated entry: Chromium aborts requests with
+	// ERR_NETWORK_CHANGED when a network interface of the host comes or goes
+	// (other jobs on this machine start VMs and containers). It says nothing
+	// about the page; the page retries the request, and the count is logged.
+	if strings.Contains(s, "ERR_NETWORK_CHANGED") {
+		c.netChanged++
+
+		return
+	}
+
 	c.errs = append(c.errs, s)
-	c.mu.Unlock()
 }
 
 func (c *consoleErrors) list() []string {
@@ -204,8 +217,12 @@ func screenshot(t *testing.T, ctx context.Context, name string) {
 	require.NoError(t, err, "screenshot %s", name)
 	require.NoError(t, os.WriteFile(filepath.Join(outDir(t), name+".png"), buf, 0o644))
 
-	if *updateDocs {
-		require.NoError(t, os.WriteFile(filepath.Join("..", "..", "docs", "overview-"+name+".png"), buf, 0o644))
+	// README shows the fleet, node and rollout pages: the visible viewport
+	// only (1400x1000), so the repository does not carry megabyte images.
+	if *updateDocs && (name == "fleet" || name == "node" || name == "rollout") {
+		view, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
+		require.NoError(t, err, "screenshot %s", name)
+		require.NoError(t, os.WriteFile(filepath.Join("..", "..", "docs", "overview-"+name+".png"), view, 0o644))
 	}
 }
 
@@ -260,7 +277,7 @@ func (b tab) do(steps ...chromedp.Action[chromedp.Void]) {
 	// comes or goes on the host (other jobs start containers and VMs here);
 	// the steps start with their navigation, so they are run again once.
 	for attempt := 0; ; attempt++ {
-		ctx, cancel := context.WithTimeout(b.ctx, 60*time.Second)
+		ctx, cancel := context.WithTimeout(b.ctx, 120*time.Second) // generous: the shared machine runs at load 10-20
 		err := chromedp.Do(ctx, steps...)
 
 		cancel()
@@ -321,23 +338,6 @@ func (b tab) login(base, token string) {
 	)
 }
 
-// newTab opens a tab (a new browser context when fresh is set: its own
-// cookies), starts it and watches its console.
-func newTab(t *testing.T, parent context.Context, fresh bool, cons *consoleErrors, name string) (tab, context.CancelFunc) {
-	t.Helper()
-
-	var opts []chromedp.ContextOption
-	if fresh {
-		opts = append(opts, chromedp.WithNewBrowserContext())
-	}
-
-	ctx, cancel := chromedp.NewContext(parent, opts...)
-	require.NoError(t, chromedp.Do(ctx), "starting tab %s", name)
-	cons.watch(ctx, name)
-
-	return tab{t: t, ctx: ctx}, cancel
-}
-
 // TestBrowserEndToEnd drives the page in headless Chromium against a
 // SIMULATED fleet of 10,000 clusters / 30,000 nodes with a rollout in
 // progress, and records the performance figures README quotes.
@@ -396,6 +396,10 @@ func TestBrowserEndToEnd(t *testing.T) {
 
 	var cons consoleErrors
 
+	t.Cleanup(func() {
+		t.Logf("console errors: %q; ERR_NETWORK_CHANGED entries tolerated: %d", cons.list(), cons.netChanged)
+	})
+
 	bctx, cancelB := chromedp.NewContext(alloc)
 	defer cancelB()
 
@@ -432,10 +436,16 @@ func TestBrowserEndToEnd(t *testing.T) {
 		{"region", "region-03", "region=region-03"},
 	} {
 		op.do(chromedp.Navigate(ts.URL+"/#/fleet"), chromedp.WaitVisible(css("[data-testid=total-nodes]")))
+		// The rollout runs meanwhile: failed nodes only grow, so the page's
+		// count lies between the API's answers before and after.
+		before := apiCount(t, ts.URL, fl.q)
 		selectFilter(t, op, fl.name, fl.value)
-		got := waitFiltered(t, op, fl.q)
-		require.Equal(t, fmt.Sprint(apiCount(t, ts.URL, fl.q)), got, "filter %s", fl.q)
-		require.NotEqual(t, fmt.Sprint(*e2eScale*3), got, "filter %s narrows", fl.q)
+		got, err := strconv.Atoi(waitFiltered(t, op, fl.q))
+		require.NoError(t, err)
+		after := apiCount(t, ts.URL, fl.q)
+		require.True(t, before <= got && got <= after, "filter %s: page shows %d, API %d before and %d after", fl.q, got, before, after)
+		require.Less(t, got, *e2eScale*3, "filter %s narrows", fl.q)
+		require.Positive(t, got, "filter %s matches something", fl.q)
 	}
 
 	if *e2eScale >= 3000 {
@@ -483,7 +493,7 @@ func TestBrowserEndToEnd(t *testing.T) {
 	screenshot(t, op.ctx, "rollout")
 
 	// Server CPU while 10 pages watch the running rollout, against none (same duration).
-	watchCPU(t, bctx, ts.URL, &cons, perf)
+	watchCPU(t, ts.URL, perf)
 
 	// Pause from the page (with its confirmation) shows in `fleetctl rollout status`.
 	op.do(chromedp.Click(css("[data-testid=btn-pause]")), chromedp.WaitVisible(css("[data-testid=dlg-confirm]")))
@@ -511,10 +521,10 @@ func TestBrowserEndToEnd(t *testing.T) {
 		return s["state"] == "running" && s["desired"] == "run"
 	}, 30*time.Second, 200*time.Millisecond, "fleetctl rollout status shows the page's resume")
 
-	// The read-only role in its own browser context: no actions offered, and the API refuses.
-	ro, cancelRO := newTab(t, bctx, true, &cons, "read-only")
-	defer cancelRO()
+	// The read-only role (the operator logs out first): no actions offered, and the API refuses.
+	op.do(chromedp.Click(css("[data-testid=who] button")), chromedp.WaitVisible(css("#token")))
 
+	ro := op
 	ro.login(ts.URL, roToken)
 	ro.do(chromedp.Navigate(ts.URL+"/#/rollout/latest"), chromedp.WaitVisible(css("[data-testid=readonly-note]")))
 	require.Contains(t, ro.text("[data-testid=readonly-note]"), "need the operator role")
@@ -665,9 +675,14 @@ func apiFleet(t *testing.T, base string, perf map[string]any) {
 }
 
 // watchCPU measures this process's CPU (the server and the in-process
-// rollout engine) for 10 s with no page watching, then 10 s with 10 rollout
-// pages open.
-func watchCPU(t *testing.T, parent context.Context, base string, cons *consoleErrors, perf map[string]any) {
+// rollout engine) for 10 s with no page watching, then 10 s with 10
+// watchers: each does what an open rollout page does (GET the rollout, then
+// read its event stream). They are Go clients, not tabs: a browser opens at
+// most 6 HTTP/1.1 connections per host, so 10 tabs of one browser against
+// this plain-HTTP test server could not all stream (under TLS the server
+// speaks HTTP/2 and they can), and new tabs of this Chromium failed their
+// first navigation with ERR_NETWORK_CHANGED on this host.
+func watchCPU(t *testing.T, base string, perf map[string]any) {
 	t.Helper()
 
 	const span = 10 * time.Second
@@ -676,29 +691,68 @@ func watchCPU(t *testing.T, parent context.Context, base string, cons *consoleEr
 	time.Sleep(span)
 	idle := cpuTime() - c0
 
-	first, cancel := newTab(t, parent, true, cons, "watcher")
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	first.login(base, roToken)
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		events int
+	)
 
-	for i := range 10 {
-		w := first
-		if i > 0 {
-			ctx, c := chromedp.NewContext(first.ctx)
-			defer c()
+	for range 10 {
+		var d RolloutDetail
+		getAs(t, base+"/api/v1/rollouts/latest", roToken, &d)
 
-			require.NoError(t, chromedp.Do(ctx))
-			cons.watch(ctx, fmt.Sprintf("watcher-%d", i))
-			w = tab{t: t, ctx: ctx}
-		}
+		req, _ := http.NewRequestWithContext(ctx, "GET", base+"/api/v1/rollouts/latest/events", nil)
+		req.Header.Set("Authorization", "Bearer "+roToken)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
 
-		w.do(chromedp.Navigate(base+"/#/rollout/latest"), chromedp.WaitVisible(css("[data-testid=done]")))
+		wg.Add(1)
+
+		go func() {
+			defer wg.Done()
+			defer resp.Body.Close()
+
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := resp.Body.Read(buf)
+				if n > 0 {
+					mu.Lock()
+					events += bytes.Count(buf[:n], []byte("event: status"))
+					mu.Unlock()
+				}
+
+				if err != nil {
+					return
+				}
+			}
+		}()
 	}
 
 	c1 := cpuTime()
 	time.Sleep(span)
 	watched := cpuTime() - c1
 
-	perf["cpuNoPagesPer10s"] = idle.Seconds()
-	perf["cpu10PagesPer10s"] = watched.Seconds()
+	cancel()
+	wg.Wait()
+
+	perf["cpuNoWatchersPer10s"] = idle.Seconds()
+	perf["cpu10WatchersPer10s"] = watched.Seconds()
+	perf["eventsTo10Watchers"] = events
+	require.Greater(t, events, 10, "the watchers got live updates")
+}
+
+func getAs(t *testing.T, url, token string, v any) {
+	t.Helper()
+
+	req, _ := http.NewRequest("GET", url, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(v))
 }

@@ -51,12 +51,21 @@ export class ApiError extends Error {
 }
 
 async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
-  const res = await fetch(path, {
+  const req = () => fetch(path, {
     method,
     credentials: "same-origin",
     headers: body === undefined ? {} : { "Content-Type": "application/json" },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
+  let res: Response;
+  try {
+    res = await req();
+  } catch (e) {
+    // A GET that failed in the network (not an HTTP error: the browser saw
+    // the network change, for example) is asked once more; actions are not.
+    if (method !== "GET") throw e;
+    res = await req();
+  }
   if (res.status === 204) return undefined as T;
   const data = await res.json().catch(() => ({ error: res.statusText }));
   if (!res.ok) throw new ApiError(res.status, data.error ?? res.statusText);
