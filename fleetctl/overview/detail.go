@@ -12,6 +12,7 @@ import (
 
 	"github.com/labfleet/labfleet/fleetctl/plan"
 	"github.com/labfleet/labfleet/fleetctl/store"
+	"github.com/labfleet/labfleet/fleetctl/window"
 )
 
 var errNoNode = errors.New("node not found")
@@ -213,7 +214,7 @@ const maxFailuresShown = 200
 func (s *Server) rolloutDetail(ctx context.Context, id string) (RolloutDetail, error) {
 	now := s.opts.Now()
 
-	st, err := RolloutStatus(ctx, s.opts.Store, id, now)
+	st, err := rolloutStatus(ctx, s.opts.Store, id, now, func(id string) (map[string]*window.Schedule, error) { return s.schedules(ctx, id) })
 	if err != nil {
 		return RolloutDetail{}, err
 	}
@@ -273,8 +274,26 @@ func (s *Server) rolloutDetail(ctx context.Context, id string) (RolloutDetail, e
 	return d, nil
 }
 
+// schedules caches each rollout's frozen site schedules: a live page
+// recomputes the rollout every second, and decoding 1,000 sites' windows each
+// time was most of that work.
+func (s *Server) schedules(ctx context.Context, id string) (map[string]*window.Schedule, error) {
+	if v, ok := s.schedCache.Load(id); ok {
+		return v.(map[string]*window.Schedule), nil
+	}
+
+	m, err := schedules(ctx, s.opts.Store, id)
+	if err != nil {
+		return nil, err
+	}
+
+	s.schedCache.Store(id, m)
+
+	return m, nil
+}
+
 func (s *Server) waitingSites(ctx context.Context, id string, st Status, now time.Time) ([]WaitingSite, error) {
-	sch, err := schedules(ctx, s.opts.Store, id)
+	sch, err := s.schedules(ctx, id)
 	if err != nil {
 		return nil, err
 	}

@@ -373,7 +373,7 @@ func TestBrowserEndToEnd(t *testing.T) {
 	e := newE2EFleet(t, *e2eScale)
 	db = filepath.Join(e.dir, "fleet.db")
 
-	srv, err := New(Options{Store: e.st, Config: testConfig(), Facts: simFacts{e.fleet}, Executor: e.execute, Poll: 500 * time.Millisecond})
+	srv, err := New(Options{Store: e.st, Config: testConfig(), Facts: simFacts{e.fleet}, Executor: e.execute}) // default poll: 1 s
 	require.NoError(t, err)
 
 	ts := httptest.NewServer(srv)
@@ -675,72 +675,75 @@ func apiFleet(t *testing.T, base string, perf map[string]any) {
 }
 
 // watchCPU measures this process's CPU (the server and the in-process
-// rollout engine) for 10 s with no page watching, then 10 s with 10
-// watchers: each does what an open rollout page does (GET the rollout, then
-// read its event stream). They are Go clients, not tabs: a browser opens at
-// most 6 HTTP/1.1 connections per host, so 10 tabs of one browser against
-// this plain-HTTP test server could not all stream (under TLS the server
-// speaks HTTP/2 and they can), and new tabs of this Chromium failed their
-// first navigation with ERR_NETWORK_CHANGED on this host.
+// rollout engine) for 10 s each with no watcher, 1 and 10 watchers: each
+// does what an open rollout page does (GET the rollout, then read its event
+// stream). They are Go clients, not tabs: a browser opens at most 6 HTTP/1.1
+// connections per host, so 10 tabs of one browser against this plain-HTTP
+// test server could not all stream (under TLS the server speaks HTTP/2 and
+// they can), and new tabs of this Chromium failed their first navigation
+// with ERR_NETWORK_CHANGED on this host.
 func watchCPU(t *testing.T, base string, perf map[string]any) {
 	t.Helper()
 
 	const span = 10 * time.Second
 
-	c0 := cpuTime()
-	time.Sleep(span)
-	idle := cpuTime() - c0
+	measure := func(watchers int) (float64, int) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+		var (
+			wg     sync.WaitGroup
+			mu     sync.Mutex
+			events int
+		)
 
-	var (
-		wg     sync.WaitGroup
-		mu     sync.Mutex
-		events int
-	)
+		for range watchers {
+			var d RolloutDetail
+			getAs(t, base+"/api/v1/rollouts/latest", roToken, &d)
 
-	for range 10 {
-		var d RolloutDetail
-		getAs(t, base+"/api/v1/rollouts/latest", roToken, &d)
+			req, _ := http.NewRequestWithContext(ctx, "GET", base+"/api/v1/rollouts/latest/events", nil)
+			req.Header.Set("Authorization", "Bearer "+roToken)
+			resp, err := http.DefaultClient.Do(req)
+			require.NoError(t, err)
+			require.Equal(t, http.StatusOK, resp.StatusCode)
 
-		req, _ := http.NewRequestWithContext(ctx, "GET", base+"/api/v1/rollouts/latest/events", nil)
-		req.Header.Set("Authorization", "Bearer "+roToken)
-		resp, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
-		require.Equal(t, http.StatusOK, resp.StatusCode)
+			wg.Add(1)
 
-		wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer resp.Body.Close()
 
-		go func() {
-			defer wg.Done()
-			defer resp.Body.Close()
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := resp.Body.Read(buf)
+					if n > 0 {
+						mu.Lock()
+						events += bytes.Count(buf[:n], []byte("event: status"))
+						mu.Unlock()
+					}
 
-			buf := make([]byte, 64<<10)
-			for {
-				n, err := resp.Body.Read(buf)
-				if n > 0 {
-					mu.Lock()
-					events += bytes.Count(buf[:n], []byte("event: status"))
-					mu.Unlock()
+					if err != nil {
+						return
+					}
 				}
+			}()
+		}
 
-				if err != nil {
-					return
-				}
-			}
-		}()
+		c0 := cpuTime()
+		time.Sleep(span)
+		used := cpuTime() - c0
+
+		cancel()
+		wg.Wait()
+
+		return used.Seconds(), events
 	}
 
-	c1 := cpuTime()
-	time.Sleep(span)
-	watched := cpuTime() - c1
+	perf["cpuNoWatchersPer10s"], _ = measure(0)
+	perf["cpu1WatcherPer10s"], _ = measure(1)
 
-	cancel()
-	wg.Wait()
-
-	perf["cpuNoWatchersPer10s"] = idle.Seconds()
-	perf["cpu10WatchersPer10s"] = watched.Seconds()
+	var events int
+	perf["cpu10WatchersPer10s"], events = measure(10)
 	perf["eventsTo10Watchers"] = events
 	require.Greater(t, events, 10, "the watchers got live updates")
 }

@@ -18,6 +18,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/labfleet/labfleet/fleetctl/inventory"
@@ -60,6 +61,8 @@ type Server struct {
 	model *model
 	hub   *broadcaster
 	mux   *http.ServeMux
+
+	schedCache sync.Map // rollout id -> map[string]*window.Schedule
 }
 
 // New builds the handler.

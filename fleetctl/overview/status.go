@@ -32,6 +32,13 @@ type Status struct {
 
 // RolloutStatus computes Status of rollout id ("" means the latest) at now.
 func RolloutStatus(ctx context.Context, st *store.Store, id string, now time.Time) (Status, error) {
+	return rolloutStatus(ctx, st, id, now, func(id string) (map[string]*window.Schedule, error) { return schedules(ctx, st, id) })
+}
+
+// scheduleFunc returns a rollout's frozen site schedules (cached by the server: they never change).
+type scheduleFunc func(id string) (map[string]*window.Schedule, error)
+
+func rolloutStatus(ctx context.Context, st *store.Store, id string, now time.Time, sched scheduleFunc) (Status, error) {
 	r, err := st.Rollout(ctx, id)
 	if err != nil {
 		return Status{}, err
@@ -59,7 +66,7 @@ func RolloutStatus(ctx context.Context, st *store.Store, id string, now time.Tim
 	}
 
 	if r.State == store.StateRunning || r.State == store.StatePaused {
-		if err := windowWait(ctx, st, r.ID, res, now, &out); err != nil {
+		if err := windowWait(ctx, st, r.ID, res, now, sched, &out); err != nil {
 			return Status{}, err
 		}
 	}
@@ -105,13 +112,13 @@ func currentWave(res engine.Result) int {
 }
 
 // windowWait fills the maintenance-window figures of the first unfinished wave.
-func windowWait(ctx context.Context, st *store.Store, id string, res engine.Result, now time.Time, out *Status) error {
+func windowWait(ctx context.Context, st *store.Store, id string, res engine.Result, now time.Time, sched scheduleFunc, out *Status) error {
 	current := currentWave(res)
 	if current < 0 {
 		return nil
 	}
 
-	sch, err := schedules(ctx, st, id)
+	sch, err := sched(id)
 	if err != nil {
 		return err
 	}
