@@ -427,3 +427,40 @@ func TestSessionProbe(t *testing.T) {
 	_, b = f.do(t, "GET", "/api/v1/session", opToken, nil)
 	require.JSONEq(t, `{"authenticated":true,"name":"alice","role":"operator","method":"token"}`, string(b))
 }
+
+// Abort with no live executor: recorded and handed to the executor (which
+// finishes in-flight nodes), or refused with the CLI command when there is
+// none, recording nothing.
+func TestAbortWithoutExecutorProcess(t *testing.T) {
+	f := newFixture(t, smallFleet(false), nil)
+
+	resp, b := f.do(t, "POST", "/api/v1/rollouts/latest/abort", opToken, nil)
+	require.Equal(t, http.StatusNotImplemented, resp.StatusCode)
+	require.Equal(t, "no process executes rollout "+f.id+" and this server does not execute rollouts: run fleetctl rollout abort --db <db> (it finishes the in-flight nodes)", errorText(t, b))
+
+	r, err := f.st.Rollout(t.Context(), f.id)
+	require.NoError(t, err)
+	require.Equal(t, store.DesiredRun, r.Desired, "nothing recorded")
+
+	var got []string
+
+	g := newFixture(t, smallFleet(false), func(o *Options) {
+		o.Executor = func(_ context.Context, id, actor string) error {
+			got = append(got, id+" "+actor)
+
+			return nil
+		}
+	})
+
+	resp, b = g.do(t, "POST", "/api/v1/rollouts/latest/abort", opToken, nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
+
+	var res ActionResult
+	require.NoError(t, json.Unmarshal(b, &res))
+	require.Equal(t, "executing", res.Outcome)
+	require.Equal(t, []string{g.id + " alice (overview, token, operator)"}, got)
+
+	r, err = g.st.Rollout(t.Context(), g.id)
+	require.NoError(t, err)
+	require.Equal(t, store.DesiredAbort, r.Desired)
+}

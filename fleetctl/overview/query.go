@@ -9,14 +9,14 @@ import (
 
 // Filter selects nodes; every set field must match (empty matches all).
 type Filter struct {
-	Region     string // exact
-	Site       string // exact
-	Version    string // exact; "unknown" selects nodes whose version nobody knows
-	Health     string // healthy, failed, upgrading, unknown
-	Window     string // "open" or "closed": the node's site window now
-	SecureBoot string // on, off, unknown
-	Encryption string // on, off, unknown
-	Query      string // substring of cluster, node, site or endpoint (case-insensitive)
+	Region     string `json:"region,omitempty"`     // exact
+	Site       string `json:"site,omitempty"`       // exact
+	Version    string `json:"version,omitempty"`    // exact; "unknown" selects nodes whose version nobody knows
+	Health     string `json:"health,omitempty"`     // healthy, failed, upgrading, unknown
+	Window     string `json:"window,omitempty"`     // "open" or "closed": the node's site window now
+	SecureBoot string `json:"secureBoot,omitempty"` // on, off, unknown
+	Encryption string `json:"encryption,omitempty"` // on, off, unknown
+	Query      string `json:"q,omitempty"`          // substring of cluster, node, site or endpoint (case-insensitive)
 }
 
 // filterFrom reads a Filter from URL query parameters (names as in the docs).
