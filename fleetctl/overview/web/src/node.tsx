@@ -2,6 +2,12 @@ import { useEffect, useState } from "preact/hooks";
 import { api, markReady, NodeDetail } from "./api";
 import { Badge, ErrorBox, fmtTime } from "./util";
 
+// missing says why a node-reported list is empty: nothing reported yet, or
+// no hub feeds this server (factsSource explains).
+function missing(what: string, source: string): string {
+  return source === "hub" ? `No ${what} reported by the node yet.` : `Not available: ${source}.`;
+}
+
 export function NodePage({ cluster, node }: { cluster: string; node: string }) {
   const [d, setD] = useState<NodeDetail | null>(null);
   const [err, setErr] = useState("");
@@ -52,9 +58,9 @@ export function NodePage({ cluster, node }: { cluster: string; node: string }) {
       </table>
 
       <h2>Recent events</h2>
-      {d.events.length ? <pre class="log">{d.events.join("\n")}</pre> : <p class="hint" data-testid="events-placeholder">None here: {d.factsSource}.</p>}
+      {d.events.length ? <pre class="log">{d.events.join("\n")}</pre> : <p class="hint" data-testid="events-placeholder">{missing("events", d.factsSource)}</p>}
       <h2>Kernel log</h2>
-      {d.kernelLog.length ? <pre class="log">{d.kernelLog.join("\n")}</pre> : <p class="hint">None here: {d.factsSource}.</p>}
+      {d.kernelLog.length ? <pre class="log">{d.kernelLog.join("\n")}</pre> : <p class="hint">{missing("kernel log lines", d.factsSource)}</p>}
     </section>
   );
 }
