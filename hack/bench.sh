@@ -14,6 +14,7 @@
 #      every package of extensions/ that has a Benchmark function.
 #   3. fleetctl: fleetctl/scripts/bench.sh, included as it prints.
 #   3b. hub: fleetctl/hub/bench.sh (1,000 simulated SideroLink nodes).
+#   3c. overview: the fleet overview's browser test (fleetctl/overview), its PERF figures.
 #   4. boot: boot-to-healthy of the lab image beside the trivial-init
 #      baseline, through labctl.
 #
@@ -21,7 +22,7 @@
 #   BIN          where imagectl/labctl are (default <repo>/bin; `make bench` builds them)
 #   BENCH_RUNS   timed repetitions per measurement (default 5; the median is reported)
 #   BENCH_WORK   scratch folder (default <repo>/_out/bench); its keys/ are reused between runs
-#   BENCH_SKIP   space-separated sections to skip: imagectl extensions fleetctl hub boot
+#   BENCH_SKIP   space-separated sections to skip: imagectl extensions fleetctl hub overview boot
 #
 # It never touches _out/labos, _out/labbase or _out/keys: the bench builds
 # its own lab bases (labos and the trivial-init baseline, with lab/labbase as
@@ -370,6 +371,34 @@ section_hub() {
 		tail -n 20 "$WORK/hub-bench.err"
 		echo '```'
 		[ "$rc" -eq 3 ] && return "$NOT_MEASURED"
+# ---------------------------------------------------------------- overview
+
+# The fleet overview (fleetctl/overview): its browser test over 10,000
+# SIMULATED clusters / 30,000 nodes with a rollout running measures first
+# meaningful paint of the fleet and rollout pages in headless Chromium, the
+# fleet API's time and size, and the server's CPU while 10 pages watch.
+section_overview() {
+	if [ ! -x /usr/bin/chromium ]; then
+		echo "not measured: /usr/bin/chromium is missing (hack/install-deps.sh installs it)"
+		return "$NOT_MEASURED"
+	fi
+
+	echo '```sh'
+	echo "OVERVIEW_E2E_REQUIRED=1 go test -count=1 -run TestBrowserEndToEnd -v ./fleetctl/overview/"
+	echo '```'
+	echo
+	OVERVIEW_E2E_REQUIRED=1 timeout 15m go test -count=1 -timeout 14m -run TestBrowserEndToEnd -v ./fleetctl/overview/ >"$WORK/overview.log" 2>&1
+	local rc=$?
+	echo '```'
+	sed -n '/PERF {/,/^ *}/p' "$WORK/overview.log" | sed 's/^ *//'
+	echo '```'
+	echo
+	echo "Targets: page usable < 1000 ms (fleetFirstPaintMs, rolloutFirstPaintMs), fleet API < 200 ms (fleetAPIMedianMs). CPU: seconds of this process (server + in-process rollout engine) per 10 s, without and with 10 pages watching; _out/overview/perf.json has the same figures."
+	if [ "$rc" -ne 0 ]; then
+		echo
+		echo '```'
+		grep -v '^ *$' "$WORK/overview.log" | tail -n 30
+		echo '```'
 		return 1
 	fi
 }
@@ -511,6 +540,7 @@ run_section imagectl "imagectl: lab image build vs objcopy + sbsign" section_ima
 run_section extensions "extensions: add-on rendering and image cache" section_extensions
 run_section fleetctl "fleetctl: simulated rollout" section_fleetctl
 run_section hub "fleetctl hub: 100 and 1,000 simulated SideroLink nodes" section_hub
+run_section overview "overview: fleet overview page in headless Chromium, 30,000 nodes" section_overview
 run_section boot "boot: lab image vs trivial-init baseline" section_boot
 
 echo

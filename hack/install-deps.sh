@@ -22,6 +22,7 @@ PACKAGES=(
 	skopeo umoci                            # OCI conformance test of the installer image (images/build)
 	iproute2                                # ip netns/veth: the hub's UDP test between two network namespaces
 	ca-certificates git make
+	chromium                                # headless browser for the fleet overview's end-to-end test (fleetctl/overview)
 )
 
 missing=()
@@ -44,4 +45,16 @@ bash "${HERE}/fetch-lab-assets.sh"
 bash "${HERE}/fetch-host-tools.sh"
 
 (cd "${REPO}" && go mod download)
+
+# The fleet overview's front end (fleetctl/overview/web): its packages from
+# the npm registry, exactly as the lock file pins them. The built page is
+# committed (fleetctl/overview/dist), so Go builds without this; CI rebuilds
+# it and checks it matches (hack/check-overview-dist.sh). Vite 8 needs
+# Node.js 20.19+, newer than Debian 12's nodejs (18).
+if command -v node >/dev/null && node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a==20&&b>=19)?0:1)'; then
+	(cd "${REPO}/fleetctl/overview/web" && npm ci --no-audit --no-fund --loglevel=error)
+else
+	echo "install-deps: Node.js 20.19+ with npm is required for the overview front end (fleetctl/overview/web; found: $(node --version 2>/dev/null || echo none))" >&2
+	exit 1
+fi
 echo "install-deps: done" >&2

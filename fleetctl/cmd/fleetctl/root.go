@@ -51,8 +51,8 @@ Exit codes: 0 ok, 1 error, 2 bad input, 3 halted by a failure budget,
 
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return bad(err) })
 
-	root.AddCommand(newSiteCmd(), newInventoryCmd(), newRolloutCmd(), newSimCmd())
 	root.AddCommand(newHubCmd(), newMachinesCmd(), newLogsCmd(), newEventsCmd())
+	root.AddCommand(newSiteCmd(), newInventoryCmd(), newRolloutCmd(), newSimCmd(), newOverviewCmd())
 
 	return root
 }
