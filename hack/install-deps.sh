@@ -20,6 +20,7 @@ PACKAGES=(
 	tpm2-tools socat time                   # debugging, /usr/bin/time for peak RSS in benches
 	docker-registry                         # the CNCF distribution registry: push/pull tests with auth and TLS
 	skopeo umoci                            # OCI conformance test of the installer image (images/build)
+	softhsm2                                # a PKCS#11 token for the HSM signing tests (images/build, imagectl keys)
 	ca-certificates git make
 )
 
