@@ -15,41 +15,8 @@ import (
 	"github.com/labfleet/labfleet/images/inspect"
 	"github.com/labfleet/labfleet/images/keys"
 	"github.com/labfleet/labfleet/images/keys/hsm"
+	"github.com/labfleet/labfleet/images/keys/hsm/hsmtest"
 )
-
-const (
-	softHSMModule = "/usr/lib/softhsm/libsofthsm2.so"
-	tokenPIN      = "1234"
-)
-
-// softHSMToken makes a fresh SoftHSM2 token in a temp dir (SOFTHSM2_CONF
-// is set for this test only) and returns its keys.PKCS11.
-func softHSMToken(t *testing.T) *keys.PKCS11 {
-	t.Helper()
-
-	if _, err := os.Stat(softHSMModule); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("SoftHSM2 missing (%s): run hack/install-deps.sh", softHSMModule)
-		}
-
-		t.Skipf("SoftHSM2 missing: %v", err)
-	}
-
-	dir := t.TempDir()
-	require.NoError(t, os.MkdirAll(filepath.Join(dir, "tokens"), 0o700))
-
-	conf := filepath.Join(dir, "softhsm2.conf")
-	require.NoError(t, os.WriteFile(conf, []byte("directories.tokendir = "+filepath.Join(dir, "tokens")+"\nobjectstore.backend = file\nlog.level = ERROR\n"), 0o600))
-	t.Setenv("SOFTHSM2_CONF", conf)
-
-	out, err := exec.Command("softhsm2-util", "--init-token", "--free", "--label", "labfleet-test", "--pin", tokenPIN, "--so-pin", "5678").CombinedOutput()
-	require.NoError(t, err, "softhsm2-util: %s", out)
-
-	return &keys.PKCS11{
-		Module: softHSMModule, TokenLabel: "labfleet-test",
-		UKIKeyLabel: "uki-signing", PCRKeyLabel: "pcr-signing", PKKeyLabel: "pk", KEKKeyLabel: "kek",
-	}
-}
 
 // TestHSMSignedBuild generates a key set inside a SoftHSM2 token (the
 // folder gets no private key), builds the image with it and checks every
@@ -57,10 +24,10 @@ func softHSMToken(t *testing.T) *keys.PKCS11 {
 // inspect verifies .pcrsig against .pcrpkey and the sections, and two
 // builds are byte-identical. A wrong PIN fails naming the token.
 func TestHSMSignedBuild(t *testing.T) {
-	cfg := softHSMToken(t)
+	cfg := hsmtest.SoftHSM(t)
 	f := newFixture(t)
 
-	tok, err := hsm.Open(cfg, tokenPIN)
+	tok, err := hsm.Open(cfg, hsmtest.PIN)
 	require.NoError(t, err)
 
 	dir := filepath.Join(f.root, "hsm-keys")
@@ -81,7 +48,7 @@ func TestHSMSignedBuild(t *testing.T) {
 	}
 
 	// Regenerating into the same token refuses to overwrite its keys.
-	tok2, err := hsm.Open(cfg, tokenPIN)
+	tok2, err := hsm.Open(cfg, hsmtest.PIN)
 	require.NoError(t, err)
 	_, err = keys.Generate(filepath.Join(f.root, "hsm-keys-2"), keys.GenerateOptions{Token: tok2, PKCS11: cfg})
 	require.ErrorIs(t, err, keys.ErrExists)
@@ -98,7 +65,7 @@ func TestHSMSignedBuild(t *testing.T) {
 	_, err = build.Build(t.Context(), f.def, opts(filepath.Join(f.root, "bad"), "0000"))
 	require.ErrorContains(t, err, `PKCS#11 token "labfleet-test"`)
 
-	a, err := build.Build(t.Context(), f.def, opts(filepath.Join(f.root, "a"), tokenPIN))
+	a, err := build.Build(t.Context(), f.def, opts(filepath.Join(f.root, "a"), hsmtest.PIN))
 	require.NoError(t, err)
 
 	uki := filepath.Join(a.Dir, "edge.efi")
@@ -112,7 +79,7 @@ func TestHSMSignedBuild(t *testing.T) {
 	require.True(t, ok, "inspect: %v", failures)
 	require.Empty(t, rep.PCRFailures())
 
-	b, err := build.Build(t.Context(), f.def, opts(filepath.Join(f.root, "b"), tokenPIN))
+	b, err := build.Build(t.Context(), f.def, opts(filepath.Join(f.root, "b"), hsmtest.PIN))
 	require.NoError(t, err)
 	require.Equal(t, treeDigests(t, a.Dir), treeDigests(t, b.Dir))
 
