@@ -48,7 +48,7 @@ test: ## run all tests: unit tests, then the emulated-hardware scenarios (qemu-t
 	CGO_ENABLED=1 $(GO) test -count=1 -timeout 20m -run 'HSM|PKCS11' $(CGO_PKGS)
 	@mkdir -p $(OUT)
 	$(GO) test -count=1 -timeout 10m ./lab/harness/...
-	set -o pipefail; $(GO) test -count=1 -timeout 40m -v ./qemu-tests/ 2>&1 | tee $(OUT)/qemu-tests.log
+	set -o pipefail; CGO_ENABLED=1 $(GO) test -count=1 -timeout 40m -v ./qemu-tests/ 2>&1 | tee $(OUT)/qemu-tests.log
 
 SOAK ?= 10
 

@@ -2,6 +2,7 @@
 package hsmtest
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,18 +31,36 @@ func SoftHSM(t *testing.T) *keys.PKCS11 {
 		t.Skipf("SoftHSM2 missing: %v", err)
 	}
 
-	dir := t.TempDir()
-	require.NoError(t, os.MkdirAll(filepath.Join(dir, "tokens"), 0o700))
-
-	conf := filepath.Join(dir, "softhsm2.conf")
-	require.NoError(t, os.WriteFile(conf, []byte("directories.tokendir = "+filepath.Join(dir, "tokens")+"\nobjectstore.backend = file\nlog.level = ERROR\n"), 0o600))
+	cfg, conf, err := NewToken(t.TempDir())
+	require.NoError(t, err)
 	t.Setenv("SOFTHSM2_CONF", conf)
 
-	out, err := exec.Command("softhsm2-util", "--init-token", "--free", "--label", "labfleet-test", "--pin", PIN, "--so-pin", "5678").CombinedOutput()
-	require.NoError(t, err, "softhsm2-util: %s", out)
+	return cfg
+}
+
+// NewToken creates a SoftHSM2 token (label labfleet-test, user PIN PIN)
+// whose store is dir and returns it with the configuration file the
+// process that opens it must name in SOFTHSM2_CONF (the module reads it at
+// initialisation; this function changes no environment).
+func NewToken(dir string) (*keys.PKCS11, string, error) {
+	if err := os.MkdirAll(filepath.Join(dir, "tokens"), 0o700); err != nil {
+		return nil, "", err
+	}
+
+	conf := filepath.Join(dir, "softhsm2.conf")
+	if err := os.WriteFile(conf, []byte("directories.tokendir = "+filepath.Join(dir, "tokens")+"\nobjectstore.backend = file\nlog.level = ERROR\n"), 0o600); err != nil {
+		return nil, "", err
+	}
+
+	cmd := exec.Command("softhsm2-util", "--init-token", "--free", "--label", "labfleet-test", "--pin", PIN, "--so-pin", "5678")
+	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+conf)
+
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, "", fmt.Errorf("softhsm2-util --init-token: %w: %s", err, out)
+	}
 
 	return &keys.PKCS11{
 		Module: Module, TokenLabel: "labfleet-test",
 		UKIKeyLabel: "uki-signing", PCRKeyLabel: "pcr-signing", PKKeyLabel: "pk", KEKKeyLabel: "kek",
-	}
+	}, conf, nil
 }
