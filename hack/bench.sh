@@ -322,6 +322,25 @@ section_imagectl() {
 	echo '```'
 	grep -E '^(Benchmark|cpu:)' "$WORK/gobench-build.txt"
 	echo '```'
+
+	echo
+	echo "### Token work of one HSM-signed build (SoftHSM2, in-process)"
+	echo
+	echo "Login, key lookup, 3 UKI (RSA-4096) and 4 PCR (RSA-2048) signatures, logout:"
+	echo
+	echo '```sh'
+	echo "CGO_ENABLED=1 go test -run '^\$' -bench . -benchtime 10x ./images/keys/hsm/"
+	echo '```'
+	echo
+	if ! CGO_ENABLED=1 go test -run '^$' -bench . -benchtime 10x ./images/keys/hsm/ >"$WORK/gobench-hsm.txt" 2>&1; then
+		echo '```'
+		tail -n 30 "$WORK/gobench-hsm.txt"
+		echo '```'
+		return 1
+	fi
+	echo '```'
+	grep -E '^(Benchmark|cpu:)' "$WORK/gobench-hsm.txt"
+	echo '```'
 }
 
 # -------------------------------------------------------------- extensions

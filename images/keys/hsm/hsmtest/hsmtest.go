@@ -20,7 +20,7 @@ const (
 
 // SoftHSM makes a fresh SoftHSM2 token in a temp dir (SOFTHSM2_CONF
 // is set for this test only) and returns its keys.PKCS11.
-func SoftHSM(t *testing.T) *keys.PKCS11 {
+func SoftHSM(t testing.TB) *keys.PKCS11 {
 	t.Helper()
 
 	if _, err := os.Stat(Module); err != nil {
