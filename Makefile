@@ -16,9 +16,12 @@ help: ## list targets
 deps: ## install Debian packages, pinned lab assets and host tools (idempotent)
 	bash hack/install-deps.sh
 
+# imagectl alone is built with cgo: PKCS#11 modules (HSM signing) are C
+# libraries. Everything else, labos above all, stays CGO_ENABLED=0 (static).
 .PHONY: build
 build: ## build imagectl, labctl and fleetctl into bin/
-	$(GO) build -trimpath -o $(BIN)/ ./images/cmd/imagectl ./lab/cmd/labctl ./fleetctl/cmd/fleetctl
+	$(GO) build -trimpath -o $(BIN)/ ./lab/cmd/labctl ./fleetctl/cmd/fleetctl
+	CGO_ENABLED=1 $(GO) build -trimpath -o $(BIN)/ ./images/cmd/imagectl
 
 $(KEYS)/uki-signing-key.pem: | build
 	$(BIN)/imagectl keys generate --dir $(KEYS)
@@ -42,11 +45,16 @@ demo: deps images ## the main job: build the lab image and boot it under Secure 
 .PHONY: test
 test: ## run all tests: unit tests, then the emulated-hardware scenarios (qemu-tests)
 	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v -e /qemu-tests -e /lab/harness)
+	CGO_ENABLED=1 $(GO) test -count=1 -timeout 20m -run 'HSM|PKCS11' $(CGO_PKGS)
 	@mkdir -p $(OUT)
 	$(GO) test -count=1 -timeout 10m ./lab/harness/...
-	set -o pipefail; $(GO) test -count=1 -timeout 40m -v ./qemu-tests/ 2>&1 | tee $(OUT)/qemu-tests.log
+	set -o pipefail; CGO_ENABLED=1 $(GO) test -count=1 -timeout 40m -v ./qemu-tests/ 2>&1 | tee $(OUT)/qemu-tests.log
 
 SOAK ?= 10
+
+# Packages whose HSM tests (SoftHSM2 through crypto11) need cgo; they run a
+# second time with CGO_ENABLED=1, only those tests (-run).
+CGO_PKGS := ./images/build/ ./images/cmd/imagectl/ ./images/keys/...
 
 .PHONY: soak
 soak: ## long runs: each power-cut point of the qemu-tests SOAK times (default 10)
@@ -56,6 +64,7 @@ soak: ## long runs: each power-cut point of the qemu-tests SOAK times (default 1
 .PHONY: unit
 unit: ## unit tests only (no VMs)
 	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v -e /qemu-tests -e /lab/harness)
+	CGO_ENABLED=1 $(GO) test -count=1 -timeout 20m -run 'HSM|PKCS11' $(CGO_PKGS)
 
 .PHONY: bench
 bench: build ## performance report (builder, add-ons, boot, fleetctl) into _out/bench.md

@@ -21,6 +21,8 @@ PACKAGES=(
 	docker-registry                         # the CNCF distribution registry: push/pull tests with auth and TLS
 	skopeo umoci                            # OCI conformance test of the installer image (images/build)
 	iproute2                                # ip netns/veth: the hub's UDP test between two network namespaces
+	softhsm2                                # a PKCS#11 token for the HSM signing tests (images/build, imagectl keys)
+	gcc libc6-dev                           # cgo for imagectl only (PKCS#11 modules are C libraries)
 	ca-certificates git make
 	chromium                                # headless browser for the fleet overview's end-to-end test (fleetctl/overview)
 )

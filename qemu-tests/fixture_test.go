@@ -2,6 +2,7 @@ package qemutests
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -25,6 +26,8 @@ import (
 	"github.com/labfleet/labfleet/images/bake"
 	"github.com/labfleet/labfleet/images/build"
 	"github.com/labfleet/labfleet/images/keys"
+	"github.com/labfleet/labfleet/images/keys/hsm"
+	"github.com/labfleet/labfleet/images/keys/hsm/hsmtest"
 	"github.com/labfleet/labfleet/images/spec"
 	"github.com/labfleet/labfleet/lab/labbase"
 	"github.com/labfleet/labfleet/lab/nodeapi"
@@ -36,6 +39,11 @@ type Suite struct {
 	Root, Work string
 
 	Keys, RogueKeys, PCR2Keys string
+
+	// HSMKeys is a keys folder whose private keys live in a SoftHSM2 token
+	// (empty when this test binary was built without cgo: HSMError says why).
+	HSMKeys  string
+	HSMError error
 
 	// NodeConfig is the control-plane machine config generated from Keys'
 	// secrets; machines get it in maintenance mode on their first boot.
@@ -193,7 +201,40 @@ func (s *Suite) makeKeys() error {
 		return err
 	}
 
-	return copyFile(filepath.Join(s.RogueKeys, keys.PCRSigningKeyFile), filepath.Join(s.PCR2Keys, keys.PCRSigningKeyFile))
+	if err := copyFile(filepath.Join(s.RogueKeys, keys.PCRSigningKeyFile), filepath.Join(s.PCR2Keys, keys.PCRSigningKeyFile)); err != nil {
+		return err
+	}
+
+	s.HSMError = s.makeHSMKeys()
+
+	return nil
+}
+
+// makeHSMKeys makes a key set inside a fresh SoftHSM2 token (issue 11: an
+// HSM-signed image must boot under enforced Secure Boot). The module reads
+// SOFTHSM2_CONF when it loads, so this test process sets it.
+func (s *Suite) makeHSMKeys() error {
+	if !hsm.Available {
+		return errors.New("qemu-tests built without cgo: run them with CGO_ENABLED=1 (make test does) to build the HSM-signed image")
+	}
+
+	cfg, conf, err := hsmtest.NewToken(filepath.Join(s.Work, "softhsm"))
+	if err != nil {
+		return err
+	}
+
+	os.Setenv("SOFTHSM2_CONF", conf) //nolint:errcheck
+
+	tok, err := hsm.Open(cfg, hsmtest.PIN)
+	if err != nil {
+		return err
+	}
+	defer tok.Close() //nolint:errcheck
+
+	s.HSMKeys = filepath.Join(s.Work, "hsm-keys")
+	_, err = keys.Generate(s.HSMKeys, keys.GenerateOptions{CommonName: "labfleet hsm", Token: tok, PKCS11: cfg})
+
+	return err
 }
 
 // variant describes one lab image build.
@@ -201,10 +242,12 @@ type variant struct {
 	name, version, keys string
 	extraArgs           []string
 	outputs             []string // default: the definition's
+	pin                 string   // PKCS#11 user PIN (HSM keys)
+	force               bool     // build even when the cache has it
 }
 
 func (s *Suite) variants() []variant {
-	return []variant{
+	vs := []variant{
 		{name: "v1", version: "1.0.0", keys: s.Keys},
 		{name: "v2", version: "2.0.0", keys: s.Keys},
 		// The kernel finds no init and panics; panic=5 reboots it: systemd-boot
@@ -222,7 +265,16 @@ func (s *Suite) variants() []variant {
 		{name: "v5", version: "5.0.0", keys: s.Keys, outputs: upgradeOnly},
 		{name: "v6", version: "6.0.0", keys: s.Keys, outputs: upgradeOnly},
 		{name: "v7", version: "7.0.0", keys: s.Keys, outputs: upgradeOnly},
+		// v1 once more, built again (not from the cache) long after the
+		// first: byte-identical (TestReleaseImagesBoot).
+		{name: "v1-repro", version: "1.0.0", keys: s.Keys, force: true},
 	}
+
+	if s.HSMKeys != "" {
+		vs = append(vs, variant{name: "v1-hsm", version: "1.0.0", keys: s.HSMKeys, pin: hsmtest.PIN})
+	}
+
+	return vs
 }
 
 // upgradeOnly is what an image reached only by upgrades needs: no disk.
@@ -266,6 +318,7 @@ func (s *Suite) buildImages(ctx context.Context) error {
 		res, err := build.Build(ctx, def, build.Options{
 			Root: s.Root, OutDir: filepath.Join(s.Work, "images", v.name), KeysDir: v.keys, Baker: baker,
 			ToolsPath: filepath.Join(s.Root, "_cache", "lab-assets", "tools", "bin"),
+			PKCS11PIN: v.pin, Force: v.force,
 		})
 		if err != nil {
 			return fmt.Errorf("%s: %w", v.name, err)

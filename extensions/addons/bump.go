@@ -81,7 +81,9 @@ func Bump(ctx context.Context, dir string, opts BumpOptions) (*BumpResult, error
 
 	if opts.Version != "" {
 		if err := checkSemver(opts.Version); err != nil {
-			return nil, fmt.Errorf("version %q: %w", opts.Version, err)
+			// A FieldError: the caller's input is wrong, not the chart
+			// (imagectl exits 2 on it).
+			return nil, &FieldError{Field: "version", Msg: fmt.Sprintf("%q %v", opts.Version, err)}
 		}
 
 		next.Chart.Version = opts.Version

@@ -87,6 +87,9 @@ type Options struct {
 	// to mksquashfs and needs 4.6+ (pseudo-file xattrs), which bookworm lacks;
 	// hack/fetch-lab-assets.sh provides trixie's in _cache/lab-assets/tools/bin.
 	ToolsPath string
+	// PKCS11PIN is the user PIN of the PKCS#11 token a keys folder's
+	// pkcs11.json names (imagectl reads it from LABFLEET_PKCS11_PIN).
+	PKCS11PIN string
 }
 
 // workPrefix starts the name of every build's work folder in the temp folder.
@@ -114,6 +117,7 @@ type builder struct {
 	installerBase string
 	rec           *record.Record
 	written       map[string]stamp // outputs as hashed for the record, by path in stage
+	signing       *signing         // started by the UKI step, stopped when the build ends
 }
 
 // Build runs the definition's build.
@@ -198,6 +202,8 @@ func Build(ctx context.Context, def *spec.Definition, opts Options) (*Result, er
 	defer work.Close()
 
 	b.work = work.Dir
+
+	defer func() { b.signing.stop() }()
 
 	schematicID, err := def.SchematicID()
 	if err != nil {

@@ -280,7 +280,12 @@ func cloneFile(src, dst string) error {
 // commit writes the record and swaps the staged folder into place; the
 // previous outputs are removed only after the new ones are in place.
 func (b *builder) commit(ctx context.Context, final string) error {
-	data, err := b.rec.Marshal()
+	// Timings stay in memory (Result): build.json is byte-identical
+	// across builds of the same inputs.
+	stored := *b.rec
+	stored.Steps = nil
+
+	data, err := stored.Marshal()
 	if err != nil {
 		return err
 	}

@@ -68,7 +68,7 @@ type espFile struct {
 
 func (b *builder) writeDisk(ctx context.Context) error {
 	sdboot := filepath.Join(b.work, "BOOTX64.EFI")
-	if err := signPE(b.base.Files["systemd-boot.efi"].Path, sdboot, b.keys.UKISigningKey, b.keys.UKISigningCert); err != nil {
+	if err := b.signPE(b.base.Files["systemd-boot.efi"].Path, sdboot); err != nil {
 		return fmt.Errorf("signing systemd-boot: %w", err)
 	}
 

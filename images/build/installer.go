@@ -54,6 +54,11 @@ type InstallerInfo struct {
 	// Source is the source repository URL; empty leaves
 	// org.opencontainers.image.source out.
 	Source string
+	// ResignPE, when set, replaces every EFI binary under usr/install/ in
+	// the layers: Talos's imager signs them with signingTime = now, so the
+	// builder signs them again with SOURCE_DATE_EPOCH to keep the installer's
+	// digest reproducible.
+	ResignPE func([]byte) ([]byte, error)
 }
 
 // ociLayer presents a gzip layer with the OCI media type: layers read back
@@ -106,6 +111,12 @@ func InstallerImage(imagerTarball string, info InstallerInfo) (v1.Image, error) 
 	}
 
 	for _, l := range layers {
+		if info.ResignPE != nil {
+			if l, err = resignLayer(l, info.ResignPE); err != nil {
+				return nil, err
+			}
+		}
+
 		img, err = mutate.Append(img, mutate.Addendum{Layer: ociLayer{l}, History: v1.History{Created: v1.Time{Time: mtime}}})
 		if err != nil {
 			return nil, fmt.Errorf("assembling installer image: %w", err)
@@ -220,11 +231,12 @@ func (b *builder) imagerProfile(kind profile.OutputKind, ukiSigner profile.Signi
 }
 
 func (b *builder) writeInstaller(ctx context.Context) error {
-	ukiSigner, pcrSigner, stopSigners, err := b.imagerSigners()
-	if err != nil {
-		return err
+	if b.signing == nil {
+		return errors.New("installer: the UKI step did not start the signers")
 	}
-	defer stopSigners()
+
+	ukiSigner := profile.SigningKeyAndCertificate{SignerAddress: b.signing.ukiAddr}
+	pcrSigner := profile.SigningKey{SignerAddress: b.signing.pcrAddr}
 
 	prof := b.imagerProfile(profile.OutKindInstaller, ukiSigner, pcrSigner)
 
@@ -249,6 +261,7 @@ func (b *builder) writeInstaller(ctx context.Context) error {
 	img, err := InstallerImage(tarPath, InstallerInfo{
 		Name: b.def.Name, Version: b.def.Version, SchematicID: b.rec.SchematicID, Epoch: b.epoch,
 		Revision: sourceRevision(ctx, b.opts.Root), Source: SourceRepository,
+		ResignPE: b.resignPE,
 	})
 	if err != nil {
 		return err

@@ -1,85 +1,208 @@
 package build
 
 import (
+	"bytes"
 	"crypto"
+	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
-	"encoding/pem"
+	"debug/pe"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/foxboron/go-uefi/authenticode"
+	"github.com/foxboron/go-uefi/pkcs7"
+	"golang.org/x/crypto/cryptobyte"
+	"golang.org/x/crypto/cryptobyte/asn1"
 )
 
-// signPE Authenticode-signs a PE binary (systemd-boot) with the UKI signing key.
-func signPE(src, dst, keyPath, certPath string) error {
-	key, cert, err := loadSigner(keyPath, certPath)
+// signPEFile Authenticode-signs the PE binary src into dst, replacing any
+// signature src carries (the Talos imager signs the UKI itself, with
+// signingTime = now), so the result depends only on the binary, the key and
+// signingTime (SOURCE_DATE_EPOCH): RSA PKCS#1 v1.5 is deterministic.
+func signPEFile(src, dst string, s crypto.Signer, cert *x509.Certificate, signingTime time.Time) error {
+	data, err := os.ReadFile(src)
 	if err != nil {
-		return err
+		return fmt.Errorf("reading %s: %w", src, err)
 	}
 
-	f, err := os.Open(src)
+	signed, err := signPE(data, s, cert, signingTime)
 	if err != nil {
-		return fmt.Errorf("opening %s: %w", src, err)
-	}
-	defer f.Close() //nolint:errcheck
-
-	bin, err := authenticode.Parse(f)
-	if err != nil {
-		return fmt.Errorf("parsing PE %s: %w", src, err)
-	}
-
-	if _, err := bin.Sign(key, cert); err != nil {
 		return fmt.Errorf("signing %s: %w", src, err)
 	}
 
-	if err := os.WriteFile(dst, bin.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(dst, signed, 0o644); err != nil {
 		return fmt.Errorf("writing %s: %w", dst, err)
 	}
 
 	return nil
 }
 
-func loadSigner(keyPath, certPath string) (crypto.Signer, *x509.Certificate, error) {
-	keyPEM, err := os.ReadFile(keyPath)
+// signPE returns data, unsigned first, with one Authenticode signature.
+func signPE(data []byte, s crypto.Signer, cert *x509.Certificate, signingTime time.Time) ([]byte, error) {
+	unsigned, err := stripSignature(data)
 	if err != nil {
-		return nil, nil, fmt.Errorf("reading signing key: %w", err)
+		return nil, err
 	}
 
-	kb, _ := pem.Decode(keyPEM)
-	if kb == nil {
-		return nil, nil, fmt.Errorf("%s is not PEM: regenerate with `imagectl keys generate`", keyPath)
-	}
-
-	var key crypto.Signer
-
-	if k, err := x509.ParsePKCS1PrivateKey(kb.Bytes); err == nil {
-		key = k
-	} else if k8, err8 := x509.ParsePKCS8PrivateKey(kb.Bytes); err8 == nil {
-		s, ok := k8.(crypto.Signer)
-		if !ok {
-			return nil, nil, fmt.Errorf("%s: key type %T cannot sign", keyPath, k8)
-		}
-
-		key = s
-	} else {
-		return nil, nil, fmt.Errorf("%s: not an RSA private key (PKCS#1 or PKCS#8): %w", keyPath, errors.Join(err, err8))
-	}
-
-	certPEM, err := os.ReadFile(certPath)
+	bin, err := authenticode.Parse(bytes.NewReader(unsigned))
 	if err != nil {
-		return nil, nil, fmt.Errorf("reading signing certificate: %w", err)
+		return nil, fmt.Errorf("parsing PE: %w", err)
 	}
 
-	cb, _ := pem.Decode(certPEM)
-	if cb == nil {
-		return nil, nil, fmt.Errorf("%s is not PEM", certPath)
-	}
-
-	cert, err := x509.ParseCertificate(cb.Bytes)
+	sig, err := authenticodeSignature(s, cert, bin.Hash(crypto.SHA256), signingTime)
 	if err != nil {
-		return nil, nil, fmt.Errorf("parsing %s: %w", certPath, err)
+		return nil, err
 	}
 
-	return key, cert, nil
+	if err := bin.AppendSignature(sig); err != nil {
+		return nil, fmt.Errorf("appending signature: %w", err)
+	}
+
+	return bin.Bytes(), nil
+}
+
+// stripSignature removes the attribute certificate table (always at the end
+// of the file, where signers append it) and zeroes its data directory entry.
+// The bytes before it, including the padding the signer added, stay: they
+// are part of the Authenticode hash.
+func stripSignature(data []byte) ([]byte, error) {
+	f, err := pe.NewFile(bytes.NewReader(data))
+	if err != nil {
+		return nil, fmt.Errorf("parsing PE: %w", err)
+	}
+	defer f.Close() //nolint:errcheck
+
+	var dd pe.DataDirectory
+
+	switch h := f.OptionalHeader.(type) {
+	case *pe.OptionalHeader64:
+		dd = h.DataDirectory[pe.IMAGE_DIRECTORY_ENTRY_SECURITY]
+	case *pe.OptionalHeader32:
+		dd = h.DataDirectory[pe.IMAGE_DIRECTORY_ENTRY_SECURITY]
+	default:
+		return nil, errors.New("PE has no optional header")
+	}
+
+	if dd.Size == 0 {
+		return data, nil
+	}
+
+	if int(dd.VirtualAddress)+int(dd.Size) != len(data) {
+		return nil, fmt.Errorf("the certificate table (%d+%d) is not at the end of the file (%d bytes)", dd.VirtualAddress, dd.Size, len(data))
+	}
+
+	out := bytes.Clone(data[:dd.VirtualAddress])
+
+	// The security entry: e_lfanew + 4 (signature) + 20 (file header) +
+	// the optional header's offset of data directory 4.
+	lfanew := int(binary.LittleEndian.Uint32(out[0x3c:]))
+	off := lfanew + 4 + 20 + 144 // PE32+
+
+	if _, ok := f.OptionalHeader.(*pe.OptionalHeader32); ok {
+		off = lfanew + 4 + 20 + 128
+	}
+
+	clear(out[off : off+8])
+
+	return out, nil
+}
+
+// authenticodeSignature builds the PKCS#7 SignedData of an Authenticode
+// signature (SpcIndirectDataContent over the PE hash) the way go-uefi does,
+// but with signingTime given rather than time.Now(): go-uefi has no option
+// for it, and a signature stamped with the wall clock makes every build
+// differ. A zero signingTime, or one UTCTime cannot carry (outside
+// 1950-2049), leaves the attribute out; the firmware never reads it.
+func authenticodeSignature(s crypto.Signer, cert *x509.Certificate, peHash []byte, signingTime time.Time) ([]byte, error) {
+	content, err := authenticode.CreateSpcIndirectDataContent(peHash, crypto.SHA256)
+	if err != nil {
+		return nil, fmt.Errorf("creating SpcIndirectDataContent: %w", err)
+	}
+
+	// The message digest covers the content's value, without its
+	// SEQUENCE tag and length (Authenticode, RFC 2315 9.3).
+	contentDigest := sha256.Sum256(content)
+
+	if y := signingTime.UTC().Year(); y < 1950 || y > 2049 {
+		signingTime = time.Time{}
+	}
+
+	attrs := (&pkcs7.Attributes{
+		ContentType:   authenticode.OIDSpcIndirectDataContent,
+		MessageDigest: contentDigest[:],
+		SigningTime:   signingTime.UTC(),
+	}).Marshal()
+
+	// The signature is over the attributes' DER as a SET OF.
+	attrsDigest := sha256.Sum256(attrs)
+
+	sig, err := s.Sign(rand.Reader, attrsDigest[:], crypto.SHA256)
+	if err != nil {
+		return nil, fmt.Errorf("signing Authenticode attributes: %w", err)
+	}
+
+	var attrsBody cryptobyte.String
+
+	in := cryptobyte.String(attrs)
+	if !in.ReadASN1(&attrsBody, asn1.SET) {
+		return nil, errors.New("encoding Authenticode attributes")
+	}
+
+	sha256Alg := func(b *cryptobyte.Builder) {
+		b.AddASN1(asn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1ObjectIdentifier(pkcs7.OIDDigestAlgorithmSHA256)
+			b.AddASN1NULL()
+		})
+	}
+
+	var out cryptobyte.Builder
+
+	// ContentInfo { signedData, [0] SignedData }
+	out.AddASN1(asn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1ObjectIdentifier(pkcs7.OIDSignedData)
+		b.AddASN1(asn1.Tag(0).ContextSpecific().Constructed(), func(b *cryptobyte.Builder) {
+			b.AddASN1(asn1.SEQUENCE, func(b *cryptobyte.Builder) {
+				b.AddASN1Int64(1)                                                 // version
+				b.AddASN1(asn1.SET, func(b *cryptobyte.Builder) { sha256Alg(b) }) // digestAlgorithms
+				b.AddASN1(asn1.SEQUENCE, func(b *cryptobyte.Builder) {            // contentInfo
+					b.AddASN1ObjectIdentifier(authenticode.OIDSpcIndirectDataContent)
+					b.AddASN1(asn1.Tag(0).ContextSpecific().Constructed(), func(b *cryptobyte.Builder) {
+						b.AddASN1(asn1.SEQUENCE, func(b *cryptobyte.Builder) { b.AddBytes(content) })
+					})
+				})
+				b.AddASN1(asn1.Tag(0).ContextSpecific().Constructed(), func(b *cryptobyte.Builder) { // certificates
+					b.AddBytes(cert.Raw)
+				})
+				b.AddASN1(asn1.SET, func(b *cryptobyte.Builder) { // signerInfos
+					b.AddASN1(asn1.SEQUENCE, func(b *cryptobyte.Builder) {
+						b.AddASN1Int64(1)
+						b.AddASN1(asn1.SEQUENCE, func(b *cryptobyte.Builder) { // issuerAndSerialNumber
+							b.AddBytes(cert.RawIssuer)
+							b.AddASN1BigInt(cert.SerialNumber)
+						})
+						sha256Alg(b)
+						b.AddASN1(asn1.Tag(0).ContextSpecific().Constructed(), func(b *cryptobyte.Builder) { // authenticatedAttributes
+							b.AddBytes(attrsBody)
+						})
+						b.AddASN1(asn1.SEQUENCE, func(b *cryptobyte.Builder) {
+							b.AddASN1ObjectIdentifier(pkcs7.OIDEncryptionAlgorithmRSA)
+							b.AddASN1NULL()
+						})
+						b.AddASN1OctetString(sig)
+					})
+				})
+			})
+		})
+	})
+
+	der, err := out.Bytes()
+	if err != nil {
+		return nil, fmt.Errorf("encoding Authenticode signature: %w", err)
+	}
+
+	return der, nil
 }

@@ -9,15 +9,19 @@ import (
 
 // cpioShim wraps cpio for the imager. The imager archives files it has just
 // written (the system-extension images, including the embedded machine
-// config) and cpio records their mtimes, which would make every UKI differ;
-// the shim clamps the listed files' mtimes to SOURCE_DATE_EPOCH first, as
+// config) and cpio records their mtimes and modes, which would make every
+// UKI differ, and differ again under another umask (0600 under umask 077;
+// owners are already forced to 0:0 by the imager's -R +0:+0). The shim
+// clamps the listed files' mtimes to SOURCE_DATE_EPOCH and sets group and
+// other to the owner's bits without write (what umask 022 gives), as
 // reproducible-build tooling does, and then runs the real cpio unchanged.
 const cpioShim = `#!/bin/sh
 list=$(mktemp)
 cat > "$list"
-if [ -n "$SOURCE_DATE_EPOCH" ]; then
-	while IFS= read -r f; do touch -h -d "@$SOURCE_DATE_EPOCH" -- "$f"; done < "$list"
-fi
+while IFS= read -r f; do
+	[ -L "$f" ] || chmod go=u-w -- "$f"
+	[ -z "$SOURCE_DATE_EPOCH" ] || touch -h -d "@$SOURCE_DATE_EPOCH" -- "$f"
+done < "$list"
 exec 3< "$list"
 rm -f "$list"
 exec %q "$@" <&3

@@ -41,11 +41,12 @@ func (b *builder) kernelArgs() []string {
 const DBCmdlineParam = "labos.db"
 
 func (b *builder) buildUKI(ctx context.Context) error {
-	ukiSigner, pcrSigner, stopSigners, err := b.imagerSigners()
-	if err != nil {
+	if err := b.startSigning(ctx); err != nil {
 		return err
 	}
-	defer stopSigners()
+
+	ukiSigner := profile.SigningKeyAndCertificate{SignerAddress: b.signing.ukiAddr}
+	pcrSigner := profile.SigningKey{SignerAddress: b.signing.pcrAddr}
 
 	prof := b.imagerProfile(profile.OutKindUKI, ukiSigner, pcrSigner)
 
@@ -59,11 +60,12 @@ func (b *builder) buildUKI(ctx context.Context) error {
 		return err
 	}
 
+	// The imager's Authenticode signature carries signingTime = now; the
+	// UKI is signed again, by the same signer, with SOURCE_DATE_EPOCH
+	// (sign.go). The .pcrsig inside is PKCS#1 v1.5, already deterministic.
 	b.uki = filepath.Join(b.stage, b.def.Name+".efi")
-	if err := os.Rename(out, b.uki); err != nil {
-		if err := copyFile(out, b.uki); err != nil {
-			return err
-		}
+	if err := b.signPE(out, b.uki); err != nil {
+		return fmt.Errorf("signing UKI: %w", err)
 	}
 
 	if b.cmdline, err = readCmdline(b.uki); err != nil {
@@ -168,25 +170,4 @@ func redirectStderr(w io.Writer) (func(), error) {
 		<-done
 		r.Close() //nolint:errcheck
 	}, nil
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return fmt.Errorf("copying %s: %w", src, err)
-	}
-	defer in.Close() //nolint:errcheck
-
-	out, err := os.Create(dst)
-	if err != nil {
-		return fmt.Errorf("copying to %s: %w", dst, err)
-	}
-
-	if _, err = io.Copy(out, in); err != nil {
-		out.Close() //nolint:errcheck
-
-		return fmt.Errorf("copying to %s: %w", dst, err)
-	}
-
-	return out.Close()
 }

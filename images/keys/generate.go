@@ -1,10 +1,12 @@
 package keys
 
 import (
+	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -45,6 +47,17 @@ type GenerateOptions struct {
 	// Endpoints are the talosconfig endpoints. Default 127.0.0.1, where the
 	// lab forwards each VM's API port.
 	Endpoints []string
+	// Token, with PKCS11, creates the UKI, PCR, PK and KEK keys inside a
+	// PKCS#11 token (non-extractable) instead of key files: the folder gets
+	// only certificates, .auth files, the Talos secrets and PKCS11File.
+	Token  KeyMaker
+	PKCS11 *PKCS11
+}
+
+// KeyMaker creates an RSA key pair somewhere private keys do not leave
+// (images/keys/hsm: a PKCS#11 token), labelled label.
+type KeyMaker interface {
+	GenerateRSA(label string, bits int) (crypto.Signer, error)
 }
 
 func (o *GenerateOptions) defaults() {
@@ -126,7 +139,12 @@ func Generate(dir string, opts GenerateOptions) (_ *Set, err error) {
 		return nil, err
 	}
 
-	for _, name := range allFiles {
+	names := allFiles
+	if opts.Token != nil {
+		names = append([]string{PKCS11File}, slices.DeleteFunc(slices.Clone(allFiles), func(n string) bool { return slices.Contains(pkcs11Private, n) })...)
+	}
+
+	for _, name := range names {
 		mode := fs.FileMode(0o644)
 		if privateFiles[name] {
 			mode = 0o600
@@ -302,7 +320,7 @@ func writeFileSync(path string, data []byte, mode fs.FileMode) error {
 }
 
 type keyPair struct {
-	key  *rsa.PrivateKey
+	key  crypto.Signer
 	cert *x509.Certificate
 }
 
@@ -310,34 +328,48 @@ type keyPair struct {
 func generateFiles(opts GenerateOptions) (map[string][]byte, error) {
 	files := map[string][]byte{}
 
-	uki, err := newSelfSigned(opts, UKISigningKeyBits, opts.CommonName+" UKI signing",
+	if (opts.Token == nil) != (opts.PKCS11 == nil) {
+		return nil, errors.New("generating keys in a token needs both Token and PKCS11")
+	}
+
+	uki, err := newSelfSigned(opts, opts.labelOf("uki"), UKISigningKeyBits, opts.CommonName+" UKI signing",
 		x509.KeyUsageDigitalSignature, []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning})
 	if err != nil {
 		return nil, fmt.Errorf("generating UKI signing key: %w", err)
 	}
 
-	pcr, err := rsa.GenerateKey(rand.Reader, PCRSigningKeyBits)
+	pcr, err := opts.newKey(opts.labelOf("pcr"), PCRSigningKeyBits)
 	if err != nil {
 		return nil, fmt.Errorf("generating PCR signing key: %w", err)
 	}
 
-	pk, err := newSelfSigned(opts, OwnerKeyBits, opts.CommonName+" PK", x509.KeyUsageDigitalSignature|x509.KeyUsageCertSign, nil)
+	pk, err := newSelfSigned(opts, opts.labelOf("pk"), OwnerKeyBits, opts.CommonName+" PK", x509.KeyUsageDigitalSignature|x509.KeyUsageCertSign, nil)
 	if err != nil {
 		return nil, fmt.Errorf("generating PK: %w", err)
 	}
 
-	kek, err := newSelfSigned(opts, OwnerKeyBits, opts.CommonName+" KEK", x509.KeyUsageDigitalSignature|x509.KeyUsageCertSign, nil)
+	kek, err := newSelfSigned(opts, opts.labelOf("kek"), OwnerKeyBits, opts.CommonName+" KEK", x509.KeyUsageDigitalSignature|x509.KeyUsageCertSign, nil)
 	if err != nil {
 		return nil, fmt.Errorf("generating KEK: %w", err)
 	}
 
-	files[UKISigningKeyFile] = encodePKCS1(uki.key)
 	files[UKISigningCertFile] = encodeCert(uki.cert.Raw)
-	files[PCRSigningKeyFile] = encodePKCS1(pcr)
-	files[PKKeyFile] = encodePKCS1(pk.key)
 	files[PKCertFile] = encodeCert(pk.cert.Raw)
-	files[KEKKeyFile] = encodePKCS1(kek.key)
 	files[KEKCertFile] = encodeCert(kek.cert.Raw)
+
+	if opts.Token != nil {
+		cfg, err := json.MarshalIndent(opts.PKCS11, "", "  ")
+		if err != nil {
+			return nil, fmt.Errorf("encoding %s: %w", PKCS11File, err)
+		}
+
+		files[PKCS11File] = append(cfg, '\n')
+	} else {
+		files[UKISigningKeyFile] = encodePKCS1(uki.key.(*rsa.PrivateKey))
+		files[PCRSigningKeyFile] = encodePKCS1(pcr.(*rsa.PrivateKey))
+		files[PKKeyFile] = encodePKCS1(pk.key.(*rsa.PrivateKey))
+		files[KEKKeyFile] = encodePKCS1(kek.key.(*rsa.PrivateKey))
+	}
 
 	// The usual owner chain: PK signs itself and KEK, KEK signs db.
 	for _, v := range []struct {
@@ -369,8 +401,27 @@ func generateFiles(opts GenerateOptions) (map[string][]byte, error) {
 	return files, nil
 }
 
-func newSelfSigned(opts GenerateOptions, bits int, cn string, usage x509.KeyUsage, ext []x509.ExtKeyUsage) (keyPair, error) {
-	key, err := rsa.GenerateKey(rand.Reader, bits)
+// labelOf is the token label of a role's key, from PKCS11 ("uki", "pcr",
+// "pk", "kek").
+func (o *GenerateOptions) labelOf(role string) string {
+	if o.PKCS11 == nil {
+		return ""
+	}
+
+	return map[string]string{"uki": o.PKCS11.UKIKeyLabel, "pcr": o.PKCS11.PCRKeyLabel, "pk": o.PKCS11.PKKeyLabel, "kek": o.PKCS11.KEKKeyLabel}[role]
+}
+
+// newKey makes an RSA key in the token (label) or in memory.
+func (o *GenerateOptions) newKey(label string, bits int) (crypto.Signer, error) {
+	if o.Token != nil {
+		return o.Token.GenerateRSA(label, bits)
+	}
+
+	return rsa.GenerateKey(rand.Reader, bits)
+}
+
+func newSelfSigned(opts GenerateOptions, label string, bits int, cn string, usage x509.KeyUsage, ext []x509.ExtKeyUsage) (keyPair, error) {
+	key, err := opts.newKey(label, bits)
 	if err != nil {
 		return keyPair{}, err
 	}
@@ -392,7 +443,7 @@ func newSelfSigned(opts GenerateOptions, bits int, cn string, usage x509.KeyUsag
 		IsCA:                  usage&x509.KeyUsageCertSign != 0,
 	}
 
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
 		return keyPair{}, err
 	}

@@ -104,6 +104,10 @@ type Set struct {
 	// reads only PKCS#1 from a path; the builder serves these keys from
 	// memory instead).
 	PKCS8 []string `json:"pkcs8,omitempty"`
+
+	// PKCS11 is set when the private keys live in a PKCS#11 token
+	// (PKCS11File in the folder); the key files are then absent.
+	PKCS11 *PKCS11 `json:"pkcs11,omitempty"`
 }
 
 func newSet(dir string) *Set {

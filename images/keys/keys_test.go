@@ -461,9 +461,9 @@ func TestLoadErrors(t *testing.T) {
 		{
 			name: "UKI key too small (with a matching cert)",
 			mutate: func(t *testing.T, dir string) {
-				kp, err := newSelfSigned(GenerateOptions{Now: nowForTest(), Validity: 1e9}, 1024, "x", x509.KeyUsageDigitalSignature, nil)
+				kp, err := newSelfSigned(GenerateOptions{Now: nowForTest(), Validity: 1e9}, "", 1024, "x", x509.KeyUsageDigitalSignature, nil)
 				require.NoError(t, err)
-				write(t, dir, UKISigningKeyFile, encodePKCS1(kp.key))
+				write(t, dir, UKISigningKeyFile, encodePKCS1(kp.key.(*rsa.PrivateKey)))
 				write(t, dir, UKISigningCertFile, encodeCert(kp.cert.Raw))
 			},
 			file:    UKISigningKeyFile,

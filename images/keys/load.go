@@ -65,6 +65,10 @@ func Load(dir string) (*Set, error) {
 		return nil, bad("", "is not a directory")
 	}
 
+	if _, err := os.Stat(filepath.Join(dir, PKCS11File)); err == nil {
+		return loadPKCS11(dir, bad)
+	}
+
 	var missing, missingOwners []string
 
 	for _, name := range allFiles {
@@ -172,25 +176,34 @@ func Load(dir string) (*Set, error) {
 		return nil, err
 	}
 
+	if err := checkTalos(s, bad); err != nil {
+		return nil, err
+	}
+
+	return s, nil
+}
+
+// checkTalos checks the Talos secrets bundle and the talosconfig.
+func checkTalos(s *Set, bad func(string, string, ...any) error) error {
 	bundle, err := secrets.LoadBundle(s.Secrets)
 	if err != nil {
-		return nil, bad(SecretsFile, "is not a Talos secrets bundle: %v", err)
+		return bad(SecretsFile, "is not a Talos secrets bundle: %v", err)
 	}
 
 	if err := bundle.Validate(nil); err != nil {
-		return nil, bad(SecretsFile, "is incomplete: %v", err)
+		return bad(SecretsFile, "is incomplete: %v", err)
 	}
 
 	tc, err := clientconfig.Open(s.Talosconfig)
 	if err != nil {
-		return nil, bad(TalosconfigFile, "is not a talosconfig: %v", err)
+		return bad(TalosconfigFile, "is not a talosconfig: %v", err)
 	}
 
 	if ctx, ok := tc.Contexts[tc.Context]; !ok || ctx.Crt == "" || ctx.Key == "" {
-		return nil, bad(TalosconfigFile, "has no current context with a client certificate")
+		return bad(TalosconfigFile, "has no current context with a client certificate")
 	}
 
-	return s, nil
+	return nil
 }
 
 // ReadPrivateKey reads an RSA private key file (PKCS#1 or PKCS#8 PEM) into

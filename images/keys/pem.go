@@ -98,3 +98,6 @@ func matches(cert *x509.Certificate, key *rsa.PrivateKey) bool {
 
 	return ok && pub.Equal(&key.PublicKey)
 }
+
+// ParseCertificatePEM parses one PEM certificate.
+func ParseCertificatePEM(data []byte) (*x509.Certificate, error) { return parseCert(data) }

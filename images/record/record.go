@@ -66,7 +66,10 @@ type Record struct {
 	Inputs       []Input  `json:"inputs"`
 	Outputs      []Output `json:"outputs"`
 	Addons       []Addon  `json:"addons,omitempty"`
-	Steps        []Step   `json:"steps"`
+	// Steps are the step timings of the build that just ran, for the CLI
+	// (imagectl build -o json) and the bench. They vary run to run, so
+	// build.json and the installer's copy leave them out (reproducible).
+	Steps []Step `json:"steps,omitempty"`
 	// SourceDateEpoch is the timestamp every artifact carries.
 	SourceDateEpoch int64 `json:"sourceDateEpoch"`
 	// Cached is true when this build was served from the cache.

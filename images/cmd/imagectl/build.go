@@ -105,6 +105,7 @@ for the base when the definition sets base.insecure.`,
 					Baker: baker, Progress: cli.NewProgress(progress), ImagerLog: imagerLog,
 					ToolsPath: filepath.Join(cacheRoot(root), "lab-assets", "tools", "bin"),
 					Registry:  base.Registry{Insecure: insecureRegistries},
+					PKCS11PIN: os.Getenv(pinEnv),
 				})
 
 				baker.Close()

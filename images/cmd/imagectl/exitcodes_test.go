@@ -67,6 +67,8 @@ outputs: [uki]
 		{"inspect: unreadable certificate", []string{"inspect", notImage, "--cert", notImage}, 2, "certificate"},
 		{"build: definition does not parse", []string{"build", badDef, "--root", repoRoot(t), "-q"}, 2, "bad.yaml"},
 		{"build: unknown add-on", []string{"build", unknownAddon, "--root", repoRoot(t), "-q", "--out", filepath.Join(dir, "out")}, 2, "addons"},
+		{"addons bump: bad version", []string{"addons", "bump", "cilium", "--dir", filepath.Join(repoRoot(t), "extensions"), "--version", "latest", "--dry-run"}, 2, `version: "latest" must be a semantic version`},
+		{"addons bump: bad --tag", []string{"addons", "bump", "cilium", "--dir", filepath.Join(repoRoot(t), "extensions"), "--tag", "agent", "--dry-run"}, 2, "--tag"},
 		{"keys check: invalid set", []string{"keys", "check", "--dir", dir}, 2, "imagectl keys generate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
