@@ -67,6 +67,12 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 	nr := &nodeRun{e: e, n: n, node: node, subject: subject}
 	target := e.rollout.Version
 
+	defer func() {
+		if nr.cluster != nil {
+			nr.cluster.Close() //nolint:errcheck
+		}
+	}()
+
 	if n.State == store.NodeRollingBack {
 		// A rollback was about to be sent (or sent) when the previous process
 		// stopped: finish watching it, never send it again.
@@ -85,7 +91,21 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 		}
 
 		if v == target {
-			return !nr.record(ctx, store.Transition{State: store.NodeDone, FromVersion: v, Detail: "already at " + target})
+			// The same tag may name another build: only the image decides.
+			why, err := nr.imageMismatch(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return false
+				}
+
+				return e.fail(ctx, wave, n, nil, fmt.Sprintf("unreachable before upgrade: %v", err), false)
+			}
+
+			if why == "" {
+				return !nr.record(ctx, store.Transition{State: store.NodeDone, FromVersion: v, Detail: "already at " + target})
+			}
+
+			log.Info("node reports the target tag but another image: upgrading", "why", why)
 		}
 
 		// The version call may have taken long: check the window right
@@ -116,7 +136,7 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 			return e.fail(ctx, wave, n, node, fmt.Sprintf("reconciling: node unreachable: %v", err), true)
 		}
 
-		if v == target {
+		if v == target && nr.runsTarget(ctx) {
 			log.Info("reconciled: node already runs the target version")
 
 			if !nr.record(ctx, store.Transition{State: store.NodeAccepted, Detail: "reconciled: node reports " + v}) {
@@ -170,6 +190,7 @@ type nodeRun struct {
 	n       *store.Node
 	node    driver.Node
 	subject string
+	cluster driver.ClusterChecker // opened by the first cluster check
 }
 
 // record commits a transition and mirrors it in memory; false if the store failed.
@@ -384,9 +405,80 @@ func (r *nodeRun) checkVersion(ctx context.Context) (bool, bool, string) {
 		return false, true, fmt.Sprintf("node reports version %s, want %s", v, r.e.rollout.Version)
 	}
 
-	ok, why := r.checkHealth(ctx)
+	if why, err := r.imageMismatch(ctx); err != nil || why != "" {
+		if err != nil {
+			why = "image: " + err.Error()
+		}
+
+		return false, false, why
+	}
+
+	if ok, why := r.checkHealth(ctx); !ok {
+		return false, false, why
+	}
+
+	ok, why := r.checkCluster(ctx)
 
 	return ok, false, why
+}
+
+// imageMismatch says why the node does not run the plan's image ("" when
+// it does) for nodes that report their image (driver.ImageReporter); for
+// others the version tag, already compared, is all there is.
+func (r *nodeRun) imageMismatch(ctx context.Context) (string, error) {
+	ir, ok := r.node.(driver.ImageReporter)
+	if !ok {
+		return "", nil
+	}
+
+	c, cancel := r.call(ctx)
+	defer cancel()
+
+	id, err := ir.Image(c)
+	if err != nil {
+		return "", err
+	}
+
+	return r.e.want.Mismatch(id), nil
+}
+
+// runsTarget: the node runs the plan's image; unknown counts as no.
+func (r *nodeRun) runsTarget(ctx context.Context) bool {
+	why, err := r.imageMismatch(ctx)
+
+	return err == nil && why == ""
+}
+
+// checkCluster asks the node's cluster (health.kubernetes): Kubernetes node
+// Ready, and on control plane nodes the static pods and etcd members.
+func (r *nodeRun) checkCluster(ctx context.Context) (bool, string) {
+	if !r.e.plan.Health.Kubernetes {
+		return true, ""
+	}
+
+	if r.cluster == nil {
+		cc, err := r.e.opts.Cluster.OpenCluster(ctx, r.e.target(r.n))
+		if err != nil {
+			return false, "opening cluster: " + err.Error()
+		}
+
+		r.cluster = cc
+	}
+
+	c, cancel := r.call(ctx)
+	st, err := r.cluster.Cluster(c)
+
+	cancel()
+
+	if err != nil {
+		return false, "cluster: " + err.Error()
+	}
+
+	if p := st.Problems(r.e.target(r.n)); len(p) > 0 {
+		return false, strings.Join(p, "; ")
+	}
+
+	return true, ""
 }
 
 func (r *nodeRun) checkHealth(ctx context.Context) (bool, string) {
