@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -232,29 +233,23 @@ func (r *nodeRun) settleUnrepeated(ctx context.Context, was string) bool {
 		return false
 	}
 
-	clock := r.e.opts.Clock
-	deadline := clock.Now().Add(r.e.plan.Health.Timeout.D())
-
-	for {
+	err := r.e.poll(ctx, r.e.plan.Health.Timeout.D(), func() error {
 		v, err := r.version(ctx)
-		if err == nil && v == r.e.rollout.Version {
-			return r.record(ctx, store.Transition{State: store.NodeAccepted, Detail: "reconciled while stopping: the earlier request landed"})
+		if err == nil && v != r.e.rollout.Version {
+			err = errors.New("still on " + v)
 		}
 
-		if ctx.Err() != nil {
-			return false
-		}
+		return err
+	})
 
-		if !clock.Now().Before(deadline) {
-			r.record(ctx, store.Transition{State: store.NodeSkipped, Detail: "rollout stopping: node stayed on " + was + "; request not repeated"})
-
-			return false
-		}
-
-		if clock.Sleep(ctx, r.e.plan.Health.Interval.D()) != nil {
-			return false
-		}
+	switch {
+	case err == nil:
+		return r.record(ctx, store.Transition{State: store.NodeAccepted, Detail: "reconciled while stopping: the earlier request landed"})
+	case ctx.Err() == nil:
+		r.record(ctx, store.Transition{State: store.NodeSkipped, Detail: "rollout stopping: node stayed on " + was + "; request not repeated"})
 	}
+
+	return false
 }
 
 // fellBack asks a node that can tell whether it already tried the target
@@ -367,23 +362,15 @@ func (r *nodeRun) upgrade(ctx context.Context, wave int) (failed, ok bool) {
 
 // waitReachable polls the node's version until it answers or the gate times out.
 func (r *nodeRun) waitReachable(ctx context.Context) (string, error) {
-	clock := r.e.opts.Clock
-	deadline := clock.Now().Add(r.e.plan.Health.Timeout.D())
+	var v string
 
-	for {
-		v, err := r.version(ctx)
-		if err == nil {
-			return v, nil
-		}
+	err := r.e.poll(ctx, r.e.plan.Health.Timeout.D(), func() (err error) {
+		v, err = r.version(ctx)
 
-		if ctx.Err() != nil || !clock.Now().Before(deadline) {
-			return "", err
-		}
+		return err
+	})
 
-		if err := clock.Sleep(ctx, r.e.plan.Health.Interval.D()); err != nil {
-			return "", err
-		}
-	}
+	return v, err
 }
 
 // check is one health probe: target version and all services healthy.
@@ -507,14 +494,15 @@ func (r *nodeRun) checkHealth(ctx context.Context) (bool, string) {
 func (r *nodeRun) gate(ctx context.Context) (string, bool) {
 	clock := r.e.opts.Clock
 	hg := r.e.plan.Health
-	deadline := clock.Now().Add(hg.Timeout.D())
 
 	var last string
 
-	for {
+	fellBack := false
+
+	err := r.e.poll(ctx, hg.Timeout.D(), func() error {
 		ok, otherVersion, why := r.checkVersion(ctx)
 		if ok {
-			break
+			return nil
 		}
 
 		last = why
@@ -524,20 +512,21 @@ func (r *nodeRun) gate(ctx context.Context) (string, bool) {
 		// there: fail now instead of waiting out the timeout. Install removes
 		// an earlier failed entry of the same version, so this is this attempt.
 		if otherVersion && r.fellBack(ctx) {
-			return "node tried " + r.e.rollout.Version + " and fell back: " + why, false
+			fellBack = true
+
+			return backoff.Permanent(errors.New(why))
 		}
 
-		if ctx.Err() != nil {
-			return ctx.Err().Error(), false
-		}
+		return errors.New(why)
+	})
 
-		if !clock.Now().Before(deadline) {
-			return fmt.Sprintf("health gate timed out after %s: %s", hg.Timeout.D(), last), false
-		}
-
-		if err := clock.Sleep(ctx, hg.Interval.D()); err != nil {
-			return err.Error(), false
-		}
+	switch {
+	case fellBack:
+		return "node tried " + r.e.rollout.Version + " and fell back: " + last, false
+	case ctx.Err() != nil:
+		return ctx.Err().Error(), false
+	case err != nil:
+		return fmt.Sprintf("health gate timed out after %s: %s", hg.Timeout.D(), last), false
 	}
 
 	soakEnd := clock.Now().Add(hg.Soak.D())
@@ -650,22 +639,24 @@ func (r *nodeRun) awaitPrevious(ctx context.Context, sent string) (bool, string,
 		return false, sent + "; previous version unknown", true
 	}
 
-	clock := r.e.opts.Clock
 	hg := r.e.plan.Health
-	deadline := clock.Now().Add(hg.Timeout.D())
 
-	for {
-		// A node going away for its reboot answers with errors: keep asking.
-		if v, err := r.version(ctx); err == nil && v == r.n.FromVersion {
-			return true, sent + "; node runs " + v + " again", true
+	// A node going away for its reboot answers with errors: keep asking.
+	err := r.e.poll(ctx, hg.Timeout.D(), func() error {
+		v, err := r.version(ctx)
+		if err == nil && v != r.n.FromVersion {
+			err = errors.New("runs " + v)
 		}
 
-		if ctx.Err() != nil {
-			return false, "", false
-		}
+		return err
+	})
 
-		if !clock.Now().Before(deadline) || clock.Sleep(ctx, hg.Interval.D()) != nil {
-			return false, fmt.Sprintf("%s; node did not report %s within %s", sent, r.n.FromVersion, hg.Timeout.D()), true
-		}
+	switch {
+	case err == nil:
+		return true, sent + "; node runs " + r.n.FromVersion + " again", true
+	case ctx.Err() != nil:
+		return false, "", false
 	}
+
+	return false, fmt.Sprintf("%s; node did not report %s within %s", sent, r.n.FromVersion, hg.Timeout.D()), true
 }
