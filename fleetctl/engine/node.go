@@ -61,7 +61,7 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 			return false
 		}
 
-		return e.fail(ctx, wave, n, nil, fmt.Sprintf("opening node: %v", err), false)
+		return e.untouched(ctx, n, fmt.Sprintf("opening node: %v", err))
 	}
 	defer node.Close() //nolint:errcheck
 
@@ -88,7 +88,7 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 				return false
 			}
 
-			return e.fail(ctx, wave, n, nil, fmt.Sprintf("unreachable before upgrade: %v", err), false)
+			return e.untouched(ctx, n, fmt.Sprintf("unreachable before upgrade: %v", err))
 		}
 
 		if v == target {
@@ -99,7 +99,7 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 					return false
 				}
 
-				return e.fail(ctx, wave, n, nil, fmt.Sprintf("unreachable before upgrade: %v", err), false)
+				return e.untouched(ctx, n, fmt.Sprintf("unreachable before upgrade: %v", err))
 			}
 
 			if why == "" {
@@ -545,6 +545,28 @@ func (r *nodeRun) gate(ctx context.Context) (string, bool) {
 	}
 
 	return "", true
+}
+
+// untouched records a node that could not be reached before anything was
+// sent to it as skipped: it still runs its old image, so it is no failure of
+// the image and does not count against a budget. It returns true so the
+// rest of its cluster is skipped too (a control plane node that cannot be
+// reached may already cost etcd a member).
+func (e *execution) untouched(ctx context.Context, n *store.Node, reason string) bool {
+	subject := n.Cluster + "/" + n.Name
+	e.log.Warn("node not reached before its upgrade; skipped", "node", subject, "reason", reason)
+
+	tr := store.Transition{Node: n.ID, Subject: subject, State: store.NodeSkipped, Error: reason,
+		Detail: "not touched; not counted against the budget"}
+	if err := e.lease.RecordNode(context.WithoutCancel(ctx), e.opts.Actor, tr); err != nil {
+		e.storeFailed(fmt.Errorf("recording %s as skipped: %w", subject, err))
+
+		return true
+	}
+
+	n.State = store.NodeSkipped
+
+	return true
 }
 
 // fail records a failed node, rolling it back first when the plan says so and

@@ -678,7 +678,7 @@ func (e *execution) runCluster(ctx context.Context, wave int, nodes []*store.Nod
 		mu.Unlock()
 
 		if f && n.State == store.NodePending {
-			e.skip(ctx, n, "another node of the cluster failed")
+			e.skip(ctx, n, "another node of the cluster failed or could not be reached")
 
 			return
 		}
