@@ -383,21 +383,32 @@ func (r *nodeRun) check(ctx context.Context) (bool, string) {
 // checkVersion is check that also says whether the node answered with
 // another version than the target (it may have fallen back).
 func (r *nodeRun) checkVersion(ctx context.Context) (bool, bool, string) {
-	v, err := r.version(ctx)
-	if err != nil {
-		return false, false, err.Error()
-	}
+	if ir, ok := r.node.(driver.ImageReporter); ok {
+		// The image answer carries the version too: one call per probe.
+		c, cancel := r.call(ctx)
+		id, err := ir.Image(c)
 
-	if v != r.e.rollout.Version {
-		return false, true, fmt.Sprintf("node reports version %s, want %s", v, r.e.rollout.Version)
-	}
+		cancel()
 
-	if why, err := r.imageMismatch(ctx); err != nil || why != "" {
-		if err != nil {
-			why = "image: " + err.Error()
+		switch {
+		case err != nil:
+			return false, false, err.Error()
+		case id.Version != r.e.rollout.Version:
+			return false, true, fmt.Sprintf("node reports version %s, want %s", id.Version, r.e.rollout.Version)
 		}
 
-		return false, false, why
+		if why := r.e.want.Mismatch(id); why != "" {
+			return false, false, why
+		}
+	} else {
+		v, err := r.version(ctx)
+		if err != nil {
+			return false, false, err.Error()
+		}
+
+		if v != r.e.rollout.Version {
+			return false, true, fmt.Sprintf("node reports version %s, want %s", v, r.e.rollout.Version)
+		}
 	}
 
 	if ok, why := r.checkHealth(ctx); !ok {
