@@ -251,8 +251,24 @@ func TestCrashAndResume(t *testing.T) {
 							// 5 while the first holds its lock. Other codes mean
 							// the first had not created the rollout yet or had
 							// already finished; the invariants below still hold.
-							out, _ := fleetctl("rollout", "resume", "--force").CombinedOutput()
-							if strings.Contains(string(out), "--force never takes over a live executor") {
+							// It can also win the lease from a first process
+							// that has not taken it yet, and then wait for a
+							// closed window for hours: such a run is killed
+							// too (one more kill -9 of an executor).
+							force := fleetctl("rollout", "resume", "--force")
+
+							var buf strings.Builder
+
+							force.Stdout, force.Stderr = &buf, &buf
+							require.NoError(t, force.Start())
+
+							timer := time.AfterFunc(15*time.Second, func() { force.Process.Kill() }) //nolint:errcheck
+							_ = force.Wait()
+
+							timer.Stop()
+
+							out := buf.String()
+							if strings.Contains(out, "--force never takes over a live executor") {
 								count(&refused)
 							}
 						}
