@@ -140,11 +140,11 @@ type Fleet struct {
 }
 
 type simNode struct {
-	tried     map[string]bool // versions ever installed
-	versions  []string        // boot history; last is the current image
-	digests   []string        // image digest of each entry of versions ("" unknown)
-	fates     map[string]float64
-	lastKind  byte            // 'U' upgrade, 'R' rollback, 0 none
+	tried     map[string]bool    // versions ever installed
+	versions  []string           // boot history; last is the current image
+	digests   []string           // image digest of each entry of versions ("" unknown)
+	fates     map[string]float64 // fate per version, computed once
+	lastKind  byte               // 'U' upgrade, 'R' rollback, 0 none
 	lastAt    time.Time
 	upgrades  int
 	rollbacks int
