@@ -61,6 +61,11 @@ soak: ## long runs: each power-cut point of the qemu-tests SOAK times (default 1
 	@mkdir -p $(OUT)
 	set -o pipefail; QEMU_TESTS_SOAK=$(SOAK) $(GO) test -count=1 -timeout 180m -v -run 'TestPowerLoss' ./qemu-tests/ 2>&1 | tee $(OUT)/soak.log
 
+.PHONY: soak-fleetctl
+soak-fleetctl: ## long runs: fleetctl's kill -9 crash test with SOAK x 40 seeded trials (default 400)
+	@mkdir -p $(OUT)
+	set -o pipefail; FLEETCTL_SOAK=$(SOAK) $(GO) test -count=1 -timeout 180m -v -run 'TestCrashAndResume' ./fleetctl/cmd/fleetctl/ 2>&1 | tee $(OUT)/soak-fleetctl.log
+
 .PHONY: unit
 unit: ## unit tests only (no VMs)
 	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v -e /qemu-tests -e /lab/harness)

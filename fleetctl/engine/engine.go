@@ -73,6 +73,10 @@ type Options struct {
 	Store *store.Store
 	// Driver opens nodes (required).
 	Driver driver.Factory
+	// Cluster checks the Kubernetes node, static pods and etcd when the plan
+	// sets health.kubernetes (required then). Nil uses Driver if it is a
+	// driver.ClusterOpener (the talos and sim drivers are).
+	Cluster driver.ClusterOpener
 	// DriverName is recorded with the rollout ("talos", "sim:<dir>", "talos:simulated");
 	// see IsSimulated.
 	DriverName string
@@ -104,6 +108,10 @@ func (o *Options) defaults() {
 
 	if o.Clock == nil {
 		o.Clock = realClock{}
+	}
+
+	if co, ok := o.Driver.(driver.ClusterOpener); ok && o.Cluster == nil {
+		o.Cluster = co
 	}
 
 	if o.ControlPoll <= 0 {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -60,12 +61,18 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 			return false
 		}
 
-		return e.fail(ctx, wave, n, nil, fmt.Sprintf("opening node: %v", err), false)
+		return e.untouched(ctx, n, fmt.Sprintf("opening node: %v", err))
 	}
 	defer node.Close() //nolint:errcheck
 
 	nr := &nodeRun{e: e, n: n, node: node, subject: subject}
 	target := e.rollout.Version
+
+	defer func() {
+		if nr.cluster != nil {
+			nr.cluster.Close() //nolint:errcheck
+		}
+	}()
 
 	if n.State == store.NodeRollingBack {
 		// A rollback was about to be sent (or sent) when the previous process
@@ -81,11 +88,25 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 				return false
 			}
 
-			return e.fail(ctx, wave, n, nil, fmt.Sprintf("unreachable before upgrade: %v", err), false)
+			return e.untouched(ctx, n, fmt.Sprintf("unreachable before upgrade: %v", err))
 		}
 
 		if v == target {
-			return !nr.record(ctx, store.Transition{State: store.NodeDone, FromVersion: v, Detail: "already at " + target})
+			// The same tag may name another build: only the image decides.
+			why, err := nr.imageMismatch(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return false
+				}
+
+				return e.untouched(ctx, n, fmt.Sprintf("unreachable before upgrade: %v", err))
+			}
+
+			if why == "" {
+				return !nr.record(ctx, store.Transition{State: store.NodeDone, FromVersion: v, Detail: "already at " + target})
+			}
+
+			log.Info("node reports the target tag but another image: upgrading", "why", why)
 		}
 
 		// The version call may have taken long: check the window right
@@ -116,7 +137,7 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 			return e.fail(ctx, wave, n, node, fmt.Sprintf("reconciling: node unreachable: %v", err), true)
 		}
 
-		if v == target {
+		if v == target && nr.runsTarget(ctx) {
 			log.Info("reconciled: node already runs the target version")
 
 			if !nr.record(ctx, store.Transition{State: store.NodeAccepted, Detail: "reconciled: node reports " + v}) {
@@ -170,6 +191,7 @@ type nodeRun struct {
 	n       *store.Node
 	node    driver.Node
 	subject string
+	cluster driver.ClusterChecker // opened by the first cluster check
 }
 
 // record commits a transition and mirrors it in memory; false if the store failed.
@@ -211,29 +233,23 @@ func (r *nodeRun) settleUnrepeated(ctx context.Context, was string) bool {
 		return false
 	}
 
-	clock := r.e.opts.Clock
-	deadline := clock.Now().Add(r.e.plan.Health.Timeout.D())
-
-	for {
+	err := r.e.poll(ctx, r.e.plan.Health.Timeout.D(), func() error {
 		v, err := r.version(ctx)
-		if err == nil && v == r.e.rollout.Version {
-			return r.record(ctx, store.Transition{State: store.NodeAccepted, Detail: "reconciled while stopping: the earlier request landed"})
+		if err == nil && v != r.e.rollout.Version {
+			err = errors.New("still on " + v)
 		}
 
-		if ctx.Err() != nil {
-			return false
-		}
+		return err
+	})
 
-		if !clock.Now().Before(deadline) {
-			r.record(ctx, store.Transition{State: store.NodeSkipped, Detail: "rollout stopping: node stayed on " + was + "; request not repeated"})
-
-			return false
-		}
-
-		if clock.Sleep(ctx, r.e.plan.Health.Interval.D()) != nil {
-			return false
-		}
+	switch {
+	case err == nil:
+		return r.record(ctx, store.Transition{State: store.NodeAccepted, Detail: "reconciled while stopping: the earlier request landed"})
+	case ctx.Err() == nil:
+		r.record(ctx, store.Transition{State: store.NodeSkipped, Detail: "rollout stopping: node stayed on " + was + "; request not repeated"})
 	}
+
+	return false
 }
 
 // fellBack asks a node that can tell whether it already tried the target
@@ -346,23 +362,15 @@ func (r *nodeRun) upgrade(ctx context.Context, wave int) (failed, ok bool) {
 
 // waitReachable polls the node's version until it answers or the gate times out.
 func (r *nodeRun) waitReachable(ctx context.Context) (string, error) {
-	clock := r.e.opts.Clock
-	deadline := clock.Now().Add(r.e.plan.Health.Timeout.D())
+	var v string
 
-	for {
-		v, err := r.version(ctx)
-		if err == nil {
-			return v, nil
-		}
+	err := r.e.poll(ctx, r.e.plan.Health.Timeout.D(), func() (err error) {
+		v, err = r.version(ctx)
 
-		if ctx.Err() != nil || !clock.Now().Before(deadline) {
-			return "", err
-		}
+		return err
+	})
 
-		if err := clock.Sleep(ctx, r.e.plan.Health.Interval.D()); err != nil {
-			return "", err
-		}
-	}
+	return v, err
 }
 
 // check is one health probe: target version and all services healthy.
@@ -375,18 +383,100 @@ func (r *nodeRun) check(ctx context.Context) (bool, string) {
 // checkVersion is check that also says whether the node answered with
 // another version than the target (it may have fallen back).
 func (r *nodeRun) checkVersion(ctx context.Context) (bool, bool, string) {
-	v, err := r.version(ctx)
-	if err != nil {
-		return false, false, err.Error()
+	if ir, ok := r.node.(driver.ImageReporter); ok {
+		// The image answer carries the version too: one call per probe.
+		c, cancel := r.call(ctx)
+		id, err := ir.Image(c)
+
+		cancel()
+
+		switch {
+		case err != nil:
+			return false, false, err.Error()
+		case id.Version != r.e.rollout.Version:
+			return false, true, fmt.Sprintf("node reports version %s, want %s", id.Version, r.e.rollout.Version)
+		}
+
+		if why := r.e.want.Mismatch(id); why != "" {
+			return false, false, why
+		}
+	} else {
+		v, err := r.version(ctx)
+		if err != nil {
+			return false, false, err.Error()
+		}
+
+		if v != r.e.rollout.Version {
+			return false, true, fmt.Sprintf("node reports version %s, want %s", v, r.e.rollout.Version)
+		}
 	}
 
-	if v != r.e.rollout.Version {
-		return false, true, fmt.Sprintf("node reports version %s, want %s", v, r.e.rollout.Version)
+	if ok, why := r.checkHealth(ctx); !ok {
+		return false, false, why
 	}
 
-	ok, why := r.checkHealth(ctx)
+	ok, why := r.checkCluster(ctx)
 
 	return ok, false, why
+}
+
+// imageMismatch says why the node does not run the plan's image ("" when
+// it does) for nodes that report their image (driver.ImageReporter); for
+// others the version tag, already compared, is all there is.
+func (r *nodeRun) imageMismatch(ctx context.Context) (string, error) {
+	ir, ok := r.node.(driver.ImageReporter)
+	if !ok {
+		return "", nil
+	}
+
+	c, cancel := r.call(ctx)
+	defer cancel()
+
+	id, err := ir.Image(c)
+	if err != nil {
+		return "", err
+	}
+
+	return r.e.want.Mismatch(id), nil
+}
+
+// runsTarget: the node runs the plan's image; unknown counts as no.
+func (r *nodeRun) runsTarget(ctx context.Context) bool {
+	why, err := r.imageMismatch(ctx)
+
+	return err == nil && why == ""
+}
+
+// checkCluster asks the node's cluster (health.kubernetes): Kubernetes node
+// Ready, and on control plane nodes the static pods and etcd members.
+func (r *nodeRun) checkCluster(ctx context.Context) (bool, string) {
+	if !r.e.plan.Health.Kubernetes {
+		return true, ""
+	}
+
+	if r.cluster == nil {
+		cc, err := r.e.opts.Cluster.OpenCluster(ctx, r.e.target(r.n))
+		if err != nil {
+			return false, "opening cluster: " + err.Error()
+		}
+
+		r.cluster = cc
+	}
+
+	c, cancel := r.call(ctx)
+	st, err := r.cluster.Cluster(c)
+
+	cancel()
+
+	if err != nil {
+		return false, "cluster: " + err.Error()
+	}
+
+	if p := st.Problems(r.e.target(r.n)); len(p) > 0 {
+		return false, strings.Join(p, "; ")
+	}
+
+	return true, ""
 }
 
 func (r *nodeRun) checkHealth(ctx context.Context) (bool, string) {
@@ -415,14 +505,15 @@ func (r *nodeRun) checkHealth(ctx context.Context) (bool, string) {
 func (r *nodeRun) gate(ctx context.Context) (string, bool) {
 	clock := r.e.opts.Clock
 	hg := r.e.plan.Health
-	deadline := clock.Now().Add(hg.Timeout.D())
 
 	var last string
 
-	for {
+	fellBack := false
+
+	err := r.e.poll(ctx, hg.Timeout.D(), func() error {
 		ok, otherVersion, why := r.checkVersion(ctx)
 		if ok {
-			break
+			return nil
 		}
 
 		last = why
@@ -432,20 +523,21 @@ func (r *nodeRun) gate(ctx context.Context) (string, bool) {
 		// there: fail now instead of waiting out the timeout. Install removes
 		// an earlier failed entry of the same version, so this is this attempt.
 		if otherVersion && r.fellBack(ctx) {
-			return "node tried " + r.e.rollout.Version + " and fell back: " + why, false
+			fellBack = true
+
+			return backoff.Permanent(errors.New(why))
 		}
 
-		if ctx.Err() != nil {
-			return ctx.Err().Error(), false
-		}
+		return errors.New(why)
+	})
 
-		if !clock.Now().Before(deadline) {
-			return fmt.Sprintf("health gate timed out after %s: %s", hg.Timeout.D(), last), false
-		}
-
-		if err := clock.Sleep(ctx, hg.Interval.D()); err != nil {
-			return err.Error(), false
-		}
+	switch {
+	case fellBack:
+		return "node tried " + r.e.rollout.Version + " and fell back: " + last, false
+	case ctx.Err() != nil:
+		return ctx.Err().Error(), false
+	case err != nil:
+		return fmt.Sprintf("health gate timed out after %s: %s", hg.Timeout.D(), last), false
 	}
 
 	soakEnd := clock.Now().Add(hg.Soak.D())
@@ -464,6 +556,28 @@ func (r *nodeRun) gate(ctx context.Context) (string, bool) {
 	}
 
 	return "", true
+}
+
+// untouched records a node that could not be reached before anything was
+// sent to it as skipped: it still runs its old image, so it is no failure of
+// the image and does not count against a budget. It returns true so the
+// rest of its cluster is skipped too (a control plane node that cannot be
+// reached may already cost etcd a member).
+func (e *execution) untouched(ctx context.Context, n *store.Node, reason string) bool {
+	subject := n.Cluster + "/" + n.Name
+	e.log.Warn("node not reached before its upgrade; skipped", "node", subject, "reason", reason)
+
+	tr := store.Transition{Node: n.ID, Subject: subject, State: store.NodeSkipped, Error: reason,
+		Detail: "not touched; not counted against the budget"}
+	if err := e.lease.RecordNode(context.WithoutCancel(ctx), e.opts.Actor, tr); err != nil {
+		e.storeFailed(fmt.Errorf("recording %s as skipped: %w", subject, err))
+
+		return true
+	}
+
+	n.State = store.NodeSkipped
+
+	return true
 }
 
 // fail records a failed node, rolling it back first when the plan says so and
@@ -558,22 +672,24 @@ func (r *nodeRun) awaitPrevious(ctx context.Context, sent string) (bool, string,
 		return false, sent + "; previous version unknown", true
 	}
 
-	clock := r.e.opts.Clock
 	hg := r.e.plan.Health
-	deadline := clock.Now().Add(hg.Timeout.D())
 
-	for {
-		// A node going away for its reboot answers with errors: keep asking.
-		if v, err := r.version(ctx); err == nil && v == r.n.FromVersion {
-			return true, sent + "; node runs " + v + " again", true
+	// A node going away for its reboot answers with errors: keep asking.
+	err := r.e.poll(ctx, hg.Timeout.D(), func() error {
+		v, err := r.version(ctx)
+		if err == nil && v != r.n.FromVersion {
+			err = errors.New("runs " + v)
 		}
 
-		if ctx.Err() != nil {
-			return false, "", false
-		}
+		return err
+	})
 
-		if !clock.Now().Before(deadline) || clock.Sleep(ctx, hg.Interval.D()) != nil {
-			return false, fmt.Sprintf("%s; node did not report %s within %s", sent, r.n.FromVersion, hg.Timeout.D()), true
-		}
+	switch {
+	case err == nil:
+		return true, sent + "; node runs " + r.n.FromVersion + " again", true
+	case ctx.Err() != nil:
+		return false, "", false
 	}
+
+	return false, fmt.Sprintf("%s; node did not report %s within %s", sent, r.n.FromVersion, hg.Timeout.D()), true
 }

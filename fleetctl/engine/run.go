@@ -37,6 +37,7 @@ type execution struct {
 	nodes     []store.Node
 
 	controlPlanes map[string]int // per cluster: Talos needs preserve for 1-2
+	want          driver.Want    // the image the gate waits for
 
 	regionSem    map[string]chan struct{}
 	bandwidthSem map[string]chan struct{}
@@ -125,6 +126,10 @@ func (e *execution) run(parent context.Context) (Result, error) {
 
 	if err := e.load(ctx); err != nil {
 		return Result{}, err
+	}
+
+	if e.plan.Health.Kubernetes && e.opts.Cluster == nil {
+		return Result{}, fmt.Errorf("rollout %s: the plan sets health.kubernetes but driver %q cannot check clusters", r.ID, e.opts.DriverName)
 	}
 
 	pid := os.Getpid()
@@ -238,6 +243,7 @@ func (e *execution) load(ctx context.Context) error {
 		return err
 	}
 
+	e.want = driver.Want{Digest: plan.ImageDigest(e.rollout.Image), Version: e.rollout.Version, Schematic: e.plan.Schematic}
 	e.controlPlanes = map[string]int{}
 	e.waveFailures = map[int]int{}
 
@@ -672,7 +678,7 @@ func (e *execution) runCluster(ctx context.Context, wave int, nodes []*store.Nod
 		mu.Unlock()
 
 		if f && n.State == store.NodePending {
-			e.skip(ctx, n, "another node of the cluster failed")
+			e.skip(ctx, n, "another node of the cluster failed or could not be reached")
 
 			return
 		}

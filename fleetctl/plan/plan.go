@@ -24,6 +24,9 @@ type Plan struct {
 	Image string `yaml:"image" json:"image"`
 	// Version is the version tag the nodes report once they run Image.
 	Version string `yaml:"version" json:"version"`
+	// Schematic is the image-factory schematic ID (64 hex) of Image, optional.
+	// Where a node reports no image digest, the gate checks version and this.
+	Schematic string `yaml:"schematic,omitempty" json:"schematic,omitempty"`
 	// Selector picks the clusters of the inventory this rollout covers; empty selects all.
 	Selector Selector `yaml:"selector,omitempty" json:"selector,omitempty"`
 	// Waves are executed in order; a wave starts only after the previous one finished.
@@ -96,6 +99,12 @@ type HealthGate struct {
 	// before it answers (default 10m, at most 2h). A call that times out is
 	// not a refusal: the node is asked what it did.
 	UpgradeTimeout Duration `yaml:"upgradeTimeout,omitempty" json:"upgradeTimeout,omitempty"`
+	// Kubernetes adds the cluster to the gate: the Kubernetes node Ready, on
+	// control plane nodes the static pods running and etcd with its expected
+	// members. The talos driver reads them with the kubeconfig beside the
+	// cluster's talosconfig and etcd's member list through the node API.
+	// Off by default: labos lab nodes run no Kubernetes.
+	Kubernetes bool `yaml:"kubernetes,omitempty" json:"kubernetes,omitempty"`
 }
 
 // Budget is the overall failure budget.
@@ -243,6 +252,10 @@ func (p *Plan) Validate() error {
 		add("plan", "version", "%q differs from the image's tag %q (nodes report the tag they run)", p.Version, tag)
 	}
 
+	if p.Schematic != "" && (len(p.Schematic) != 64 || strings.Trim(p.Schematic, "0123456789abcdef") != "") {
+		add("plan", "schematic", "%q is not a schematic ID (64 lowercase hex digits, as image-factory prints it)", p.Schematic)
+	}
+
 	if len(p.Waves) == 0 {
 		add("plan", "waves", "at least one wave is required and the last must have percent: 100")
 	}
@@ -374,6 +387,13 @@ func ImageTag(ref string) string {
 	}
 
 	return repo[i+1:]
+}
+
+// ImageDigest is the digest of an image reference (repo[:tag]@sha256:...), "" if it has none.
+func ImageDigest(ref string) string {
+	_, digest, _ := strings.Cut(ref, "@")
+
+	return digest
 }
 
 // ValidateImage checks that ref is pinned by a sha256 digest.

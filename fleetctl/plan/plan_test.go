@@ -182,3 +182,17 @@ func TestAllowedIsExact(t *testing.T) {
 	assert.Equal(t, 1, plan.Allowed(0, 10, 19), "floored: 1.9 allows 1")
 	assert.Equal(t, 3, plan.Allowed(3, 0.57, 100), "the larger of count and percent")
 }
+
+func TestSchematicValidated(t *testing.T) {
+	p := &plan.Plan{Name: "x", Image: "registry.example/installer:v2@" + digest, Version: "v2", Schematic: "ABC",
+		Waves: []plan.Wave{{Name: "all", Percent: 100}}}
+	p.Default()
+
+	err := p.Validate()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `schematic: "ABC" is not a schematic ID`)
+
+	p.Schematic = strings.Repeat("ab", 32)
+	require.NoError(t, p.Validate())
+	assert.Equal(t, digest, plan.ImageDigest(p.Image))
+}

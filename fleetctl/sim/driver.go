@@ -21,11 +21,18 @@ func VersionOf(image string) string {
 	return digest
 }
 
-// Factory drives the fleet in-process (no network), for engine tests and benchmarks.
-func (f *Fleet) Factory() driver.Factory {
-	return driver.FactoryFunc(func(_ context.Context, t driver.Target) (driver.Node, error) {
-		return &localNode{f: f, key: Key(t.Cluster, t.Node), preserve: t.Preserve()}, nil
-	})
+// Factory drives the fleet in-process (no network), for engine tests and
+// benchmarks. It is also the fleet's driver.ClusterOpener.
+func (f *Fleet) Factory() driver.Factory { return factory{f} }
+
+type factory struct{ f *Fleet }
+
+func (x factory) Open(_ context.Context, t driver.Target) (driver.Node, error) {
+	return &localNode{f: x.f, key: Key(t.Cluster, t.Node), preserve: t.Preserve()}, nil
+}
+
+func (x factory) OpenCluster(ctx context.Context, t driver.Target) (driver.ClusterChecker, error) {
+	return x.f.ClusterOpener().OpenCluster(ctx, t)
 }
 
 type localNode struct {
@@ -51,7 +58,9 @@ func (n *localNode) Upgrade(ctx context.Context, image string) error {
 		return err
 	}
 
-	return n.f.UpgradePreserve(n.key, VersionOf(image), n.preserve)
+	_, digest, _ := strings.Cut(image, "@")
+
+	return n.f.UpgradeImage(n.key, VersionOf(image), digest, n.preserve)
 }
 
 func (n *localNode) Rollback(ctx context.Context) error {
@@ -73,6 +82,39 @@ func (n *localNode) Health(ctx context.Context) (driver.Health, error) {
 }
 
 func (n *localNode) Close() error { return nil }
+
+// Image implements driver.ImageReporter.
+func (n *localNode) Image(ctx context.Context) (driver.ImageID, error) {
+	if err := n.wait(ctx); err != nil {
+		return driver.ImageID{}, err
+	}
+
+	return n.f.Image(n.key)
+}
+
+// ClusterOpener checks the simulated nodes' Kubernetes and etcd state in-process.
+func (f *Fleet) ClusterOpener() driver.ClusterOpener { return clusterOpener{f} }
+
+type clusterOpener struct{ f *Fleet }
+
+func (o clusterOpener) OpenCluster(_ context.Context, t driver.Target) (driver.ClusterChecker, error) {
+	return &localCluster{f: o.f, t: t}, nil
+}
+
+type localCluster struct {
+	f *Fleet
+	t driver.Target
+}
+
+func (c *localCluster) Cluster(ctx context.Context) (driver.ClusterStatus, error) {
+	if err := sleep(ctx, time.Duration(c.f.b.Latency)); err != nil {
+		return driver.ClusterStatus{}, err
+	}
+
+	return c.f.Cluster(c.t)
+}
+
+func (c *localCluster) Close() error { return nil }
 
 // FellBackFrom implements driver.FallbackReporter like labos does.
 func (n *localNode) FellBackFrom(ctx context.Context, version string) (bool, error) {

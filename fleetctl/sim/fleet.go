@@ -86,7 +86,24 @@ type Behaviour struct {
 	// etcd) refuses an upgrade without preserve, and every node also lists a
 	// service without a health check (healthy=false, unknown=true).
 	TalosLike bool `yaml:"talosLike,omitempty"`
+	// InitialDigest is the image digest every node runs before its first
+	// upgrade ("" reports none). With the plan's version equal to
+	// InitialVersion but another digest, nodes run a different build of the
+	// same tag and must still be upgraded.
+	InitialDigest string `yaml:"initialDigest,omitempty"`
+	// KubeFaults make the cluster unhealthy on a node that runs the version
+	// (key): "node-not-ready" (the Kubernetes node never gets Ready, e.g. a
+	// broken CNI), "static-pod" (kube-apiserver never gets ready on a control
+	// plane node) or "etcd-member" (the control plane node does not rejoin etcd).
+	KubeFaults map[string]string `yaml:"kubeFaults,omitempty"`
 }
+
+// Kubernetes faults of Behaviour.KubeFaults.
+const (
+	FaultNodeNotReady = "node-not-ready"
+	FaultStaticPod    = "static-pod"
+	FaultEtcdMember   = "etcd-member"
+)
 
 // Validate checks the behaviour.
 func (b Behaviour) Validate() error {
@@ -97,6 +114,14 @@ func (b Behaviour) Validate() error {
 		return fmt.Errorf("sim.yaml: failRate: %v is out of range (0-1)", b.FailRate)
 	case b.HangRate < 0 || b.HangRate+b.FailRate > 1:
 		return fmt.Errorf("sim.yaml: hangRate: %v is out of range (0-1, failRate+hangRate <= 1)", b.HangRate)
+	}
+
+	for v, fault := range b.KubeFaults {
+		switch fault {
+		case FaultNodeNotReady, FaultStaticPod, FaultEtcdMember:
+		default:
+			return fmt.Errorf("sim.yaml: kubeFaults: %s: unknown fault %q (want %s, %s or %s)", v, fault, FaultNodeNotReady, FaultStaticPod, FaultEtcdMember)
+		}
 	}
 
 	return nil
@@ -115,9 +140,11 @@ type Fleet struct {
 }
 
 type simNode struct {
-	tried     map[string]bool // versions ever installed
-	versions  []string        // boot history; last is the current image
-	lastKind  byte            // 'U' upgrade, 'R' rollback, 0 none
+	tried     map[string]bool    // versions ever installed
+	versions  []string           // boot history; last is the current image
+	digests   []string           // image digest of each entry of versions ("" unknown)
+	fates     map[string]float64 // fate per version, computed once
+	lastKind  byte               // 'U' upgrade, 'R' rollback, 0 none
 	lastAt    time.Time
 	upgrades  int
 	rollbacks int
@@ -190,17 +217,12 @@ func (f *Fleet) replay(path string) error {
 
 	sc := bufio.NewScanner(fh)
 	for sc.Scan() {
-		parts := strings.Split(sc.Text(), "\t")
-		if len(parts) != 4 {
+		ev, ok := parseEvent(sc.Text())
+		if !ok {
 			continue // a line torn by a crash mid-write was never acknowledged
 		}
 
-		ns, err := strconv.ParseInt(parts[3], 10, 64)
-		if err != nil {
-			continue
-		}
-
-		f.apply(parts[1], parts[0][0], parts[2], time.Unix(0, ns))
+		f.apply(ev.Node, ev.Kind[0], ev.Version, ev.Digest, ev.At)
 	}
 
 	return sc.Err()
@@ -209,19 +231,20 @@ func (f *Fleet) replay(path string) error {
 func (f *Fleet) node(key string) *simNode {
 	n := f.nodes[key]
 	if n == nil {
-		n = &simNode{versions: []string{f.b.InitialVersion}}
+		n = &simNode{versions: []string{f.b.InitialVersion}, digests: []string{f.b.InitialDigest}}
 		f.nodes[key] = n
 	}
 
 	return n
 }
 
-func (f *Fleet) apply(key string, kind byte, version string, at time.Time) {
+func (f *Fleet) apply(key string, kind byte, version, digest string, at time.Time) {
 	n := f.node(key)
 
 	switch kind {
 	case 'U':
 		n.versions = append(n.versions, version)
+		n.digests = append(n.digests, digest)
 		n.upgrades++
 
 		if n.tried == nil {
@@ -232,6 +255,7 @@ func (f *Fleet) apply(key string, kind byte, version string, at time.Time) {
 	case 'R':
 		if len(n.versions) > 1 {
 			n.versions = n.versions[:len(n.versions)-1]
+			n.digests = n.digests[:len(n.digests)-1]
 		}
 
 		n.rollbacks++
@@ -242,17 +266,21 @@ func (f *Fleet) apply(key string, kind byte, version string, at time.Time) {
 
 // record persists an event before it takes effect: a node "accepts" only what
 // survives the simulator's own crash.
-func (f *Fleet) record(key string, kind byte, version string) error {
+func (f *Fleet) record(key string, kind byte, version, digest string) error {
 	at := f.now()
 
 	if f.journal != nil {
 		line := fmt.Sprintf("%c\t%s\t%s\t%d\n", kind, key, version, at.UnixNano())
+		if digest != "" {
+			line = fmt.Sprintf("%c\t%s\t%s\t%s\t%d\n", kind, key, version, digest, at.UnixNano())
+		}
+
 		if _, err := f.journal.WriteString(line); err != nil {
 			return fmt.Errorf("writing simulator journal: %w", err)
 		}
 	}
 
-	f.apply(key, kind, version, at)
+	f.apply(key, kind, version, digest, at)
 
 	return nil
 }
@@ -266,12 +294,28 @@ func (f *Fleet) Close() error {
 	return f.journal.Close()
 }
 
-// fate is a deterministic number in [0,1) per node and version.
+// fate is a deterministic number in [0,1) per node and version. It is
+// asked on every call to an upgraded node, so it is kept per node (f.mu
+// held): hashing through fmt each time was a tenth of a simulated rollout's
+// CPU time.
 func (f *Fleet) fate(key, version string) float64 {
+	n := f.node(key)
+	if x, ok := n.fates[version]; ok {
+		return x
+	}
+
 	h := fnv.New64a()
 	fmt.Fprintf(h, "%d/%s/%s", f.b.Seed, key, version)
 
-	return float64(h.Sum64()>>11) / math.Exp2(53)
+	x := float64(h.Sum64()>>11) / math.Exp2(53)
+
+	if n.fates == nil {
+		n.fates = map[string]float64{}
+	}
+
+	n.fates[version] = x
+
+	return x
 }
 
 func (f *Fleet) fails(key, version string) bool {
@@ -339,7 +383,7 @@ func (f *Fleet) Reboot(key string) error {
 		return ErrUnreachable
 	}
 
-	return f.record(key, 'B', "")
+	return f.record(key, 'B', "", "")
 }
 
 // Version is what the node reports now.
@@ -357,6 +401,82 @@ func (f *Fleet) Version(key string) (string, error) {
 	}
 
 	return f.running(n), nil
+}
+
+// Image is the image the node reports: the digest recorded with the upgrade
+// it runs (InitialDigest before the first).
+func (f *Fleet) Image(key string) (driver.ImageID, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	n := f.node(key)
+
+	i, err := f.current(key, n)
+	if err != nil {
+		return driver.ImageID{}, err
+	}
+
+	return driver.ImageID{Version: n.versions[i], Digest: n.digests[i]}, nil
+}
+
+// current is the index in n.versions of the image the node runs now.
+func (f *Fleet) current(key string, n *simNode) (int, error) {
+	last := len(n.versions) - 1
+
+	switch f.phase(key, n) {
+	case phaseStaging:
+		return last - 1, nil
+	case phaseRebooting, phaseHung:
+		return 0, ErrUnreachable
+	}
+
+	if n.lastKind == 'U' && slices.Contains(f.b.FallbackVersions, n.versions[last]) {
+		return last - 1, nil
+	}
+
+	return last, nil
+}
+
+// Cluster is what the node's cluster reports about it (see
+// Behaviour.KubeFaults). Etcd lists this node by its name and the other
+// control plane nodes as peer-1, peer-2, ...
+func (f *Fleet) Cluster(t driver.Target) (driver.ClusterStatus, error) {
+	key := Key(t.Cluster, t.Node)
+
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	n := f.node(key)
+
+	i, err := f.current(key, n)
+	if err != nil {
+		return driver.ClusterStatus{}, err
+	}
+
+	fault := f.b.KubeFaults[n.versions[i]]
+	st := driver.ClusterStatus{NodeReady: fault != FaultNodeNotReady}
+
+	if !st.NodeReady {
+		st.NodeReason = "SIMULATED KubeletNotReady: container runtime network not ready: cni plugin not initialized"
+	}
+
+	if t.Role != "controlplane" {
+		return st, nil
+	}
+
+	for _, app := range driver.ControlPlanePods {
+		st.Pods = append(st.Pods, driver.Pod{App: app, Phase: "Running", Ready: !(fault == FaultStaticPod && app == "kube-apiserver")})
+	}
+
+	if fault != FaultEtcdMember {
+		st.Etcd = append(st.Etcd, driver.EtcdMember{Hostname: t.Node})
+	}
+
+	for p := 1; p < t.ControlPlanes; p++ {
+		st.Etcd = append(st.Etcd, driver.EtcdMember{Hostname: fmt.Sprintf("peer-%d", p)})
+	}
+
+	return st, nil
 }
 
 // FailedEntries lists boot entries the node fell back from, named as labos
@@ -394,6 +514,12 @@ func (f *Fleet) Upgrade(key, version string) error {
 // UpgradePreserve is Upgrade with Talos's preserve flag, which a TalosLike
 // control plane node requires.
 func (f *Fleet) UpgradePreserve(key, version string, preserve bool) error {
+	return f.UpgradeImage(key, version, "", preserve)
+}
+
+// UpgradeImage is UpgradePreserve that also records the image's digest,
+// which the node then reports (Image).
+func (f *Fleet) UpgradeImage(key, version, digest string, preserve bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 
@@ -410,7 +536,7 @@ func (f *Fleet) UpgradePreserve(key, version string, preserve bool) error {
 		return ErrUnreachable
 	}
 
-	return f.record(key, 'U', version)
+	return f.record(key, 'U', version, digest)
 }
 
 // Rollback boots the previous image.
@@ -429,7 +555,7 @@ func (f *Fleet) Rollback(key string) error {
 		return ErrNoPrevious
 	}
 
-	return f.record(key, 'R', "")
+	return f.record(key, 'R', "", "")
 }
 
 // Services is the node's service list (the labos set).
@@ -498,13 +624,13 @@ func ReadJournal(dir string) ([]Event, error) {
 	var out []Event
 
 	for line := range strings.Lines(string(data)) {
-		parts := strings.Split(strings.TrimSuffix(line, "\n"), "\t")
-		if len(parts) != 4 || !strings.HasSuffix(line, "\n") {
+		if !strings.HasSuffix(line, "\n") {
 			continue
 		}
 
-		ns, _ := strconv.ParseInt(parts[3], 10, 64)
-		out = append(out, Event{Kind: parts[0], Node: parts[1], Version: parts[2], At: time.Unix(0, ns)})
+		if ev, ok := parseEvent(strings.TrimSuffix(line, "\n")); ok {
+			out = append(out, ev)
+		}
 	}
 
 	return out, nil
@@ -515,7 +641,28 @@ type Event struct {
 	Kind    string // "U" or "R"
 	Node    string // cluster/node
 	Version string
+	Digest  string // image digest of an upgrade, if the request carried one
 	At      time.Time
+}
+
+// parseEvent reads "kind node version [digest] unixnano".
+func parseEvent(line string) (Event, bool) {
+	parts := strings.Split(line, "\t")
+	if (len(parts) != 4 && len(parts) != 5) || parts[0] == "" {
+		return Event{}, false
+	}
+
+	ns, err := strconv.ParseInt(parts[len(parts)-1], 10, 64)
+	if err != nil {
+		return Event{}, false
+	}
+
+	ev := Event{Kind: parts[0], Node: parts[1], Version: parts[2], At: time.Unix(0, ns)}
+	if len(parts) == 5 {
+		ev.Digest = parts[3]
+	}
+
+	return ev, true
 }
 
 // Key names a node in the journal.

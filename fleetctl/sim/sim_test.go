@@ -126,3 +126,45 @@ func TestVersionOf(t *testing.T) {
 	assert.Equal(t, "v1.2", sim.VersionOf("localhost:5000/installer:v1.2"))
 	assert.Equal(t, "sha256:abc", sim.VersionOf("localhost:5000/installer@sha256:abc"))
 }
+
+// The digest an upgrade carried survives the journal (old 4-column lines
+// still read), and a rollback reports the previous image's digest again.
+func TestImageDigestJournalled(t *testing.T) {
+	dir := t.TempDir()
+	b := sim.Behaviour{InitialVersion: "v1", InitialDigest: "sha256:old"}
+
+	f, err := sim.Open(dir, b)
+	require.NoError(t, err)
+	require.NoError(t, f.Upgrade("c/a", "v2"))
+	require.NoError(t, f.UpgradeImage("c/b", "v2", "sha256:new", true))
+	require.NoError(t, f.Close())
+
+	f, err = sim.Open(dir, b)
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Close() })
+
+	id, err := f.Image("c/b")
+	require.NoError(t, err)
+	assert.Equal(t, driver.ImageID{Version: "v2", Digest: "sha256:new"}, id)
+
+	id, err = f.Image("c/a")
+	require.NoError(t, err)
+	assert.Equal(t, driver.ImageID{Version: "v2"}, id)
+
+	require.NoError(t, f.Rollback("c/b"))
+
+	id, err = f.Image("c/b")
+	require.NoError(t, err)
+	assert.Equal(t, driver.ImageID{Version: "v1", Digest: "sha256:old"}, id)
+
+	ev, err := sim.ReadJournal(dir)
+	require.NoError(t, err)
+	require.Len(t, ev, 3)
+	assert.Equal(t, "sha256:new", ev[1].Digest)
+	assert.Empty(t, ev[0].Digest)
+}
+
+func TestKubeFaultsValidated(t *testing.T) {
+	_, err := sim.Open("", sim.Behaviour{InitialVersion: "v1", KubeFaults: map[string]string{"v2": "cni"}})
+	assert.ErrorContains(t, err, `sim.yaml: kubeFaults: v2: unknown fault "cni"`)
+}

@@ -105,7 +105,7 @@ func (s *Store) AcquireLease(ctx context.Context, id, host string, pid int, stal
 
 	l := &Lease{s: s, rollout: id, token: newToken(), lock: lock}
 
-	err = s.write(ctx, func(tx *sql.Tx) error {
+	err = s.write(ctx, func(tx *wtx) error {
 		var (
 			lh string
 			lp int
@@ -171,7 +171,7 @@ func newToken() string {
 }
 
 // check is the first statement of every lease-guarded transaction.
-func (l *Lease) check(tx *sql.Tx) error {
+func (l *Lease) check(tx *wtx) error {
 	var token string
 	if err := tx.QueryRow(`SELECT lease_token FROM rollouts WHERE id = ?`, l.rollout).Scan(&token); err != nil {
 		return fmt.Errorf("checking lease: %w", err)
@@ -185,13 +185,13 @@ func (l *Lease) check(tx *sql.Tx) error {
 }
 
 // guarded runs fn in a write transaction only while this lease is held.
-func (l *Lease) guarded(ctx context.Context, fn func(*sql.Tx) error) error {
+func (l *Lease) guarded(ctx context.Context, fn func(*wtx) error) error {
 	return l.s.writeAs(ctx, l, fn)
 }
 
 // Heartbeat refreshes the lease; ErrLeaseLost if another process took it.
 func (l *Lease) Heartbeat(ctx context.Context) error {
-	return l.guarded(ctx, func(tx *sql.Tx) error {
+	return l.guarded(ctx, func(tx *wtx) error {
 		if _, err := tx.Exec(`UPDATE rollouts SET lease_at = ? WHERE id = ?`, now(), l.rollout); err != nil {
 			return fmt.Errorf("refreshing lease: %w", err)
 		}
@@ -202,7 +202,7 @@ func (l *Lease) Heartbeat(ctx context.Context) error {
 
 // Release clears the lease if still held and drops the file lock.
 func (l *Lease) Release(ctx context.Context) error {
-	err := l.s.write(ctx, func(tx *sql.Tx) error {
+	err := l.s.write(ctx, func(tx *wtx) error {
 		_, err := tx.Exec(`UPDATE rollouts SET lease_host = '', lease_pid = 0, lease_token = '' WHERE id = ? AND lease_token = ?`, l.rollout, l.token)
 
 		return err

@@ -92,7 +92,7 @@ func t(ns int64) time.Time {
 // CreateRollout writes a new rollout with its frozen sites, waves and nodes in one transaction.
 // It refuses when another rollout is still running or paused.
 func (s *Store) CreateRollout(ctx context.Context, r Rollout, sites []Site, waves []Wave, nodes []Node, actor string) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx *wtx) error {
 		var active string
 
 		err := tx.QueryRow(`SELECT id FROM rollouts WHERE state IN (?, ?) LIMIT 1`, StateRunning, StatePaused).Scan(&active)
@@ -219,8 +219,8 @@ func (s *Store) SetDesired(ctx context.Context, id, desired, actor string) error
 	return s.write(ctx, setDesired(id, desired, actor))
 }
 
-func setDesired(id, desired, actor string) func(*sql.Tx) error {
-	return func(tx *sql.Tx) error {
+func setDesired(id, desired, actor string) func(*wtx) error {
+	return func(tx *wtx) error {
 		res, err := tx.Exec(`UPDATE rollouts SET desired = ?, updated_at = ? WHERE id = ?`, desired, now(), id)
 		if err != nil {
 			return fmt.Errorf("updating desired state: %w", err)
@@ -239,8 +239,8 @@ func (s *Store) SetState(ctx context.Context, id, state, reason, actor string) e
 	return s.write(ctx, setState(id, state, reason, actor))
 }
 
-func setState(id, state, reason, actor string) func(*sql.Tx) error {
-	return func(tx *sql.Tx) error {
+func setState(id, state, reason, actor string) func(*wtx) error {
+	return func(tx *wtx) error {
 		if _, err := tx.Exec(`UPDATE rollouts SET state = ?, reason = ?, updated_at = ? WHERE id = ?`, state, reason, now(), id); err != nil {
 			return fmt.Errorf("updating rollout state: %w", err)
 		}
@@ -304,8 +304,8 @@ func (s *Store) SetWaveState(ctx context.Context, id string, idx int, state, act
 	return s.write(ctx, setWaveState(id, idx, state, actor))
 }
 
-func setWaveState(id string, idx int, state, actor string) func(*sql.Tx) error {
-	return func(tx *sql.Tx) error {
+func setWaveState(id string, idx int, state, actor string) func(*wtx) error {
+	return func(tx *wtx) error {
 		at := now()
 
 		var q string
@@ -373,8 +373,8 @@ func (s *Store) RecordNode(ctx context.Context, rollout, actor string, tr Transi
 	return s.write(ctx, recordNode(rollout, actor, tr))
 }
 
-func recordNode(rollout, actor string, tr Transition) func(*sql.Tx) error {
-	return func(tx *sql.Tx) error {
+func recordNode(rollout, actor string, tr Transition) func(*wtx) error {
+	return func(tx *wtx) error {
 		at := now()
 
 		rb, calls := 0, 0

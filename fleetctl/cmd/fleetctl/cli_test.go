@@ -294,6 +294,19 @@ func TestCLINothingOutsideWindows(t *testing.T) {
 	assert.EqualValues(t, 2, st["waitingForWindow"], "the canary cluster's two nodes wait for their window")
 	assert.NotEmpty(t, st["nextWindow"])
 
+	// The next window per waiting site, in the site's zone.
+	sites, _ := st["waitingSites"].([]any)
+	require.Len(t, sites, 1, "%v", st)
+	site, _ := sites[0].(map[string]any)
+	assert.Equal(t, "site-0000", site["site"])
+	assert.EqualValues(t, 2, site["nodes"])
+	assert.NotEmpty(t, site["timezone"])
+	assert.NotEmpty(t, site["nextWindow"])
+
+	text, code := c.stdout("rollout", "status")
+	require.Equal(t, 0, code, text)
+	assert.Regexp(t, `site-0000 \(\S+\): 2 nodes, next window \d{4}-\d\d-\d\dT`, text)
+
 	out, code = c.run("rollout", "abort", "--wait")
 	require.Equal(t, 0, code, out)
 

@@ -7,10 +7,21 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 )
 
 func main() {
+	// FLEETCTL_CPUPROFILE=FILE writes a CPU profile (go tool pprof), for the
+	// bench's profiling runs.
+	if path := os.Getenv("FLEETCTL_CPUPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				defer pprof.StopCPUProfile()
+			}
+		}
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:])
 
@@ -18,6 +29,16 @@ func main() {
 
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "fleetctl:", err)
+	}
+
+	pprof.StopCPUProfile() // os.Exit skips the deferred call
+
+	// FLEETCTL_MEMPROFILE=FILE writes an allocation profile at exit.
+	if path := os.Getenv("FLEETCTL_MEMPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			pprof.Lookup("allocs").WriteTo(f, 0) //nolint:errcheck
+			f.Close()                            //nolint:errcheck
+		}
 	}
 
 	os.Exit(exitCode(err))

@@ -5,12 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/labfleet/labfleet/fleetctl/driver/talos"
 	"github.com/labfleet/labfleet/fleetctl/engine"
+	"github.com/labfleet/labfleet/fleetctl/inventory"
 	"github.com/labfleet/labfleet/fleetctl/plan"
 	"github.com/labfleet/labfleet/fleetctl/store"
 )
@@ -121,12 +126,17 @@ from another terminal, with 'fleetctl rollout pause' or 'abort'.`,
 				return err
 			}
 
-			if _, err := p.Assign(inv); err != nil {
+			a, err := p.Assign(inv)
+			if err != nil {
 				return bad(err)
 			}
 
 			if spec == "talos" && servedBySim(inv) {
 				spec = "talos:simulated"
+			}
+
+			if err := checkKubeconfigs(p, inv, a, spec); err != nil {
+				return bad(err)
 			}
 
 			st, err := openStore()
@@ -332,4 +342,41 @@ func request(cmd *cobra.Command, id, desired string, wait bool) error {
 	}
 
 	return printResult(cmd.OutOrStdout(), res, asJSON)
+}
+
+// checkKubeconfigs refuses, before anything is recorded, a plan with
+// health.kubernetes whose selected clusters lack the kubeconfig the talos
+// driver reads beside their talosconfig; every missing one is named.
+func checkKubeconfigs(p *plan.Plan, inv *inventory.Inventory, a *plan.Assignment, spec string) error {
+	if !p.Health.Kubernetes || !strings.HasPrefix(spec, "talos") {
+		return nil
+	}
+
+	selected := map[string]bool{}
+
+	for _, w := range a.Waves {
+		for _, c := range w.Clusters {
+			selected[c] = true
+		}
+	}
+
+	var errs inventory.Errors
+
+	for _, c := range inv.Clusters {
+		if !selected[c.Name] {
+			continue
+		}
+
+		path := talos.KubeconfigPath(c.Talosconfig)
+		if _, err := os.Stat(path); err != nil {
+			errs = append(errs, &inventory.FieldError{File: c.Source, Entry: fmt.Sprintf("cluster %q", c.Name), Field: "talosconfig",
+				Msg: fmt.Sprintf("plan %s sets health.kubernetes, but %s is missing (write it with talosctl kubeconfig %s)", p.Source, path, filepath.Dir(path))})
+		}
+	}
+
+	if len(errs) > 0 {
+		return errs
+	}
+
+	return nil
 }

@@ -112,8 +112,8 @@ func newRolloutPlanCmd() *cobra.Command {
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "plan %s: %s -> version %s\n", p.Name, p.Image, p.Version)
 			fmt.Fprintf(w, "selected: %d clusters, %d nodes; overall failure budget %d nodes\n", a.Clusters, a.Nodes, a.MaxFailures)
-			fmt.Fprintf(w, "per cluster: control plane one at a time, workers %d at a time; health gate %s timeout, %s soak, every %s; auto rollback %v\n",
-				p.MaxUnavailable, p.Health.Timeout.D(), p.Health.Soak.D(), p.Health.Interval.D(), p.Rollback())
+			fmt.Fprintf(w, "per cluster: control plane one at a time, workers %d at a time; health gate %s timeout, %s soak, every %s; kubernetes checks %v; auto rollback %v\n",
+				p.MaxUnavailable, p.Health.Timeout.D(), p.Health.Soak.D(), p.Health.Interval.D(), p.Health.Kubernetes, p.Rollback())
 			fmt.Fprintf(w, "a node starts only with %s of its window left (upgrade call %s + gate %s + soak %s)\n",
 				p.NodeWindowNeed(), p.Health.UpgradeTimeout.D(), p.Health.Timeout.D(), p.Health.Soak.D())
 

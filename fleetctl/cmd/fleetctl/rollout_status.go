@@ -3,6 +3,8 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -27,6 +29,16 @@ type statusOut struct {
 	// site is outside its maintenance window now; NextWindow is the earliest opening.
 	WaitingForWindow int       `json:"waitingForWindow"`
 	NextWindow       time.Time `json:"nextWindow,omitzero"`
+	// WaitingSites lists those sites, earliest next window first.
+	WaitingSites []siteWait `json:"waitingSites,omitempty"`
+}
+
+// siteWait is one closed site the current wave waits for.
+type siteWait struct {
+	Site     string    `json:"site"`
+	TimeZone string    `json:"timezone"`
+	Nodes    int       `json:"nodes"`
+	Next     time.Time `json:"nextWindow"` // in the site's zone
 }
 
 func newRolloutStatusCmd() *cobra.Command {
@@ -82,6 +94,11 @@ func newRolloutStatusCmd() *cobra.Command {
 					if out.WaitingForWindow > 0 {
 						fmt.Fprintf(w, "%d nodes of the current wave wait for their maintenance window (next opens %s)\n",
 							out.WaitingForWindow, out.NextWindow.Local().Format(time.RFC3339))
+
+						for _, sw := range out.WaitingSites {
+							fmt.Fprintf(w, "  %s (%s): %d nodes, next window %s (in %s)\n", sw.Site, sw.TimeZone, sw.Nodes,
+								sw.Next.Format(time.RFC3339), time.Until(sw.Next).Round(time.Minute))
+						}
 					}
 				}
 
@@ -166,6 +183,7 @@ func windowWait(cmd *cobra.Command, st *store.Store, id string, res engine.Resul
 
 	now := time.Now()
 	closed := map[string]time.Time{}
+	zone := map[string]string{}
 
 	for _, s := range sites {
 		var ws []window.Window
@@ -180,6 +198,7 @@ func windowWait(cmd *cobra.Command, st *store.Store, id string, res engine.Resul
 
 		if !sch.Open(now) {
 			closed[s.Name] = sch.NextOpen(now)
+			zone[s.Name] = s.TimeZone
 		}
 	}
 
@@ -192,6 +211,8 @@ func windowWait(cmd *cobra.Command, st *store.Store, id string, res engine.Resul
 		return err
 	}
 
+	perSite := map[string]int{}
+
 	for _, n := range nodes {
 		next, isClosed := closed[n.Site]
 		if n.Wave != current || n.State != store.NodePending || !isClosed {
@@ -199,11 +220,29 @@ func windowWait(cmd *cobra.Command, st *store.Store, id string, res engine.Resul
 		}
 
 		out.WaitingForWindow++
+		perSite[n.Site]++
 
 		if out.NextWindow.IsZero() || next.Before(out.NextWindow) {
 			out.NextWindow = next
 		}
 	}
+
+	for name, count := range perSite {
+		next := closed[name]
+		if loc, err := time.LoadLocation(zone[name]); err == nil {
+			next = next.In(loc)
+		}
+
+		out.WaitingSites = append(out.WaitingSites, siteWait{Site: name, TimeZone: zone[name], Nodes: count, Next: next})
+	}
+
+	slices.SortFunc(out.WaitingSites, func(a, b siteWait) int {
+		if c := a.Next.Compare(b.Next); c != 0 {
+			return c
+		}
+
+		return strings.Compare(a.Site, b.Site)
+	})
 
 	return nil
 }

@@ -36,6 +36,7 @@ func newSimInitCmd() *cobra.Command {
 		target                      string
 		concurrency, maxUnavail     int
 		timeout, interval, soak     time.Duration
+		upgradeTimeout              time.Duration
 		waveFailPct, overallFailPct float64
 		windowStart, windowDuration string
 	)
@@ -74,7 +75,8 @@ func newSimInitCmd() *cobra.Command {
 					{Name: "all", Percent: 100, MaxFailurePercent: waveFailPct},
 				},
 				Concurrency: concurrency, MaxUnavailable: maxUnavail,
-				Health: plan.HealthGate{Timeout: plan.Duration(timeout), Interval: plan.Duration(interval), Soak: plan.Duration(soak)},
+				Health: plan.HealthGate{Timeout: plan.Duration(timeout), Interval: plan.Duration(interval), Soak: plan.Duration(soak),
+					UpgradeTimeout: plan.Duration(upgradeTimeout)},
 				Budget: plan.Budget{MaxFailurePercent: overallFailPct},
 			}
 			p.Default()
@@ -118,6 +120,7 @@ func newSimInitCmd() *cobra.Command {
 	f.DurationVar(&timeout, "health-timeout", 2*time.Second, "plan: health gate timeout")
 	f.DurationVar(&interval, "health-interval", 20*time.Millisecond, "plan: health gate polling interval")
 	f.DurationVar(&soak, "soak", 0, "plan: soak time")
+	f.DurationVar(&upgradeTimeout, "upgrade-timeout", 0, "plan: Upgrade call timeout, part of the window a node needs (default 10m)")
 	f.Float64Var(&waveFailPct, "wave-failure-percent", 5, "plan: failure budget per percentage wave (percent of its nodes)")
 	f.Float64Var(&overallFailPct, "failure-percent", 5, "plan: overall failure budget (percent of all nodes)")
 
