@@ -14,7 +14,7 @@ import (
 
 // TalosTag is the Talos release labos stands in for; maintenance mode
 // reports it so clients choose the API they would use on that release.
-const TalosTag = "v1.14.1"
+const TalosTag = api.TalosTag
 
 // loadConfig takes the machine config kept on STATE, or waits for one in
 // maintenance mode (Talos's first boot without a config). It returns an
