@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/siderolabs/talos/pkg/machinery/resources/runtime"
+
 	"github.com/labfleet/labfleet/lab/labos/api"
 	"github.com/labfleet/labfleet/lab/labos/config"
 	"github.com/labfleet/labfleet/lab/labos/sysinit"
@@ -96,6 +98,9 @@ func (n *Node) maintenance(ctx context.Context) error {
 	go func() { done <- api.ServeMaintenance(ctx, lis, srv, tlsCfg, stop) }()
 
 	n.marker(nodeapi.MarkerMaintenance, "addr="+addr)
+	n.publish("machine-status", func(rt *api.Runtime) error {
+		return rt.SetMachineStatus(runtime.MachineStageMaintenance, []runtime.UnmetCondition{{Name: "config", Reason: "waiting for a machine config"}})
+	})
 
 	select {
 	case <-n.configured:
