@@ -15,6 +15,7 @@ import (
 	"github.com/blang/semver/v4"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/siderolabs/talos/pkg/machinery/client"
 	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
@@ -28,6 +29,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"gopkg.in/yaml.v3"
 
 	"github.com/labfleet/labfleet/lab/labos/api"
 	"github.com/labfleet/labfleet/lab/nodeapi"
@@ -287,11 +289,18 @@ func TestCOSIGetAsTalosctl(t *testing.T) {
 		rd, err := c.ResolveResourceKind(ctx, &ns, tc.name)
 		require.NoError(t, err, tc.name)
 
-		r, err := c.COSI.Get(ctx, resource.NewMetadata(ns, rd.TypedSpec().Type, tc.id, resource.VersionUndefined))
+		// as get.go: without protobuf unmarshaling, printed from the YAML spec
+		r, err := c.COSI.Get(ctx, resource.NewMetadata(ns, rd.TypedSpec().Type, tc.id, resource.VersionUndefined),
+			state.WithGetUnmarshalOptions(state.WithSkipProtobufUnmarshal()))
 		require.NoError(t, err, tc.name)
 		require.Equal(t, tc.id, r.Metadata().ID())
 
-		list, err := c.COSI.List(ctx, resource.NewMetadata(ns, rd.TypedSpec().Type, "", resource.VersionUndefined))
+		y, err := yaml.Marshal(r.Spec())
+		require.NoError(t, err, tc.name)
+		require.NotEqual(t, "{}\n", string(y), "%s: the spec prints", tc.name)
+
+		list, err := c.COSI.List(ctx, resource.NewMetadata(ns, rd.TypedSpec().Type, "", resource.VersionUndefined),
+			state.WithListUnmarshalOptions(state.WithSkipProtobufUnmarshal()))
 		require.NoError(t, err, tc.name)
 		require.Len(t, list.Items, 1, tc.name)
 	}
