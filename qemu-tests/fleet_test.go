@@ -73,7 +73,9 @@ func TestFleetRollout(t *testing.T) {
 		for _, m := range nodes {
 			v, err := m.Client(ctx).Version(ctx)
 			require.NoError(t, err)
-			require.Equal(t, "2.0.0", v.Messages[0].Version.Tag)
+			// the image version is in Sha; Tag is the Talos release labos stands in for
+			require.Equal(t, "2.0.0", v.Messages[0].Version.Sha)
+			require.Equal(t, "v1.14.1", v.Messages[0].Version.Tag)
 		}
 	})
 
@@ -111,7 +113,7 @@ func TestFleetRollout(t *testing.T) {
 		for _, m := range nodes {
 			v, err := m.Client(ctx).Version(ctx)
 			require.NoError(t, err)
-			require.Equal(t, "1.0.0", v.Messages[0].Version.Tag)
+			require.Equal(t, "1.0.0", v.Messages[0].Version.Sha)
 		}
 	})
 }

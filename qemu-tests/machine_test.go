@@ -20,6 +20,7 @@ import (
 
 	"github.com/labfleet/labfleet/lab/harness"
 	"github.com/labfleet/labfleet/lab/nodeapi"
+	"github.com/labfleet/labfleet/lab/nodeapi/nodestate"
 )
 
 // Machine is one emulated computer: a disk, UEFI variables and a TPM that
@@ -171,6 +172,18 @@ func (m *Machine) WaitStatus(ctx context.Context) nodeapi.Status {
 
 	st, err := m.vm.WaitStatus(ctx)
 	require.NoError(m.t, err, "%s: no labos status (console: %s)", m.Name, m.vm.ConsolePath())
+
+	return st
+}
+
+// NodeState reads the node's state through its Talos API (Version and
+// COSI resources) with the suite's talosconfig, failing with the console's
+// location.
+func (m *Machine) NodeState(ctx context.Context) nodestate.State {
+	m.t.Helper()
+
+	st, err := m.vm.NodeState(ctx, filepath.Join(suite.Keys, "talosconfig"))
+	require.NoError(m.t, err, "%s: node state through the API (console: %s)", m.Name, m.vm.ConsolePath())
 
 	return st
 }

@@ -80,6 +80,15 @@ func Golden(t *testing.T) *Machine {
 			goldenToken = st.StateToken
 			goldenStatus = st
 
+			// what a client of a Talos node reads: Version and COSI resources
+			ns := m.NodeState(ctx)
+			require.Equal(t, "v1.14.1", ns.TalosVersion)
+			require.Equal(t, "1.0.0", ns.ImageVersion)
+			require.True(t, ns.SecureBoot, "SecurityState: Secure Boot enforced")
+			require.True(t, ns.StateEncrypted, "VolumeStatus STATE: LUKS2")
+			require.NoError(t, ns.Check(), "running, ready, STATE ready: %+v", ns)
+			require.Equal(t, st.BootEntry, ns.BootEntry)
+
 			m.PowerOffClean(ctx)
 			golden = m
 		})
@@ -279,6 +288,9 @@ func TestTPMUnlock(t *testing.T) {
 		require.Equal(t, g.stateToken(t), st.StateToken, "data written on first boot must read back intact")
 		require.True(t, st.UnsealAfterStartRefused, "the TPM must refuse the key after start-the-world")
 		require.True(t, st.Healthy)
+
+		ns := m.NodeState(ctx)
+		require.NoError(t, ns.Check(), "the API must say running, ready, STATE unlocked: %+v", ns)
 	})
 
 	for _, tc := range []struct {

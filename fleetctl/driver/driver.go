@@ -97,8 +97,8 @@ type FactoryFunc func(ctx context.Context, t Target) (Node, error)
 func (f FactoryFunc) Open(ctx context.Context, t Target) (Node, error) { return f(ctx, t) }
 
 // FallbackReporter is implemented by nodes that can say whether they already
-// tried a version and fell back from it by themselves (labos lists such boot
-// entries as FailedUpgrades in its status document). Resume uses it so a node
+// tried a version and fell back from it by themselves (the simulator; the
+// talos driver cannot: a Talos node does not report it). Resume uses it so a node
 // that took a request just before a crash, failed and fell back is not asked
 // to upgrade again.
 type FallbackReporter interface {

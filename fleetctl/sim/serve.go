@@ -3,13 +3,11 @@ package sim
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"time"
 
-	"github.com/siderolabs/talos/pkg/machinery/api/common"
 	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -18,11 +16,11 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/labfleet/labfleet/fleetctl/driver"
-	"github.com/labfleet/labfleet/lab/nodeapi"
 )
 
 // Server serves the Talos machine API subset fleetctl uses (Version,
-// Upgrade, Rollback, Reboot, ServiceList) for simulated nodes, one listener
+// Upgrade, Rollback, Reboot, ServiceList; the calls a Talos v1.14 node
+// serves, answered as labos answers them) for simulated nodes, one listener
 // per node on 127.0.0.1, with mTLS.
 type Server struct {
 	// Endpoints maps node keys (cluster/node) to their 127.0.0.1:port address.
@@ -102,8 +100,22 @@ func (m *machineService) Version(ctx context.Context, _ *emptypb.Empty) (*machin
 	}
 
 	return &machineapi.VersionResponse{Messages: []*machineapi.Version{{
-		Version: &machineapi.VersionInfo{Tag: v, Os: "labfleet-sim", Arch: "amd64"},
+		Version: versionInfo(v, m.f.b.TalosLike),
 	}}}, nil
+}
+
+// TalosTag is the Talos release a simulated labos node stands in for.
+const TalosTag = "v1.14.1"
+
+// versionInfo answers as labos does (the Talos release as Tag, the image
+// version in Sha) or, for TalosLike fleets, as a stock Talos build of
+// release v (Tag v, Sha its git revision).
+func versionInfo(v string, talosLike bool) *machineapi.VersionInfo {
+	if talosLike {
+		return &machineapi.VersionInfo{Tag: v, Sha: "8a1e4f3c", Os: "linux", Arch: "amd64"}
+	}
+
+	return &machineapi.VersionInfo{Tag: TalosTag, Sha: v, Os: "labfleet-sim", Arch: "amd64"}
 }
 
 func (m *machineService) Upgrade(ctx context.Context, req *machineapi.UpgradeRequest) (*machineapi.UpgradeResponse, error) {
@@ -140,30 +152,6 @@ func (m *machineService) Reboot(ctx context.Context, _ *machineapi.RebootRequest
 	}
 
 	return &machineapi.RebootResponse{Messages: []*machineapi.Reboot{{}}}, nil
-}
-
-// Read serves the labos status document (only FailedUpgrades and the version
-// are meaningful here); every other path is refused.
-func (m *machineService) Read(req *machineapi.ReadRequest, stream grpc.ServerStreamingServer[common.Data]) error {
-	if req.GetPath() != nodeapi.StatusPath {
-		return status.Errorf(codes.PermissionDenied, "SIMULATED: only %s is served", nodeapi.StatusPath)
-	}
-
-	if err := m.wait(stream.Context()); err != nil {
-		return err
-	}
-
-	v, err := m.f.Version(m.key)
-	if err != nil {
-		return grpcErr(err)
-	}
-
-	data, err := json.Marshal(nodeapi.Status{Version: v, Healthy: true, FailedUpgrades: m.f.FailedEntries(m.key)})
-	if err != nil {
-		return status.Error(codes.Internal, err.Error())
-	}
-
-	return stream.Send(&common.Data{Bytes: data})
 }
 
 func (m *machineService) ServiceList(ctx context.Context, _ *emptypb.Empty) (*machineapi.ServiceListResponse, error) {

@@ -1,11 +1,15 @@
 // Package nodeapi is the contract between labos (the node), the lab harness,
-// the qemu-tests and fleetctl: where the node API listens, which console
-// markers labos prints, and the status document it serves.
+// the qemu-tests and fleetctl: where the node API listens and which console
+// markers labos prints while it boots.
 //
-// The node API itself is the Talos machine API (machinery's api/machine):
-// Version, Upgrade, Rollback, Reboot, ServiceList and Read are served by
-// labos with mTLS exactly as a Talos node serves them, so the same client
-// code drives real Talos nodes and lab nodes.
+// The node API itself is the Talos v1.14 API (machinery's api/machine and
+// the COSI State service), served by labos with mTLS and Talos's roles
+// exactly as a Talos node serves it (see lab/labos/api), so the same client
+// code drives real Talos nodes and lab nodes. Clients read node state only
+// through it: Version (VersionInfo.Tag is the Talos release labos stands in
+// for, VersionInfo.Sha the image's own version), the COSI resources
+// SecurityStates, VolumeStatuses, MachineStatuses, Versions and
+// BootedEntries, and the Events stream. There is no labos-only call.
 package nodeapi
 
 import (
@@ -24,9 +28,6 @@ const (
 	// GuestRegistryAddr is the address a guest uses to reach the registry the
 	// test opened on the host (QEMU guestfwd to 127.0.0.1:<port>).
 	GuestRegistryAddr = "10.0.2.100:5000"
-
-	// StatusPath is the file labos serves through the machine API's Read call.
-	StatusPath = "/run/labos/status.json"
 
 	// MarkerPrefix starts every console line the tests may wait for.
 	MarkerPrefix = "LABOS: "
@@ -86,8 +87,9 @@ type Addon struct {
 	Images    []string `json:"images,omitempty"` // references by digest
 }
 
-// Status is what labos knows about itself; served at StatusPath and printed
-// as a MarkerStatus console line.
+// Status is what labos knows about itself, printed as a MarkerStatus console
+// line once the boot settled (for the lab harness watching the console; the
+// API serves the same facts as Talos resources).
 type Status struct {
 	Version        string `json:"version"`
 	SecureBoot     bool   `json:"secureBoot"`
@@ -187,7 +189,7 @@ func ParseMarker(line string) (marker, details string, ok bool) {
 	return marker, details, marker != ""
 }
 
-// ParseStatus decodes the details of a MarkerStatus line or the StatusPath file.
+// ParseStatus decodes the details of a MarkerStatus line.
 func ParseStatus(data string) (Status, error) {
 	var s Status
 	if err := json.Unmarshal([]byte(data), &s); err != nil {

@@ -25,12 +25,3 @@ func TestInProgress(t *testing.T) {
 		assert.Equal(t, tc.want, inProgress(tc.err), "%v", tc.err)
 	}
 }
-
-func TestEntryFailed(t *testing.T) {
-	entries := []string{"labos-v1.9.0.efi", "labos-v2.0.0+0-3.efi"}
-
-	assert.True(t, EntryFailed(entries, "v2.0.0"))
-	assert.True(t, EntryFailed(entries, "v1.9.0"))
-	assert.False(t, EntryFailed(entries, "v2.0"), "no prefix matches")
-	assert.False(t, EntryFailed(nil, "v2.0.0"))
-}

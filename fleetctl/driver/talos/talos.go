@@ -1,13 +1,18 @@
 // Package talos drives nodes through the Talos machine API with machinery's
 // client and mTLS credentials from a talosconfig. It works against real Talos
-// nodes, labos nodes and the simulator's API server alike.
+// nodes, labos nodes and the simulator's API server alike, and uses only
+// calls a Talos v1.14 node serves (Version, Upgrade, Rollback, ServiceList).
+//
+// It does not implement driver.FallbackReporter: whether a node tried an
+// image and fell back by itself is not something a Talos node reports (it
+// has no boot counting), so the engine treats a fallback as an unhealthy
+// upgrade it sees through Version and the health gate.
 package talos
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"regexp"
 	"strings"
 	"sync"
@@ -21,7 +26,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/labfleet/labfleet/fleetctl/driver"
-	"github.com/labfleet/labfleet/lab/nodeapi"
 )
 
 // Factory opens machine API clients; talosconfig files are read once and cached.
@@ -89,6 +93,8 @@ type node struct {
 	preserve bool
 }
 
+// Version is the image version the node runs: ImageVersion of its
+// Version reply.
 func (n *node) Version(ctx context.Context) (string, error) {
 	resp, err := n.c.Version(ctx)
 	if err != nil {
@@ -96,13 +102,30 @@ func (n *node) Version(ctx context.Context) (string, error) {
 	}
 
 	for _, m := range resp.GetMessages() {
-		if tag := m.GetVersion().GetTag(); tag != "" {
-			return tag, nil
+		if v := ImageVersion(m.GetVersion()); v != "" {
+			return v, nil
 		}
 	}
 
 	return "", errors.New("querying version: node reported no version tag")
 }
+
+// ImageVersion is the version of the image a node runs. A labos node (and
+// a Talos node running a labfleet image) reports the Talos release as Tag
+// and the image's own version in Sha, where a stock Talos build reports
+// the git revision it was built from; for a stock build (Sha empty or a
+// git revision) the image version is the Talos release, Tag.
+func ImageVersion(v *machineapi.VersionInfo) string {
+	if sha := v.GetSha(); sha != "" && !gitRevision.MatchString(sha) {
+		return sha
+	}
+
+	return v.GetTag()
+}
+
+// gitRevision matches what Talos's build puts in Sha: an abbreviated or
+// full commit hash, possibly marked dirty.
+var gitRevision = regexp.MustCompile(`^[0-9a-f]{7,40}(-dirty)?$`)
 
 func (n *node) Upgrade(ctx context.Context, image string) error {
 	resp, err := n.c.MachineClient.Upgrade(ctx, &machineapi.UpgradeRequest{Image: image, Preserve: n.preserve})
@@ -167,45 +190,6 @@ func (n *node) Health(ctx context.Context) (driver.Health, error) {
 	}
 
 	return h, nil
-}
-
-// FellBackFrom reads labos's status document through the machine API's Read.
-// Real Talos nodes do not serve it; the error tells the engine it cannot know.
-func (n *node) FellBackFrom(ctx context.Context, version string) (bool, error) {
-	r, err := n.c.Read(ctx, nodeapi.StatusPath)
-	if err != nil {
-		return false, fmt.Errorf("reading %s: %w", nodeapi.StatusPath, err)
-	}
-	defer r.Close() //nolint:errcheck
-
-	data, err := io.ReadAll(r)
-	if err != nil {
-		return false, fmt.Errorf("reading %s: %w", nodeapi.StatusPath, err)
-	}
-
-	st, err := nodeapi.ParseStatus(string(data))
-	if err != nil {
-		return false, err
-	}
-
-	return EntryFailed(st.FailedUpgrades, version), nil
-}
-
-// EntryFailed reports whether one of the boot entries systemd-boot gave up on
-// (named <name>-<version>[+counter].efi) holds version.
-func EntryFailed(entries []string, version string) bool {
-	for _, e := range entries {
-		base := strings.TrimSuffix(e, ".efi")
-		if i := strings.LastIndex(base, "+"); i >= 0 {
-			base = base[:i]
-		}
-
-		if strings.HasSuffix(base, "-"+version) {
-			return true
-		}
-	}
-
-	return false
 }
 
 func (n *node) Close() error { return n.c.Close() }

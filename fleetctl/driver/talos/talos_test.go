@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -219,7 +220,10 @@ func TestTwoNodeLabShape(t *testing.T) {
 	}
 }
 
-func TestDriverReportsFallbackOverRead(t *testing.T) {
+// TestDriverUsesOnlyTalosCalls: the driver reads a node's image version
+// from Version (no labos-only status document), and does not claim to know
+// about fallbacks, which a Talos node cannot report.
+func TestDriverUsesOnlyTalosCalls(t *testing.T) {
 	inv, fleet, _ := servedFleet(t, sim.Spec{Clusters: 1, NodesPerCluster: 1},
 		sim.Behaviour{InitialVersion: "v1.0.0", FallbackVersions: []string{"v2.0.0"}})
 	c := inv.Clusters[0]
@@ -229,22 +233,29 @@ func TestDriverReportsFallbackOverRead(t *testing.T) {
 
 	defer n.Close()
 
-	fr, ok := n.(driver.FallbackReporter)
-	require.True(t, ok)
-
-	fell, err := fr.FellBackFrom(t.Context(), "v2.0.0")
-	require.NoError(t, err)
-	assert.False(t, fell)
+	_, ok := n.(driver.FallbackReporter)
+	assert.False(t, ok, "a Talos node cannot say it fell back")
 
 	require.NoError(t, fleet.Upgrade(sim.Key(c.Name, "n0"), "v2.0.0"))
 
-	fell, err = fr.FellBackFrom(t.Context(), "v2.0.0")
-	require.NoError(t, err)
-	assert.True(t, fell)
-
 	v, err := n.Version(t.Context())
 	require.NoError(t, err)
-	assert.Equal(t, "v1.0.0", v, "back on the old version")
+	assert.Equal(t, "v1.0.0", v, "back on the old version, read from Version's Sha")
+}
+
+func TestImageVersion(t *testing.T) {
+	for _, tc := range []struct {
+		info *machineapi.VersionInfo
+		want string
+	}{
+		{&machineapi.VersionInfo{Tag: "v1.14.1", Sha: "1.2.0"}, "1.2.0"},   // labos: the image version in Sha
+		{&machineapi.VersionInfo{Tag: "v1.14.1", Sha: "v2.0.0"}, "v2.0.0"}, // labos, v-prefixed image version
+		{&machineapi.VersionInfo{Tag: "v1.14.1", Sha: "8a1e4f3c"}, "v1.14.1"},
+		{&machineapi.VersionInfo{Tag: "v1.14.1", Sha: "8a1e4f3c-dirty"}, "v1.14.1"},
+		{&machineapi.VersionInfo{Tag: "v1.14.1"}, "v1.14.1"},
+	} {
+		assert.Equal(t, tc.want, talos.ImageVersion(tc.info), "%+v", tc.info)
+	}
 }
 
 // TestTalosLikeNodesPassOverMachineAPI is findings 6 and 7 of issue 13

@@ -6,18 +6,21 @@ import (
 	"time"
 
 	"github.com/siderolabs/talos/pkg/machinery/client"
+
+	"github.com/labfleet/labfleet/lab/nodeapi/nodestate"
 )
 
-// checkAPI calls Version on the node API through the endpoint forwarded to
-// 127.0.0.1, with the client certificate from talosconfig, exactly as
-// talosctl would against a Talos node.
-func checkAPI(ctx context.Context, talosconfig, endpoint string) error {
+// checkAPI reads the node's state through the Talos API (Version and the
+// COSI resources, nodestate.Read) at the endpoint forwarded to 127.0.0.1,
+// with the client certificate from talosconfig, exactly as talosctl would
+// against a Talos node, and checks the node says it runs and is ready.
+func checkAPI(ctx context.Context, talosconfig, endpoint string) (*nodestate.State, error) {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 
 	c, err := client.New(ctx, client.WithConfigFromFile(talosconfig), client.WithEndpoints(endpoint))
 	if err != nil {
-		return fmt.Errorf("creating client: %w", err)
+		return nil, fmt.Errorf("creating client: %w", err)
 	}
 	defer c.Close() //nolint:errcheck
 
@@ -25,13 +28,9 @@ func checkAPI(ctx context.Context, talosconfig, endpoint string) error {
 	var lastErr error
 
 	for ctx.Err() == nil {
-		resp, err := c.Version(ctx)
+		st, err := nodestate.Read(ctx, c)
 		if err == nil {
-			if len(resp.GetMessages()) == 0 {
-				return fmt.Errorf("version: empty answer")
-			}
-
-			return nil
+			return &st, st.Check()
 		}
 
 		lastErr = err
@@ -42,5 +41,5 @@ func checkAPI(ctx context.Context, talosconfig, endpoint string) error {
 		}
 	}
 
-	return fmt.Errorf("version: %w", lastErr)
+	return nil, fmt.Errorf("node state: %w", lastErr)
 }

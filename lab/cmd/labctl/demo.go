@@ -104,7 +104,7 @@ func runDemo(ctx context.Context, g *globals, o *upOptions, disk string, stdout,
 		}
 
 		if res.APICheck != "" {
-			facts = append(facts, demoFact{"node API answered Version over mTLS", res.APICheck == "ok"})
+			facts = append(facts, demoFact{"node API (Version, COSI) says running and ready over mTLS", res.APICheck == "ok"})
 		}
 
 		for _, f := range facts {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/labfleet/labfleet/lab/harness"
 	"github.com/labfleet/labfleet/lab/nodeapi"
+	"github.com/labfleet/labfleet/lab/nodeapi/nodestate"
 )
 
 func init() { commands = append(commands, newUpCommand) }
@@ -82,7 +83,7 @@ keeps running for 'labctl console', 'labctl ps' and 'labctl down'.`,
 	f.BoolVar(&o.fresh, "fresh", false, "wipe the VM's state first: a new machine")
 	f.BoolVar(&o.inPlace, "in-place", false, "write to DISK-IMAGE itself instead of an overlay")
 	f.BoolVar(&o.detach, "detach", false, "leave the VM running after reporting")
-	f.StringVar(&o.talosconfig, "talosconfig", "", "talosconfig to check the node API with (Version call over mTLS)")
+	f.StringVar(&o.talosconfig, "talosconfig", "", "talosconfig to read the node's state through its Talos API with (Version and COSI resources over mTLS)")
 	f.DurationVar(&o.timeout, "timeout", 6*time.Minute, "how long to wait for the status marker")
 	f.IntVar(&o.memory, "memory", 1024, "guest memory in MiB")
 	f.StringVar(&o.accel, "accel", harness.AccelTCG, "accelerator: tcg, kvm, or auto (kvm only if a probe boots)")
@@ -100,6 +101,8 @@ type upResult struct {
 	Detached bool   `json:"detached"`
 	StateDir string `json:"stateDir"`
 	APICheck string `json:"apiCheck,omitempty"` // "ok" or the error
+	// Node is the node's state as its Talos API reports it (with --talosconfig).
+	Node *nodestate.State `json:"node,omitempty"`
 }
 
 func runUp(ctx context.Context, g *globals, o *upOptions, disk string, stdout, stderr io.Writer) error {
@@ -210,9 +213,13 @@ func bootNode(ctx context.Context, g *globals, o *upOptions, disk string, stderr
 		res.APICheck = "skipped: node unhealthy"
 	default:
 		res.APICheck = "ok"
-		if err := checkAPI(waitCtx, o.talosconfig, report.APIEndpoint); err != nil {
+
+		st, err := checkAPI(waitCtx, o.talosconfig, report.APIEndpoint)
+		if err != nil {
 			res.APICheck = err.Error()
 		}
+
+		res.Node = st
 	}
 
 	if !o.detach {
@@ -260,6 +267,11 @@ func printUp(output string, w io.Writer, r upResult) error {
 
 	if r.APICheck != "" {
 		fmt.Fprintf(w, "apiCheck:     %s\n", r.APICheck)
+	}
+
+	if n := r.Node; n != nil {
+		fmt.Fprintf(w, "node (API):   Talos %s, image %s, stage %s, ready %t, secureBoot %t, STATE %s (encrypted %t), entry %s\n",
+			n.TalosVersion, n.ImageVersion, n.Stage, n.Ready, n.SecureBoot, n.StatePhase, n.StateEncrypted, n.BootEntry)
 	}
 
 	fmt.Fprintf(w, "state:        %s (detached: %t)\n", r.StateDir, r.Detached)

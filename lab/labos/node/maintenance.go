@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/siderolabs/talos/pkg/machinery/resources/runtime"
+
 	"github.com/labfleet/labfleet/lab/labos/api"
 	"github.com/labfleet/labfleet/lab/labos/config"
 	"github.com/labfleet/labfleet/lab/labos/sysinit"
@@ -14,7 +16,7 @@ import (
 
 // TalosTag is the Talos release labos stands in for; maintenance mode
 // reports it so clients choose the API they would use on that release.
-const TalosTag = "v1.14.1"
+const TalosTag = api.TalosTag
 
 // loadConfig takes the machine config kept on STATE, or waits for one in
 // maintenance mode (Talos's first boot without a config). It returns an
@@ -96,6 +98,9 @@ func (n *Node) maintenance(ctx context.Context) error {
 	go func() { done <- api.ServeMaintenance(ctx, lis, srv, tlsCfg, stop) }()
 
 	n.marker(nodeapi.MarkerMaintenance, "addr="+addr)
+	n.publish("machine-status", func(rt *api.Runtime) error {
+		return rt.SetMachineStatus(runtime.MachineStageMaintenance, []runtime.UnmetCondition{{Name: "config", Reason: "waiting for a machine config"}})
+	})
 
 	select {
 	case <-n.configured:

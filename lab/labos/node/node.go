@@ -17,6 +17,8 @@ import (
 
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/google/go-tpm/tpm2/transport/linuxtpm"
+	"github.com/siderolabs/talos/pkg/machinery/api/machine"
+	"github.com/siderolabs/talos/pkg/machinery/resources/runtime"
 	"golang.org/x/sys/unix"
 
 	"github.com/labfleet/labfleet/lab/labos/addons"
@@ -29,7 +31,6 @@ import (
 	"github.com/labfleet/labfleet/lab/labos/pcrphase"
 	"github.com/labfleet/labfleet/lab/labos/state"
 	"github.com/labfleet/labfleet/lab/labos/sysinit"
-	"github.com/labfleet/labfleet/lab/labos/upgrade"
 	"github.com/labfleet/labfleet/lab/nodeapi"
 )
 
@@ -82,6 +83,11 @@ type Node struct {
 
 	actions chan action
 	once    sync.Once
+
+	// rt is what the node publishes through the Talos API (resources and
+	// events); pulled holds the images ImageService.Pull brought.
+	rt     *api.Runtime
+	pulled pulledImages
 
 	// opMu serialises ESP-changing API calls; pending is set once a reboot
 	// is scheduled, after which further changes are refused.
@@ -172,6 +178,17 @@ func (n *Node) Boot(ctx context.Context) error {
 	n.update(func(s *nodeapi.Status) { s.Version = version })
 	n.marker(nodeapi.MarkerInit, "version="+version)
 
+	if rt, err := api.NewRuntime(); err != nil {
+		n.fatal("runtime", err)
+	} else {
+		n.rt = rt
+		rt.Sequence("boot", machine.SequenceEvent_START)
+		n.publish("version", func(rt *api.Runtime) error { return rt.SetVersion(TalosTag) })
+		n.publish("machine-status", func(rt *api.Runtime) error {
+			return rt.SetMachineStatus(runtime.MachineStageBooting, []runtime.UnmetCondition{{Name: "boot", Reason: "booting"}})
+		})
+	}
+
 	// TPM drivers are built into the Debian kernel: extend enter-initrd
 	// before anything else; retry after modules if the device is late.
 	n.openTPM(0)
@@ -261,6 +278,8 @@ func (n *Node) phase(p pcrphase.Phase) {
 		return
 	}
 
+	n.publish("events", func(rt *api.Runtime) error { rt.Phase(string(p), machine.PhaseEvent_START); return nil })
+
 	if err := pcrphase.Extend(n.tpm, p); err != nil {
 		n.fatal("phase", err)
 
@@ -268,6 +287,7 @@ func (n *Node) phase(p pcrphase.Phase) {
 	}
 
 	n.marker(nodeapi.MarkerPhase, string(p))
+	n.publish("events", func(rt *api.Runtime) error { rt.Phase(string(p), machine.PhaseEvent_STOP); return nil })
 }
 
 func (n *Node) loadModules() {
@@ -298,6 +318,9 @@ func (n *Node) readSecureBoot() {
 	n.sb.DB, n.sb.DBErr = n.efi.DBCertificates()
 
 	n.update(func(s *nodeapi.Status) { s.SecureBoot, s.SetupMode = sb, sm })
+	// labos always boots as a signed UKI; Secure Boot counts as on only
+	// when enforced (user mode), as Talos reports it
+	n.publish("security-state", func(rt *api.Runtime) error { return rt.SetSecurityState(sb && !sm, true) })
 	n.marker(nodeapi.MarkerSecureBoot, fmt.Sprintf("enabled=%t setupmode=%t", sb, sm))
 }
 
@@ -427,6 +450,8 @@ func (n *Node) unlockState(ctx context.Context) (state.Volume, state.Keys, bool)
 		reason := state.ReasonOf(err)
 		n.update(func(s *nodeapi.Status) { s.UnlockError = err.Error() })
 
+		n.publishVolume(p.Device, err)
+
 		if reason == state.ReasonSecureBootOff || reason == state.ReasonSecureBootMode || reason == state.ReasonDBMissing {
 			n.marker(nodeapi.MarkerSealRefused, "reason="+string(reason))
 		}
@@ -438,6 +463,7 @@ func (n *Node) unlockState(ctx context.Context) (state.Volume, state.Keys, bool)
 
 	n.mounts = append(n.mounts, StateMount)
 	n.stateMounted = true
+	n.publishVolume(p.Device, nil)
 	n.update(func(s *nodeapi.Status) { s.TPMUnlocked, s.StateFormatted = true, res.Formatted })
 
 	if res.Formatted {
@@ -514,7 +540,13 @@ func (n *Node) startAPI(ctx context.Context) nodeapi.Check {
 		return c
 	}
 
-	srv := &api.Server{Node: n, Tag: n.Status().Version, Host: n.entryName()}
+	if n.rt == nil {
+		c.Message = "no runtime to serve"
+
+		return c
+	}
+
+	srv := &api.Server{Node: n, Runtime: n.rt, Tag: TalosTag, ImageVersion: n.Status().Version, Host: n.entryName()}
 
 	go func() {
 		if err := api.Serve(ctx, lis, srv, tlsCfg); err != nil {
@@ -669,6 +701,8 @@ func (n *Node) settle(_ context.Context, apiCheck nodeapi.Check) {
 		}
 	}
 
+	st := n.Status()
+	n.publishSettled(st.Checks, st.BootEntry)
 	n.writeStatus()
 
 	if out.Reboot {
@@ -687,14 +721,9 @@ func (n *Node) writeStatus() {
 		return
 	}
 
+	// the console line is for the lab harness watching the boot; clients
+	// read the node's state through the Talos API
 	n.marker(nodeapi.MarkerStatus, string(b))
-
-	if err := os.MkdirAll(filepath.Dir(nodeapi.StatusPath), 0o755); err == nil {
-		err = bootentry.WriteFileAtomic(nodeapi.StatusPath, strings.NewReader(string(b)+"\n"))
-		if err != nil {
-			n.fatal("status", err)
-		}
-	}
 }
 
 // checkpoint announces a power-cut test point and, in images built with
@@ -718,51 +747,6 @@ func (n *Node) schedule(a action, delay time.Duration) {
 			n.actions <- a
 		}()
 	})
-}
-
-// Upgrade implements api.Node.
-func (n *Node) Upgrade(ctx context.Context, image string) (string, error) {
-	done, err := n.begin()
-	if err != nil {
-		return "", err
-	}
-	defer done()
-
-	if n.esp == nil {
-		return "", errors.New("ESP not mounted")
-	}
-
-	certs, err := n.efi.DBCertificates()
-	if err != nil {
-		return "", fmt.Errorf("reading db certificates: %w", err)
-	}
-
-	dbx, err := n.efi.DBX()
-	if err != nil {
-		return "", fmt.Errorf("reading dbx: %w", err)
-	}
-
-	img, err := upgrade.Pull(ctx, image, []string{nodeapi.GuestRegistryAddr})
-	if err != nil {
-		return "", err
-	}
-
-	e, err := upgrade.InstallImage(*n.esp, img, upgrade.Options{
-		Trust:  upgrade.Trust{DB: certs, DBX: dbx},
-		Booted: n.Status().BootEntry,
-		OnWrite: func(file string) {
-			n.marker(MarkerUpgradeWriting, "entry="+file)
-			n.checkpoint("before-write")
-		},
-		Checkpoint: n.checkpoint,
-	})
-	if err != nil {
-		return "", err
-	}
-
-	n.schedule(action{}, time.Second)
-
-	return fmt.Sprintf("installed %s from %s@%s; rebooting", e.File, image, img.Digest), nil
 }
 
 // Rollback implements api.Node.

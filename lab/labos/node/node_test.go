@@ -24,6 +24,19 @@ func TestOperationsRefusedWhileRebootPending(t *testing.T) {
 	require.ErrorIs(t, err, node.ErrInProgress)
 	require.Contains(t, err.Error(), "in progress", "fleetctl matches on this text")
 
+	_, err = n.Install(ctx, "10.0.2.100:5000/lab/installer:1.1.0")
+	require.ErrorIs(t, err, node.ErrInProgress)
+
 	_, err = n.Rollback(ctx)
 	require.ErrorIs(t, err, node.ErrInProgress)
+}
+
+// LifecycleService.Upgrade installs only what ImageService.Pull brought.
+func TestInstallNeedsPulledImage(t *testing.T) {
+	n := node.New(io.Discard, nil)
+
+	_, err := n.Install(context.Background(), "10.0.2.100:5000/lab/installer:1.1.0")
+	require.ErrorIs(t, err, node.ErrNotPulled)
+	require.ErrorContains(t, err, "image 10.0.2.100:5000/lab/installer:1.1.0 was not pulled; pull it first")
+	require.Empty(t, n.Images())
 }
