@@ -221,6 +221,18 @@ func (b *builder) imageCachePartition(ctx context.Context) (string, int64, error
 			total += info.Size()
 		}
 
+		// The tree was written under the caller's umask; mkfs.ext4 -d copies
+		// modes, so they are set to what umask 022 gives (a build under 077
+		// must give the same bytes).
+		mode := fs.FileMode(0o644)
+		if de.IsDir() {
+			mode = 0o755
+		}
+
+		if err := os.Chmod(p, mode); err != nil {
+			return err
+		}
+
 		// tar --mtime in Talos's makefs: every file at SOURCE_DATE_EPOCH
 		return os.Chtimes(p, time.Unix(b.epoch, 0), time.Unix(b.epoch, 0))
 	})

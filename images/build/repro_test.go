@@ -66,6 +66,7 @@ func TestReproducibleAcrossProcesses(t *testing.T) {
 
 	def := filepath.Join(shared, "lab.yaml")
 	data = bytes.Replace(data, []byte("layout: _out/labbase/oci"), []byte("layout: "+lb.LayoutDir), 1)
+	data = bytes.Replace(data, []byte("layout: _out/labbase/installer-base"), []byte("layout: "+lb.InstallerBaseDir), 1)
 	require.NoError(t, os.WriteFile(def, data, 0o644))
 
 	run := func(name string, umask int) string {
