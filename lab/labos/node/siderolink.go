@@ -3,8 +3,11 @@ package node
 import (
 	"context"
 	"errors"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 
 	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
 
@@ -19,6 +22,23 @@ const MarkerSideroLink = "siderolink-up"
 // STATE (Talos keeps it in META): the hub knows the machine by it across
 // reboots.
 var SideroLinkTokenPath = filepath.Join(StateMount, "lib/labos/siderolink-unique-token")
+
+// sideroLinkAddr is the node's tunnel address once the link is up (one
+// node per process: labos is PID 1).
+var sideroLinkAddr atomic.Pointer[netip.Addr]
+
+// sideroLinkIPs is the tunnel address for the API certificates' SANs, as
+// Talos puts its SideroLink address in its API certificate: fleetctl's
+// driver verifies the node at that address. A link that comes up after the
+// mTLS API started is in the certificate from the next boot on (Talos
+// reissues the certificate instead).
+func sideroLinkIPs() []net.IP {
+	if a := sideroLinkAddr.Load(); a != nil {
+		return []net.IP{net.IP(a.AsSlice())}
+	}
+
+	return nil
+}
 
 // startSideroLink brings up SideroLink when the image asks for it (kernel
 // arguments or a SideroLinkConfig document in the stored config). It runs
@@ -81,6 +101,9 @@ func (n *Node) startSideroLink(ctx context.Context) {
 			return
 		case <-l.Up():
 		}
+
+		addr := l.Addr()
+		sideroLinkAddr.Store(&addr)
 
 		n.marker(MarkerSideroLink, "address="+l.Addr().String()+" hub="+l.ServerAddr().String())
 
