@@ -41,6 +41,13 @@ func TestNoSecretInAnyOutput(t *testing.T) {
 	f := newFixture(t)
 
 	def := labDefinition(t, f)
+	// A site's join token is baked on purpose (images/README.md
+	// sideroLink.joinToken): it is not key material, so the scan below
+	// must pass with it on the UKI's command line.
+	const joinToken = "lfj_site-berlin-0123456789abcdef"
+	def.SideroLink = &spec.SideroLink{API: "grpc://hub.example:8099", JoinToken: joinToken, Tunnel: true}
+	def.Defaults()
+	require.NoError(t, def.Validate("lab.yaml"))
 
 	baker := bake.New(repoRoot(t))
 	t.Cleanup(baker.Close)
@@ -86,6 +93,11 @@ func TestNoSecretInAnyOutput(t *testing.T) {
 	for _, l := range s.leaks {
 		t.Error(l)
 	}
+
+	uki, err := os.ReadFile(filepath.Join(res.Dir, def.Name+".efi"))
+	require.NoError(t, err)
+	require.Contains(t, string(uki), "siderolink.api=grpc://hub.example:8099?jointoken="+joinToken+"&grpc_tunnel=true",
+		"the SideroLink kernel arguments are on the UKI's command line")
 }
 
 // labDefinition is images/lab.yaml with the fixture's registry base and keys.

@@ -32,6 +32,9 @@ func (b *builder) profileVersion() string {
 // certificate is enrolled (docs/contracts.md: kernel command line).
 func (b *builder) kernelArgs() []string {
 	args := append([]string{}, b.def.Schematic.Customization.ExtraKernelArgs...)
+	if b.def.SideroLink != nil {
+		args = append(args, b.def.SideroLink.KernelArgs()...)
+	}
 
 	return append(args, "labos.version="+b.def.Version, "labos.name="+b.def.Name, DBCmdlineParam+"="+b.keys.DBCertSHA256)
 }

@@ -52,6 +52,9 @@ type Definition struct {
 	// add-ons (pins.source: standin, digests that exist only in the
 	// project's stand-in mirror). Production definitions leave it unset.
 	Lab bool `yaml:"lab,omitempty" json:"lab,omitempty"`
+	// SideroLink, if set, makes the image's nodes enroll at a fleet hub
+	// (kernel arguments in Talos's form; see siderolink.go).
+	SideroLink *SideroLink `yaml:"sideroLink,omitempty" json:"sideroLink,omitempty"`
 
 	// file is where the definition was read from, for errors found later
 	// (e.g. by the baker, which reads the add-ons).
@@ -204,6 +207,10 @@ func (d *Definition) Defaults() {
 	if d.Cluster.Endpoint == "" {
 		d.Cluster.Endpoint = "https://127.0.0.1:6443"
 	}
+
+	if d.SideroLink != nil {
+		d.SideroLink.defaults()
+	}
 }
 
 // Validate checks every field; file names the definition in errors.
@@ -282,6 +289,10 @@ func (d *Definition) Validate(file string) error {
 
 	if d.Schematic.Overlay.Image != "" || d.Schematic.Overlay.Name != "" {
 		bad("schematic.overlay", "overlays (SBC boards) are not supported: images are for UEFI x86-64 machines")
+	}
+
+	if d.SideroLink != nil {
+		d.SideroLink.validate(bad, c.ExtraKernelArgs)
 	}
 
 	if len(d.Outputs) == 0 {

@@ -133,3 +133,40 @@ func TestLabMarking(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, edge.Lab, "images/edge.yaml is a production definition")
 }
+
+const sideroLinkBase = "name: lab\nversion: 1.0.0\ntalosVersion: v1.14.1\nbase: {layout: l}\n"
+
+// The sideroLink field becomes Talos's kernel arguments, with the hub's
+// defaults for the event sink and the log receiver.
+func TestSideroLinkKernelArgs(t *testing.T) {
+	d, err := spec.Parse("site.yaml", []byte(sideroLinkBase+"sideroLink: {api: \"grpc://hub.example:8099\", joinToken: lfj_abc, tunnel: true}\n"))
+	require.NoError(t, err)
+	require.Equal(t, []string{
+		"siderolink.api=grpc://hub.example:8099?jointoken=lfj_abc&grpc_tunnel=true",
+		"talos.events.sink=[fdae:41e4:649b:9303::1]:8090",
+		"talos.logging.kernel=tcp://[fdae:41e4:649b:9303::1]:8092",
+	}, d.SideroLink.KernelArgs())
+}
+
+// Bad sideroLink fields name the file and field; the token is never echoed.
+func TestSideroLinkValidation(t *testing.T) {
+	for _, tc := range []struct{ name, yaml, want string }{
+		{"no api", "sideroLink: {joinToken: lfj_secret}\n", "site.yaml: sideroLink.api: required"},
+		{"scheme", "sideroLink: {api: \"http://hub:80\", joinToken: lfj_secret}\n", `site.yaml: sideroLink.api: scheme "http" is not allowed`},
+		{"grpc port", "sideroLink: {api: \"grpc://hub\", joinToken: lfj_secret}\n", "site.yaml: sideroLink.api: \"grpc://hub\" has no port"},
+		{"token in url", "sideroLink: {api: \"grpc://hub?jointoken=lfj_secret\", joinToken: lfj_secret}\n", "site.yaml: sideroLink.api: give only scheme, host and port"},
+		{"no token", "sideroLink: {api: \"grpc://hub:8099\"}\n", "site.yaml: sideroLink.joinToken: required"},
+		{"token delimiter", "sideroLink: {api: \"grpc://hub:8099\", joinToken: \"lfj_secret&x=1\"}\n", "site.yaml: sideroLink.joinToken: contains a space, quote or URL delimiter"},
+		{"hub address", "sideroLink: {api: \"grpc://hub:8099\", joinToken: lfj_secret, hubAddress: 10.0.0.1}\n", `site.yaml: sideroLink.hubAddress: "10.0.0.1" is not an IPv6 address`},
+		{"port", "sideroLink: {api: \"grpc://hub:8099\", joinToken: lfj_secret, logsPort: 70000}\n", "site.yaml: sideroLink.logsPort: 70000 is not a port"},
+		{"twice", "schematic: {customization: {extraKernelArgs: [\"siderolink.api=grpc://x:1\"]}}\nsideroLink: {api: \"grpc://hub:8099\", joinToken: lfj_secret}\n", "site.yaml: schematic.customization.extraKernelArgs: siderolink.api is set by sideroLink"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := spec.Parse("site.yaml", []byte(sideroLinkBase+tc.yaml))
+			require.Error(t, err)
+			require.Contains(t, err.Error(), tc.want)
+
+			require.NotContains(t, err.Error(), "lfj_secret")
+		})
+	}
+}

@@ -287,6 +287,8 @@ func (vm *VM) waitStatusAt(ctx context.Context) (nodeapi.Status, time.Time, erro
 		switch {
 		case !ok:
 			continue
+		case m == nodeapi.MarkerMaintenance && vm.spec.NoInbound:
+			continue // the hub delivers the config through the tunnel
 		case m == nodeapi.MarkerMaintenance:
 			if len(vm.spec.MachineConfig) == 0 {
 				return nodeapi.Status{}, at, fmt.Errorf("%s waits in maintenance mode for its machine config, and none was given to deliver", vm.spec.Name)

@@ -5,7 +5,10 @@
 // A VM's network is QEMU user-mode networking with restrict=on: the guest
 // reaches nothing but the node API port forwarded to 127.0.0.1 and, if the
 // caller asks, one registry port on 127.0.0.1 seen by the guest as
-// nodeapi.GuestRegistryAddr.
+// nodeapi.GuestRegistryAddr. With Spec.NoInbound nothing is forwarded
+// inwards, and Spec.HubPort is the guest's only outward path (TCP, to the
+// fleet hub as GuestHubAddr): the node is reached only through the
+// SideroLink tunnel it opens.
 package harness
 
 import (
@@ -140,7 +143,7 @@ func (vm *VM) prepare(ctx context.Context) error {
 		return fmt.Errorf("disk: %w", err)
 	}
 
-	if vm.apiPort = vm.spec.APIPort; vm.apiPort == 0 {
+	if vm.apiPort = vm.spec.APIPort; vm.apiPort == 0 && !vm.spec.NoInbound {
 		if vm.apiPort, err = pickPort(); err != nil {
 			return fmt.Errorf("api port: %w", err)
 		}
@@ -321,7 +324,13 @@ func (vm *VM) qemuLogTail() string {
 func (vm *VM) ConsolePath() string { return filepath.Join(vm.workDir, "console.log") }
 
 // APIEndpoint is the host address of the guest's node API (127.0.0.1:port).
-func (vm *VM) APIEndpoint() string { return fmt.Sprintf("127.0.0.1:%d", vm.apiPort) }
+func (vm *VM) APIEndpoint() string {
+	if vm.apiPort == 0 {
+		return "" // NoInbound: only the hub reaches the node
+	}
+
+	return fmt.Sprintf("127.0.0.1:%d", vm.apiPort)
+}
 
 // WorkDir holds the VM's files (console.log, qemu.log, vars copy, overlay).
 func (vm *VM) WorkDir() string { return vm.workDir }

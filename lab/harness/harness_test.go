@@ -238,7 +238,34 @@ func TestSpecValidate(t *testing.T) {
 }
 
 func TestNetdevArg(t *testing.T) {
-	assert.Equal(t, "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:4000-:50000", netdevArg(4000, 0))
+	assert.Equal(t, "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:4000-:50000", netdevArg(4000, 0, 0))
 	assert.Equal(t, "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:4000-:50000,guestfwd=tcp:10.0.2.100:5000-cmd:socat - TCP:127.0.0.1:5555",
-		netdevArg(4000, 5555))
+		netdevArg(4000, 5555, 0))
+}
+
+// A node behind a firewall: no hostfwd at all, restrict=on, and the one
+// outward TCP path to the hub.
+func TestNetdevArgNoInbound(t *testing.T) {
+	arg := netdevArg(0, 0, 7099)
+	assert.Equal(t, "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.101:8099-cmd:socat - TCP:127.0.0.1:7099", arg)
+	assert.NotContains(t, arg, "hostfwd")
+}
+
+func TestSpecNoInboundValidation(t *testing.T) {
+	disk := filepath.Join(t.TempDir(), "d.raw")
+	require.NoError(t, os.WriteFile(disk, nil, 0o644))
+
+	for _, tc := range []struct {
+		spec Spec
+		want string
+	}{
+		{Spec{Disk: disk, NoInbound: true, MachineConfig: []byte("x")}, "spec: MachineConfig is set with NoInbound"},
+		{Spec{Disk: disk, NoInbound: true, APIPort: 4000}, "spec: APIPort is set with NoInbound"},
+		{Spec{Disk: disk, HubPort: 70000}, "spec: HubPort 70000 is not a port"},
+		{Spec{Disk: disk, UUID: "not-a-uuid"}, `spec: UUID "not-a-uuid" is not a UUID`},
+	} {
+		assert.ErrorContains(t, tc.spec.Validate(), tc.want)
+	}
+
+	require.NoError(t, (&Spec{Disk: disk, NoInbound: true, HubPort: 7099, UUID: "1b4e28ba-2fa1-11d2-883f-0016d3cca427"}).Validate())
 }

@@ -8,14 +8,33 @@ import (
 	"github.com/labfleet/labfleet/lab/nodeapi"
 )
 
+// GuestHubAddr is where a guest reaches the fleet hub's provisioning API
+// (Spec.HubPort); images for such guests carry
+// siderolink.api=grpc://GuestHubAddr?...&grpc_tunnel=true (TCP only: the
+// guestfwd carries no UDP).
+const GuestHubAddr = "10.0.2.101:8099"
+
 func (vm *VM) qmpSocket() string { return filepath.Join(vm.sockDir, "qmp") }
 func (vm *VM) tpmSocket() string { return filepath.Join(vm.sockDir, "tpm") }
 
 // netdevArg builds the user-mode NIC: restrict=on cuts the guest off from
 // every address but the forwards below, so a test can only reach what it
 // opened on 127.0.0.1.
-func netdevArg(apiPort, registryPort int) string {
-	s := fmt.Sprintf("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:%d-:%d", apiPort, nodeapi.APIPort)
+// apiPort 0 forwards nothing inwards (Spec.NoInbound); hubPort opens the
+// one outward path to the fleet hub.
+func netdevArg(apiPort, registryPort, hubPort int) string {
+	s := "user,id=n0,restrict=on"
+
+	if apiPort > 0 {
+		s += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-:%d", apiPort, nodeapi.APIPort)
+	}
+
+	if hubPort > 0 {
+		host, port := splitHostPort(GuestHubAddr)
+		// per connection, as for the registry: the node dials the API
+		// again for every provisioning call and relay stream
+		s += fmt.Sprintf(",guestfwd=tcp:%s:%s-cmd:socat - TCP:127.0.0.1:%d", host, port, hubPort)
+	}
 
 	if registryPort > 0 {
 		host, port := splitHostPort(nodeapi.GuestRegistryAddr)
@@ -61,13 +80,17 @@ func (vm *VM) qemuArgs() []string {
 		"-drive", "if=pflash,format=raw,unit=1,file=" + vm.varsPath,
 		"-drive", "if=none,id=d0,format=" + format + ",cache=" + vm.spec.DiskCache + ",file=" + vm.diskPath,
 		"-device", "virtio-blk-pci,drive=d0,bootindex=0",
-		"-netdev", netdevArg(vm.apiPort, vm.spec.RegistryPort),
+		"-netdev", netdevArg(vm.apiPort, vm.spec.RegistryPort, vm.spec.HubPort),
 		"-device", "virtio-net-pci,netdev=n0,romfile=",
 		"-device", "virtio-rng-pci",
 		"-chardev", "file,id=ser0,path=" + vm.ConsolePath(),
 		"-serial", "chardev:ser0",
 		"-qmp", "unix:" + vm.qmpSocket() + ",server=on,wait=off",
 		"-pidfile", filepath.Join(vm.workDir, "qemu.pid"),
+	}
+
+	if vm.spec.UUID != "" {
+		args = append(args, "-uuid", vm.spec.UUID)
 	}
 
 	if vm.accel == AccelKVM {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"time"
 )
 
@@ -73,6 +74,16 @@ type Spec struct {
 	// APIPort is the host port forwarded to the guest's node API; 0 picks a
 	// free one.
 	APIPort int
+	// NoInbound forwards nothing into the guest (no hostfwd): a node
+	// behind a hospital firewall. Only the fleet hub (HubPort) reaches it,
+	// through the SideroLink tunnel the node opens; the harness delivers
+	// no MachineConfig (the hub does) and APIEndpoint is empty.
+	NoInbound bool
+	// HubPort is a host port on 127.0.0.1 (the hub's provisioning API) the
+	// guest reaches as GuestHubAddr, by TCP only; 0 opens nothing.
+	HubPort int
+	// UUID is the machine's SMBIOS UUID (QEMU -uuid); empty: QEMU's default.
+	UUID string
 	// WorkDir holds console.log, qemu.log, the vars copy, the disk overlay
 	// and instance.json. Default: a temporary directory removed by Close;
 	// a given WorkDir is kept (only sockets and pid files go).
@@ -85,6 +96,8 @@ type Spec struct {
 	// ExtraArgs are appended to QEMU's command line.
 	ExtraArgs []string
 }
+
+var uuidRe = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 
 // Validate checks the spec and names the offending field.
 func (s *Spec) Validate() error {
@@ -112,6 +125,22 @@ func (s *Spec) Validate() error {
 
 	if s.MemoryMiB < 0 || s.CPUs < 0 || s.RegistryPort < 0 || s.RegistryPort > 65535 || s.APIPort < 0 || s.APIPort > 65535 {
 		return errors.New("spec: MemoryMiB, CPUs and ports must not be negative (ports at most 65535)")
+	}
+
+	if s.HubPort < 0 || s.HubPort > 65535 {
+		return fmt.Errorf("spec: HubPort %d is not a port (0-65535)", s.HubPort)
+	}
+
+	if s.NoInbound && len(s.MachineConfig) > 0 {
+		return errors.New("spec: MachineConfig is set with NoInbound: nothing can reach the guest to deliver it; the hub delivers it through the tunnel")
+	}
+
+	if s.NoInbound && s.APIPort != 0 {
+		return errors.New("spec: APIPort is set with NoInbound: there is no inbound forward")
+	}
+
+	if s.UUID != "" && !uuidRe.MatchString(s.UUID) {
+		return fmt.Errorf("spec: UUID %q is not a UUID (8-4-4-4-12 hex digits)", s.UUID)
 	}
 
 	if s.TPMStateDir != "" && !s.TPM {

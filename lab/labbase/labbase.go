@@ -29,6 +29,7 @@ var DefaultModules = []string{
 	"vfat", "nls_cp437", "nls_ascii", "nls_utf8", // ESP
 	"squashfs", "loop", // the embedded config extension image
 	"tpm_tis", "tpm_crb", // TPM (both built into the Debian kernel)
+	"tun", // SideroLink: wireguard-go's TUN device, as Talos's gRPC-tunnel link (lab/labos/siderolink)
 }
 
 // DefaultHostBinaries are copied from the host with their shared libraries;

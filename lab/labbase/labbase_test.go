@@ -208,6 +208,7 @@ func TestBuildLabBaseContents(t *testing.T) {
 		assert.Less(t, pos[pair[0]], pos[pair[1]], "%s before %s", pair[0], pair[1])
 	}
 
+	assert.Contains(t, pos, "tun.ko", "SideroLink's TUN device module is in the initramfs")
 	assert.Contains(t, res.Builtin, "virtio_pci")
 	assert.Contains(t, res.Builtin, "tpm_tis")
 	assert.Less(t, res.InitramfsSize, int64(30<<20), "initramfs budget is 30 MB compressed")

@@ -167,6 +167,7 @@ func (n *Node) ApplyConfig(_ context.Context, data []byte, dryRun bool) error {
 // apiNames are the addresses and names both API certificates carry.
 func (n *Node) apiNames() ([]net.IP, []string) {
 	ips := []net.IP{net.IP(sysinit.DefaultAddress.Addr().AsSlice()), net.ParseIP("127.0.0.1")}
+	ips = append(ips, sideroLinkIPs()...) // node/siderolink.go
 	dns := []string{"localhost", n.entryName()}
 
 	return ips, dns

@@ -226,6 +226,7 @@ func (n *Node) Boot(ctx context.Context) error {
 
 	if unlocked {
 		n.afterUnlock(ctx, vol, keys)
+		n.startSideroLink(ctx) // node/siderolink.go: before maintenance mode
 
 		if err := n.loadConfig(ctx); err != nil {
 			// ctx ended while waiting in maintenance mode
