@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/labfleet/labfleet/fleetctl/hub"
 	"github.com/labfleet/labfleet/fleetctl/hub/registry"
+	"github.com/labfleet/labfleet/fleetctl/overview"
 	"github.com/labfleet/labfleet/fleetctl/store"
 )
 
@@ -21,6 +23,8 @@ func newHubCmd() *cobra.Command {
 		cfgPath string
 		over    hub.Config
 		pubEPs  []string
+
+		ovCfgPath, ovListen, ovInv string
 	)
 
 	cmd := &cobra.Command{
@@ -36,11 +40,17 @@ configuration only to machines the inventory lists by UUID or an operator
 accepted. WireGuard runs in userspace on a TUN device: no kernel module needed,
 but root (CAP_NET_ADMIN) is.
 
+With --overview-config the hub also serves the fleet overview page (the same
+page as 'fleetctl overview') on its own port, with what the nodes reported
+through their links: version, Secure Boot, encryption, last seen, events and
+kernel log.
+
 Flags override the --config file field by field. SIGINT/SIGTERM stop it
 gracefully; nodes reconnect by themselves when it comes back.`,
 		Example: `  fleetctl hub --db fleet.db --config hub.yaml
   fleetctl hub --db fleet.db --api-listen :8099 --wireguard-listen :50180 --public-endpoint hub.example.org:50180
-  fleetctl hub token create berlin --db fleet.db`,
+  fleetctl hub token create berlin --db fleet.db
+  fleetctl hub --db fleet.db --config hub.yaml --overview-config overview.yaml --overview-listen :8443`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := hub.Defaults()
@@ -82,12 +92,18 @@ gracefully; nodes reconnect by themselves when it comes back.`,
 			}
 			defer st.Close()
 
-			h, err := hub.New(cfg, registry.New(st.DB()), logger(false), hub.Options{})
+			reg := registry.New(st.DB())
+
+			h, err := hub.New(cfg, reg, logger(false), hub.Options{})
 			if err != nil {
 				return bad(err)
 			}
 
-			return h.Run(cmd.Context())
+			if ovCfgPath == "" {
+				return h.Run(cmd.Context())
+			}
+
+			return runHubWithOverview(cmd, h, st, reg, ovCfgPath, ovListen, ovInv)
 		},
 	}
 
@@ -102,10 +118,55 @@ gracefully; nodes reconnect by themselves when it comes back.`,
 	f.StringVar(&over.TLSCert, "tls-cert", "", "PEM certificate: serve the API over TLS (nodes use https://)")
 	f.StringVar(&over.TLSKey, "tls-key", "", "PEM key of --tls-cert")
 	f.StringVar(&over.ConfigDir, "config-dir", "", "machine configurations to hand out: DIR/CLUSTER/ROLE.yaml")
+	f.StringVar(&ovCfgPath, "overview-config", "", "also serve the fleet overview page with this config (users, roles, TLS; see fleetctl overview)")
+	f.StringVar(&ovListen, "overview-listen", "127.0.0.1:8080", "address of the overview page (its own port; TLS required unless loopback)")
+	f.StringVar(&ovInv, "overview-inventory", "", "inventory for the overview: also show clusters no rollout selected yet")
 
 	cmd.AddCommand(newHubTokenCmd())
 
 	return cmd
+}
+
+// runHubWithOverview runs the hub and the overview page side by side; the
+// first to fail stops the other, and both stop on SIGINT/SIGTERM.
+func runHubWithOverview(cmd *cobra.Command, h *hub.Hub, st *store.Store, reg *registry.Registry, cfgPath, listen, invPath string) error {
+	cfg, err := overview.LoadConfig(cfgPath)
+	if err != nil {
+		return bad(err)
+	}
+
+	ctx, cancel := context.WithCancel(cmd.Context())
+	defer cancel()
+
+	srv, err := newOverviewServer(ctx, st, cfg, invPath, &hub.Facts{Registry: reg})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+
+	ln, url, err := overview.Listen(listen, cfg)
+	if err != nil {
+		return bad(fmt.Errorf("--overview-listen: %w", err))
+	}
+
+	fmt.Fprintf(cmd.OutOrStdout(), "fleet overview: %s\n", url)
+
+	ovDone := make(chan error, 1)
+
+	go func() {
+		err := overview.Serve(ctx, ln, srv)
+		cancel()
+		ovDone <- err
+	}()
+
+	hubErr := h.Run(ctx)
+	cancel()
+
+	if ovErr := <-ovDone; hubErr == nil && ovErr != nil && !errors.Is(ovErr, context.Canceled) {
+		return fmt.Errorf("overview: %w", ovErr)
+	}
+
+	return hubErr
 }
 
 func newHubTokenCmd() *cobra.Command {

@@ -14,6 +14,7 @@ import (
 	"github.com/labfleet/labfleet/fleetctl/engine"
 	"github.com/labfleet/labfleet/fleetctl/inventory"
 	"github.com/labfleet/labfleet/fleetctl/overview"
+	"github.com/labfleet/labfleet/fleetctl/store"
 )
 
 // The overview verb serves the fleet overview page on its own until
@@ -43,62 +44,15 @@ written to the rollout database's audit log with the user's name.`,
 				return bad(err)
 			}
 
-			var inv *inventory.Inventory
-			if invPath != "" {
-				if inv, err = loadInventory(invPath); err != nil {
-					return err
-				}
-			}
-
 			st, err := openStore()
 			if err != nil {
 				return err
 			}
 			defer st.Close()
 
-			log := logger(false)
-
-			// Executions started from the page run in this process, one at a
-			// time per rollout (the engine's lease refuses a second anyway).
-			var running sync.Map
-
-			exec := func(ctx context.Context, id, actor string) error {
-				if _, busy := running.LoadOrStore(id, true); busy {
-					return fmt.Errorf("this server already executes rollout %s", id)
-				}
-
-				r, err := st.Rollout(ctx, id)
-				if err != nil {
-					running.Delete(id)
-
-					return err
-				}
-
-				drv, closeDrv, err := openDriver(r.Driver)
-				if err != nil {
-					running.Delete(id)
-
-					return err
-				}
-
-				go func() {
-					defer running.Delete(id)
-					defer closeDrv()
-
-					res, err := engine.Resume(cmd.Context(), engine.Options{
-						Store: st, Driver: drv, DriverName: r.Driver, Actor: actor, Logger: logger(simulated(r.Driver)),
-					}, id)
-					log.Info("overview: execution ended", "rollout", id, "state", res.State, "err", err)
-				}()
-
-				return nil
-			}
-
-			srv, err := overview.New(overview.Options{
-				Store: st, Config: cfg, Inventory: inv, Executor: exec, Logger: log, Secure: cfg.TLS != nil,
-			})
+			srv, err := newOverviewServer(cmd.Context(), st, cfg, invPath, nil)
 			if err != nil {
-				return bad(err)
+				return err
 			}
 			defer srv.Close()
 
@@ -119,6 +73,66 @@ written to the rollout database's audit log with the user's name.`,
 	cmd.AddCommand(newOverviewTokenCmd())
 
 	return cmd
+}
+
+// newOverviewServer builds the overview over the store; pause, resume and
+// abort from the page execute the rollout in this process, one execution
+// per rollout at a time (the engine's lease refuses a second anyway). facts
+// may be nil (no hub in this process).
+func newOverviewServer(ctx context.Context, st *store.Store, cfg *overview.Config, invPath string, facts overview.FactSource) (*overview.Server, error) {
+	var inv *inventory.Inventory
+
+	if invPath != "" {
+		var err error
+		if inv, err = loadInventory(invPath); err != nil {
+			return nil, err
+		}
+	}
+
+	log := logger(false)
+
+	var running sync.Map
+
+	exec := func(_ context.Context, id, actor string) error {
+		if _, busy := running.LoadOrStore(id, true); busy {
+			return fmt.Errorf("this server already executes rollout %s", id)
+		}
+
+		r, err := st.Rollout(ctx, id)
+		if err != nil {
+			running.Delete(id)
+
+			return err
+		}
+
+		drv, closeDrv, err := openDriver(r.Driver)
+		if err != nil {
+			running.Delete(id)
+
+			return err
+		}
+
+		go func() {
+			defer running.Delete(id)
+			defer closeDrv()
+
+			res, err := engine.Resume(ctx, engine.Options{
+				Store: st, Driver: drv, DriverName: r.Driver, Actor: actor, Logger: logger(simulated(r.Driver)),
+			}, id)
+			log.Info("overview: execution ended", "rollout", id, "state", res.State, "err", err)
+		}()
+
+		return nil
+	}
+
+	srv, err := overview.New(overview.Options{
+		Store: st, Config: cfg, Inventory: inv, Executor: exec, Logger: log, Secure: cfg.TLS != nil, Facts: facts,
+	})
+	if err != nil {
+		return nil, bad(err)
+	}
+
+	return srv, nil
 }
 
 func newOverviewTokenCmd() *cobra.Command {
