@@ -17,8 +17,9 @@ import (
 	"github.com/labfleet/labfleet/fleetctl/store"
 )
 
-// The overview verb serves the fleet overview page on its own until
-// `fleetctl hub` mounts overview.New itself.
+// The overview verb serves the fleet overview page from the rollout
+// database alone; `fleetctl hub --overview-config` serves it beside the hub
+// with the nodes' own reports.
 func newOverviewCmd() *cobra.Command {
 	var listen, cfgPath, invPath string
 
