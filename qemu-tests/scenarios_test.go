@@ -402,7 +402,8 @@ func waitVersion(ctx context.Context, t *testing.T, m *Machine, version string, 
 	return nodeapi.Status{}
 }
 
-// Scenario 3: upgrade through the node API, unlock without resealing, bless.
+// Scenario 3: upgrade through the node API (Talos 1.13+ image and lifecycle
+// services), unlock without resealing, bless.
 func TestUpgrade(t *testing.T) {
 	// single-machine scenarios run side by side: two VM slots
 	t.Parallel()
@@ -413,7 +414,10 @@ func TestUpgrade(t *testing.T) {
 	m.Boot(ctx, BootOptions{})
 	require.Equal(t, "1.0.0", m.WaitStatus(ctx).Version)
 
-	upgrade(ctx, t, m, "v2")
+	// As talosctl upgrades a Talos 1.13+ node: ImageService.Pull, then
+	// LifecycleService.Upgrade, then Reboot (the legacy Upgrade call is
+	// exercised by the other upgrade scenarios and the fleet rollout).
+	upgradeLifecycle(ctx, t, m, "v2")
 
 	st := waitVersion(ctx, t, m, "2.0.0", 2)
 	require.True(t, st.TPMUnlocked, "v2 (same PCR key) must unlock STATE: %s", st.UnlockError)
