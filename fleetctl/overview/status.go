@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/labfleet/labfleet/fleetctl/engine"
@@ -13,7 +15,8 @@ import (
 
 // Status is a rollout's progress exactly as `fleetctl rollout status -o json`
 // prints it (the same fields, the same rules), so the page, the API and the
-// CLI never disagree. TestStatusMatchesCLI in cmd/fleetctl compares them.
+// CLI never disagree: `rollout status` calls RolloutStatus itself, and
+// TestOverviewStatusMatchesCLI in cmd/fleetctl compares the two outputs.
 type Status struct {
 	engine.Result
 
@@ -28,6 +31,16 @@ type Status struct {
 	// site is outside its maintenance window now; NextWindow is the earliest opening.
 	WaitingForWindow int       `json:"waitingForWindow"`
 	NextWindow       time.Time `json:"nextWindow,omitzero"`
+	// WaitingSites lists those sites, earliest next window first.
+	WaitingSites []SiteWait `json:"waitingSites,omitempty"`
+}
+
+// SiteWait is one closed site the current wave waits for.
+type SiteWait struct {
+	Site     string    `json:"site"`
+	TimeZone string    `json:"timezone"`
+	Nodes    int       `json:"nodes"`
+	Next     time.Time `json:"nextWindow"` // in the site's zone
 }
 
 // RolloutStatus computes Status of rollout id ("" means the latest) at now.
@@ -162,7 +175,22 @@ func windowWait(ctx context.Context, st *store.Store, id string, res engine.Resu
 		if out.NextWindow.IsZero() || next.Before(out.NextWindow) {
 			out.NextWindow = next
 		}
+
+		loc := sch[site].Location()
+		out.WaitingSites = append(out.WaitingSites, SiteWait{Site: site, TimeZone: loc.String(), Nodes: n, Next: next.In(loc)})
 	}
 
-	return rows.Err()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("counting waiting nodes: %w", err)
+	}
+
+	slices.SortFunc(out.WaitingSites, func(a, b SiteWait) int {
+		if c := a.Next.Compare(b.Next); c != 0 {
+			return c
+		}
+
+		return strings.Compare(a.Site, b.Site)
+	})
+
+	return nil
 }

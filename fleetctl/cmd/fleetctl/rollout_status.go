@@ -1,45 +1,18 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/labfleet/labfleet/fleetctl/engine"
+	"github.com/labfleet/labfleet/fleetctl/overview"
 	"github.com/labfleet/labfleet/fleetctl/store"
-	"github.com/labfleet/labfleet/fleetctl/window"
 )
 
-// statusOut is `rollout status` output: the summary plus live figures.
-type statusOut struct {
-	engine.Result
-
-	Desired   string    `json:"desired"`
-	Executor  string    `json:"executor,omitempty"`
-	StartedAt time.Time `json:"startedAt"`
-	// NodesPerMinute is the finishing rate since the rollout started.
-	NodesPerMinute float64 `json:"nodesPerMinute"`
-	// ETA estimates when every node is finished at that rate (zero when unknown).
-	ETA time.Time `json:"eta,omitzero"`
-	// WaitingForWindow counts not-started nodes of the current wave whose
-	// site is outside its maintenance window now; NextWindow is the earliest opening.
-	WaitingForWindow int       `json:"waitingForWindow"`
-	NextWindow       time.Time `json:"nextWindow,omitzero"`
-	// WaitingSites lists those sites, earliest next window first.
-	WaitingSites []siteWait `json:"waitingSites,omitempty"`
-}
-
-// siteWait is one closed site the current wave waits for.
-type siteWait struct {
-	Site     string    `json:"site"`
-	TimeZone string    `json:"timezone"`
-	Nodes    int       `json:"nodes"`
-	Next     time.Time `json:"nextWindow"` // in the site's zone
-}
+// statusOut is `rollout status` output: the summary plus live figures,
+// computed by the overview's code so the page, its API and the CLI agree.
+type statusOut = overview.Status
 
 func newRolloutStatusCmd() *cobra.Command {
 	var watch time.Duration
@@ -121,128 +94,5 @@ func newRolloutStatusCmd() *cobra.Command {
 }
 
 func status(cmd *cobra.Command, st *store.Store, id string) (statusOut, error) {
-	ctx := cmd.Context()
-
-	r, err := st.Rollout(ctx, id)
-	if err != nil {
-		return statusOut{}, err
-	}
-
-	res, err := engine.Summarise(ctx, st, r.ID)
-	if err != nil {
-		return statusOut{}, err
-	}
-
-	out := statusOut{Result: res, Desired: r.Desired, StartedAt: r.StartedAt}
-	if st.ExecutorLive(r) {
-		out.Executor = fmt.Sprintf("%s pid %d", r.LeaseHost, r.LeasePID)
-	}
-
-	finished := res.Done + res.Failed + res.Skipped
-	if !r.StartedAt.IsZero() && finished > 0 && r.State == store.StateRunning {
-		elapsed := time.Since(r.StartedAt)
-		rate := float64(finished) / elapsed.Minutes()
-		out.NodesPerMinute = rate
-
-		if remaining := res.Nodes - finished; remaining > 0 && rate > 0 {
-			out.ETA = time.Now().Add(time.Duration(float64(remaining) / rate * float64(time.Minute)))
-		}
-	}
-
-	if r.State == store.StateRunning || r.State == store.StatePaused {
-		if err := windowWait(cmd, st, r.ID, res, &out); err != nil {
-			return statusOut{}, err
-		}
-	}
-
-	return out, nil
-}
-
-// windowWait fills the maintenance-window figures of the first unfinished wave.
-func windowWait(cmd *cobra.Command, st *store.Store, id string, res engine.Result, out *statusOut) error {
-	ctx := cmd.Context()
-
-	current := -1
-
-	for _, w := range res.Waves {
-		if w.State != store.WaveDone {
-			current = w.Index
-
-			break
-		}
-	}
-
-	if current < 0 {
-		return nil
-	}
-
-	sites, err := st.Sites(ctx, id)
-	if err != nil {
-		return err
-	}
-
-	now := time.Now()
-	closed := map[string]time.Time{}
-	zone := map[string]string{}
-
-	for _, s := range sites {
-		var ws []window.Window
-		if err := json.Unmarshal([]byte(s.Windows), &ws); err != nil {
-			return fmt.Errorf("decoding windows of site %s: %w", s.Name, err)
-		}
-
-		sch, err := window.NewSchedule(s.TimeZone, ws)
-		if err != nil {
-			return err
-		}
-
-		if !sch.Open(now) {
-			closed[s.Name] = sch.NextOpen(now)
-			zone[s.Name] = s.TimeZone
-		}
-	}
-
-	if len(closed) == 0 {
-		return nil
-	}
-
-	nodes, err := st.Nodes(ctx, id)
-	if err != nil {
-		return err
-	}
-
-	perSite := map[string]int{}
-
-	for _, n := range nodes {
-		next, isClosed := closed[n.Site]
-		if n.Wave != current || n.State != store.NodePending || !isClosed {
-			continue
-		}
-
-		out.WaitingForWindow++
-		perSite[n.Site]++
-
-		if out.NextWindow.IsZero() || next.Before(out.NextWindow) {
-			out.NextWindow = next
-		}
-	}
-
-	for name, count := range perSite {
-		next := closed[name]
-		if loc, err := time.LoadLocation(zone[name]); err == nil {
-			next = next.In(loc)
-		}
-
-		out.WaitingSites = append(out.WaitingSites, siteWait{Site: name, TimeZone: zone[name], Nodes: count, Next: next})
-	}
-
-	slices.SortFunc(out.WaitingSites, func(a, b siteWait) int {
-		if c := a.Next.Compare(b.Next); c != 0 {
-			return c
-		}
-
-		return strings.Compare(a.Site, b.Site)
-	})
-
-	return nil
+	return overview.RolloutStatus(cmd.Context(), st, id, time.Now())
 }
