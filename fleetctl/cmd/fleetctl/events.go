@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"time"
 
@@ -20,25 +19,14 @@ func newEventsCmd() *cobra.Command {
   fleetctl events 4c4c4544-0042-3510-8052-b4c04f4b4e32 --limit 5 -o json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			asJSON, err := jsonOut()
+			reg, asJSON, done, err := openRegistry()
 			if err != nil {
 				return err
 			}
+			defer done()
 
-			st, err := openStoreReadOnly()
+			m, err := resolveMachine(cmd.Context(), reg, args[0])
 			if err != nil {
-				return err
-			}
-			defer st.Close()
-
-			reg := registry.New(st.DB())
-
-			m, err := reg.Resolve(cmd.Context(), args[0])
-			if err != nil {
-				if errors.Is(err, registry.ErrNotFound) {
-					return bad(err)
-				}
-
 				return err
 			}
 

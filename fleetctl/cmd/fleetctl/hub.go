@@ -295,18 +295,13 @@ func newHubTokenLsCmd() *cobra.Command {
 		Short: "List join tokens (never their secrets)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			asJSON, err := jsonOut()
+			reg, asJSON, done, err := openRegistry()
 			if err != nil {
 				return err
 			}
+			defer done()
 
-			st, err := openStoreReadOnly()
-			if err != nil {
-				return err
-			}
-			defer st.Close()
-
-			toks, err := registry.New(st.DB()).Tokens(cmd.Context())
+			toks, err := reg.Tokens(cmd.Context())
 			if err != nil {
 				return err
 			}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -25,25 +24,14 @@ func newLogsCmd() *cobra.Command {
   fleetctl logs fdae:41e4:649b:9303:1d30:5235:fb20:3cf1 --tail 50 -o json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			asJSON, err := jsonOut()
+			reg, asJSON, done, err := openRegistry()
 			if err != nil {
 				return err
 			}
+			defer done()
 
-			st, err := openStoreReadOnly()
+			m, err := resolveMachine(cmd.Context(), reg, args[0])
 			if err != nil {
-				return err
-			}
-			defer st.Close()
-
-			reg := registry.New(st.DB())
-
-			m, err := reg.Resolve(cmd.Context(), args[0])
-			if err != nil {
-				if errors.Is(err, registry.ErrNotFound) {
-					return bad(err)
-				}
-
 				return err
 			}
 

@@ -38,18 +38,13 @@ func newMachinesLsCmd() *cobra.Command {
 		Example: `  fleetctl machines ls --db fleet.db -o json`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			asJSON, err := jsonOut()
+			reg, asJSON, done, err := openRegistry()
 			if err != nil {
 				return err
 			}
+			defer done()
 
-			st, err := openStoreReadOnly()
-			if err != nil {
-				return err
-			}
-			defer st.Close()
-
-			ms, err := registry.New(st.DB()).Machines(cmd.Context())
+			ms, err := reg.Machines(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -96,25 +91,14 @@ func newMachinesShowCmd() *cobra.Command {
 		Short: "Show one machine with its last events",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			asJSON, err := jsonOut()
+			reg, asJSON, done, err := openRegistry()
 			if err != nil {
 				return err
 			}
+			defer done()
 
-			st, err := openStoreReadOnly()
+			m, err := resolveMachine(cmd.Context(), reg, args[0])
 			if err != nil {
-				return err
-			}
-			defer st.Close()
-
-			reg := registry.New(st.DB())
-
-			m, err := reg.Resolve(cmd.Context(), args[0])
-			if err != nil {
-				if errors.Is(err, registry.ErrNotFound) {
-					return bad(err)
-				}
-
 				return err
 			}
 
