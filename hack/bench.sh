@@ -440,6 +440,10 @@ section_hub() {
 		tail -n 20 "$WORK/hub-bench.err"
 		echo '```'
 		[ "$rc" -eq 3 ] && return "$NOT_MEASURED"
+		return 1
+	fi
+}
+
 # ---------------------------------------------------------------- overview
 
 # The fleet overview (fleetctl/overview): its browser test over 10,000
