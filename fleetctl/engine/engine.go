@@ -232,7 +232,7 @@ func Create(ctx context.Context, opts Options) (string, error) {
 
 			for _, n := range c.Nodes {
 				nodes = append(nodes, store.Node{
-					ID: len(nodes), Wave: wa.Index, Cluster: c.Name, Name: n.Name, Endpoint: n.Endpoint, Role: n.Role,
+					ID: len(nodes), Wave: wa.Index, Cluster: c.Name, Name: n.Name, Endpoint: n.Address(), Role: n.Role,
 					Site: s.Name, Region: s.Region, Bandwidth: bw, Talosconfig: tc,
 				})
 			}

@@ -138,6 +138,10 @@ type Applier interface {
 	Apply(ctx context.Context, tunnelAddr string, config []byte) error
 }
 
+// NodeAPIPort is the port of a node's API on its tunnel address (Talos's
+// apid port, as on any other address of the node).
+const NodeAPIPort = 50000
+
 // MaintenanceApplier applies a configuration with Talos machinery's client
 // to a node in maintenance mode: its API on port 50000 of its tunnel
 // address, TLS without client certificates (a node in maintenance mode has
@@ -151,7 +155,7 @@ type MaintenanceApplier struct {
 func (a MaintenanceApplier) Apply(ctx context.Context, tunnelAddr string, config []byte) error {
 	port := a.Port
 	if port == 0 {
-		port = 50000
+		port = NodeAPIPort
 	}
 
 	ep := net.JoinHostPort(tunnelAddr, fmt.Sprint(port))

@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/google/uuid"
 	"gopkg.in/yaml.v3"
 
 	"github.com/labfleet/labfleet/fleetctl/window"
@@ -84,9 +85,31 @@ type Node struct {
 	// Name identifies the node within its cluster.
 	Name string `yaml:"name" json:"name"`
 	// Endpoint is host:port of the node's machine API (port defaults to 50000).
-	Endpoint string `yaml:"endpoint" json:"endpoint"`
+	// Give either endpoint or machine.
+	Endpoint string `yaml:"endpoint,omitempty" json:"endpoint,omitempty"`
+	// Machine is the SMBIOS UUID of a node enrolled at the fleet hub (fleetctl
+	// machines ls): fleetctl reaches it at its SideroLink tunnel address,
+	// through the hub, so the site needs no inbound port. Give either
+	// endpoint or machine.
+	Machine string `yaml:"machine,omitempty" json:"machine,omitempty"`
 	// Role is controlplane or worker; control plane nodes are upgraded one at a time.
 	Role string `yaml:"role" json:"role"`
+}
+
+// MachinePrefix marks an address that names a hub-enrolled machine by UUID
+// instead of a network endpoint (see Node.Address).
+const MachinePrefix = "machine:"
+
+// Address is where the driver reaches the node: its endpoint, or
+// "machine:UUID" for a node named by machine UUID, which the driver
+// resolves to the machine's tunnel address when it connects (the address
+// is the hub's to assign, so it is not copied into rollout records).
+func (n Node) Address() string {
+	if n.Machine != "" {
+		return MachinePrefix + strings.ToLower(n.Machine)
+	}
+
+	return n.Endpoint
 }
 
 // Inventory is the merged content of one or more files.
@@ -357,9 +380,20 @@ func (inv *Inventory) Validate() error {
 
 			names[n.Name] = true
 
-			if n.Endpoint == "" {
-				add(c.Source, nentry, "endpoint", "required (host or host:port of the machine API)")
-			} else {
+			switch {
+			case n.Endpoint == "" && n.Machine == "":
+				add(c.Source, nentry, "endpoint", "required (host or host:port of the machine API, or machine: UUID for a node enrolled at the hub)")
+			case n.Endpoint != "" && n.Machine != "":
+				add(c.Source, nentry, "machine", "give either endpoint or machine, not both (machine: the node is reached through the hub)")
+			case n.Machine != "":
+				if err := uuid.Validate(n.Machine); err != nil || len(n.Machine) != 36 {
+					add(c.Source, nentry, "machine", "%q is not a machine UUID (8-4-4-4-12 hex digits, as fleetctl machines ls shows)", n.Machine)
+				} else if prev, dup := endpoints[n.Address()]; dup {
+					add(c.Source, nentry, "machine", "%q is also node %s of cluster %s", n.Machine, prev.node, prev.cluster)
+				} else {
+					endpoints[n.Address()] = seenEndpoint{cluster: c.Name, node: n.Name, as: n.Machine}
+				}
+			default:
 				key := NormalizeEndpoint(n.Endpoint)
 				if prev, dup := endpoints[key]; dup {
 					add(c.Source, nentry, "endpoint", "%q is also node %s of cluster %s (%q; the port defaults to %s)",

@@ -142,3 +142,45 @@ clusters:
 	assert.Contains(t, err.Error(), `clusters[1] "b" nodes[2] "w2": endpoint: "[fd00::1]:50000" is also node w1 of cluster b`)
 	assert.Contains(t, err.Error(), `inv.yaml: clusters[0] "a": talosconfig: /nonexistent/talosconfig: no such file (fleetctl site init writes one)`)
 }
+
+// A node behind a hospital firewall is named by its machine UUID; the
+// driver reaches it through the hub. A wrong or repeated UUID, or both
+// forms on one node, is refused naming the entry.
+func TestNodesByMachineUUID(t *testing.T) {
+	inv, err := inventory.Parse("inv.yaml", []byte(`
+sites:
+  - {name: s, region: r, timezone: UTC}
+clusters:
+  - name: a
+    site: s
+    nodes:
+      - {name: cp1, machine: 5B1D6C2E-4F0A-4C1B-9E3A-2F6D8A7B9C01, role: controlplane}
+      - {name: w1, machine: 6c2e5b1d-4f0a-4c1b-9e3a-2f6d8a7b9c02, role: worker}
+`))
+	require.NoError(t, err)
+	require.NoError(t, inv.Validate())
+	assert.Equal(t, "machine:5b1d6c2e-4f0a-4c1b-9e3a-2f6d8a7b9c01", inv.Clusters[0].Nodes[0].Address())
+	assert.Empty(t, inv.Clusters[0].Nodes[0].Endpoint)
+
+	inv, err = inventory.Parse("inv.yaml", []byte(`
+sites:
+  - {name: s, region: r, timezone: UTC}
+clusters:
+  - name: a
+    site: s
+    nodes:
+      - {name: cp1, machine: 5b1d6c2e-4f0a-4c1b-9e3a-2f6d8a7b9c01, role: controlplane}
+      - {name: cp2, machine: 5B1D6C2E-4F0A-4C1B-9E3A-2F6D8A7B9C01, role: controlplane}
+      - {name: cp3, machine: "../../etc", role: controlplane}
+      - {name: cp4, machine: 7c2e5b1d-4f0a-4c1b-9e3a-2f6d8a7b9c03, endpoint: 10.0.0.4, role: controlplane}
+      - {name: cp5, role: controlplane}
+`))
+	require.NoError(t, err)
+
+	err = inv.Validate()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `inv.yaml: clusters[0] "a" nodes[1] "cp2": machine: "5B1D6C2E-4F0A-4C1B-9E3A-2F6D8A7B9C01" is also node cp1 of cluster a`)
+	assert.Contains(t, err.Error(), `nodes[2] "cp3": machine: "../../etc" is not a machine UUID`)
+	assert.Contains(t, err.Error(), `nodes[3] "cp4": machine: give either endpoint or machine, not both`)
+	assert.Contains(t, err.Error(), `nodes[4] "cp5": endpoint: required (host or host:port of the machine API, or machine: UUID`)
+}

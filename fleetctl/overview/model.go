@@ -167,7 +167,7 @@ func build(ctx context.Context, st *store.Store, inv *inventory.Inventory) (*sna
 			s.clusters[ci].Labels = c.Labels
 
 			for _, n := range c.Nodes {
-				s.addNode(nodeRec{Cluster: c.Name, Name: n.Name, Role: n.Role, Endpoint: n.Endpoint, Site: c.Site, Region: site.Region})
+				s.addNode(nodeRec{Cluster: c.Name, Name: n.Name, Role: n.Role, Endpoint: n.Address(), Site: c.Site, Region: site.Region})
 			}
 		}
 	}

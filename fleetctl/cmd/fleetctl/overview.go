@@ -106,7 +106,7 @@ func newOverviewServer(ctx context.Context, st *store.Store, cfg *overview.Confi
 			return err
 		}
 
-		drv, closeDrv, err := openDriver(r.Driver)
+		drv, closeDrv, err := openDriver(r.Driver, st)
 		if err != nil {
 			running.Delete(id)
 

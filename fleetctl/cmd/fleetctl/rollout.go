@@ -145,7 +145,7 @@ from another terminal, with 'fleetctl rollout pause' or 'abort'.`,
 			}
 			defer st.Close()
 
-			drv, closeDrv, err := openDriver(spec)
+			drv, closeDrv, err := openDriver(spec, st)
 			if err != nil {
 				return err
 			}
@@ -192,7 +192,7 @@ again, it only goes through its health gate. Waves finish in order.`,
 				return err
 			}
 
-			drv, closeDrv, err := openDriver(r.Driver)
+			drv, closeDrv, err := openDriver(r.Driver, st)
 			if err != nil {
 				return err
 			}
@@ -322,7 +322,7 @@ func request(cmd *cobra.Command, id, desired string, wait bool) error {
 			return err
 		}
 	default:
-		drv, closeDrv, err := openDriver(r.Driver)
+		drv, closeDrv, err := openDriver(r.Driver, st)
 		if err != nil {
 			return err
 		}

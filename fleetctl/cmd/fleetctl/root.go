@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -14,6 +15,8 @@ import (
 	"github.com/labfleet/labfleet/fleetctl/driver"
 	"github.com/labfleet/labfleet/fleetctl/driver/talos"
 	"github.com/labfleet/labfleet/fleetctl/engine"
+	"github.com/labfleet/labfleet/fleetctl/hub"
+	"github.com/labfleet/labfleet/fleetctl/hub/registry"
 	"github.com/labfleet/labfleet/fleetctl/sim"
 	"github.com/labfleet/labfleet/fleetctl/store"
 )
@@ -130,8 +133,10 @@ func driverSpec(name, simDir string) (string, error) {
 	return "", bad(fmt.Errorf("--driver %q: want talos or sim", name))
 }
 
-// openDriver builds the factory for a recorded driver spec; closeFn releases it.
-func openDriver(spec string) (driver.Factory, func(), error) {
+// openDriver builds the factory for a recorded driver spec; closeFn releases
+// it. Nodes the inventory names by machine UUID are resolved through the
+// hub's registry in st (the hub and the rollout share one --db).
+func openDriver(spec string, st *store.Store) (driver.Factory, func(), error) {
 	if dir, ok := strings.CutPrefix(spec, "sim:"); ok {
 		f, err := sim.OpenDir(dir)
 		if err != nil {
@@ -141,7 +146,11 @@ func openDriver(spec string) (driver.Factory, func(), error) {
 		return f.Factory(), func() { f.Close() }, nil
 	}
 
-	return talos.NewFactory(), func() {}, nil
+	reg := registry.New(st.DB())
+
+	return talos.NewFactory(talos.WithMachineResolver(func(ctx context.Context, uuid string) (string, error) {
+		return reg.NodeEndpoint(ctx, uuid, hub.NodeAPIPort)
+	})), func() {}, nil
 }
 
 func simulated(spec string) bool { return engine.IsSimulated(spec) }

@@ -73,6 +73,13 @@ func (*ClusterOpener) OpenCluster(ctx context.Context, t driver.Target) (driver.
 // OpenCluster makes the Factory a driver.ClusterOpener too, so the engine
 // finds the cluster checks with the driver.
 func (f *Factory) OpenCluster(ctx context.Context, t driver.Target) (driver.ClusterChecker, error) {
+	ep, err := f.endpoint(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+
+	t.Endpoint = ep
+
 	return NewClusterOpener().OpenCluster(ctx, t)
 }
 

@@ -26,17 +26,58 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/labfleet/labfleet/fleetctl/driver"
+	"github.com/labfleet/labfleet/fleetctl/inventory"
 )
 
 // Factory opens machine API clients; talosconfig files are read once and cached.
 type Factory struct {
 	mu      sync.Mutex
 	configs map[string]*clientconfig.Config
+	resolve MachineResolver
+}
+
+// MachineResolver gives the host:port at which a hub-enrolled machine's API
+// is reached (its SideroLink tunnel address; fleetctl's hub registry).
+type MachineResolver func(ctx context.Context, uuid string) (string, error)
+
+// Option configures a Factory.
+type Option func(*Factory)
+
+// WithMachineResolver lets the factory open nodes that the inventory names
+// by machine UUID (inventory.Node.Machine) instead of an endpoint.
+func WithMachineResolver(r MachineResolver) Option {
+	return func(f *Factory) { f.resolve = r }
 }
 
 // NewFactory returns a Factory.
-func NewFactory() *Factory {
-	return &Factory{configs: map[string]*clientconfig.Config{}}
+func NewFactory(opts ...Option) *Factory {
+	f := &Factory{configs: map[string]*clientconfig.Config{}}
+	for _, o := range opts {
+		o(f)
+	}
+
+	return f
+}
+
+// endpoint resolves a node named by machine UUID at the moment it is
+// opened: the tunnel address is the hub's to assign and may change if the
+// machine enrolls again, so it is never stored in the rollout.
+func (f *Factory) endpoint(ctx context.Context, t driver.Target) (string, error) {
+	uuid, byMachine := strings.CutPrefix(t.Endpoint, inventory.MachinePrefix)
+	if !byMachine {
+		return t.Endpoint, nil
+	}
+
+	if f.resolve == nil {
+		return "", fmt.Errorf("node %s/%s is named by machine UUID %s but no hub registry is open (run the rollout with the hub's --db)", t.Cluster, t.Node, uuid)
+	}
+
+	ep, err := f.resolve(ctx, uuid)
+	if err != nil {
+		return "", fmt.Errorf("node %s/%s: resolving machine %s through the hub: %w", t.Cluster, t.Node, uuid, err)
+	}
+
+	return ep, nil
 }
 
 func (f *Factory) config(path string) (*clientconfig.Config, error) {
@@ -73,7 +114,12 @@ func (f *Factory) Open(ctx context.Context, t driver.Target) (driver.Node, error
 		return nil, err
 	}
 
-	c, err := client.New(ctx, client.WithConfig(cfg), client.WithEndpoints(t.Endpoint),
+	ep, err := f.endpoint(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+
+	c, err := client.New(ctx, client.WithConfig(cfg), client.WithEndpoints(ep),
 		// A node that reboots into its new image drops the connection; with
 		// gRPC's default backoff (up to 120s) the health gate would notice
 		// the node back far later than it is.
@@ -82,7 +128,7 @@ func (f *Factory) Open(ctx context.Context, t driver.Target) (driver.Node, error
 			MinConnectTimeout: 5 * time.Second,
 		})))
 	if err != nil {
-		return nil, fmt.Errorf("connecting to %s: %w", t.Endpoint, err)
+		return nil, fmt.Errorf("connecting to %s: %w", ep, err)
 	}
 
 	return &node{c: c, preserve: t.Preserve()}, nil

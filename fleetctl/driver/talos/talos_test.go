@@ -1,6 +1,8 @@
 package talos_test
 
 import (
+	"context"
+	"fmt"
 	"net"
 	"path/filepath"
 	"testing"
@@ -286,4 +288,73 @@ func TestTalosLikeNodesPassOverMachineAPI(t *testing.T) {
 	for key, c := range fleet.Counts() {
 		assert.Equal(t, 1, c.Upgrades, "node %s", key)
 	}
+}
+
+// A node the inventory names by machine UUID is reached at the address the
+// hub's registry gives when it is opened (its tunnel address); without a
+// registry, or for a machine the hub does not know, the driver says which
+// node and why instead of dialling anything.
+func TestNodesByMachineUUIDResolvedAtOpen(t *testing.T) {
+	inv, fleet, dir := servedFleet(t, sim.Spec{Clusters: 2, NodesPerCluster: 1}, sim.Behaviour{InitialVersion: "v1.0.0"})
+
+	addrs := map[string]string{}
+
+	for i := range inv.Clusters {
+		n := &inv.Clusters[i].Nodes[0]
+		uuid := fmt.Sprintf("5b1d6c2e-4f0a-4c1b-9e3a-2f6d8a7b9c0%d", i)
+		addrs[uuid] = n.Endpoint
+		n.Endpoint, n.Machine = "", uuid
+	}
+
+	require.NoError(t, inv.Validate())
+
+	var asked []string
+
+	resolve := func(_ context.Context, uuid string) (string, error) {
+		asked = append(asked, uuid)
+		if ep, ok := addrs[uuid]; ok {
+			return ep, nil
+		}
+
+		return "", fmt.Errorf("machine %s: not found", uuid)
+	}
+
+	p := &plan.Plan{
+		Name: "by-uuid", Image: sim.Image("v2.0.0"), Version: "v2.0.0",
+		Waves:  []plan.Wave{{Name: "canary", Count: 1}, {Name: "rest", Percent: 100}},
+		Health: plan.HealthGate{Timeout: plan.Duration(2 * time.Second), Interval: plan.Duration(10 * time.Millisecond)},
+	}
+	p.Default()
+	require.NoError(t, p.Validate())
+
+	st, err := store.Open(filepath.Join(dir, "fleet.db"), store.Options{})
+	require.NoError(t, err)
+
+	defer st.Close()
+
+	res, err := engine.Run(t.Context(), engine.Options{Inventory: inv, Plan: p, Store: st,
+		Driver: talos.NewFactory(talos.WithMachineResolver(resolve)), DriverName: "talos"})
+	require.NoError(t, err)
+	assert.Equal(t, 2, res.Done, "%+v", res)
+	assert.Len(t, fleet.Counts(), 2)
+
+	for key, c := range fleet.Counts() {
+		assert.Equal(t, 1, c.Upgrades, "node %s", key)
+	}
+
+	assert.Contains(t, asked, "5b1d6c2e-4f0a-4c1b-9e3a-2f6d8a7b9c00")
+
+	// the record keeps the machine's name, not an address the hub may change
+	nodes, err := st.Nodes(t.Context(), res.RolloutID)
+	require.NoError(t, err)
+	assert.Equal(t, "machine:5b1d6c2e-4f0a-4c1b-9e3a-2f6d8a7b9c00", nodes[0].Endpoint)
+
+	c := inv.Clusters[0]
+	tgt := driver.Target{Cluster: c.Name, Node: "n0", Endpoint: "machine:5b1d6c2e-4f0a-4c1b-9e3a-2f6d8a7b9cff", Talosconfig: c.Talosconfig}
+
+	_, err = talos.NewFactory().Open(t.Context(), tgt)
+	require.ErrorContains(t, err, "is named by machine UUID 5b1d6c2e-4f0a-4c1b-9e3a-2f6d8a7b9cff but no hub registry is open")
+
+	_, err = talos.NewFactory(talos.WithMachineResolver(resolve)).Open(t.Context(), tgt)
+	require.ErrorContains(t, err, c.Name+"/n0: resolving machine 5b1d6c2e-4f0a-4c1b-9e3a-2f6d8a7b9cff through the hub: machine 5b1d6c2e-4f0a-4c1b-9e3a-2f6d8a7b9cff: not found")
 }

@@ -161,3 +161,43 @@ func TestReadEmbedded(t *testing.T) {
 		})
 	}
 }
+
+func TestMirrors(t *testing.T) {
+	m, err := labconfig.Mirrors([]byte(`version: v1alpha1
+machine:
+  registries:
+    mirrors:
+      docker.io: {endpoints: ["https://mirror.example:5000/v2"]}
+---
+apiVersion: v1alpha1
+kind: RegistryMirrorConfig
+name: ghcr.io
+endpoints:
+  - url: http://[fdae:1::1]:5000
+skipFallback: true
+`))
+	require.NoError(t, err)
+	require.Len(t, m, 2)
+	require.Equal(t, "[fdae:1::1]:5000", m["ghcr.io"].Endpoints[0].Host)
+	require.True(t, m["ghcr.io"].SkipFallback)
+
+	got, ok := labconfig.For(m, "docker.io")
+	require.True(t, ok)
+	require.Equal(t, "mirror.example:5000", got.Endpoints[0].Host)
+
+	_, ok = labconfig.For(m, "quay.io")
+	require.False(t, ok)
+
+	for _, tc := range []struct{ doc, want string }{
+		{"kind: RegistryMirrorConfig\nname: ghcr.io\nendpoints: [{url: 'ftp://x'}]\n", `machine config document 1 (RegistryMirrorConfig) (ghcr.io): endpoints[0]: "ftp://x": want an http:// or https:// URL`},
+		{"kind: RegistryMirrorConfig\nname: ghcr.io\nendpoints: [{url: 'https://u:p@x'}]\n", `carries credentials in the URL`},
+		{"kind: RegistryMirrorConfig\nname: ghcr.io\nendpoints: [{url: 'https://x/other/path'}]\n", `has a path or query`},
+		{"kind: RegistryMirrorConfig\nname: ghcr.io\nendpoints: [{url: 'https://x', overridePath: true}]\n", `endpoints[0]: overridePath is not supported by labos`},
+		{"kind: RegistryMirrorConfig\nname: ghcr.io\n", `(ghcr.io): endpoints: empty`},
+		{"kind: RegistryMirrorConfig\nendpoints: [{url: 'https://x'}]\n", `name: empty`},
+		{"kind: RegistryMirrorConfig\nname: a\nendpoints: [{url: 'https://x'}]\n---\nkind: RegistryMirrorConfig\nname: a\nendpoints: [{url: 'https://y'}]\n", `machine config document 2 (RegistryMirrorConfig): registry a has two mirror configurations`},
+	} {
+		_, err := labconfig.Mirrors([]byte(tc.doc))
+		require.ErrorContains(t, err, tc.want, tc.doc)
+	}
+}

@@ -57,6 +57,11 @@ func parseComplete(data []byte) (*config.Machine, error) {
 		return nil, err
 	}
 
+	// refused now, naming the document, rather than at the first pull
+	if _, err := config.Mirrors(data); err != nil {
+		return nil, fmt.Errorf("registry mirrors: %w", err)
+	}
+
 	return m, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/resources/runtime"
 
 	"github.com/labfleet/labfleet/lab/labos/api"
+	"github.com/labfleet/labfleet/lab/labos/config"
 	"github.com/labfleet/labfleet/lab/labos/upgrade"
 	"github.com/labfleet/labfleet/lab/nodeapi"
 )
@@ -93,10 +94,37 @@ func (n *Node) publishSettled(checks []nodeapi.Check, entry string) {
 	})
 }
 
+// imageSource is where images come from: the lab registry over plain HTTP
+// and the registry mirrors of the stored machine config (read at each
+// pull: a node reached through the hub may have no other way out).
+func (n *Node) imageSource() (upgrade.Source, error) {
+	src := upgrade.Source{Insecure: []string{nodeapi.GuestRegistryAddr}}
+
+	data, err := config.ReadStored(StateMount)
+	if errors.Is(err, config.ErrNotStored) {
+		return src, nil
+	}
+
+	if err != nil {
+		return src, err
+	}
+
+	if src.Mirrors, err = config.Mirrors(data); err != nil {
+		return src, fmt.Errorf("registry mirrors: %w", err)
+	}
+
+	return src, nil
+}
+
 // Pull implements api.Node: it fetches and checks an installer image and
 // keeps it for Install.
 func (n *Node) Pull(ctx context.Context, ref string) (api.Image, error) {
-	img, err := upgrade.Pull(ctx, ref, []string{nodeapi.GuestRegistryAddr})
+	src, err := n.imageSource()
+	if err != nil {
+		return api.Image{}, err
+	}
+
+	img, err := upgrade.Pull(ctx, ref, src)
 	if err != nil {
 		return api.Image{}, err
 	}
@@ -172,7 +200,12 @@ func (n *Node) Upgrade(ctx context.Context, ref string) (string, error) {
 		return "", errors.New("ESP not mounted")
 	}
 
-	img, err := upgrade.Pull(ctx, ref, []string{nodeapi.GuestRegistryAddr})
+	src, err := n.imageSource()
+	if err != nil {
+		return "", err
+	}
+
+	img, err := upgrade.Pull(ctx, ref, src)
 	if err != nil {
 		return "", err
 	}

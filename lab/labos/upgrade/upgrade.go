@@ -24,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/labfleet/labfleet/lab/labos/bootentry"
+	"github.com/labfleet/labfleet/lab/labos/config"
 	"github.com/labfleet/labfleet/lab/labos/efivars"
 )
 
@@ -55,27 +56,73 @@ type Image struct {
 	UKI     []byte
 }
 
-// Pull fetches ref and extracts the UKI. Registries in insecure are
-// reached over plain HTTP (the lab registry at 10.0.2.100:5000).
-func Pull(ctx context.Context, ref string, insecure []string) (*Image, error) {
-	var opts []name.Option
+// Source says where images come from: registries reached over plain HTTP
+// (the lab registry at 10.0.2.100:5000) and the registry mirrors of the
+// machine configuration.
+type Source struct {
+	Insecure []string
+	Mirrors  map[string]config.Mirror
+}
 
+// Pull fetches ref and extracts the UKI. A registry with a mirror is pulled
+// from its endpoints in order, as Talos's CRI does, then from the registry
+// itself unless the mirror skips the fallback; the digest in ref (if any)
+// is checked by the client whichever endpoint answers.
+func Pull(ctx context.Context, ref string, src Source) (*Image, error) {
 	r, err := name.ParseReference(ref)
 	if err != nil {
 		return nil, fmt.Errorf("parsing image reference %q: %w", ref, err)
 	}
 
-	if slices.Contains(insecure, r.Context().RegistryStr()) {
-		opts = append(opts, name.Insecure)
+	var tried []error
 
-		if r, err = name.ParseReference(ref, opts...); err != nil {
-			return nil, fmt.Errorf("parsing image reference %q: %w", ref, err)
+	if m, ok := config.For(src.Mirrors, r.Context().RegistryStr()); ok {
+		for _, ep := range m.Endpoints {
+			img, err := pullFrom(ctx, r, ep.Host, ep.Scheme == "http")
+			if err == nil {
+				return img, nil
+			}
+
+			tried = append(tried, fmt.Errorf("mirror %s: %w", ep.Redacted(), err))
+		}
+
+		if m.SkipFallback {
+			return nil, fmt.Errorf("pulling %s: %w", ref, errors.Join(tried...))
 		}
 	}
 
-	img, err := remote.Image(r, remote.WithContext(ctx))
+	img, err := pullFrom(ctx, r, r.Context().RegistryStr(), slices.Contains(src.Insecure, r.Context().RegistryStr()))
 	if err != nil {
-		return nil, fmt.Errorf("pulling %s: %w", ref, err)
+		return nil, fmt.Errorf("pulling %s: %w", ref, errors.Join(append(tried, err)...))
+	}
+
+	return img, nil
+}
+
+// pullFrom fetches r's repository and identifier from registry host.
+func pullFrom(ctx context.Context, r name.Reference, host string, insecure bool) (*Image, error) {
+	var opts []name.Option
+	if insecure {
+		opts = append(opts, name.Insecure)
+	}
+
+	repo, err := name.NewRepository(host+"/"+r.Context().RepositoryStr(), opts...)
+	if err != nil {
+		return nil, fmt.Errorf("registry %s: %w", host, err)
+	}
+
+	var at name.Reference
+
+	switch id := r.(type) {
+	case name.Digest:
+		at = repo.Digest(id.DigestStr())
+	default:
+		at = repo.Tag(r.Identifier())
+	}
+
+	img, err := remote.Image(at, remote.WithContext(ctx))
+	if err != nil {
+		return nil, err
 	}
 
 	return FromImage(img)

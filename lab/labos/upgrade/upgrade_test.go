@@ -32,6 +32,7 @@ import (
 
 	"github.com/labfleet/labfleet/lab/labos/bootentry"
 	"github.com/labfleet/labfleet/lab/labos/bootentry/espfake"
+	"github.com/labfleet/labfleet/lab/labos/config"
 	"github.com/labfleet/labfleet/lab/labos/efivars"
 	"github.com/labfleet/labfleet/lab/labos/internal/testpki"
 	"github.com/labfleet/labfleet/lab/labos/upgrade"
@@ -128,7 +129,7 @@ func TestPullVerifyInstall(t *testing.T) {
 
 			var announced []string
 
-			img, err := upgrade.Pull(context.Background(), ref, []string{host})
+			img, err := upgrade.Pull(context.Background(), ref, upgrade.Source{Insecure: []string{host}})
 			if err == nil {
 				_, err = upgrade.Install(esp, img, tc.certs, func(f string) { announced = append(announced, f) })
 			}
@@ -397,4 +398,51 @@ func TestOversizedUKI(t *testing.T) {
 
 	_, err = upgrade.FromImage(img)
 	require.ErrorContains(t, err, "more than the 134217728 a UKI may have")
+}
+
+// A node whose only outward path is a mirror (the hub's host or a site
+// cache) pulls an image named after a registry it cannot reach from the
+// mirror endpoint of its machine config, plain HTTP for an http:// endpoint
+// as in Talos; without skipFallback a dead mirror falls back to the
+// registry, with it the error names every endpoint tried.
+func TestPullThroughMirror(t *testing.T) {
+	db := testpki.NewSigner(t, "lab db")
+	img := installerImage(t, db.Sign(t, testpki.UnsignedPE(t)), map[string]string{upgrade.LabelName: "lab", upgrade.LabelVersion: "1.1.0"})
+	_, mirrorHost := push(t, img, "lab/installer:1.1.0")
+
+	d, err := img.Digest()
+	require.NoError(t, err)
+
+	ref := "registry.labfleet.invalid/lab/installer@" + d.String()
+
+	mirrors, err := config.Mirrors([]byte(`version: v1alpha1
+machine: {type: controlplane}
+---
+apiVersion: v1alpha1
+kind: RegistryMirrorConfig
+name: registry.labfleet.invalid
+endpoints:
+  - url: http://127.0.0.1:1
+  - url: http://` + mirrorHost + `
+skipFallback: true
+`))
+	require.NoError(t, err)
+
+	got, err := upgrade.Pull(context.Background(), ref, upgrade.Source{Mirrors: mirrors})
+	require.NoError(t, err)
+	require.Equal(t, d.String(), got.Digest)
+	require.Equal(t, "1.1.0", got.Version)
+
+	// the mirror does not hold it, the fallback is skipped: every endpoint is named
+	_, err = upgrade.Pull(context.Background(), "registry.labfleet.invalid/lab/other:1.0", upgrade.Source{Mirrors: mirrors})
+	require.ErrorContains(t, err, "mirror http://127.0.0.1:1")
+	require.ErrorContains(t, err, "mirror http://"+mirrorHost)
+
+	// a wildcard mirror without skipFallback: a dead mirror falls back to the registry
+	mirrors, err = config.Mirrors([]byte("apiVersion: v1alpha1\nkind: RegistryMirrorConfig\nname: \"*\"\nendpoints:\n  - url: http://127.0.0.1:1\n"))
+	require.NoError(t, err)
+
+	got, err = upgrade.Pull(context.Background(), mirrorHost+"/lab/installer:1.1.0", upgrade.Source{Mirrors: mirrors, Insecure: []string{mirrorHost}})
+	require.NoError(t, err)
+	require.Equal(t, d.String(), got.Digest)
 }
