@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/cosi-project/runtime/api/v1alpha1"
@@ -88,22 +89,18 @@ func (s *Server) md() *common.Metadata { return &common.Metadata{Hostname: s.Hos
 // TLSConfig issues a server certificate from the machine CA (valid for ips
 // and dns names) and requires client certificates chaining to that CA.
 func TLSConfig(caCrt, caKey []byte, ips []net.IP, dns []string) (*tls.Config, error) {
+	return ReissuingTLSConfig(caCrt, caKey, func() ([]net.IP, []string) { return ips, dns })
+}
+
+// ReissuingTLSConfig is TLSConfig for names that change while the API
+// serves: names is asked at each handshake and a new certificate is issued
+// when the set changed. Talos reissues its API certificate the same way
+// when an address appears, e.g. the SideroLink tunnel address, which
+// comes up whenever the hub answers, before or after the API starts.
+func ReissuingTLSConfig(caCrt, caKey []byte, names func() ([]net.IP, []string)) (*tls.Config, error) {
 	ca, err := cx509.NewCertificateAuthorityFromCertificateAndKey(&cx509.PEMEncodedCertificateAndKey{Crt: caCrt, Key: caKey})
 	if err != nil {
 		return nil, fmt.Errorf("loading machine CA: %w", err)
-	}
-
-	kp, err := cx509.NewKeyPair(ca,
-		cx509.CommonName("labos"),
-		cx509.IPAddresses(ips),
-		cx509.DNSNames(dns),
-		cx509.ExtKeyUsage([]x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}),
-		// the node's clock may lag the issuer's a little after boot
-		cx509.NotBefore(time.Now().Add(-time.Hour)),
-		cx509.NotAfter(time.Now().Add(365*24*time.Hour)),
-	)
-	if err != nil {
-		return nil, fmt.Errorf("issuing API server certificate: %w", err)
 	}
 
 	pool := x509.NewCertPool()
@@ -111,11 +108,60 @@ func TLSConfig(caCrt, caKey []byte, ips []net.IP, dns []string) (*tls.Config, er
 		return nil, errors.New("loading machine CA: no certificate in PEM")
 	}
 
+	issue := func(ips []net.IP, dns []string) (*tls.Certificate, error) {
+		kp, err := cx509.NewKeyPair(ca,
+			cx509.CommonName("labos"),
+			cx509.IPAddresses(ips),
+			cx509.DNSNames(dns),
+			cx509.ExtKeyUsage([]x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}),
+			// the node's clock may lag the issuer's a little after boot
+			cx509.NotBefore(time.Now().Add(-time.Hour)),
+			cx509.NotAfter(time.Now().Add(365*24*time.Hour)),
+		)
+		if err != nil {
+			return nil, fmt.Errorf("issuing API server certificate: %w", err)
+		}
+
+		return kp.Certificate, nil
+	}
+
+	key := func(ips []net.IP, dns []string) string { return fmt.Sprint(ips, dns) }
+
+	var (
+		mu      sync.Mutex
+		current string
+		cert    *tls.Certificate
+	)
+
+	ips, dns := names()
+	if cert, err = issue(ips, dns); err != nil {
+		return nil, err
+	}
+
+	current = key(ips, dns)
+
 	return &tls.Config{
-		Certificates: []tls.Certificate{*kp.Certificate},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    pool,
-		MinVersion:   tls.VersionTLS13,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			ips, dns := names()
+			k := key(ips, dns)
+
+			mu.Lock()
+			defer mu.Unlock()
+
+			if k != current {
+				c, err := issue(ips, dns)
+				if err != nil {
+					return nil, err
+				}
+
+				cert, current = c, k
+			}
+
+			return cert, nil
+		},
+		ClientAuth: tls.RequireAndVerifyClientCert,
+		ClientCAs:  pool,
+		MinVersion: tls.VersionTLS13,
 	}, nil
 }
 

@@ -513,17 +513,23 @@ func (n *Node) startAPI(ctx context.Context) nodeapi.Check {
 		return c
 	}
 
-	ips, dns := n.apiNames()
+	// asked at each handshake: the SideroLink address may come up after
+	// the API (node/siderolink.go) and must be in the certificate then
+	names := func() ([]net.IP, []string) {
+		ips, dns := n.apiNames()
 
-	for _, san := range n.machine.CertSANs {
-		if ip := net.ParseIP(san); ip != nil {
-			ips = append(ips, ip)
-		} else {
-			dns = append(dns, san)
+		for _, san := range n.machine.CertSANs {
+			if ip := net.ParseIP(san); ip != nil {
+				ips = append(ips, ip)
+			} else {
+				dns = append(dns, san)
+			}
 		}
+
+		return ips, dns
 	}
 
-	tlsCfg, err := api.TLSConfig(n.machine.CACert, n.machine.CAKey, ips, dns)
+	tlsCfg, err := api.ReissuingTLSConfig(n.machine.CACert, n.machine.CAKey, names)
 	if err != nil {
 		c.Message = err.Error()
 		n.fatal("api", err)

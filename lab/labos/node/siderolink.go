@@ -29,9 +29,10 @@ var sideroLinkAddr atomic.Pointer[netip.Addr]
 
 // sideroLinkIPs is the tunnel address for the API certificates' SANs, as
 // Talos puts its SideroLink address in its API certificate: fleetctl's
-// driver verifies the node at that address. A link that comes up after the
-// mTLS API started is in the certificate from the next boot on (Talos
-// reissues the certificate instead).
+// driver verifies the node at that address. The API asks at each
+// handshake (api.ReissuingTLSConfig), so a link that comes up after the
+// API started is in the certificate of the next connection, as when Talos
+// reissues its certificate.
 func sideroLinkIPs() []net.IP {
 	if a := sideroLinkAddr.Load(); a != nil {
 		return []net.IP{net.IP(a.AsSlice())}
