@@ -39,8 +39,12 @@ images: keys labbase ## build every definition whose inputs are offline (images/
 	@echo "images/edge.yaml needs ghcr.io (Talos's imager image): build it with 'bin/imagectl build images/edge.yaml' where the registry is reachable"
 
 .PHONY: demo
-demo: deps images ## the main job: build the lab image and boot it under Secure Boot + TPM, twice
+demo: deps images ## the main job: build the lab image and boot it under Secure Boot + TPM, twice (HUB=1: through the fleet hub, no inbound port)
+ifeq ($(HUB),1)
+	BIN=$(BIN) OUT=$(OUT) KEYS=$(KEYS) bash hack/demo-hub.sh
+else
 	$(BIN)/labctl demo $(OUT)/labos/disk.raw --keys $(KEYS) --talosconfig $(KEYS)/talosconfig
+endif
 
 .PHONY: test
 test: ## run all tests: unit tests, then the emulated-hardware scenarios (qemu-tests)

@@ -38,9 +38,13 @@ type NodeOptions struct {
 	Fresh bool
 	// Detach leaves QEMU and swtpm running after this process exits.
 	Detach bool
-	// MachineConfig, RegistryPort, MemoryMiB, Accel, WaitTimeout: as in Spec.
+	// MachineConfig, RegistryPort, MemoryMiB, Accel, WaitTimeout,
+	// NoInbound, HubPort, UUID: as in Spec.
 	MachineConfig []byte
 	RegistryPort  int
+	NoInbound     bool
+	HubPort       int
+	UUID          string
 	MemoryMiB     int
 	Accel         string
 	WaitTimeout   time.Duration
@@ -79,6 +83,7 @@ func PrepareNode(ctx context.Context, o NodeOptions) (Spec, error) {
 		Name: o.Name, WorkDir: dir, DiskInPlace: true, TPM: o.TPM, TPMStateDir: o.TPMStateDir,
 		Detach: o.Detach, RegistryPort: o.RegistryPort, MemoryMiB: o.MemoryMiB, Accel: o.Accel,
 		WaitTimeout: o.WaitTimeout, VarsInPlace: true, MachineConfig: o.MachineConfig,
+		NoInbound: o.NoInbound, HubPort: o.HubPort, UUID: o.UUID,
 	}
 
 	if o.TPM && spec.TPMStateDir == "" {

@@ -9,9 +9,13 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/siderolabs/talos/pkg/machinery/config"
+	"github.com/siderolabs/talos/pkg/machinery/config/generate/secrets"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"gopkg.in/yaml.v3"
 
 	"github.com/labfleet/labfleet/lab/harness"
 	"github.com/labfleet/labfleet/lab/harness/testimage"
@@ -186,4 +190,52 @@ func TestUpWithoutStatusExits3(t *testing.T) {
 
 	_, code := run(t, "up", disk, "--no-tpm", "--state-dir", t.TempDir(), "--timeout", "2m")
 	assert.Equal(t, exitNoBoot, code, "the trivial init powers off without a status")
+}
+
+// gen-config writes the hub's copy of a node config once, 0600, and never
+// over a file that exists; up behind the hub refuses to deliver a config
+// itself, saying why.
+func TestGenConfigAndHubFlags(t *testing.T) {
+	b, err := secrets.NewBundle(secrets.NewFixedClock(time.Now()), config.TalosVersionCurrent)
+	require.NoError(t, err)
+
+	sdata, err := yaml.Marshal(b)
+	require.NoError(t, err)
+
+	keys := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(keys, "secrets.yaml"), sdata, 0o600))
+
+	out := filepath.Join(t.TempDir(), "controlplane.yaml")
+
+	_, code := run(t, "gen-config", "--keys", keys, "--out", out)
+	require.Equal(t, exitOK, code)
+
+	fi, err := os.Stat(out)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), "it holds the machine CA key")
+
+	data, err := os.ReadFile(out)
+	require.NoError(t, err)
+	assert.Contains(t, string(data), "machine:")
+
+	var errb bytes.Buffer
+
+	cmd := newRootCommand()
+	cmd.SetArgs([]string{"gen-config", "--keys", keys, "--out", out})
+	cmd.SetOut(&bytes.Buffer{})
+	cmd.SetErr(&errb)
+	err = cmd.ExecuteContext(t.Context())
+	require.ErrorContains(t, err, "exists: remove it first")
+	assert.Equal(t, exitUsage, exitCode(err))
+
+	after, _ := os.ReadFile(out)
+	assert.Equal(t, data, after, "the existing config is untouched")
+
+	cmd = newRootCommand()
+	cmd.SetArgs([]string{"up", "labctl_test.go", "--hub-port", "8099", "--keys", keys, "--state-dir", t.TempDir()})
+	cmd.SetOut(&bytes.Buffer{})
+	cmd.SetErr(&errb)
+	err = cmd.ExecuteContext(t.Context())
+	require.ErrorContains(t, err, "--hub-port: nothing reaches the guest but the hub")
+	assert.Equal(t, exitUsage, exitCode(err))
 }
