@@ -116,6 +116,35 @@ func (e *Events) next(ctx context.Context, i int) (ev event, ok bool, err error)
 	}
 }
 
+// Follow calls fn with every event kept and then each new one, in order,
+// until ctx ends or fn fails: what Talos's event sink controller does to
+// send the node's events to a SideroLink hub. An event overwritten before
+// it was read is skipped (the ring keeps EventsKept).
+func (e *Events) Follow(ctx context.Context, fn func(id string, msg proto.Message) error) error {
+	i, _ := e.start(&machine.EventsRequest{TailEvents: -1})
+
+	for {
+		ev, ok, err := e.next(ctx, i)
+		if err != nil {
+			return err
+		}
+
+		i++
+
+		if !ok {
+			e.mu.Lock()
+			i = max(i, e.written-len(e.ring))
+			e.mu.Unlock()
+
+			continue
+		}
+
+		if err := fn(ev.id.String(), ev.msg); err != nil {
+			return err
+		}
+	}
+}
+
 func toMachineEvent(ev event) (*machine.Event, error) {
 	var data *anypb.Any
 

@@ -9,7 +9,7 @@ import (
 	"path/filepath"
 	"sync/atomic"
 
-	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/labfleet/labfleet/lab/labos/config"
 	"github.com/labfleet/labfleet/lab/labos/siderolink"
@@ -118,8 +118,17 @@ func (n *Node) startSideroLink(ctx context.Context) {
 			n.Log.Warn("siderolink: report not sent", "err", err)
 		}
 
-		if err := l.Publish(ctx, "boot", &machineapi.MachineStatusEvent{Stage: machineapi.MachineStatusEvent_BOOTING}); err != nil {
-			n.Log.Warn("siderolink: event not sent", "err", err)
+		// every event of this boot, then each new one, as Talos's event
+		// sink controller sends them; one that cannot be sent is logged
+		// and skipped, so a flaky link never stalls the node
+		if n.rt != nil {
+			go n.rt.Events.Follow(ctx, func(id string, msg proto.Message) error { //nolint:errcheck // ends with ctx
+				if err := l.Publish(ctx, id, msg); err != nil {
+					n.Log.Warn("siderolink: event not sent", "id", id, "err", err)
+				}
+
+				return nil
+			})
 		}
 
 		if kmsg, err := os.Open("/dev/kmsg"); err == nil {
