@@ -13,7 +13,7 @@
 #   2. extensions: its Go benchmarks (image cache size, dedup, render time),
 #      every package of extensions/ that has a Benchmark function.
 #   3. fleetctl: fleetctl/scripts/bench.sh, included as it prints.
-#   3b. hub: fleetctl/hub/bench.sh (1,000 simulated SideroLink nodes).
+#   3b. hub: fleetctl/hub/bench.sh (1,000 simulated SideroLink nodes, a rollout over them through the tunnels).
 #   3c. overview: the fleet overview's browser test (fleetctl/overview), its PERF figures.
 #   4. boot: boot-to-healthy of the lab image beside the trivial-init
 #      baseline, through labctl.
@@ -428,10 +428,10 @@ section_fleetctl() {
 
 section_hub() {
 	echo '```sh'
-	echo "bash fleetctl/hub/bench.sh --peers 100,1000 --idle 30s"
+	echo "bash fleetctl/hub/bench.sh --peers 100,1000 --idle 30s --rollout"
 	echo '```'
 	echo
-	timeout 8m bash fleetctl/hub/bench.sh --peers 100,1000 --idle 30s 2>"$WORK/hub-bench.err"
+	timeout 10m bash fleetctl/hub/bench.sh --peers 100,1000 --idle 30s --rollout 2>"$WORK/hub-bench.err"
 	local rc=$?
 	if [ "$rc" -ne 0 ]; then
 		echo
@@ -612,7 +612,7 @@ fi
 run_section imagectl "imagectl: lab image build vs objcopy + sbsign" section_imagectl
 run_section extensions "extensions: add-on rendering and image cache" section_extensions
 run_section fleetctl "fleetctl: simulated rollout" section_fleetctl
-run_section hub "fleetctl hub: 100 and 1,000 simulated SideroLink nodes" section_hub
+run_section hub "fleetctl hub: 100 and 1,000 simulated SideroLink nodes, a rollout through the tunnels" section_hub
 run_section overview "overview: fleet overview page in headless Chromium, 30,000 nodes" section_overview
 run_section boot "boot: lab image vs trivial-init baseline" section_boot
 

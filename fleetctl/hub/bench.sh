@@ -4,8 +4,13 @@
 # keepalives): time to accept all, hub CPU and RSS per connected peer, and
 # how they grow from 100 to 1,000 peers. The hub runs as its own process
 # (the real `fleetctl hub`, root: it creates a TUN device); the simulated
-# nodes run in hubbench. Prints Markdown.
-# Usage: fleetctl/hub/bench.sh [hubbench flags, e.g. --peers 100,1000 --idle 30s]
+# nodes run in hubbench. With --rollout the nodes also serve the simulated
+# Talos machine API on their tunnel address and fleetctl's engine upgrades
+# all of them through the hub (inventory by machine UUID, resolved in the
+# hub's registry; two waves, 50 clusters at once): wall time, nodes
+# done/failed, hub CPU and RSS during the rollout, calls the nodes served.
+# Prints Markdown.
+# Usage: fleetctl/hub/bench.sh [hubbench flags, e.g. --peers 100,1000 --idle 30s --rollout]
 # Targets (issue 12): 1,000 peers connected < 60 s; < 1 MiB RSS per idle peer.
 set -euo pipefail
 

@@ -5,7 +5,15 @@
 // read from /proc without the simulated nodes in them; the nodes all run in
 // this process. It prints one Markdown table row per peer count.
 //
-// Usage: hubbench --fleetctl BIN --peers 100,1000 [--idle 30s]
+// With --rollout the nodes are full peers (an IP stack each) that serve the
+// simulated Talos machine API on their tunnel address, and after the idle
+// measurement fleetctl's engine upgrades all of them (package tunnelroll):
+// an inventory of N single-node clusters named by machine UUID, resolved
+// through the registry in the hub's --db, every call through the hub's TUN
+// device and the tunnels. The row then also has the rollout's wall time,
+// nodes done/failed and the hub's CPU and RSS during it.
+//
+// Usage: hubbench --fleetctl BIN --peers 100,1000 [--idle 30s] [--rollout]
 package main
 
 import (
@@ -15,6 +23,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +34,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/labfleet/labfleet/fleetctl/hub/hubbench/tunnelroll"
 	"github.com/labfleet/labfleet/fleetctl/hub/registry"
 	"github.com/labfleet/labfleet/fleetctl/hub/simpeer"
 	"github.com/labfleet/labfleet/fleetctl/store"
@@ -37,6 +47,8 @@ func main() {
 		idle        = flag.Duration("idle", 30*time.Second, "idle time measured after all peers connected (covers a 25s keepalive round)")
 		concurrency = flag.Int("concurrency", 32, "peers enrolling at once")
 		udp         = flag.Bool("udp", false, "WireGuard over UDP instead of the gRPC tunnel (heavier on the simulating side)")
+		rollout     = flag.Bool("rollout", false, "then roll an upgrade out over all peers through the tunnels (full peers)")
+		rollConc    = flag.Int("rollout-concurrency", 50, "clusters upgraded at once in the rollout")
 	)
 
 	flag.Parse()
@@ -46,8 +58,16 @@ func main() {
 		os.Exit(2)
 	}
 
-	fmt.Println("| peers | transport | time to accept all | hub CPU to accept all | hub RSS before | hub RSS connected | RSS per peer | hub CPU idle | simulator RSS |")
-	fmt.Println("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+	header := "| peers | transport | time to accept all | hub CPU to accept all | hub RSS before | hub RSS connected | RSS per peer | hub CPU idle | simulator RSS |"
+	rule := "|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+
+	if *rollout {
+		header += " rollout wall time | nodes done / failed | hub CPU in rollout | hub RSS in rollout (peak) | calls through tunnels | simulator CPU in rollout |"
+		rule += "---:|---:|---:|---:|---:|---:|"
+	}
+
+	fmt.Println(header)
+	fmt.Println(rule)
 
 	for _, s := range strings.Split(*peersFlag, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -56,7 +76,12 @@ func main() {
 			os.Exit(2)
 		}
 
-		row, err := run(*bin, n, *concurrency, *idle, !*udp)
+		roll := 0
+		if *rollout {
+			roll = *rollConc
+		}
+
+		row, err := run(*bin, n, *concurrency, *idle, !*udp, roll)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "hubbench: %d peers: %v\n", n, err)
 			os.Exit(1)
@@ -66,7 +91,9 @@ func main() {
 	}
 }
 
-func run(bin string, n, concurrency int, idle time.Duration, tunnel bool) (string, error) {
+// run measures one hub with n peers; rollConc > 0 also rolls an upgrade out
+// over them, that many clusters at once.
+func run(bin string, n, concurrency int, idle time.Duration, tunnel bool, rollConc int) (string, error) {
 	dir, err := os.MkdirTemp("", "hubbench")
 	if err != nil {
 		return "", err
@@ -74,6 +101,7 @@ func run(bin string, n, concurrency int, idle time.Duration, tunnel bool) (strin
 	defer os.RemoveAll(dir)
 
 	db := filepath.Join(dir, "fleet.db")
+	prefix := netip.MustParsePrefix("fdbe:4c11:0:1::/64")
 
 	st, err := store.Open(db, store.Options{})
 	if err != nil {
@@ -97,7 +125,7 @@ func run(bin string, n, concurrency int, idle time.Duration, tunnel bool) (strin
 
 	cmd := exec.Command(bin, "--db", db, "--log-level", "warn", "hub", "--api-listen", api,
 		"--wireguard-listen", "127.0.0.1:0", "--interface", fmt.Sprintf("lfbench%d", os.Getpid()%10000),
-		"--prefix", "fdbe:4c11:0:1::/64")
+		"--prefix", prefix.String())
 
 	stderr, err := os.Create(filepath.Join(dir, "hub.log"))
 	if err != nil {
@@ -150,8 +178,8 @@ func run(bin string, n, concurrency int, idle time.Duration, tunnel bool) (strin
 				var err error
 
 				p, err = simpeer.Connect(ctx, simpeer.Options{
-					API: api, JoinToken: secret, UUID: fmt.Sprintf("bench-%05d", i), UniqueToken: strconv.Itoa(i),
-					TalosVersion: "v1.14.1", Tunnel: tunnel, Light: true, Keepalive: 25 * time.Second,
+					API: api, JoinToken: secret, UUID: tunnelroll.UUID(i), UniqueToken: strconv.Itoa(i),
+					TalosVersion: "v1.14.1", Tunnel: tunnel, Light: rollConc == 0, Keepalive: 25 * time.Second,
 				})
 
 				return err
@@ -207,9 +235,83 @@ func run(bin string, n, concurrency int, idle time.Duration, tunnel bool) (strin
 
 	perPeer := float64(max(rssIdle, rssConnected)-rssBefore) / float64(n)
 
-	return fmt.Sprintf("| %d | %s | %.1f s | %.1f s | %.1f MiB | %.1f MiB | %.0f KiB | %.1f %% | %.0f MiB |",
+	var rollCols string
+
+	if rollConc > 0 {
+		if rollCols, err = rollout(ctx, dir, db, pid, prefix, peers, rollConc); err != nil {
+			return "", err
+		}
+	}
+
+	return fmt.Sprintf("| %d | %s | %.1f s | %.1f s | %.1f MiB | %.1f MiB | %.0f KiB | %.1f %% | %.0f MiB |%s",
 		n, transport, acceptAll.Seconds(), cpuAccept, float64(rssBefore)/1024, float64(max(rssIdle, rssConnected))/1024,
-		perPeer, cpuIdle, float64(selfRSSKiB())/1024), nil
+		perPeer, cpuIdle, float64(selfRSSKiB())/1024, rollCols), nil
+}
+
+// rollout upgrades every peer through the hub (the hub process pid, its
+// --db and prefix) and returns the row's rollout columns. A rollout that
+// did not go through the tunnels as it must (tunnelroll's Check) is an
+// error, not a figure.
+func rollout(ctx context.Context, dir, db string, pid int, prefix netip.Prefix, peers []*simpeer.Peer, conc int) (string, error) {
+	nodes := make([]tunnelroll.Node, len(peers))
+	for i, p := range peers {
+		nodes[i] = tunnelroll.Node{UUID: tunnelroll.UUID(i), Peer: p}
+	}
+
+	f, err := tunnelroll.Serve(filepath.Join(dir, "cluster"), nodes)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+
+	// The hub's --db, shared as fleetctl's rollout and hub commands share it.
+	st, err := store.Open(db, store.Options{})
+	if err != nil {
+		return "", err
+	}
+	defer st.Close()
+
+	var (
+		peak atomic.Int64
+		done = make(chan struct{})
+		wg   sync.WaitGroup
+	)
+
+	peak.Store(rssKiB(pid))
+
+	wg.Go(func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+
+			if r := rssKiB(pid); r > peak.Load() {
+				peak.Store(r)
+			}
+		}
+	})
+
+	// The simulator's own CPU (nodes, their IP stacks and TLS, the engine
+	// and its SQLite writes) says where the rest of the wall time goes.
+	cpu0, self0 := cpuSeconds(pid), cpuSeconds(os.Getpid())
+	res, err := tunnelroll.Run(ctx, st, f, prefix, conc)
+	cpu, self := cpuSeconds(pid)-cpu0, cpuSeconds(os.Getpid())-self0
+
+	close(done)
+	wg.Wait()
+
+	if err != nil {
+		return "", fmt.Errorf("%w (%d done, %d failed)", err, res.Done, res.Failed)
+	}
+
+	if err := res.Check(f); err != nil {
+		return "", fmt.Errorf("rollout did not go through the tunnels: %w", err)
+	}
+
+	return fmt.Sprintf(" %.1f s | %d / %d | %.1f s (%.0f %% of a core) | %.1f MiB | %d | %.1f s |",
+		res.Wall.Seconds(), res.Done, res.Failed, cpu, cpu/res.Wall.Seconds()*100, float64(peak.Load())/1024, f.Calls(), self), nil
 }
 
 func retry(ctx context.Context, attempts int, fn func() error) error {
