@@ -19,6 +19,10 @@ import (
 // the chunk's digest; the error text names the chunk and its blob.
 var ErrCorruptChunk = errors.New("chunk digest mismatch")
 
+// ErrBlobMismatch is returned when a blob rebuilt from verified chunks
+// still has another digest than the one asked for: the index lied.
+var ErrBlobMismatch = errors.New("rebuilt blob digest mismatch")
+
 // Store knows every chunk a site cache holds: loose chunks received for a
 // blob not yet complete (DIR/chunks/sha256/HEX, kept across restarts so an
 // interrupted transfer resumes without re-sending them) and the chunks of
@@ -239,7 +243,7 @@ func (s *Store) Assemble(x *Index, w io.Writer) error {
 	}
 
 	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != x.Blob {
-		return fmt.Errorf("assembling %s: rebuilt blob has digest %s; not stored", x.Blob, got)
+		return fmt.Errorf("assembling %s: %w: got %s; not stored", x.Blob, ErrBlobMismatch, got)
 	}
 
 	return nil
