@@ -513,7 +513,7 @@ func (m *Mirror) fetchWhole(repo name.Repository, dgst string) error {
 	}
 
 	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != dgst {
-		f.Close()         //nolint:errcheck
+		f.Close()          //nolint:errcheck
 		os.Remove(partial) //nolint:errcheck
 
 		return fmt.Errorf("blob %s from upstream has digest %s: refused, not stored", dgst, got)
@@ -619,4 +619,3 @@ func (m *Mirror) getRange(repo name.Repository, dgst string, from, to int64) (io
 
 	return resp.Body, nil
 }
-
