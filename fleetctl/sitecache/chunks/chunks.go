@@ -27,14 +27,16 @@ const IndexVersion = "labfleet.dev/chunkindex/v1"
 const Pol = chunker.Pol(0x3DA3358B4DC173)
 
 // Chunk bounds. Smaller than restic's defaults (512 KiB..8 MiB, 1 MiB
-// average) because a patch release changes one binary of a few MiB: with
-// 256 KiB chunks the bytes re-sent around a change stay a small fraction.
-// Each missing run costs one range request, so chunks much smaller than
-// this would trade bytes for round trips on a 100 ms link.
+// average) because a patch release changes one binary of a few MiB: the
+// chunks cut across the start and the end of a change are re-sent whole,
+// so the average size is roughly the waste per change (about 2 x 128 KiB).
+// The index costs ~100 bytes per chunk (0.1% of the blob at this size),
+// and contiguous missing chunks travel in one range request, so smaller
+// chunks do not cost round trips on a 100 ms link.
 const (
-	MinSize     = 64 << 10
-	MaxSize     = 1 << 20
-	AverageBits = 18 // 256 KiB average
+	MinSize     = 32 << 10
+	MaxSize     = 512 << 10
+	AverageBits = 17 // 128 KiB average
 )
 
 // Chunk is one piece of a blob.

@@ -83,7 +83,7 @@ type Stats struct {
 // New opens (creating) the cache in o.Dir.
 func New(o Options) (*Mirror, error) {
 	if o.Transport == nil {
-		o.Transport = http.DefaultTransport
+		o.Transport = defaultTransport(o.BytesPerSecond)
 	}
 
 	if o.Logger == nil {

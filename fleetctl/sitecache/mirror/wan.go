@@ -3,9 +3,13 @@ package mirror
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"sync/atomic"
+	"syscall"
+	"time"
 
+	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 )
 
@@ -70,3 +74,35 @@ func (b *wanBody) Read(p []byte) (int, error) {
 }
 
 func (b *wanBody) Close() error { return b.rc.Close() }
+
+// defaultTransport is http.DefaultTransport's settings with, under a cap,
+// a small socket receive buffer: reads are paced, but the kernel would
+// otherwise accept (and the link carry) several MiB ahead of them at full
+// speed before TCP's window closes, which breaks the cap for seconds and
+// loses those bytes when the cache is killed.
+func defaultTransport(bytesPerSecond int64) http.RoundTripper {
+	t := http.DefaultTransport.(*http.Transport).Clone() //nolint:forcetypeassert // the standard library's own type
+
+	if bytesPerSecond <= 0 {
+		return t
+	}
+
+	// A quarter second of data (the kernel doubles it): enough window to
+	// reach the cap over a 250 ms round trip, little enough to hold.
+	rcvbuf := int(max(32<<10, min(bytesPerSecond/4, 4<<20)))
+
+	d := &net.Dialer{
+		Timeout: 30 * time.Second, KeepAlive: 30 * time.Second,
+		Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf) }); err != nil {
+				return err
+			}
+
+			return serr
+		},
+	}
+	t.DialContext = d.DialContext
+
+	return t
+}

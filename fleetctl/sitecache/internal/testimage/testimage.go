@@ -32,12 +32,15 @@ type Release struct {
 }
 
 // Base returns a release of about total bytes: a kernel of a quarter and
-// eight binaries.
+// sixteen binaries sharing the rest (Talos's initramfs holds about this
+// many Go programs and tools).
 func Base(total int) Release {
-	return Release{
-		KernelSeed: 1000, KernelSize: total / 4,
-		BinarySeeds: []uint64{1, 2, 3, 4, 5, 6, 7, 8}, BinarySize: total * 3 / 4 / 8,
+	seeds := make([]uint64, 16)
+	for i := range seeds {
+		seeds[i] = uint64(i + 1)
 	}
+
+	return Release{KernelSeed: 1000, KernelSize: total / 4, BinarySeeds: seeds, BinarySize: total * 3 / 4 / 16}
 }
 
 // Patch returns r with binary i rebuilt.
