@@ -50,9 +50,11 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// release is the image of one release name, the same in every process.
+// release is the image of one release name, the same in every process;
+// LF_SC_COMPRESS picks how its initramfs is compressed.
 func release(name string, mib int) testimage.Release {
 	base := testimage.Base(mib << 20)
+	base.Compress = compressor(os.Getenv("LF_SC_COMPRESS"))
 
 	switch name {
 	case "patch":
@@ -109,6 +111,32 @@ func (c *corruptWriter) Write(p []byte) (int, error) {
 	}
 
 	return c.ResponseWriter.Write(p)
+}
+
+// compressor compresses with the system's gzip or zstd, deterministically
+// (-n: no name or time in the gzip header); "" is no compression.
+func compressor(mode string) func([]byte) ([]byte, error) {
+	args := map[string][]string{
+		"gzip":           {"gzip", "-n", "-6"},
+		"gzip-rsyncable": {"gzip", "-n", "-6", "--rsyncable"},
+		"zstd":           {"zstd", "-q", "-3", "-c"},
+		"zstd-rsyncable": {"zstd", "-q", "-3", "-c", "--rsyncable"},
+	}[mode]
+	if args == nil {
+		return nil
+	}
+
+	return func(b []byte) ([]byte, error) {
+		cmd := exec.Command(args[0], args[1:]...)
+		cmd.Stdin = strings.NewReader(string(b))
+
+		out, err := cmd.Output()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", strings.Join(args, " "), err)
+		}
+
+		return out, nil
+	}
 }
 
 func runPush() error {
@@ -270,6 +298,8 @@ type link struct {
 	regionIF, siteIF string
 	regionIP, siteIP string
 	rtt              time.Duration
+	mib              int
+	env              []string // added to every role (e.g. LF_SC_COMPRESS)
 	netem            bool
 	corruptFile, tmp string
 }
@@ -303,7 +333,7 @@ func newLink(t *testing.T, rate string, rtt time.Duration) *link {
 	l := &link{
 		t: t, region: fmt.Sprintf("lfscreg%d", id), site: fmt.Sprintf("lfscsite%d", id),
 		regionIF: fmt.Sprintf("lfscr%d", id), siteIF: fmt.Sprintf("lfscs%d", id),
-		regionIP: "10.233.0.1", siteIP: "10.233.0.2", rtt: rtt, tmp: t.TempDir(),
+		regionIP: "10.233.0.1", siteIP: "10.233.0.2", rtt: rtt, tmp: t.TempDir(), mib: testMiB,
 	}
 	l.corruptFile = filepath.Join(l.tmp, "corrupt")
 
@@ -364,7 +394,7 @@ func (l *link) start(ns string, env ...string) *proc {
 	require.NoError(l.t, err)
 
 	cmd := exec.Command("ip", "netns", "exec", ns, exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = append(append(os.Environ(), l.env...), env...)
 
 	pipe, err := cmd.StdoutPipe()
 	require.NoError(l.t, err)
@@ -429,7 +459,7 @@ func (p *proc) wait(t *testing.T, timeout time.Duration) bool {
 	return false
 }
 
-const mib = 8
+const testMiB = 8
 
 func (l *link) startRegion() {
 	r := l.start(l.region, "LF_SC_ROLE=region", "LF_SC_LISTEN="+l.regionIP+":5000", "LF_SC_CORRUPT="+l.corruptFile, "LF_SC_RTT="+l.rttInServer())
@@ -452,27 +482,38 @@ func (l *link) push(rel, tag string, index bool) {
 		idx = "1"
 	}
 
-	p := l.start(l.region, "LF_SC_ROLE=push", "LF_SC_RELEASE="+rel, "LF_SC_MIB="+strconv.Itoa(mib), "LF_SC_INDEX="+idx,
+	p := l.start(l.region, "LF_SC_ROLE=push", "LF_SC_RELEASE="+rel, "LF_SC_MIB="+strconv.Itoa(l.mib), "LF_SC_INDEX="+idx,
 		"LF_SC_REF="+l.regionIP+":5000/labos/installer:"+tag)
 	require.True(l.t, p.wait(l.t, 60*time.Second), "push %s:\n%s", rel, p.out)
 }
 
-func (l *link) startCache(dir string, bps int64) *proc {
+func (l *link) startCache(dir string, bps int64) *proc { return l.startCacheDelta(dir, bps, true) }
+
+func (l *link) startCacheDelta(dir string, bps int64, delta bool) *proc {
+	d := "0"
+	if delta {
+		d = "1"
+	}
+
 	c := l.start(l.site, "LF_SC_ROLE=cache", "LF_SC_LISTEN=127.0.0.1:5000", "LF_SC_UPSTREAM="+l.regionIP+":5000",
-		"LF_SC_DIR="+dir, "LF_SC_DELTA=1", "LF_SC_BPS="+strconv.FormatInt(bps, 10))
+		"LF_SC_DIR="+dir, "LF_SC_DELTA="+d, "LF_SC_BPS="+strconv.FormatInt(bps, 10))
 	c.waitFor(l.t, "CACHE-SERVING", 20*time.Second)
 
 	return c
 }
 
-func (l *link) nodes(tag string) *proc {
-	return l.start(l.site, "LF_SC_ROLE=nodes", "LF_SC_NODES=3", "LF_SC_REF=127.0.0.1:5000/labos/installer:"+tag)
+func (l *link) nodes(tag string) *proc { return l.nodesFrom("127.0.0.1:5000", tag) }
+
+// nodesFrom: three nodes pulling from host (the cache, or the region
+// directly for the naive case).
+func (l *link) nodesFrom(host, tag string) *proc {
+	return l.start(l.site, "LF_SC_ROLE=nodes", "LF_SC_NODES=3", "LF_SC_REF="+host+"/labos/installer:"+tag)
 }
 
 func layerOf(t *testing.T, rel string) (string, []byte) {
 	t.Helper()
 
-	b, err := release(rel, mib).Layer()
+	b, err := release(rel, testMiB).Layer()
 	require.NoError(t, err)
 
 	return chunks.Digest(b), b

@@ -129,7 +129,12 @@ func (m *Mirror) count(f func(*Stats)) {
 	m.mu.Unlock()
 }
 
-var digestRE = regexp.MustCompile(`^sha256:[a-f0-9]{64}$`)
+var (
+	digestRE = regexp.MustCompile(`^sha256:[a-f0-9]{64}$`)
+	// tagRE is the OCI distribution spec's tag grammar. Checked before a
+	// tag names a file under DIR/tags (no "..", no "/").
+	tagRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$`)
+)
 
 func (m *Mirror) blobPath(d string) string {
 	return filepath.Join(m.o.Dir, "blobs/sha256", strings.TrimPrefix(d, "sha256:"))
@@ -209,6 +214,12 @@ func (m *Mirror) serveManifest(w http.ResponseWriter, r *http.Request, repoPath,
 
 	dgst := ref
 	if !digestRE.MatchString(ref) {
+		if !tagRE.MatchString(ref) {
+			regError(w, http.StatusBadRequest, "TAG_INVALID", "want a tag ([A-Za-z0-9_][A-Za-z0-9._-]{0,127}) or sha256:<64 hex>")
+
+			return
+		}
+
 		dgst, err = m.resolveTag(r.Context(), repo, repoPath, ref)
 		if err != nil {
 			m.log.Warn("resolving tag", "repo", repoPath, "tag", ref, "err", err)
@@ -254,7 +265,7 @@ func (m *Mirror) resolveTag(ctx context.Context, repo name.Repository, repoPath,
 
 	desc, err := remote.Head(repo.Tag(tag), m.remoteOpts(ctx)...)
 	if err != nil {
-		if old, rerr := os.ReadFile(tagFile); rerr == nil {
+		if old, rerr := os.ReadFile(tagFile); rerr == nil && digestRE.Match(old) {
 			m.log.Warn("upstream unreachable: serving the last known digest of the tag", "repo", repoPath, "tag", tag, "err", err)
 
 			return string(old), nil

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -407,4 +409,33 @@ func newChunkBytes(t *testing.T, layer []byte, dgst string, old testimage.Releas
 	}
 
 	return n
+}
+
+// Names from the URL never leave the cache's directory: a tag or digest
+// outside the grammar is refused before it names a file.
+func TestBadNamesRefused(t *testing.T) {
+	e, _ := newEnv(t, true)
+	require.NoError(t, os.WriteFile(filepath.Join(e.dir, "secret"), []byte("SECRET-CONTENT"), 0o600))
+
+	for _, p := range []string{
+		"/v2/labos/installer/manifests/..%2F..%2F..%2Fsecret",
+		"/v2/labos/installer/manifests/sha256:xyz",
+		"/v2/labos/installer/blobs/sha256:..",
+		"/v2/labos/installer/blobs/md5:abc",
+		"/v2/../../x/manifests/v1",
+	} {
+		resp, err := http.Get("http://" + e.cacheURL + p)
+		require.NoError(t, err)
+
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+
+		require.Contains(t, []int{http.StatusBadRequest, http.StatusNotFound}, resp.StatusCode, "%s: %s", p, body)
+		require.NotContains(t, string(body), "SECRET-CONTENT", p)
+	}
+
+	resp, err := http.Post("http://"+e.cacheURL+"/v2/labos/installer/blobs/uploads/", "application/octet-stream", nil)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode, "read-only")
 }
