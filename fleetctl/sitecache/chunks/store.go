@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -191,6 +192,17 @@ func (s *Store) Receive(blob string, run []Chunk, r io.Reader) error {
 // read returns a held chunk's bytes, verified (a chunk read from disk is
 // checked too: a flipped bit on the site's disk must not reach a node).
 func (s *Store) read(blob string, c Chunk, buf []byte) ([]byte, error) {
+	data, err := s.readOnce(blob, c, buf)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Another blob holding this chunk was completed meanwhile and its
+		// loose copy removed: the chunk is now found in that blob.
+		data, err = s.readOnce(blob, c, buf)
+	}
+
+	return data, err
+}
+
+func (s *Store) readOnce(blob string, c Chunk, buf []byte) ([]byte, error) {
 	s.mu.Lock()
 	l, ok := s.loc[c.Digest]
 	s.mu.Unlock()
