@@ -19,10 +19,11 @@
 #       namespaces (fleetctl/sitecache, TestSiteCacheBench): WAN bytes and
 #       time for a 3-node site, naive vs site cache vs site cache + chunk
 #       delta, and the delta-friendliness of initramfs compressions. Needs
-#       root and iproute2. LF_SC_BENCH_RATE (2mbit), LF_SC_BENCH_RTT (100ms),
-#       LF_SC_BENCH_MIB (8: the image is scaled down from a real ~100 MB one
-#       so the section takes minutes, not an hour), LF_SC_BENCH_COMPRESS
-#       (gzip-rsyncable) change it.
+#       root and iproute2; ~10 min, bound by the 2 Mbit/s link, not the CPU.
+#       LF_SC_BENCH_RATE (2mbit), LF_SC_BENCH_RTT (100ms), LF_SC_BENCH_MIB
+#       (32: the image is scaled down from a real ~100 MB one so the section
+#       takes minutes, not an hour), LF_SC_BENCH_COMPRESS (gzip-rsyncable)
+#       change it.
 #   4. boot: boot-to-healthy of the lab image beside the trivial-init
 #      baseline, through labctl.
 #

@@ -121,6 +121,9 @@ func compressor(mode string) func([]byte) ([]byte, error) {
 		"gzip-rsyncable": {"gzip", "-n", "-6", "--rsyncable"},
 		"zstd":           {"zstd", "-q", "-3", "-c"},
 		"zstd-rsyncable": {"zstd", "-q", "-3", "-c", "--rsyncable"},
+		// zstd synchronises only at the edges of its jobs (-B); the default
+		// job is several MiB at -3, so smaller jobs resynchronise sooner.
+		"zstd-rsyncable-B1M": {"zstd", "-q", "-3", "-c", "--rsyncable", "-B1048576"},
 	}[mode]
 	if args == nil {
 		return nil
