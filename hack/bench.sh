@@ -15,6 +15,15 @@
 #   3. fleetctl: fleetctl/scripts/bench.sh, included as it prints.
 #   3b. hub: fleetctl/hub/bench.sh (1,000 simulated SideroLink nodes, a rollout over them through the tunnels).
 #   3c. overview: the fleet overview's browser test (fleetctl/overview), its PERF figures.
+#   3d. sitecache: the site cache over a tc-shaped veth between two network
+#       namespaces (fleetctl/sitecache, TestSiteCacheBench): WAN bytes and
+#       time for a 3-node site, naive vs site cache vs site cache + chunk
+#       delta, and the delta-friendliness of initramfs compressions. Needs
+#       root and iproute2; ~10 min, bound by the 2 Mbit/s link, not the CPU.
+#       LF_SC_BENCH_RATE (2mbit), LF_SC_BENCH_RTT (100ms), LF_SC_BENCH_MIB
+#       (32: the image is scaled down from a real ~100 MB one so the section
+#       takes minutes, not an hour), LF_SC_BENCH_COMPRESS (gzip-rsyncable)
+#       change it.
 #   4. boot: boot-to-healthy of the lab image beside the trivial-init
 #      baseline, through labctl.
 #
@@ -22,7 +31,7 @@
 #   BIN          where imagectl/labctl are (default <repo>/bin; `make bench` builds them)
 #   BENCH_RUNS   timed repetitions per measurement (default 5; the median is reported)
 #   BENCH_WORK   scratch folder (default <repo>/_out/bench); its keys/ are reused between runs
-#   BENCH_SKIP   space-separated sections to skip: imagectl extensions fleetctl hub overview boot
+#   BENCH_SKIP   space-separated sections to skip: imagectl extensions fleetctl hub overview sitecache boot
 #
 # It never touches _out/labos, _out/labbase or _out/keys: the bench builds
 # its own lab bases (labos and the trivial-init baseline, with lab/labbase as
@@ -476,6 +485,33 @@ section_overview() {
 	fi
 }
 
+# --------------------------------------------------------------- sitecache
+
+section_sitecache() {
+	if [ "$(id -u)" -ne 0 ] || ! command -v tc >/dev/null || ! command -v ip >/dev/null; then
+		echo "not measured: needs root and iproute2 (ip, tc) for the network namespaces (hack/install-deps.sh installs iproute2)"
+		return "$NOT_MEASURED"
+	fi
+
+	local cmd="LF_SC_BENCH=1 go test -count=1 -timeout 40m -run 'TestSiteCacheBench\$|TestSiteCacheCompressionBench\$' -v ./fleetctl/sitecache/"
+	echo '```sh'
+	echo "$cmd"
+	echo '```'
+	echo
+	LF_SC_BENCH=1 timeout 45m go test -count=1 -timeout 40m -run 'TestSiteCacheBench$|TestSiteCacheCompressionBench$' -v ./fleetctl/sitecache/ >"$WORK/sitecache.log" 2>&1
+	local rc=$?
+	sed -n 's/^BENCH \{0,1\}//p' "$WORK/sitecache.log"
+	echo
+	echo "Target: a patch release (one Go binary rebuilt) moves < 10 % of one full image over the WAN (site cache + chunk delta). The compression table needs no link: new chunk bytes a site holding the previous release must receive."
+	if [ "$rc" -ne 0 ]; then
+		echo
+		echo '```'
+		grep -v '^ *$' "$WORK/sitecache.log" | tail -n 30
+		echo '```'
+		return 1
+	fi
+}
+
 # -------------------------------------------------------------------- boot
 
 section_boot() {
@@ -614,6 +650,7 @@ run_section extensions "extensions: add-on rendering and image cache" section_ex
 run_section fleetctl "fleetctl: simulated rollout" section_fleetctl
 run_section hub "fleetctl hub: 100 and 1,000 simulated SideroLink nodes, a rollout through the tunnels" section_hub
 run_section overview "overview: fleet overview page in headless Chromium, 30,000 nodes" section_overview
+run_section sitecache "site cache: 3-node site on a shaped 2 Mbit/s link, naive vs cache vs chunk delta" section_sitecache
 run_section boot "boot: lab image vs trivial-init baseline" section_boot
 
 echo

@@ -56,6 +56,7 @@ Exit codes: 0 ok, 1 error, 2 bad input, 3 halted by a failure budget,
 
 	root.AddCommand(newHubCmd(), newMachinesCmd(), newLogsCmd(), newEventsCmd())
 	root.AddCommand(newSiteCmd(), newInventoryCmd(), newRolloutCmd(), newSimCmd(), newOverviewCmd())
+	root.AddCommand(newSiteCacheCmd())
 
 	return root
 }
