@@ -653,7 +653,12 @@ func (n *Node) checks(apiCheck nodeapi.Check) []nodeapi.Check {
 		stateCheck.Message = fmt.Sprintf("ext4 on /dev/mapper/%s at %s, boot %d", StateMapName, StateMount, st.StateBoots)
 	}
 
-	ebpfCheck := health.RunProbes(nodeapi.ServiceEBPF, health.CiliumProbes())
+	// the eBPF probes (bpf syscalls) and the add-on check (mounting and
+	// reading the image cache) are independent: run them side by side so
+	// one's disk waits overlap the other's work
+	ebpfDone := make(chan nodeapi.Check, 1)
+
+	go func() { ebpfDone <- health.RunProbes(nodeapi.ServiceEBPF, health.CiliumProbes()) }()
 
 	as, uncached, err := n.addons()
 	addonCheck := health.Addons(as, nil)
@@ -671,7 +676,7 @@ func (n *Node) checks(apiCheck nodeapi.Check) []nodeapi.Check {
 
 	n.update(func(s *nodeapi.Status) { s.Addons = as })
 
-	return []nodeapi.Check{tpmCheck, stateCheck, apiCheck, ebpfCheck, addonCheck}
+	return []nodeapi.Check{tpmCheck, stateCheck, apiCheck, <-ebpfDone, addonCheck}
 }
 
 func (n *Node) settle(_ context.Context, apiCheck nodeapi.Check) {
