@@ -73,6 +73,9 @@ type Options struct {
 	TrivialInit bool
 	// Modules overrides DefaultModules (module names, '-' and '_' equal).
 	Modules []string
+	// Compression of the initramfs: CompressionZstd (default), gzip, xz,
+	// lz4 or none (see Compressions).
+	Compression string
 	// HostBinaries overrides DefaultHostBinaries (initramfs path -> host path).
 	HostBinaries map[string]string
 	// Logger receives progress; nil discards.
