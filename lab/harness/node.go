@@ -188,11 +188,15 @@ type BootReport struct {
 	InitSeconds float64 `json:"initSeconds,omitempty"`
 	// FirmwareBoots counts firmware boot-manager starts: 2 when systemd-boot
 	// enrolled keys and reset first.
-	FirmwareBoots int            `json:"firmwareBoots"`
-	BootEntry     string         `json:"bootEntry,omitempty"`
-	Accel         string         `json:"accel"`
-	Console       string         `json:"console"`
-	Status        nodeapi.Status `json:"status"`
+	FirmwareBoots int `json:"firmwareBoots"`
+	// Phases is where the boot's time went, from the uptime labos prints
+	// with each marker: firmware, kernel, then each labos step up to the
+	// marker waited for (see Phase). Empty for a labos without uptimes.
+	Phases    []Phase        `json:"phases,omitempty"`
+	BootEntry string         `json:"bootEntry,omitempty"`
+	Accel     string         `json:"accel"`
+	Console   string         `json:"console"`
+	Status    nodeapi.Status `json:"status"`
 }
 
 var firmwareBootRe = regexp.MustCompile(`BdsDxe: loading Boot`)
@@ -224,6 +228,7 @@ func (vm *VM) WaitBoot(ctx context.Context) (*BootReport, error) {
 
 	r.FirmwareBoots = vm.firmwareBoots()
 	r.InitSeconds = vm.lastInitBefore(at)
+	r.Phases = vm.timeline(nodeapi.MarkerStatus, at)
 
 	return r, nil
 }
@@ -234,14 +239,13 @@ func (vm *VM) lastInitBefore(t time.Time) float64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 
-	prefix := nodeapi.FormatMarker(nodeapi.MarkerInit, "")
-
 	for i := len(c.lines) - 1; i >= 0; i-- {
 		if c.times[i].After(t) {
 			continue
 		}
 
-		if strings.HasPrefix(c.lines[i], prefix) {
+		// the marker may follow the uptime labos prints in front of it
+		if m, _, ok := nodeapi.ParseMarker(c.lines[i]); ok && m == nodeapi.MarkerInit {
 			return c.times[i].Sub(vm.started).Seconds()
 		}
 	}
@@ -261,7 +265,7 @@ func (vm *VM) WaitBootMarker(ctx context.Context, marker string) (*BootReport, e
 	return &BootReport{
 		Name: vm.spec.Name, Marker: marker, APIEndpoint: vm.APIEndpoint(),
 		BootSeconds: at.Sub(vm.started).Seconds(), FirmwareBoots: vm.firmwareBoots(),
-		Accel: vm.accel, Console: vm.ConsolePath(),
+		Accel: vm.accel, Console: vm.ConsolePath(), Phases: vm.timeline(marker, at),
 	}, nil
 }
 

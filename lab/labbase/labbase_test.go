@@ -209,6 +209,10 @@ func TestBuildLabBaseContents(t *testing.T) {
 	}
 
 	assert.Contains(t, pos, "tun.ko", "SideroLink's TUN device module is in the initramfs")
+	// labos reads the config extension's squashfs in-process: loading these
+	// would only cost boot time
+	assert.NotContains(t, pos, "squashfs.ko")
+	assert.NotContains(t, pos, "loop.ko")
 	assert.Contains(t, res.Builtin, "virtio_pci")
 	assert.Contains(t, res.Builtin, "tpm_tis")
 	assert.Less(t, res.InitramfsSize, int64(30<<20), "initramfs budget is 30 MB compressed")

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 )
@@ -61,6 +62,16 @@ const (
 	// MarkerCheckpoint: a power-cut test point of an upgrade or a blessing
 	// ("LABOS: checkpoint point=mid-write").
 	MarkerCheckpoint = "checkpoint"
+
+	// Boot steps that had no marker of their own, printed so the harness can
+	// tell where a boot's time goes (every marker carries the uptime, see
+	// FormatMarkerAt): each ends the step named after it.
+	MarkerTPMReady     = "tpm-ready"      // "LABOS: tpm-ready device=/dev/tpmrm0" (or "none")
+	MarkerModules      = "modules-loaded" // "LABOS: modules-loaded count=23"
+	MarkerESPMounted   = "esp-mounted"    // "LABOS: esp-mounted device=/dev/vda1": partitions found, ESP mounted
+	MarkerKeyUnsealed  = "key-unsealed"   // STATE's key unsealed from the TPM (later boots) or sealed (first boot)
+	MarkerLUKSOpened   = "luks-opened"    // dm-crypt mapping of STATE opened
+	MarkerStateMounted = "state-mounted"  // STATE's ext4 mounted at /var (after mkfs on the first boot)
 )
 
 // Service names reported by ServiceList; each carries a health flag.
@@ -130,6 +141,57 @@ func FormatMarker(marker, details string) string {
 	}
 
 	return MarkerPrefix + EscapeConsole(marker) + " " + EscapeConsole(details)
+}
+
+// FormatMarkerAt is FormatMarker with the guest's uptime (seconds since
+// the kernel started) in front, in the kernel's own printk form
+// "[%5d.%06d] ", so a console reads as one timeline and the harness can
+// tell how long each boot step took. The marker itself is unchanged and
+// ParseMarker finds MarkerPrefix anywhere in a line, so readers that wait
+// for a marker or compare its details see what they saw before.
+func FormatMarkerAt(uptime time.Duration, marker, details string) string {
+	return FormatUptime(uptime) + FormatMarker(marker, details)
+}
+
+// FormatUptime renders d as printk's "[    2.345678] " prefix (negative
+// durations as zero).
+func FormatUptime(d time.Duration) string {
+	if d < 0 {
+		d = 0
+	}
+
+	us := d.Microseconds()
+
+	return fmt.Sprintf("[%5d.%06d] ", us/1_000_000, us%1_000_000)
+}
+
+// ParseUptime reads the uptime in front of a console line: a marker of
+// FormatMarkerAt or a kernel message, both "[ seconds.micros] ...". ok is
+// false when the line does not start with one.
+func ParseUptime(line string) (time.Duration, bool) {
+	rest, found := strings.CutPrefix(line, "[")
+	if !found {
+		return 0, false
+	}
+
+	stamp, _, found := strings.Cut(rest, "]")
+	if !found {
+		return 0, false
+	}
+
+	secs, frac, found := strings.Cut(strings.TrimSpace(stamp), ".")
+	if !found || secs == "" || len(frac) != 6 {
+		return 0, false
+	}
+
+	s, err1 := strconv.ParseUint(secs, 10, 32)
+	us, err2 := strconv.ParseUint(frac, 10, 32)
+
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+
+	return time.Duration(s)*time.Second + time.Duration(us)*time.Microsecond, true
 }
 
 // EscapeConsole makes s safe to print inside one console line (see

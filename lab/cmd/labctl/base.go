@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"sort"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -49,6 +50,7 @@ and powers off, for the boot benchmark.`,
 	f.StringVar(&o.Version, "version", "1.0.0", "lab base version (image annotation, /etc/labos/version, labos main.version)")
 	f.StringVar(&o.AssetsDir, "assets", "", "lab assets dir (default $LABFLEET_CACHE/lab-assets or <repo>/_cache/lab-assets)")
 	f.StringVar(&o.LabosBinary, "labos-binary", "", "prebuilt static labos binary (default: go build "+labbase.DefaultLabosPkg+")")
+	f.StringVar(&o.Compression, "compression", labbase.CompressionZstd, "initramfs compression: "+strings.Join(labbase.Compressions, ", ")+" (zstd measured fastest to boot, lab/README.md)")
 	f.BoolVar(&o.TrivialInit, "trivial", false, "build the bare baseline (trivial init) instead of labos")
 
 	base.AddCommand(build)

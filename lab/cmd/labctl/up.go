@@ -263,6 +263,10 @@ func printUp(output string, w io.Writer, r upResult) error {
 		fmt.Fprintf(w, "marker:       %s\n", r.Marker)
 		fmt.Fprintf(w, "bootSeconds:  %.1f (firmware boots: %d)\n", r.BootSeconds, r.FirmwareBoots)
 
+		if len(r.Phases) > 0 {
+			fmt.Fprintf(w, "phases:       %s\n", phaseLine(r.Phases))
+		}
+
 		return nil
 	}
 
@@ -272,6 +276,10 @@ func printUp(output string, w io.Writer, r upResult) error {
 	fmt.Fprintf(w, "tpmUnlocked:  %t%s\n", r.TPMUnlocked, reason(r.UnlockError))
 	fmt.Fprintf(w, "healthy:      %t\n", r.Healthy)
 	fmt.Fprintf(w, "bootSeconds:  %.1f (init at %.1f, firmware boots: %d)\n", r.BootSeconds, r.InitSeconds, r.FirmwareBoots)
+
+	if len(r.Phases) > 0 {
+		fmt.Fprintf(w, "phases:       %s\n", phaseLine(r.Phases))
+	}
 	fmt.Fprintf(w, "bootEntry:    %s\n", r.BootEntry)
 	fmt.Fprintf(w, "apiEndpoint:  %s\n", r.APIEndpoint)
 

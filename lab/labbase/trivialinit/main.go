@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"os"
 	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/labfleet/labfleet/lab/nodeapi"
 )
@@ -14,8 +17,10 @@ import (
 var version = "trivial"
 
 func main() {
-	fmt.Println(nodeapi.FormatMarker(nodeapi.MarkerInit, "version="+version+" trivial=true"))
-	fmt.Println(nodeapi.FormatMarker(nodeapi.MarkerPoweroff, ""))
+	// the uptime in front, as labos prints it: the harness reads the
+	// kernel's share of the boot from it
+	fmt.Println(nodeapi.FormatMarkerAt(uptime(), nodeapi.MarkerInit, "version="+version+" trivial=true"))
+	fmt.Println(nodeapi.FormatMarkerAt(uptime(), nodeapi.MarkerPoweroff, ""))
 
 	// PID 1 must never exit (the kernel panics); power off instead.
 	if err := syscall.Reboot(syscall.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
@@ -23,4 +28,13 @@ func main() {
 	}
 
 	select {}
+}
+
+func uptime() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+
+	return time.Duration(ts.Nano())
 }

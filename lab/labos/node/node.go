@@ -126,8 +126,10 @@ func New(out io.Writer, log *slog.Logger) *Node {
 	return &Node{Out: out, Log: log, start: time.Now(), actions: make(chan action, 1), configured: make(chan struct{})}
 }
 
+// marker prints a console marker with the uptime in front (the harness
+// reads the boot's phases from these).
 func (n *Node) marker(m, details string) {
-	fmt.Fprintln(n.Out, nodeapi.FormatMarker(m, details))
+	fmt.Fprintln(n.Out, nodeapi.FormatMarkerAt(sysinit.Uptime(), m, details))
 }
 
 func (n *Node) fatal(step string, err error) {
@@ -192,11 +194,13 @@ func (n *Node) Boot(ctx context.Context) error {
 	// TPM drivers are built into the Debian kernel: extend enter-initrd
 	// before anything else; retry after modules if the device is late.
 	n.openTPM(0)
+	n.tpmReady()
 	n.phase(pcrphase.EnterInitrd)
 
 	n.loadModules()
 	if n.tpm == nil {
 		n.openTPM(3 * time.Second)
+		n.tpmReady()
 		n.phase(pcrphase.EnterInitrd)
 	}
 
@@ -274,6 +278,16 @@ func (n *Node) openTPM(wait time.Duration) {
 	}
 }
 
+func (n *Node) tpmReady() {
+	if n.tpm == nil {
+		n.marker(nodeapi.MarkerTPMReady, "device=none")
+
+		return
+	}
+
+	n.marker(nodeapi.MarkerTPMReady, "device="+TPMDevice)
+}
+
 func (n *Node) phase(p pcrphase.Phase) {
 	if n.tpm == nil {
 		return
@@ -304,7 +318,7 @@ func (n *Node) loadModules() {
 		n.fatal("modules", err)
 	}
 
-	n.Log.Info("modules loaded", "count", len(loaded))
+	n.marker(nodeapi.MarkerModules, fmt.Sprintf("count=%d", len(loaded)))
 }
 
 func (n *Node) readSecureBoot() {
@@ -412,6 +426,7 @@ func (n *Node) mountESP() {
 
 	n.mounts = append(n.mounts, ESPMount)
 	n.esp = &bootentry.ESP{Root: ESPMount}
+	n.marker(nodeapi.MarkerESPMounted, "device="+p.Device)
 }
 
 func (n *Node) unlockState(ctx context.Context) (state.Volume, state.Keys, bool) {
@@ -436,6 +451,7 @@ func (n *Node) unlockState(ctx context.Context) (state.Volume, state.Keys, bool)
 			vol = state.Volume{
 				Device: p.Device, MapName: StateMapName, MountPoint: StateMount, Crypt: luks.Cryptsetup{},
 				SealGate: func() error { return state.CheckSealAllowed(n.sb) },
+				Progress: func(step state.Step) { n.marker(string(step), "device="+p.Device) },
 			}
 
 			var t transport.TPM
@@ -643,7 +659,12 @@ func (n *Node) checks(apiCheck nodeapi.Check) []nodeapi.Check {
 		stateCheck.Message = fmt.Sprintf("ext4 on /dev/mapper/%s at %s, boot %d", StateMapName, StateMount, st.StateBoots)
 	}
 
-	ebpfCheck := health.RunProbes(nodeapi.ServiceEBPF, health.CiliumProbes())
+	// the eBPF probes (bpf syscalls) and the add-on check (mounting and
+	// reading the image cache) are independent: run them side by side so
+	// one's disk waits overlap the other's work
+	ebpfDone := make(chan nodeapi.Check, 1)
+
+	go func() { ebpfDone <- health.RunProbes(nodeapi.ServiceEBPF, health.CiliumProbes()) }()
 
 	as, uncached, err := n.addons()
 	addonCheck := health.Addons(as, nil)
@@ -661,7 +682,7 @@ func (n *Node) checks(apiCheck nodeapi.Check) []nodeapi.Check {
 
 	n.update(func(s *nodeapi.Status) { s.Addons = as })
 
-	return []nodeapi.Check{tpmCheck, stateCheck, apiCheck, ebpfCheck, addonCheck}
+	return []nodeapi.Check{tpmCheck, stateCheck, apiCheck, <-ebpfDone, addonCheck}
 }
 
 func (n *Node) settle(_ context.Context, apiCheck nodeapi.Check) {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/labfleet/labfleet/lab/labos/luks"
 	"github.com/labfleet/labfleet/lab/labos/tpmseal"
+	"github.com/labfleet/labfleet/lab/nodeapi"
 )
 
 // Files systemd-stub hands the initrd from the UKI's .pcrpkey and .pcrsig.
@@ -93,6 +94,25 @@ type Volume struct {
 	// device formatted; its error leaves the device untouched. An existing
 	// volume is still unlocked: there the TPM's PCR 7 policy decides.
 	SealGate func() error
+	// Progress, when set, is told each step of Unlock as it completes (labos
+	// prints them as timed console markers).
+	Progress func(Step)
+}
+
+// Step is a completed step of Unlock, named as its console marker.
+type Step string
+
+// Steps of Unlock, in order.
+const (
+	StepKeyUnsealed  Step = nodeapi.MarkerKeyUnsealed  // key unsealed (later boots) or made and sealed (first boot)
+	StepLUKSOpened   Step = nodeapi.MarkerLUKSOpened   // dm-crypt mapping open
+	StepStateMounted Step = nodeapi.MarkerStateMounted // ext4 mounted (made first on the first boot)
+)
+
+func (v Volume) progress(s Step) {
+	if v.Progress != nil {
+		v.Progress(s)
+	}
 }
 
 // Keys are the UKI's PCR policy inputs.
@@ -162,6 +182,8 @@ func (v Volume) Unlock(ctx context.Context, tpm transport.TPM, keys Keys) (Resul
 		return Result{}, err
 	}
 
+	v.progress(StepKeyUnsealed)
+
 	res.Mapped, err = v.Crypt.Open(ctx, v.Device, v.MapName, passphrase(key))
 	if errors.Is(err, luks.ErrKeyRejected) {
 		return Result{}, fail(ReasonKeyRejected, err)
@@ -170,6 +192,8 @@ func (v Volume) Unlock(ctx context.Context, tpm transport.TPM, keys Keys) (Resul
 	if err != nil {
 		return Result{}, fail(ReasonOpen, err)
 	}
+
+	v.progress(StepLUKSOpened)
 
 	if res.Formatted {
 		if err := v.mkfs(ctx, res.Mapped); err != nil {
@@ -192,6 +216,8 @@ func (v Volume) Unlock(ctx context.Context, tpm transport.TPM, keys Keys) (Resul
 
 		return Result{}, fail(ReasonMount, fmt.Errorf("mounting %s: %w", res.Mapped, err))
 	}
+
+	v.progress(StepStateMounted)
 
 	return res, nil
 }

@@ -111,6 +111,12 @@ func TestProvisionRecover(t *testing.T) {
 	_, err = vol.Recover(ctx, tpm, state.Keys{})
 	require.Equal(t, state.ReasonNoPCRKey, state.ReasonOf(err))
 
+	// a failed unlock reports no completed step (the console would
+	// otherwise claim a key that was never unsealed)
+	var steps []state.Step
+	vol.Progress = func(s state.Step) { steps = append(steps, s) }
+
 	_, err = vol.Unlock(ctx, nil, keys)
 	require.Equal(t, state.ReasonNoTPM, state.ReasonOf(err))
+	require.Empty(t, steps)
 }

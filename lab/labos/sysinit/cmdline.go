@@ -6,6 +6,9 @@ package sysinit
 import (
 	"os"
 	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Kernel command line parameters labos reads.
@@ -44,4 +47,16 @@ func ReadCmdline() (Cmdline, error) {
 	}
 
 	return ParseCmdline(string(b)), nil
+}
+
+// Uptime is the time since the kernel started (CLOCK_BOOTTIME, the clock
+// of the kernel's own message timestamps, give or take its early boot):
+// labos prints it in front of every console marker.
+func Uptime() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+
+	return time.Duration(ts.Nano())
 }

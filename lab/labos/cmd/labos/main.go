@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/labfleet/labfleet/lab/labos/node"
+	"github.com/labfleet/labfleet/lab/labos/sysinit"
 	"github.com/labfleet/labfleet/lab/nodeapi"
 )
 
@@ -66,17 +67,17 @@ func run(ctx context.Context) {
 
 	defer func() {
 		if r := recover(); r != nil {
-			fmt.Fprintln(os.Stdout, nodeapi.FormatMarker(node.MarkerError, fmt.Sprintf("step=panic err=%q", fmt.Sprint(r))))
+			fmt.Fprintln(os.Stdout, nodeapi.FormatMarkerAt(sysinit.Uptime(), node.MarkerError, fmt.Sprintf("step=panic err=%q", fmt.Sprint(r))))
 			select {}
 		}
 	}()
 
 	if err := n.Boot(ctx); err != nil {
-		fmt.Fprintln(os.Stdout, nodeapi.FormatMarker(node.MarkerError, fmt.Sprintf("step=boot err=%q", err.Error())))
+		fmt.Fprintln(os.Stdout, nodeapi.FormatMarkerAt(sysinit.Uptime(), node.MarkerError, fmt.Sprintf("step=boot err=%q", err.Error())))
 	}
 
 	for {
 		err := n.Wait(context.Background())
-		fmt.Fprintln(os.Stdout, nodeapi.FormatMarker(node.MarkerError, fmt.Sprintf("step=reboot err=%q", fmt.Sprint(err))))
+		fmt.Fprintln(os.Stdout, nodeapi.FormatMarkerAt(sysinit.Uptime(), node.MarkerError, fmt.Sprintf("step=reboot err=%q", fmt.Sprint(err))))
 	}
 }
