@@ -256,6 +256,10 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 		return Result{}, err
 	}
 
+	// The rollout runs from what Create froze in the store; letting the
+	// inventory go frees its memory (tens of MB at 300,000 nodes) for the run.
+	opts.Inventory = nil
+
 	return Resume(ctx, opts, id)
 }
 

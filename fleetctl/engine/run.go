@@ -221,7 +221,18 @@ func (e *execution) load(ctx context.Context) error {
 
 	e.schedules = make(map[string]*window.Schedule, len(sites))
 
+	// Sites sharing a time zone and windows share one (immutable)
+	// Schedule: each time.LoadLocation is a fresh copy of the zone's
+	// transitions, 21 MB for the 300,000-node simulated fleet's sites.
+	shared := map[string]*window.Schedule{}
+
 	for _, s := range sites {
+		if sch, ok := shared[s.TimeZone+"\x00"+s.Windows]; ok {
+			e.schedules[s.Name] = sch
+
+			continue
+		}
+
 		var ws []window.Window
 		if err := json.Unmarshal([]byte(s.Windows), &ws); err != nil {
 			return fmt.Errorf("decoding windows of site %s: %w", s.Name, err)
@@ -233,6 +244,7 @@ func (e *execution) load(ctx context.Context) error {
 		}
 
 		e.schedules[s.Name] = sch
+		shared[s.TimeZone+"\x00"+s.Windows] = sch
 	}
 
 	if e.waves, err = st.Waves(ctx, id); err != nil {

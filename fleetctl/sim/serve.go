@@ -8,7 +8,10 @@ import (
 	"net"
 	"time"
 
+	"github.com/cosi-project/runtime/api/v1alpha1"
+	"github.com/cosi-project/runtime/pkg/resource/protobuf"
 	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
+	"github.com/siderolabs/talos/pkg/machinery/resources/runtime"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -43,6 +46,10 @@ func Serve(f *Fleet, keys []string, tlsCfg *tls.Config) (*Server, error) {
 
 		g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)))
 		machineapi.RegisterMachineServiceServer(g, &machineService{f: f, key: key})
+
+		if len(f.b.Schematics) > 0 {
+			v1alpha1.RegisterStateServer(g, &stateService{f: f, key: key})
+		}
 
 		go g.Serve(lis) //nolint:errcheck // ends with Stop
 
@@ -173,4 +180,46 @@ func (m *machineService) ServiceList(ctx context.Context, _ *emptypb.Empty) (*ma
 	}
 
 	return &machineapi.ServiceListResponse{Messages: []*machineapi.ServiceList{list}}, nil
+}
+
+// stateService answers the COSI State Get for the one resource a Talos
+// node reports its image-factory schematic in (ImageFactorySchematic), from
+// the version the simulated node runs now (Behaviour.Schematics). Every
+// other resource is not found, as on a node that has none of it.
+type stateService struct {
+	v1alpha1.UnimplementedStateServer
+
+	f   *Fleet
+	key string
+}
+
+func (s *stateService) Get(_ context.Context, req *v1alpha1.GetRequest) (*v1alpha1.GetResponse, error) {
+	if req.GetType() != runtime.ImageFactorySchematicType || req.GetId() != runtime.ImageFactorySchematicID {
+		return nil, status.Errorf(codes.NotFound, "resource %s(%s/%s) doesn't exist", req.GetType(), req.GetNamespace(), req.GetId())
+	}
+
+	id, err := s.f.Image(s.key)
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+
+	schematic, ok := s.f.b.Schematics[id.Version]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "resource %s(%s/%s) doesn't exist", req.GetType(), req.GetNamespace(), req.GetId())
+	}
+
+	r := runtime.NewImageFactorySchematic(runtime.NamespaceName, runtime.ImageFactorySchematicID)
+	r.TypedSpec().SchematicID = schematic
+
+	pr, err := protobuf.FromResource(r)
+	if err != nil {
+		return nil, fmt.Errorf("encoding schematic: %w", err)
+	}
+
+	m, err := pr.Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("encoding schematic: %w", err)
+	}
+
+	return &v1alpha1.GetResponse{Resource: m}, nil
 }

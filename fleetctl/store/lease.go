@@ -217,7 +217,7 @@ func (l *Lease) Release(ctx context.Context) error {
 
 // RecordNode is Store.RecordNode under this lease.
 func (l *Lease) RecordNode(ctx context.Context, actor string, tr Transition) error {
-	return l.guarded(ctx, recordNode(l.rollout, actor, tr))
+	return l.s.enqueue(ctx, op{rec: &nodeRecord{rollout: l.rollout, actor: actor, tr: tr}, lease: l})
 }
 
 // SetWaveState is Store.SetWaveState under this lease.

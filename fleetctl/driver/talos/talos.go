@@ -1,7 +1,8 @@
 // Package talos drives nodes through the Talos machine API with machinery's
 // client and mTLS credentials from a talosconfig. It works against real Talos
 // nodes, labos nodes and the simulator's API server alike, and uses only
-// calls a Talos v1.14 node serves (Version, Upgrade, Rollback, ServiceList).
+// calls a Talos v1.14 node serves (Version, Upgrade, Rollback, ServiceList,
+// and the COSI State Get of the ImageFactorySchematic resource).
 //
 // It does not implement driver.FallbackReporter: whether a node tried an
 // image and fell back by itself is not something a Talos node reports (it
@@ -16,13 +17,18 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
 	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/siderolabs/talos/pkg/machinery/client"
 	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
+	"github.com/siderolabs/talos/pkg/machinery/resources/runtime"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/labfleet/labfleet/fleetctl/driver"
@@ -137,6 +143,9 @@ func (f *Factory) Open(ctx context.Context, t driver.Target) (driver.Node, error
 type node struct {
 	c        *client.Client
 	preserve bool
+	// noSchematic: the node serves no COSI State (Unimplemented), so Image
+	// stops asking it for the schematic.
+	noSchematic atomic.Bool
 }
 
 // Version is the image version the node runs: ImageVersion of its
@@ -154,6 +163,43 @@ func (n *node) Version(ctx context.Context) (string, error) {
 	}
 
 	return "", errors.New("querying version: node reported no version tag")
+}
+
+// Image implements driver.ImageReporter. Talos reports no digest of the
+// installer image it booted, so the image is identified as the engine's
+// driver.Want allows for that case: by its version (Version, as the
+// Version method reads it) and the image-factory schematic ID the node
+// publishes as the COSI resource ImageFactorySchematic (`talosctl get
+// imagefactoryschematics`; Talos 1.14 fills it for factory images). A node
+// without that resource (a stock installer, labos) or without the COSI
+// State service reports no schematic: the engine then judges it by version
+// and refuses it only when the plan names a schematic it cannot confirm.
+func (n *node) Image(ctx context.Context) (driver.ImageID, error) {
+	v, err := n.Version(ctx)
+	if err != nil {
+		return driver.ImageID{}, err
+	}
+
+	id := driver.ImageID{Version: v}
+
+	if n.noSchematic.Load() {
+		return id, nil
+	}
+
+	r, err := safe.StateGetByID[*runtime.ImageFactorySchematic](ctx, n.c.COSI, runtime.ImageFactorySchematicID)
+
+	switch {
+	case err == nil:
+		id.Schematic = r.TypedSpec().SchematicID
+	case state.IsNotFoundError(err), status.Code(err) == codes.NotFound:
+		// No factory schematic on this image (it may come with the next one).
+	case status.Code(err) == codes.Unimplemented:
+		n.noSchematic.Store(true) // no COSI State at all: do not ask again
+	default:
+		return driver.ImageID{}, fmt.Errorf("reading the image-factory schematic: %w", err)
+	}
+
+	return id, nil
 }
 
 // ImageVersion is the version of the image a node runs. A labos node (and

@@ -358,3 +358,112 @@ func TestNodesByMachineUUIDResolvedAtOpen(t *testing.T) {
 	_, err = talos.NewFactory(talos.WithMachineResolver(resolve)).Open(t.Context(), tgt)
 	require.ErrorContains(t, err, c.Name+"/n0: resolving machine 5b1d6c2e-4f0a-4c1b-9e3a-2f6d8a7b9cff through the hub: machine 5b1d6c2e-4f0a-4c1b-9e3a-2f6d8a7b9cff: not found")
 }
+
+// TestTalosNodeReportsItsImage: the talos driver is a driver.ImageReporter.
+// Talos reports no image digest, so the node's image is its version plus the
+// image-factory schematic it publishes (COSI ImageFactorySchematic); a node
+// that serves no COSI State, or has no schematic, reports the version alone.
+func TestTalosNodeReportsItsImage(t *testing.T) {
+	const (
+		schV1 = "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba"
+		schV2 = "ce4c980550dd2ab1b17bbf2b08801c7eb59418eafe8f279833297925d67c7515"
+	)
+
+	open := func(t *testing.T, b sim.Behaviour) (driver.ImageReporter, *sim.Fleet, string) {
+		t.Helper()
+
+		inv, fleet, _ := servedFleet(t, sim.Spec{Clusters: 1, NodesPerCluster: 1}, b)
+		c := inv.Clusters[0]
+
+		n, err := talos.NewFactory().Open(t.Context(), driver.Target{Cluster: c.Name, Node: "n0", Endpoint: c.Nodes[0].Endpoint, Talosconfig: c.Talosconfig})
+		require.NoError(t, err)
+		t.Cleanup(func() { n.Close() })
+
+		ir, ok := n.(driver.ImageReporter)
+		require.True(t, ok, "the talos driver must report the running image")
+
+		return ir, fleet, sim.Key(c.Name, "n0")
+	}
+
+	t.Run("schematic", func(t *testing.T) {
+		ir, fleet, key := open(t, sim.Behaviour{InitialVersion: "v1.0.0", Schematics: map[string]string{"v1.0.0": schV1, "v2.0.0": schV2}})
+
+		id, err := ir.Image(t.Context())
+		require.NoError(t, err)
+		assert.Equal(t, driver.ImageID{Version: "v1.0.0", Schematic: schV1}, id)
+
+		require.NoError(t, fleet.Upgrade(key, "v2.0.0"))
+
+		id, err = ir.Image(t.Context())
+		require.NoError(t, err)
+		assert.Equal(t, driver.ImageID{Version: "v2.0.0", Schematic: schV2}, id, "read again after the upgrade")
+		assert.Empty(t, driver.Want{Version: "v2.0.0", Schematic: schV2}.Mismatch(id))
+		assert.Contains(t, driver.Want{Version: "v2.0.0", Schematic: schV1}.Mismatch(id), "node runs schematic "+schV2)
+	})
+
+	t.Run("version without schematic resource", func(t *testing.T) {
+		ir, _, _ := open(t, sim.Behaviour{InitialVersion: "v1.0.0", Schematics: map[string]string{"v2.0.0": schV2}})
+
+		id, err := ir.Image(t.Context())
+		require.NoError(t, err)
+		assert.Equal(t, driver.ImageID{Version: "v1.0.0"}, id)
+	})
+
+	t.Run("no COSI State", func(t *testing.T) {
+		ir, _, _ := open(t, sim.Behaviour{InitialVersion: "v1.0.0"})
+
+		for range 2 { // the second answer comes without asking COSI again
+			id, err := ir.Image(t.Context())
+			require.NoError(t, err)
+			assert.Equal(t, driver.ImageID{Version: "v1.0.0"}, id)
+		}
+
+		assert.Contains(t, driver.Want{Version: "v1.0.0", Schematic: schV1}.Mismatch(driver.ImageID{Version: "v1.0.0"}),
+			"cannot be confirmed", "a plan naming a schematic is not satisfied by a node that reports none")
+	})
+}
+
+// TestRolloutChecksSchematicOverMachineAPI: with the talos driver the gate
+// compares the plan's schematic with what the node reports. A node that
+// comes back on the target version but with another schematic fails.
+func TestRolloutChecksSchematicOverMachineAPI(t *testing.T) {
+	const want = "ce4c980550dd2ab1b17bbf2b08801c7eb59418eafe8f279833297925d67c7515"
+
+	for _, tc := range []struct {
+		name      string
+		runs      string
+		done, bad int
+	}{
+		{"same schematic", want, 2, 0},
+		{"other schematic", "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba", 0, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			inv, _, dir := servedFleet(t, sim.Spec{Clusters: 1, NodesPerCluster: 2},
+				sim.Behaviour{InitialVersion: "v1.0.0", Schematics: map[string]string{"v2.0.0": tc.runs}})
+
+			p := &plan.Plan{
+				Name: "schematic", Image: sim.Image("v2.0.0"), Version: "v2.0.0", Schematic: want,
+				Waves:  []plan.Wave{{Name: "all", Percent: 100}},
+				Health: plan.HealthGate{Timeout: plan.Duration(300 * time.Millisecond), Interval: plan.Duration(10 * time.Millisecond)},
+				Budget: plan.Budget{MaxFailurePercent: 100},
+			}
+			p.Default()
+			require.NoError(t, p.Validate())
+
+			st, err := store.Open(filepath.Join(dir, "fleet.db"), store.Options{})
+			require.NoError(t, err)
+
+			defer st.Close()
+
+			res, _ := engine.Run(t.Context(), engine.Options{Inventory: inv, Plan: p, Store: st, Driver: talos.NewFactory(), DriverName: "talos"})
+			assert.Equal(t, tc.done, res.Done, "%+v", res)
+			assert.Equal(t, tc.bad, res.Failed, "%+v", res)
+
+			if tc.bad > 0 {
+				nodes, err := st.Nodes(t.Context(), res.RolloutID)
+				require.NoError(t, err)
+				assert.Contains(t, nodes[0].Error, "node runs schematic "+tc.runs+", want "+want)
+			}
+		})
+	}
+}

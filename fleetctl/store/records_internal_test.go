@@ -1,0 +1,82 @@
+package store
+
+import (
+	"fmt"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestNodeRecordsShareStatementsNotRows: writeNodeRecords writes up to 64
+// transitions per statement, but each one still updates its node and adds
+// its own audit line, in order, also when one batch holds two transitions
+// of the same node (UPDATE ... FROM takes each node once per statement).
+func TestNodeRecordsShareStatementsNotRows(t *testing.T) {
+	st, err := Open(filepath.Join(t.TempDir(), "f.db"), Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+
+	const nodes = 100
+
+	var ns []Node
+	for i := range nodes {
+		ns = append(ns, Node{ID: i, Cluster: "c", Name: fmt.Sprintf("n%d", i)})
+	}
+
+	require.NoError(t, st.CreateRollout(t.Context(), Rollout{ID: "r1", Name: "t", Image: "i", Version: "v2", Plan: "{}"},
+		nil, []Wave{{Index: 0, Name: "all", Nodes: nodes}}, ns, "tester"))
+
+	var recs []*nodeRecord
+	for i := range nodes {
+		recs = append(recs, &nodeRecord{rollout: "r1", actor: "tester", tr: Transition{
+			Node: i, Subject: fmt.Sprintf("c/n%d", i), State: NodeRequested, FromVersion: "v1", UpgradeCall: true, Detail: "upgrade",
+		}})
+	}
+
+	// Node 7 again within the first 64 (a second request after the
+	// first), then failed with an error and rolled back: the later rows win.
+	recs = append(recs[:10:10], append([]*nodeRecord{
+		{rollout: "r1", actor: "tester", tr: Transition{Node: 7, Subject: "c/n7", State: NodeRequested, UpgradeCall: true, Detail: "again"}},
+		{rollout: "r1", actor: "tester", tr: Transition{Node: 7, Subject: "c/n7", State: NodeFailed, Error: "boom", RolledBack: true, Detail: "gate"}},
+	}, recs[10:]...)...)
+
+	ops := make([]op, 0, len(recs))
+	for _, r := range recs {
+		ops = append(ops, op{rec: r})
+	}
+
+	require.NoError(t, st.commit(ops))
+
+	got, err := st.Nodes(t.Context(), "r1")
+	require.NoError(t, err)
+	require.Len(t, got, nodes)
+
+	for _, n := range got {
+		if n.ID == 7 {
+			assert.Equal(t, NodeFailed, n.State)
+			assert.Equal(t, "v1", n.FromVersion, "an empty FromVersion keeps the recorded one")
+			assert.Equal(t, "boom", n.Error)
+			assert.True(t, n.RolledBack)
+			assert.Equal(t, 2, n.UpgradeCalls, "both requests counted")
+
+			continue
+		}
+
+		assert.Equal(t, NodeRequested, n.State, "node %d", n.ID)
+		assert.Equal(t, 1, n.UpgradeCalls, "node %d", n.ID)
+		assert.NotZero(t, n.UpdatedAt, "node %d", n.ID)
+	}
+
+	audit, err := st.Audit(t.Context(), "r1", 0)
+	require.NoError(t, err)
+	require.Len(t, audit, 1+nodes+2, "rollout.create plus one line per transition")
+
+	for i, e := range audit[1:] {
+		assert.Equal(t, recs[i].tr.Subject, e.Subject, "audit line %d in batch order", i)
+		assert.Equal(t, "node."+recs[i].tr.State, e.Action, "audit line %d", i)
+	}
+
+	assert.Equal(t, "gate error=boom", audit[1+11].Detail)
+}
