@@ -75,9 +75,34 @@ func assertEachUpgradedOnce(t *testing.T, dir string) int {
 // while the first process still runs must not create a second executor. The
 // first keeps its database lock; the second is refused with exit 5 naming
 // the live holder, and no node is upgraded twice.
+// waitRolloutCreated waits until the first process has recorded its
+// rollout (a fixed sleep lost that race on a loaded machine).
+func waitRolloutCreated(t *testing.T, db string) {
+	t.Helper()
+
+	deadline := time.Now().Add(time.Minute)
+
+	for {
+		if st, err := store.OpenReadOnly(db); err == nil {
+			_, rerr := st.Rollout(t.Context(), "")
+			st.Close()
+
+			if rerr == nil {
+				return
+			}
+		}
+
+		if time.Now().After(deadline) {
+			t.Fatalf("the first process recorded no rollout within a minute")
+		}
+
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func TestForceWhileFirstStillRuns(t *testing.T) {
 	bin := buildBinary(t)
-	dir, _, fleetctl := forceFleet(t, bin)
+	dir, db, fleetctl := forceFleet(t, bin)
 
 	first := fleetctl(startArgs(dir)...)
 
@@ -86,7 +111,7 @@ func TestForceWhileFirstStillRuns(t *testing.T) {
 
 	require.NoError(t, first.Start())
 
-	time.Sleep(1500 * time.Millisecond)
+	waitRolloutCreated(t, db)
 
 	second := fleetctl("rollout", "resume", "--force")
 	out, err := second.CombinedOutput()
@@ -110,7 +135,7 @@ func TestForceTakesOverDeadHolder(t *testing.T) {
 
 	first := fleetctl(startArgs(dir)...)
 	require.NoError(t, first.Start())
-	time.Sleep(1 * time.Second)
+	waitRolloutCreated(t, db)
 	require.NoError(t, first.Process.Signal(syscall.SIGKILL))
 	first.Wait() //nolint:errcheck
 
