@@ -13,8 +13,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"sync"
 	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sys/unix"
 
 	"github.com/labfleet/labfleet/images/base"
 	"github.com/labfleet/labfleet/images/keys"
@@ -113,11 +118,18 @@ type builder struct {
 	baked   *Baked
 	cmdline string
 	uki     string // path of the signed UKI in stage
-	// installerBase is the local OCI layout copy of the resolved installer-base.
-	installerBase string
-	rec           *record.Record
-	written       map[string]stamp // outputs as hashed for the record, by path in stage
-	signing       *signing         // started by the UKI step, stopped when the build ends
+	// sdboot is systemd-boot signed with SOURCE_DATE_EPOCH, in work: the
+	// disk's ESP and the installer carry this one file.
+	sdboot string
+	// installerBaseImg is the installer-base resolved (and digest-checked)
+	// by the resolve step.
+	installerBaseImg v1.Image
+	rec              *record.Record
+	written          map[string]stamp // outputs as hashed for the record, by path in stage
+	signing          *signing         // started by the UKI step, stopped when the build ends
+	// mu guards rec.Outputs, rec.Steps and written while the output steps
+	// run in parallel.
+	mu sync.Mutex
 }
 
 // Build runs the definition's build.
@@ -205,6 +217,14 @@ func Build(ctx context.Context, def *spec.Definition, opts Options) (*Result, er
 
 	defer func() { b.signing.stop() }()
 
+	// The signers start before any step: a PKCS#11 login with a wrong PIN,
+	// or a token without the keys, fails at once rather than after the base
+	// is resolved and the add-ons baked. (A build answered from the cache,
+	// above, needs no key and no PIN.)
+	if err := b.startSigning(ctx); err != nil {
+		return nil, fmt.Errorf("starting the signers: %w", err)
+	}
+
 	schematicID, err := def.SchematicID()
 	if err != nil {
 		return nil, err
@@ -220,28 +240,28 @@ func Build(ctx context.Context, def *spec.Definition, opts Options) (*Result, er
 		SchematicID: schematicID, DefinitionID: defID, CacheKey: key, SourceDateEpoch: epoch,
 	}
 
-	steps := []struct {
-		name string
-		run  func(context.Context) error
-	}{
+	steps := []buildStep{
 		{"resolve base", b.resolveBase},
 		{"bake add-ons and machine config", b.bake},
 		{"assemble and sign UKI", b.buildUKI},
 	}
 
-	for _, o := range outputTable {
-		if o.kind != spec.OutputUKI && def.Wants(o.kind) {
-			steps = append(steps, struct {
-				name string
-				run  func(context.Context) error
-			}{o.step, func(ctx context.Context) error { return o.write(b, ctx) }})
+	for _, s := range steps {
+		if err := b.step(ctx, b.opts.Progress, s.name, s.run); err != nil {
+			return nil, err
 		}
 	}
 
-	for _, s := range steps {
-		if err := b.step(ctx, s.name, s.run); err != nil {
-			return nil, err
+	var outputs []buildStep
+
+	for _, o := range outputTable {
+		if o.kind != spec.OutputUKI && def.Wants(o.kind) {
+			outputs = append(outputs, buildStep{o.step, func(ctx context.Context) error { return o.write(b, ctx) }})
 		}
+	}
+
+	if err := b.parallel(ctx, outputs); err != nil {
+		return nil, err
 	}
 
 	// Past this point the new outputs replace the old ones: Ctrl-C before
@@ -257,21 +277,26 @@ func Build(ctx context.Context, def *spec.Definition, opts Options) (*Result, er
 	return &Result{Dir: final, Record: b.rec}, nil
 }
 
-func (b *builder) step(ctx context.Context, name string, run func(context.Context) error) error {
+type buildStep struct {
+	name string
+	run  func(context.Context) error
+}
+
+func (b *builder) step(ctx context.Context, progress Progress, name string, run func(context.Context) error) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
 
-	if b.opts.Progress != nil {
-		b.opts.Progress.StepStart(name)
+	if progress != nil {
+		progress.StepStart(name)
 	}
 
 	start := time.Now()
 	err := run(ctx)
 	d := time.Since(start)
 
-	if b.opts.Progress != nil {
-		b.opts.Progress.StepDone(name, d, err)
+	if progress != nil {
+		progress.StepDone(name, d, err)
 	}
 
 	b.opts.Logger.Debug("build step", "step", name, "seconds", d.Seconds(), "error", err)
@@ -286,9 +311,91 @@ func (b *builder) step(ctx context.Context, name string, run func(context.Contex
 		return fmt.Errorf("%s: %w", name, err)
 	}
 
+	b.mu.Lock()
 	b.rec.Steps = append(b.rec.Steps, record.Step{Name: name, Seconds: round3(d.Seconds())})
+	b.mu.Unlock()
 
 	return nil
+}
+
+// parallel runs the output steps at the same time: each reads only what the
+// earlier steps made (the signed UKI and systemd-boot, the resolved bases)
+// and writes its own files, so on two cores the disk step's mkfs.ext4,
+// debugfs and hashing overlap the installer's compression. The first step to
+// fail cancels the others, and its error is the one returned. Progress still
+// sees one step at a time, in table order (sequencedProgress). The record
+// lists outputs and steps in table order whatever order they finished in, so
+// build.json stays byte-identical.
+func (b *builder) parallel(parent context.Context, steps []buildStep) error {
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
+
+	names := make([]string, len(steps))
+	for i, s := range steps {
+		names[i] = s.name
+	}
+
+	progress := newSequencedProgress(b.opts.Progress, names)
+	errs := make([]error, len(steps))
+
+	var wg sync.WaitGroup
+
+	for i, s := range steps {
+		wg.Go(func() {
+			if errs[i] = b.step(ctx, progress, s.name, s.run); errs[i] != nil {
+				cancel(errs[i])
+			}
+		})
+	}
+
+	wg.Wait()
+	progress.finish()
+	b.sortRecord()
+
+	// A step cancelled because another failed reports the cancellation;
+	// the failure is what the user must see (unless Ctrl-C came first).
+	if parent.Err() == nil {
+		if cause := context.Cause(ctx); cause != nil {
+			return cause
+		}
+	}
+
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+
+	return nil
+}
+
+// outputOrder is the order of the record's outputs: the UKI step's, then
+// the outputs table's.
+var outputOrder = []string{spec.OutputUKI, BootstrapConfigKind, spec.OutputDisk, spec.OutputInstaller}
+
+// sortRecord puts outputs and steps that parallel steps appended in
+// completion order back in table order.
+func (b *builder) sortRecord() {
+	rank := func(list []string, s string) int {
+		if i := slices.Index(list, s); i >= 0 {
+			return i
+		}
+
+		return len(list)
+	}
+
+	slices.SortStableFunc(b.rec.Outputs, func(x, y record.Output) int {
+		return rank(outputOrder, x.Kind) - rank(outputOrder, y.Kind)
+	})
+
+	stepOrder := []string{"resolve base", "bake add-ons and machine config"}
+	for _, o := range outputTable {
+		stepOrder = append(stepOrder, o.step)
+	}
+
+	slices.SortStableFunc(b.rec.Steps, func(x, y record.Step) int {
+		return rank(stepOrder, x.Name) - rank(stepOrder, y.Name)
+	})
 }
 
 func round3(f float64) float64 { return float64(int64(f*1000+0.5)) / 1000 }
@@ -323,6 +430,9 @@ func (b *builder) addOutput(kind, path, ref string) error {
 		return fmt.Errorf("output path: %w", err)
 	}
 
+	b.mu.Lock()
+	defer b.mu.Unlock()
+
 	// Kept so stamping the finished folder need not hash it again.
 	if b.written == nil {
 		b.written = map[string]stamp{}
@@ -344,10 +454,74 @@ func hashFile(path string) (string, int64, error) {
 
 	h := sha256.New()
 
-	n, err := io.Copy(h, f)
+	n, err := hashSparse(h, f)
 	if err != nil {
 		return "", 0, fmt.Errorf("hashing %s: %w", path, err)
 	}
 
 	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// zeroes is what a hole reads as.
+var zeroes = make([]byte, 1<<20)
+
+// hashSparse writes f's contents into h reading only its data regions
+// (SEEK_DATA/SEEK_HOLE); holes are written from memory as zeroes. disk.raw
+// is ~250 MB of which ~30 MB are data: reading its holes through the kernel
+// was most of the time hashing it took. The bytes hashed are the same. On a
+// file system without SEEK_DATA it reads everything.
+func hashSparse(h io.Writer, f *os.File) (int64, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+
+	size := st.Size()
+	buf := make([]byte, 1<<20)
+	fd := int(f.Fd())
+
+	writeZeroes := func(n int64) error {
+		for n > 0 {
+			k := min(n, int64(len(zeroes)))
+			if _, err := h.Write(zeroes[:k]); err != nil {
+				return err
+			}
+
+			n -= k
+		}
+
+		return nil
+	}
+
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			data = size // only a hole is left
+		} else if err != nil {
+			n, err := io.CopyBuffer(h, io.NewSectionReader(f, off, size-off), buf)
+
+			return off + n, err
+		}
+
+		if err := writeZeroes(data - off); err != nil {
+			return 0, err
+		}
+
+		if data >= size {
+			break
+		}
+
+		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+		if err != nil {
+			return 0, err
+		}
+
+		if _, err := io.CopyBuffer(h, io.NewSectionReader(f, data, hole-data), buf); err != nil {
+			return 0, err
+		}
+
+		off = hole
+	}
+
+	return size, nil
 }

@@ -2,6 +2,7 @@ package build
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -67,13 +68,12 @@ type espFile struct {
 }
 
 func (b *builder) writeDisk(ctx context.Context) error {
-	sdboot := filepath.Join(b.work, "BOOTX64.EFI")
-	if err := b.signPE(b.base.Files["systemd-boot.efi"].Path, sdboot); err != nil {
-		return fmt.Errorf("signing systemd-boot: %w", err)
+	if b.sdboot == "" {
+		return errors.New("disk: the UKI step did not sign systemd-boot")
 	}
 
 	files := []espFile{
-		{dst: "EFI/BOOT/BOOTX64.EFI", src: sdboot},
+		{dst: "EFI/BOOT/BOOTX64.EFI", src: b.sdboot},
 		{dst: "loader/loader.conf", data: []byte(LoaderConf(b.def.Name, b.def.EnrollKeys()))},
 		{dst: "loader/keys/auto/PK.auth", src: b.keys.PKAuth},
 		{dst: "loader/keys/auto/KEK.auth", src: b.keys.KEKAuth},

@@ -22,7 +22,7 @@ import (
 // folder gets no private key), builds the image with it and checks every
 // signature: sbverify accepts the UKI with the exported certificate,
 // inspect verifies .pcrsig against .pcrpkey and the sections, and two
-// builds are byte-identical. A wrong PIN fails naming the token.
+// builds are byte-identical. A wrong PIN is bad input naming the token.
 func TestHSMSignedBuild(t *testing.T) {
 	cfg := hsmtest.SoftHSM(t)
 	f := newFixture(t)
@@ -62,8 +62,11 @@ func TestHSMSignedBuild(t *testing.T) {
 		}
 	}
 
+	// A wrong PIN is bad input (keys.ErrInvalid: exit 2) naming the token
+	// and the variable.
 	_, err = build.Build(t.Context(), f.def, opts(filepath.Join(f.root, "bad"), "0000"))
-	require.ErrorContains(t, err, `PKCS#11 token "labfleet-test"`)
+	require.ErrorContains(t, err, `PKCS#11 token "labfleet-test" refused the user PIN in LABFLEET_PKCS11_PIN (incorrect)`)
+	require.ErrorIs(t, err, keys.ErrInvalid)
 
 	a, err := build.Build(t.Context(), f.def, opts(filepath.Join(f.root, "a"), hsmtest.PIN))
 	require.NoError(t, err)

@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/siderolabs/talos/pkg/imager/filemap"
 	"github.com/siderolabs/talos/pkg/imager/profile"
 	"github.com/siderolabs/talos/pkg/machinery/meta"
 
@@ -89,8 +90,24 @@ func InstallerImage(imagerTarball string, info InstallerInfo) (v1.Image, error) 
 		return nil, fmt.Errorf("reading imager installer layers: %w", err)
 	}
 
+	if info.ResignPE != nil {
+		for i, l := range layers {
+			if layers[i], err = resignLayer(l, info.ResignPE); err != nil {
+				return nil, err
+			}
+		}
+	}
+
+	return installerImage(srcCfg.Architecture, srcCfg.OS, srcCfg.Config, layers, info)
+}
+
+// installerImage assembles labfleet's installer image from the runtime
+// config and layers of Talos's installer (the installer-base's config, its
+// first layer and the artifacts layer, as Talos's imager puts them
+// together).
+func installerImage(arch, goos string, runtime v1.Config, layers []v1.Layer, info InstallerInfo) (v1.Image, error) {
 	mtime := time.Unix(info.Epoch, 0).UTC()
-	cfg := srcCfg.Config.DeepCopy()
+	cfg := runtime.DeepCopy()
 
 	if cfg.Labels == nil {
 		cfg.Labels = map[string]string{}
@@ -102,8 +119,8 @@ func InstallerImage(imagerTarball string, info InstallerInfo) (v1.Image, error) 
 
 	img := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
 
-	img, err = mutate.ConfigFile(img, &v1.ConfigFile{
-		Architecture: srcCfg.Architecture, OS: srcCfg.OS, Created: v1.Time{Time: mtime}, Config: *cfg,
+	img, err := mutate.ConfigFile(img, &v1.ConfigFile{
+		Architecture: arch, OS: goos, Created: v1.Time{Time: mtime}, Config: *cfg,
 		RootFS: v1.RootFS{Type: "layers"},
 	})
 	if err != nil {
@@ -111,12 +128,6 @@ func InstallerImage(imagerTarball string, info InstallerInfo) (v1.Image, error) 
 	}
 
 	for _, l := range layers {
-		if info.ResignPE != nil {
-			if l, err = resignLayer(l, info.ResignPE); err != nil {
-				return nil, err
-			}
-		}
-
 		img, err = mutate.Append(img, mutate.Addendum{Layer: ociLayer{l}, History: v1.History{Created: v1.Time{Time: mtime}}})
 		if err != nil {
 			return nil, fmt.Errorf("assembling installer image: %w", err)
@@ -193,9 +204,8 @@ func sourceRevision(ctx context.Context, root string) string {
 }
 
 // imagerProfile is the Talos imager profile of this build for output kind
-// (the UKI step's and the installer step's): the same kernel arguments,
-// embedded config, META values and signers, so both carry the same boot
-// configuration.
+// (the UKI step's): kernel arguments, embedded config, META values and
+// signers.
 func (b *builder) imagerProfile(kind profile.OutputKind, ukiSigner profile.SigningKeyAndCertificate, pcrSigner profile.SigningKey) profile.Profile {
 	secureBoot := true
 	dir := filepath.Join(b.base.Files[base.Kernel].Path, "..")
@@ -230,44 +240,54 @@ func (b *builder) imagerProfile(kind profile.OutputKind, ukiSigner profile.Signi
 	return prof
 }
 
+// writeInstaller assembles Talos's installer image (pkg/imager's installer
+// output: the installer-base's runtime config and first layer, then one
+// artifacts layer with systemd-boot and the UKI) from the binaries this build
+// already signed: the `uki` output and the systemd-boot the disk carries.
+// Running Talos's imager a second time for it (installer output) rebuilt the
+// initramfs, the UKI and every signature, only to re-sign and recompress
+// them; and the UKI it made was not the one recorded as the `uki` output (it
+// adds a "Reset to maintenance mode" boot profile).
 func (b *builder) writeInstaller(ctx context.Context) error {
-	if b.signing == nil {
-		return errors.New("installer: the UKI step did not start the signers")
+	if b.sdboot == "" || b.installerBaseImg == nil {
+		return errors.New("installer: the UKI or resolve step did not run")
 	}
 
-	ukiSigner := profile.SigningKeyAndCertificate{SignerAddress: b.signing.ukiAddr}
-	pcrSigner := profile.SigningKey{SignerAddress: b.signing.pcrAddr}
-
-	prof := b.imagerProfile(profile.OutKindInstaller, ukiSigner, pcrSigner)
-
-	// Talos's imager pulls the installer-base itself; it gets the copy
-	// resolved (and digest-checked) here, as a local layout, so the image
-	// assembled is the one recorded.
-	prof.Input.BaseInstaller = profile.ContainerAsset{
-		ImageRef: "installer-base:" + b.def.TalosVersion, // names the tarball's tag only
-		OCIPath:  b.installerBase,
-	}
-
-	outDir := filepath.Join(b.work, "imager-installer")
-	if err := os.MkdirAll(outDir, 0o755); err != nil {
-		return fmt.Errorf("creating imager output dir: %w", err)
-	}
-
-	tarPath, err := b.runImager(ctx, prof, outDir)
+	baseCfg, err := b.installerBaseImg.ConfigFile()
 	if err != nil {
-		return err
+		return fmt.Errorf("installer.base: reading config: %w", err)
 	}
 
-	img, err := InstallerImage(tarPath, InstallerInfo{
-		Name: b.def.Name, Version: b.def.Version, SchematicID: b.rec.SchematicID, Epoch: b.epoch,
-		Revision: sourceRevision(ctx, b.opts.Root), Source: SourceRepository,
-		ResignPE: b.resignPE,
+	baseLayers, err := b.installerBaseImg.Layers()
+	if err != nil {
+		return fmt.Errorf("installer.base: reading layers: %w", err)
+	}
+
+	// As Talos's imager: an installer-base of two layers (Talos v1.5+) keeps
+	// only its first; the second held the artifacts this image replaces.
+	if len(baseLayers) == 2 {
+		baseLayers = baseLayers[:1]
+	}
+
+	dir := filepath.Join(b.stage, "installer")
+
+	artifacts, err := artifactsLayer(ctx, filepath.Join(dir, "blobs", "sha256"), []filemap.File{
+		{ImagePath: InstallerSDBootPath, SourcePath: b.sdboot},
+		{ImagePath: InstallerUKIPath, SourcePath: b.uki},
 	})
 	if err != nil {
 		return err
 	}
 
-	if err := WriteInstallerLayout(filepath.Join(b.stage, "installer"), img, b.def.Version); err != nil {
+	img, err := installerImage(base.Arch, "linux", baseCfg.Config, append(slices.Clone(baseLayers), artifacts), InstallerInfo{
+		Name: b.def.Name, Version: b.def.Version, SchematicID: b.rec.SchematicID, Epoch: b.epoch,
+		Revision: sourceRevision(ctx, b.opts.Root), Source: SourceRepository,
+	})
+	if err != nil {
+		return err
+	}
+
+	if err := WriteInstallerLayout(dir, img, b.def.Version); err != nil {
 		return err
 	}
 
@@ -302,7 +322,10 @@ func (b *builder) writeInstaller(ctx context.Context) error {
 	// Size is what a pull transfers (manifest, config, layers).
 	out := installerOutput(digest.String(), ref)
 	out.Size = size
+
+	b.mu.Lock()
 	b.rec.Outputs = append(b.rec.Outputs, out)
+	b.mu.Unlock()
 
 	return nil
 }

@@ -15,11 +15,13 @@ import (
 	"testing"
 	"time"
 
+	diskfs "github.com/diskfs/go-diskfs"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/opencontainers/image-spec/schema"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/siderolabs/talos/pkg/imager/filemap"
 	"github.com/stretchr/testify/require"
 
 	"github.com/labfleet/labfleet/images/build"
@@ -238,4 +240,69 @@ func checkInstallerRecorded(t *testing.T, dir string, rec *record.Record) {
 	}
 
 	require.Equal(t, want, inst.Size, "installer size in build.json")
+}
+
+// TestInstallerCarriesTheBuiltUKI: the installer's EFI binaries are the ones
+// this build already made, not a second Talos imager run's: vmlinuz.efi is
+// the `uki` output byte for byte (what build.json records and the disk
+// boots) and systemd-boot.efi is the signed systemd-boot on the disk's ESP.
+// The artifacts layer is still Talos's: byte for byte what Talos's own
+// filemap.Layer (the imager's installer output) makes of those two files.
+func TestInstallerCarriesTheBuiltUKI(t *testing.T) {
+	f := newFixture(t)
+
+	res, err := f.build(t, filepath.Join(f.root, "_out"), true)
+	require.NoError(t, err)
+
+	uki, err := os.ReadFile(filepath.Join(res.Dir, "edge.efi"))
+	require.NoError(t, err)
+
+	d, err := diskfs.Open(filepath.Join(res.Dir, "disk.raw"), diskfs.WithOpenMode(diskfs.ReadOnly))
+	require.NoError(t, err)
+
+	defer d.Close() //nolint:errcheck
+
+	esp, err := d.GetFilesystem(1)
+	require.NoError(t, err)
+	fh, err := esp.OpenFile("/EFI/BOOT/BOOTX64.EFI", os.O_RDONLY)
+	require.NoError(t, err)
+	sdboot, err := io.ReadAll(fh)
+	require.NoError(t, err)
+
+	p, err := layout.FromPath(filepath.Join(res.Dir, "installer"))
+	require.NoError(t, err)
+	ii, err := p.ImageIndex()
+	require.NoError(t, err)
+	im, err := ii.IndexManifest()
+	require.NoError(t, err)
+	img, err := ii.Image(im.Manifests[0].Digest)
+	require.NoError(t, err)
+
+	files := flatten(t, img)
+	// bytes.Equal: a failing require.Equal would print two 30 MB hex dumps.
+	require.True(t, bytes.Equal(uki, files[build.InstallerUKIPath]), "the installer's UKI (%d bytes) is not the uki output (%d bytes)", len(files[build.InstallerUKIPath]), len(uki))
+	require.True(t, bytes.Equal(sdboot, files[build.InstallerSDBootPath]), "the installer's systemd-boot is not the disk's")
+
+	src := t.TempDir()
+	for name, data := range map[string][]byte{"uki": uki, "sdboot": sdboot} {
+		require.NoError(t, os.WriteFile(filepath.Join(src, name), data, 0o644))
+	}
+
+	want, err := filemap.Layer(t.TempDir(), []filemap.File{
+		{ImagePath: build.InstallerUKIPath, SourcePath: filepath.Join(src, "uki")},
+		{ImagePath: build.InstallerSDBootPath, SourcePath: filepath.Join(src, "sdboot")},
+	})
+	require.NoError(t, err)
+
+	layers, err := img.Layers()
+	require.NoError(t, err)
+	require.Len(t, layers, 2)
+
+	for _, h := range []func(v1.Layer) (v1.Hash, error){v1.Layer.Digest, v1.Layer.DiffID} {
+		wantH, err := h(want)
+		require.NoError(t, err)
+		got, err := h(layers[1])
+		require.NoError(t, err)
+		require.Equal(t, wantH, got, "the artifacts layer differs from Talos's filemap.Layer of the same files")
+	}
 }

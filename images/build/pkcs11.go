@@ -9,11 +9,25 @@ import (
 	"github.com/labfleet/labfleet/images/keys/hsm"
 )
 
+// PINEnv is the environment variable imagectl reads the token's user PIN
+// from (Options.PKCS11PIN); errors name it.
+const PINEnv = "LABFLEET_PKCS11_PIN"
+
 // openPKCS11Keys opens the UKI and PCR keys in the token; the UKI key must
 // be the one uki-signing-cert.pem certifies.
 func openPKCS11Keys(ks *keys.Set, pin string) (_ *keySource, err error) {
 	tok, err := hsm.Open(ks.PKCS11, pin)
 	if err != nil {
+		// A missing or refused PIN is bad input (exit 2), named so the
+		// operator knows which variable and which token.
+		if pin == "" {
+			return nil, fmt.Errorf("PKCS#11 token %q (%s): no user PIN: set %s: %w", ks.PKCS11.TokenLabel, keys.PKCS11File, PINEnv, keys.ErrInvalid)
+		}
+
+		if why, ok := pinRefused(err); ok {
+			return nil, fmt.Errorf("PKCS#11 token %q refused the user PIN in %s (%s): set it to the token's user PIN: %w: %w", ks.PKCS11.TokenLabel, PINEnv, why, keys.ErrInvalid, err)
+		}
+
 		return nil, err
 	}
 

@@ -6,8 +6,6 @@ import (
 	"path/filepath"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 
 	"github.com/labfleet/labfleet/extensions/machineconfig"
 	"github.com/labfleet/labfleet/images/base"
@@ -80,10 +78,9 @@ func (b *builder) describeInstallerBase(ctx context.Context) (string, v1.Image, 
 	return ref, img, digest, nil
 }
 
-// resolveInstallerBase pins the installer-base by digest and copies it into
-// a local OCI layout, tagged with its platform as Talos's imager requires of
-// an OCI path, so the imager assembles the installer from exactly the image
-// recorded in build.json.
+// resolveInstallerBase pins the installer-base by digest and keeps the
+// image for the installer step, which assembles the installer from exactly
+// the image recorded in build.json.
 func (b *builder) resolveInstallerBase(ctx context.Context) error {
 	ref, img, digest, err := b.describeInstallerBase(ctx)
 	if err != nil {
@@ -99,18 +96,7 @@ func (b *builder) resolveInstallerBase(ctx context.Context) error {
 		return fmt.Errorf("installer.base: %s is %s/%s, need linux/%s", ref, cf.OS, cf.Architecture, base.Arch)
 	}
 
-	dir := filepath.Join(b.work, "installer-base")
-
-	p, err := layout.Write(dir, empty.Index)
-	if err != nil {
-		return fmt.Errorf("installer.base: creating local copy: %w", err)
-	}
-
-	if err := p.AppendImage(img, layout.WithPlatform(v1.Platform{OS: "linux", Architecture: base.Arch})); err != nil {
-		return fmt.Errorf("installer.base: copying %s: %w", ref, err)
-	}
-
-	b.installerBase = dir
+	b.installerBaseImg = img
 	b.rec.Inputs = append(b.rec.Inputs, record.Input{Name: "installer-base", Ref: ref, Digest: digest.String()})
 
 	return nil

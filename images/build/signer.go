@@ -170,16 +170,6 @@ func (b *builder) signPE(src, dst string) error {
 	return signPEFile(src, dst, b.signing.uki, b.signing.ukiCert, b.signingTime())
 }
 
-// resignPE signs an EFI binary again with the UKI signing key and
-// SOURCE_DATE_EPOCH, replacing the signature Talos's imager gave it.
-func (b *builder) resignPE(data []byte) ([]byte, error) {
-	if b.signing == nil || b.signing.uki == nil {
-		return nil, errors.New("signing PE: no signer started")
-	}
-
-	return signPE(data, b.signing.uki, b.signing.ukiCert, b.signingTime())
-}
-
 // signerService is a SignerService over a crypto.Signer: an RSA key held
 // in memory or a PKCS#11 token's key.
 type signerService struct {

@@ -2,6 +2,7 @@ package build
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -12,6 +13,9 @@ import (
 	"github.com/siderolabs/talos/pkg/imager"
 	"github.com/siderolabs/talos/pkg/imager/profile"
 	"github.com/siderolabs/talos/pkg/reporter"
+
+	"github.com/labfleet/labfleet/images/base"
+	"github.com/labfleet/labfleet/images/spec"
 )
 
 // imagerMu serialises imager runs: the imager reads SOURCE_DATE_EPOCH from the
@@ -44,8 +48,8 @@ func (b *builder) kernelArgs() []string {
 const DBCmdlineParam = "labos.db"
 
 func (b *builder) buildUKI(ctx context.Context) error {
-	if err := b.startSigning(ctx); err != nil {
-		return err
+	if b.signing == nil {
+		return errors.New("UKI: the signers were not started")
 	}
 
 	ukiSigner := profile.SigningKeyAndCertificate{SignerAddress: b.signing.ukiAddr}
@@ -79,6 +83,17 @@ func (b *builder) buildUKI(ctx context.Context) error {
 
 	if err := b.addOutput("uki", b.uki, ""); err != nil {
 		return err
+	}
+
+	// systemd-boot, signed once here for both the disk's ESP and the
+	// installer (which may be written at the same time).
+	if b.def.Wants(spec.OutputDisk) || b.def.Wants(spec.OutputInstaller) {
+		sdboot := filepath.Join(b.work, "BOOTX64.EFI")
+		if err := b.signPE(b.base.Files[base.SDBoot].Path, sdboot); err != nil {
+			return fmt.Errorf("signing systemd-boot: %w", err)
+		}
+
+		b.sdboot = sdboot
 	}
 
 	return b.writeBootstrapConfig()

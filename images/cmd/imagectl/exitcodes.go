@@ -30,7 +30,7 @@ var badInput = []struct {
 }{
 	{"a flag, argument or -o value (cli.UsageError)", func(err error) bool { var u *cli.UsageError; return errors.As(err, &u) }},
 	{"a definition field (spec.FieldError)", func(err error) bool { var f *spec.FieldError; return errors.As(err, &f) }},
-	{"a missing or invalid keys directory (keys.ErrInvalid)", func(err error) bool { return errors.Is(err, keys.ErrInvalid) }},
+	{"a missing or invalid keys directory, or a PKCS#11 user PIN (LABFLEET_PKCS11_PIN) missing or refused by the token (keys.ErrInvalid)", func(err error) bool { return errors.Is(err, keys.ErrInvalid) }},
 	{"a base whose digest no longer matches base.digest (base.ErrDigestMismatch)", func(err error) bool { return errors.Is(err, base.ErrDigestMismatch) }},
 	{"a file inspect cannot read as PE or GPT, or a bad --cert (inspect.ErrBadInput)", func(err error) bool { return errors.Is(err, inspect.ErrBadInput) }},
 	{"an add-ons command's input (addonscmd.ErrUsage)", func(err error) bool { return errors.Is(err, addonscmd.ErrUsage) }},

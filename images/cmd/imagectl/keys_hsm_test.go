@@ -5,8 +5,13 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/stretchr/testify/require"
 
 	"github.com/labfleet/labfleet/images/keys"
@@ -53,4 +58,47 @@ func TestKeysGeneratePKCS11(t *testing.T) {
 	_, code, err = run(t, "keys", "check", "--dir", dir)
 	require.Equal(t, 2, code)
 	require.ErrorContains(t, err, "uki-signing-key.pem present beside pkcs11.json")
+}
+
+// TestBuildWithWrongPKCS11PINIsBadInput: a build whose keys live in a token
+// and whose LABFLEET_PKCS11_PIN is wrong or unset is bad input (exit 2, as
+// the exit-code table says of key problems), and the error names the
+// variable and the token. It failed with exit 1 before.
+func TestBuildWithWrongPKCS11PINIsBadInput(t *testing.T) {
+	cfg := hsmtest.SoftHSM(t)
+	dir := t.TempDir()
+	keysDir := filepath.Join(dir, "keys")
+
+	t.Setenv(pinEnv, hsmtest.PIN)
+	_, _, err := run(t, "keys", "generate", "--dir", keysDir, "--pkcs11", cfg.Module, "--token", cfg.TokenLabel)
+	require.NoError(t, err)
+
+	// A base the cache key can describe; the build must stop at the PIN,
+	// before reading anything from it.
+	img, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{OS: "linux", Architecture: "amd64"})
+	require.NoError(t, err)
+	lp, err := layout.Write(filepath.Join(dir, "base"), empty.Index)
+	require.NoError(t, err)
+	require.NoError(t, lp.AppendImage(img, layout.WithPlatform(v1.Platform{OS: "linux", Architecture: "amd64"})))
+
+	def := filepath.Join(dir, "edge.yaml")
+	require.NoError(t, os.WriteFile(def, []byte(`
+name: edge
+version: 1.0.0
+talosVersion: v1.14.1
+base: {layout: `+filepath.Join(dir, "base")+`}
+keys: `+keysDir+`
+outputs: [uki]
+`), 0o644))
+
+	for _, pin := range []string{"0000", ""} {
+		t.Run("PIN "+strconv.Quote(pin), func(t *testing.T) {
+			t.Setenv(pinEnv, pin)
+			_, code, err := run(t, "build", def, "--root", repoRoot(t), "-q", "--out", filepath.Join(dir, "out"))
+			require.Error(t, err)
+			require.Equal(t, 2, code, "error: %v", err)
+			require.ErrorContains(t, err, "LABFLEET_PKCS11_PIN")
+			require.ErrorContains(t, err, `PKCS#11 token "labfleet-test"`)
+		})
+	}
 }
