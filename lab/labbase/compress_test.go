@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"io"
+	"os/exec"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -24,8 +25,17 @@ func TestCompressions(t *testing.T) {
 		CompressionXZ: func(r io.Reader) (io.Reader, error) {
 			return xz.NewReader(r)
 		},
-		CompressionLZ4:  func(r io.Reader) (io.Reader, error) { return lz4.NewReader(r), nil },
-		CompressionNone: func(r io.Reader) (io.Reader, error) { return r, nil },
+		CompressionLZ4:     func(r io.Reader) (io.Reader, error) { return lz4.NewReader(r), nil },
+		CompressionNone:    func(r io.Reader) (io.Reader, error) { return r, nil },
+		CompressionZstdMax: func(r io.Reader) (io.Reader, error) { return zstd.NewReader(r) },
+		CompressionXZMax: func(r io.Reader) (io.Reader, error) {
+			// the BCJ filter is beyond the Go reader: xz itself reads it back
+			cmd := exec.Command("xz", "-dc")
+			cmd.Stdin = r
+			out, err := cmd.Output()
+
+			return bytes.NewReader(out), err
+		},
 	}
 
 	for _, kind := range Compressions {
@@ -53,5 +63,5 @@ func TestCompressions(t *testing.T) {
 	require.Equal(t, []byte{0x02, 0x21, 0x4c, 0x18}, lz4Data[:4], "lz4 legacy frame magic")
 
 	_, err = compress("brotli", archive)
-	require.ErrorContains(t, err, `initramfs compression "brotli": want one of [zstd gzip xz lz4 none]`)
+	require.ErrorContains(t, err, `initramfs compression "brotli": want one of [zstd gzip xz lz4 none zstd-max xz-max]`)
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 
 	"github.com/klauspost/compress/zstd"
@@ -24,10 +25,56 @@ const (
 	CompressionXZ   = "xz"
 	CompressionLZ4  = "lz4"
 	CompressionNone = "none"
+	// The reference tools at their strongest settings (zstd -19, xz -9e
+	// with the x86 BCJ filter), from the host (hack/install-deps.sh
+	// installs both): the Go encoders stop at about zstd's level 11.
+	CompressionZstdMax = "zstd-max"
+	CompressionXZMax   = "xz-max"
 )
 
 // Compressions lists the values Options.Compression takes.
-var Compressions = []string{CompressionZstd, CompressionGzip, CompressionXZ, CompressionLZ4, CompressionNone}
+var Compressions = []string{CompressionZstd, CompressionGzip, CompressionXZ, CompressionLZ4, CompressionNone, CompressionZstdMax, CompressionXZMax}
+
+// hostCompressArgs are the command lines of the host-tool compressions,
+// reading the archive from a file (so zstd records the content size).
+var hostCompressArgs = map[string][]string{
+	// window 8 MiB (level 19's): what the kernel's decompressor allocates
+	CompressionZstdMax: {"zstd", "-19", "-q", "-c", "--no-progress"},
+	// CRC32: the only check the kernel's xz decoder takes
+	CompressionXZMax: {"xz", "-c", "-q", "--check=crc32", "--x86", "--lzma2=preset=9e", "--threads=1"},
+}
+
+func compressWithHostTool(kind string, archive []byte) ([]byte, error) {
+	f, err := os.CreateTemp("", "labbase-cpio-*")
+	if err != nil {
+		return nil, err
+	}
+
+	defer os.Remove(f.Name()) //nolint:errcheck
+
+	if _, err := f.Write(archive); err != nil {
+		f.Close() //nolint:errcheck
+
+		return nil, err
+	}
+
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
+
+	args := append(append([]string(nil), hostCompressArgs[kind]...), f.Name())
+
+	var out, stderr bytes.Buffer
+
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Stdout, cmd.Stderr = &out, &stderr
+
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("initramfs compression %s: %s: %w: %s", kind, args[0], err, bytes.TrimSpace(stderr.Bytes()))
+	}
+
+	return out.Bytes(), nil
+}
 
 // compress compresses a newc archive as the kernel's initramfs
 // decompressors read it.
@@ -39,6 +86,8 @@ func compress(kind string, archive []byte) ([]byte, error) {
 		return compressInitramfs(archive)
 	case CompressionNone:
 		return archive, nil
+	case CompressionZstdMax, CompressionXZMax:
+		return compressWithHostTool(kind, archive)
 	case CompressionGzip:
 		w, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
 		if err != nil {
