@@ -229,30 +229,7 @@ func pullAll(ref name.Reference) error {
 		return err
 	}
 
-	if _, err := img.RawConfigFile(); err != nil {
-		return err
-	}
-
-	ls, err := img.Layers()
-	if err != nil {
-		return err
-	}
-
-	for _, l := range ls {
-		rc, err := l.Compressed()
-		if err != nil {
-			return err
-		}
-
-		_, err = io.Copy(io.Discard, rc)
-		rc.Close() //nolint:errcheck
-
-		if err != nil {
-			return err
-		}
-	}
-
-	return nil
+	return testimage.ReadAll(img)
 }
 
 // ---- the test side ----

@@ -268,20 +268,7 @@ func TestTalosLikeNodesPassOverMachineAPI(t *testing.T) {
 	inv, fleet, dir := servedFleet(t, sim.Spec{Clusters: 2, NodesPerCluster: 2},
 		sim.Behaviour{InitialVersion: "v1.0.0", TalosLike: true})
 
-	p := &plan.Plan{
-		Name: "talos-like", Image: sim.Image("v2.0.0"), Version: "v2.0.0",
-		Waves:  []plan.Wave{{Name: "canary", Count: 1}, {Name: "rest", Percent: 100}},
-		Health: plan.HealthGate{Timeout: plan.Duration(2 * time.Second), Interval: plan.Duration(10 * time.Millisecond)},
-	}
-	p.Default()
-	require.NoError(t, p.Validate())
-
-	st, err := store.Open(filepath.Join(dir, "fleet.db"), store.Options{})
-	require.NoError(t, err)
-
-	defer st.Close()
-
-	res, err := engine.Run(t.Context(), engine.Options{Inventory: inv, Plan: p, Store: st, Driver: talos.NewFactory(), DriverName: "talos"})
+	res, _, err := canaryThenRest(t, inv, dir, "talos-like", talos.NewFactory())
 	require.NoError(t, err, "%+v", res)
 	assert.Equal(t, 4, res.Done)
 
@@ -319,21 +306,7 @@ func TestNodesByMachineUUIDResolvedAtOpen(t *testing.T) {
 		return "", fmt.Errorf("machine %s: not found", uuid)
 	}
 
-	p := &plan.Plan{
-		Name: "by-uuid", Image: sim.Image("v2.0.0"), Version: "v2.0.0",
-		Waves:  []plan.Wave{{Name: "canary", Count: 1}, {Name: "rest", Percent: 100}},
-		Health: plan.HealthGate{Timeout: plan.Duration(2 * time.Second), Interval: plan.Duration(10 * time.Millisecond)},
-	}
-	p.Default()
-	require.NoError(t, p.Validate())
-
-	st, err := store.Open(filepath.Join(dir, "fleet.db"), store.Options{})
-	require.NoError(t, err)
-
-	defer st.Close()
-
-	res, err := engine.Run(t.Context(), engine.Options{Inventory: inv, Plan: p, Store: st,
-		Driver: talos.NewFactory(talos.WithMachineResolver(resolve)), DriverName: "talos"})
+	res, st, err := canaryThenRest(t, inv, dir, "by-uuid", talos.NewFactory(talos.WithMachineResolver(resolve)))
 	require.NoError(t, err)
 	assert.Equal(t, 2, res.Done, "%+v", res)
 	assert.Len(t, fleet.Counts(), 2)
@@ -466,4 +439,26 @@ func TestRolloutChecksSchematicOverMachineAPI(t *testing.T) {
 			}
 		})
 	}
+}
+
+// canaryThenRest rolls v2.0.0 out over inv with f: a canary of one node,
+// then the rest, with a short health gate.
+func canaryThenRest(t *testing.T, inv *inventory.Inventory, dir, name string, f *talos.Factory) (engine.Result, *store.Store, error) {
+	t.Helper()
+
+	p := &plan.Plan{
+		Name: name, Image: sim.Image("v2.0.0"), Version: "v2.0.0",
+		Waves:  []plan.Wave{{Name: "canary", Count: 1}, {Name: "rest", Percent: 100}},
+		Health: plan.HealthGate{Timeout: plan.Duration(2 * time.Second), Interval: plan.Duration(10 * time.Millisecond)},
+	}
+	p.Default()
+	require.NoError(t, p.Validate())
+
+	st, err := store.Open(filepath.Join(dir, "fleet.db"), store.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+
+	res, err := engine.Run(t.Context(), engine.Options{Inventory: inv, Plan: p, Store: st, Driver: f, DriverName: "talos"})
+
+	return res, st, err
 }

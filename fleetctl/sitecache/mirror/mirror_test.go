@@ -185,30 +185,7 @@ func pull(ctx context.Context, cacheHost, tag string, opts ...remote.Option) err
 		return err
 	}
 
-	if _, err := img.RawConfigFile(); err != nil {
-		return err
-	}
-
-	ls, err := img.Layers()
-	if err != nil {
-		return err
-	}
-
-	for _, l := range ls {
-		rc, err := l.Compressed()
-		if err != nil {
-			return err
-		}
-
-		_, err = io.Copy(io.Discard, rc)
-		rc.Close() //nolint:errcheck
-
-		if err != nil {
-			return err
-		}
-	}
-
-	return nil
+	return testimage.ReadAll(img)
 }
 
 // noRetry: a node that gives up at the first error (ggcr retries 5xx).

@@ -11,6 +11,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"fmt"
+	"io"
 	"math/rand/v2"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -150,4 +151,34 @@ func (r Release) Image() (v1.Image, error) {
 	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
 
 	return mutate.AppendLayers(img, static.NewLayer(l, types.OCIUncompressedLayer))
+}
+
+// ReadAll reads an image the way a node pulling it does: its config and
+// every layer to its end (go-containerregistry checks each blob's digest
+// as it reads), so a corrupt or missing blob is an error.
+func ReadAll(img v1.Image) error {
+	if _, err := img.RawConfigFile(); err != nil {
+		return err
+	}
+
+	ls, err := img.Layers()
+	if err != nil {
+		return err
+	}
+
+	for _, l := range ls {
+		rc, err := l.Compressed()
+		if err != nil {
+			return err
+		}
+
+		_, err = io.Copy(io.Discard, rc)
+		rc.Close() //nolint:errcheck
+
+		if err != nil {
+			return err
+		}
+	}
+
+	return nil
 }
