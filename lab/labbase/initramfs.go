@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -79,7 +80,11 @@ func compressWithHostTool(kind string, archive []byte) ([]byte, error) {
 // compress compresses a newc archive as the kernel's initramfs
 // decompressors read it.
 func compress(kind string, archive []byte) ([]byte, error) {
-	var buf bytes.Buffer
+	var (
+		buf bytes.Buffer
+		w   io.WriteCloser
+		err error
+	)
 
 	switch kind {
 	case "", CompressionZstd:
@@ -89,48 +94,29 @@ func compress(kind string, archive []byte) ([]byte, error) {
 	case CompressionZstdMax, CompressionXZMax:
 		return compressWithHostTool(kind, archive)
 	case CompressionGzip:
-		w, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
-		if err != nil {
-			return nil, err
-		}
-
-		if _, err := w.Write(archive); err != nil {
-			return nil, err
-		}
-
-		if err := w.Close(); err != nil {
-			return nil, err
-		}
+		w, err = gzip.NewWriterLevel(&buf, gzip.BestCompression)
 	case CompressionXZ:
 		// the kernel's xz decoder takes CRC32 (not xz's default CRC64)
-		w, err := xz.WriterConfig{CheckSum: xz.CRC32, DictCap: 8 << 20}.NewWriter(&buf)
-		if err != nil {
-			return nil, err
-		}
-
-		if _, err := w.Write(archive); err != nil {
-			return nil, err
-		}
-
-		if err := w.Close(); err != nil {
-			return nil, err
-		}
+		w, err = xz.WriterConfig{CheckSum: xz.CRC32, DictCap: 8 << 20}.NewWriter(&buf)
 	case CompressionLZ4:
 		// the kernel reads lz4's legacy frame (lz4 -l)
-		w := lz4.NewWriter(&buf)
-		if err := w.Apply(lz4.LegacyOption(true), lz4.CompressionLevelOption(lz4.Level9)); err != nil {
-			return nil, err
-		}
-
-		if _, err := w.Write(archive); err != nil {
-			return nil, err
-		}
-
-		if err := w.Close(); err != nil {
-			return nil, err
-		}
+		lw := lz4.NewWriter(&buf)
+		err = lw.Apply(lz4.LegacyOption(true), lz4.CompressionLevelOption(lz4.Level9))
+		w = lw
 	default:
 		return nil, fmt.Errorf("initramfs compression %q: want one of %v", kind, Compressions)
+	}
+
+	if err != nil {
+		return nil, err
+	}
+
+	if _, err := w.Write(archive); err != nil {
+		return nil, err
+	}
+
+	if err := w.Close(); err != nil {
+		return nil, err
 	}
 
 	return buf.Bytes(), nil
