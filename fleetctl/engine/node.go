@@ -117,6 +117,17 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 			}
 		}
 
+		if e.stager != nil {
+			why, err := e.awaitStaged(ctx, n)
+			if err != nil {
+				return false
+			}
+
+			if why != "" {
+				return e.untouched(ctx, n, "not switched: "+why)
+			}
+		}
+
 		// Written before the node is asked: after a crash this record is what
 		// tells resume that the node may have received the request.
 		if !nr.record(ctx, store.Transition{State: store.NodeRequested, FromVersion: v, UpgradeCall: true, Detail: "upgrade " + v + " -> " + target}) {
@@ -323,7 +334,7 @@ func (r *nodeRun) version(ctx context.Context) (string, error) {
 func (r *nodeRun) upgrade(ctx context.Context, wave int) (failed, ok bool) {
 	for attempt := 1; ; attempt++ {
 		c, cancel := context.WithTimeout(ctx, r.e.upgradeTimeout())
-		err := r.node.Upgrade(c, r.e.rollout.Image)
+		err := r.send(c)
 
 		cancel()
 
@@ -358,6 +369,36 @@ func (r *nodeRun) upgrade(ctx context.Context, wave int) (failed, ok bool) {
 			return false, false
 		}
 	}
+}
+
+// send asks the node to change to the target image: the upgrade call, or
+// with staging the switch to the image it already holds. A node that lost
+// the staged image (it rebooted since, or staging ran in a process that
+// crashed) pulls it now, inside its window: slower, never wrong.
+func (r *nodeRun) send(ctx context.Context) error {
+	image := r.e.rollout.Image
+
+	if r.e.stager == nil {
+		return r.node.Upgrade(ctx, image)
+	}
+
+	st, ok := r.node.(driver.Stager)
+	if !ok {
+		return fmt.Errorf("the plan stages but driver %q cannot", r.e.opts.DriverName)
+	}
+
+	err := st.Switch(ctx, image)
+	if errors.Is(err, driver.ErrNotStaged) {
+		r.e.log.Warn("node lost its staged image: pulling inside its window", "node", r.subject)
+
+		if err := st.Stage(ctx, image); err != nil {
+			return err
+		}
+
+		err = st.Switch(ctx, image)
+	}
+
+	return err
 }
 
 // waitReachable polls the node's version until it answers or the gate times out.

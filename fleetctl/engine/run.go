@@ -33,8 +33,10 @@ type execution struct {
 
 	plan      plan.Plan
 	schedules map[string]*window.Schedule
-	waves     []store.Wave
-	nodes     []store.Node
+	// stager pulls the image ahead of the windows (plan staging; nil: off)
+	stager *stager
+	waves  []store.Wave
+	nodes  []store.Node
 
 	controlPlanes map[string]int // per cluster: Talos needs preserve for 1-2
 	want          driver.Want    // the image the gate waits for
@@ -181,6 +183,33 @@ func (e *execution) run(parent context.Context) (Result, error) {
 		e.control(ctlCtx)
 	}()
 
+	stopStaging := func() {}
+
+	if e.plan.Staging.Enabled {
+		st, err := newStager(e)
+		if err != nil {
+			return Result{}, err
+		}
+
+		e.stager = st
+		stageCtx, cancelStaging := context.WithCancel(ctx)
+		stageDone := make(chan struct{})
+		pending := st.pending()
+
+		go func() {
+			defer close(stageDone)
+
+			st.run(stageCtx, pending)
+		}()
+
+		stopStaging = func() {
+			cancelStaging()
+			<-stageDone
+		}
+
+		defer stopStaging()
+	}
+
 	for i := range e.waves {
 		if err := ctx.Err(); err != nil {
 			break
@@ -199,6 +228,7 @@ func (e *execution) run(parent context.Context) (Result, error) {
 		}
 	}
 
+	stopStaging()
 	stopControl()
 	<-ctlDone
 

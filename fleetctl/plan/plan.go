@@ -42,6 +42,8 @@ type Plan struct {
 	BandwidthCaps map[string]int `yaml:"bandwidthCaps,omitempty" json:"bandwidthCaps,omitempty"`
 	// Health is the gate every upgraded node must pass.
 	Health HealthGate `yaml:"health,omitempty" json:"health,omitempty"`
+	// Staging pulls the image ahead of the maintenance windows (staging.go).
+	Staging Staging `yaml:"staging,omitempty" json:"staging,omitempty"`
 	// Budget is the overall failure budget; each wave has its own too.
 	Budget Budget `yaml:"budget,omitempty" json:"budget,omitempty"`
 	// AutoRollback rolls a node that failed its gate back through the node API (default true).
@@ -203,6 +205,8 @@ func (p *Plan) Default() {
 		t := true
 		p.AutoRollback = &t
 	}
+
+	p.Staging.defaults()
 }
 
 // NodeWindowNeed is how much of a maintenance window one node operation may
@@ -212,6 +216,13 @@ func (p *Plan) NodeWindowNeed() time.Duration {
 	u := p.Health.UpgradeTimeout.D()
 	if u <= 0 {
 		u = DefaultUpgradeTimeout
+	}
+
+	if p.Staging.Enabled {
+		// the image is on the node already: the switch is one call
+		if u = p.Health.CallTimeout.D(); u <= 0 {
+			u = DefaultCallTimeout
+		}
 	}
 
 	return u + p.Health.Timeout.D() + p.Health.Soak.D()
@@ -361,6 +372,8 @@ func (p *Plan) Validate() error {
 	if u := p.Health.UpgradeTimeout.D(); u <= 0 || u > 2*time.Hour {
 		add("plan", "health.upgradeTimeout", "%s is out of range (above 0, at most 2h; Talos pulls the image inside the call)", u)
 	}
+
+	p.Staging.validate(add)
 
 	if p.Budget.MaxFailures < 0 {
 		add("plan", "budget.maxFailures", "must not be negative")

@@ -63,6 +63,22 @@ func (n *localNode) Upgrade(ctx context.Context, image string) error {
 	return n.f.UpgradeImage(n.key, VersionOf(image), digest, n.preserve)
 }
 
+func (n *localNode) Stage(ctx context.Context, image string) error {
+	if err := n.wait(ctx); err != nil {
+		return err
+	}
+
+	return n.f.Stage(n.key, image)
+}
+
+func (n *localNode) Switch(ctx context.Context, image string) error {
+	if err := n.wait(ctx); err != nil {
+		return err
+	}
+
+	return n.f.Switch(n.key, image, n.preserve)
+}
+
 func (n *localNode) Rollback(ctx context.Context) error {
 	if err := n.wait(ctx); err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -101,6 +102,9 @@ type Behaviour struct {
 	// 1.14 does (resource ImageFactorySchematic). With none, `sim serve`
 	// nodes serve no COSI State, like a node that cannot report one.
 	Schematics map[string]string `yaml:"schematics,omitempty"`
+	// StageFail lists nodes (cluster/node) whose image pulls fail (a site
+	// whose link is down): staging cannot finish there.
+	StageFail []string `yaml:"stageFail,omitempty"`
 }
 
 // Kubernetes faults of Behaviour.KubeFaults.
@@ -142,6 +146,10 @@ type Fleet struct {
 	mu      sync.Mutex
 	nodes   map[string]*simNode
 	journal *os.File
+	// staged images per node and stage/switch counts, kept apart from
+	// simNode: only rollouts that stage pay for them
+	staged map[string]map[string]bool
+	stages map[string]int
 }
 
 type simNode struct {
@@ -537,6 +545,60 @@ func (f *Fleet) UpgradeImage(key, version, digest string, preserve bool) error {
 	}
 
 	return f.record(key, 'U', version, digest)
+}
+
+// Stage pulls image onto the node (driver.Stager): nothing it boots
+// changes. A node in StageFail cannot fetch it.
+func (f *Fleet) Stage(key, image string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	n := f.node(key)
+
+	switch f.phase(key, n) {
+	case phaseRebooting, phaseHung:
+		return ErrUnreachable
+	}
+
+	if slices.Contains(f.b.StageFail, key) {
+		return fmt.Errorf("SIMULATED: pulling %s: connection reset by peer", image)
+	}
+
+	if f.staged == nil {
+		f.staged, f.stages = map[string]map[string]bool{}, map[string]int{}
+	}
+
+	if f.staged[key] == nil {
+		f.staged[key] = map[string]bool{}
+	}
+
+	f.staged[key][image] = true
+	f.stages[key]++
+
+	return nil
+}
+
+// Switch installs a staged image and reboots into it (driver.Stager).
+func (f *Fleet) Switch(key, image string, preserve bool) error {
+	f.mu.Lock()
+	staged := f.staged[key][image]
+	f.mu.Unlock()
+
+	if !staged {
+		return fmt.Errorf("SIMULATED: %s: %w", image, driver.ErrNotStaged)
+	}
+
+	_, digest, _ := strings.Cut(image, "@")
+
+	return f.UpgradeImage(key, VersionOf(image), digest, preserve)
+}
+
+// Stages is how many times each node pulled an image ahead.
+func (f *Fleet) Stages() map[string]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	return maps.Clone(f.stages)
 }
 
 // Rollback boots the previous image.

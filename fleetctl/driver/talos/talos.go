@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"regexp"
 	"strings"
 	"sync"
@@ -285,3 +286,81 @@ func (n *node) Health(ctx context.Context) (driver.Health, error) {
 }
 
 func (n *node) Close() error { return n.c.Close() }
+
+// Stage implements driver.Stager with ImageService.Pull, as `talosctl
+// image pull` does: the node fetches and checks the image into its image
+// store (labos: its pulled-image store) without touching its boot entries.
+func (n *node) Stage(ctx context.Context, image string) error {
+	pull, err := n.c.ImageClient.Pull(ctx, &machineapi.ImageServicePullRequest{ImageRef: image})
+	if err != nil {
+		return fmt.Errorf("pulling %s: %w", image, err)
+	}
+
+	for {
+		if _, err := pull.Recv(); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+
+			return fmt.Errorf("pulling %s: %w", image, err)
+		}
+	}
+}
+
+// Switch implements driver.Stager as talosctl upgrades a 1.13+ node:
+// LifecycleService.Upgrade with the pulled image (progress messages and an
+// exit code; the node does not pull), then Reboot.
+func (n *node) Switch(ctx context.Context, image string) error {
+	up, err := n.c.LifecycleClient.Upgrade(ctx, &machineapi.LifecycleServiceUpgradeRequest{
+		Source: &machineapi.InstallArtifactsSource{ImageName: image},
+	})
+	if err != nil {
+		if inProgress(err) {
+			return driver.ErrInProgress
+		}
+
+		return fmt.Errorf("installing %s: %w", image, err)
+	}
+
+	var (
+		msgs []string
+		exit int32 = -1
+	)
+
+	for {
+		resp, err := up.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+
+		if err != nil {
+			if inProgress(err) {
+				return driver.ErrInProgress
+			}
+
+			return fmt.Errorf("installing %s: %w", image, err)
+		}
+
+		switch p := resp.GetProgress().GetResponse().(type) {
+		case *machineapi.LifecycleServiceInstallProgress_Message:
+			msgs = append(msgs, p.Message)
+		case *machineapi.LifecycleServiceInstallProgress_ExitCode:
+			exit = p.ExitCode
+		}
+	}
+
+	if exit != 0 {
+		detail := strings.Join(msgs, "; ")
+		if strings.Contains(detail, "was not pulled") {
+			return fmt.Errorf("installing %s: %w (%s)", image, driver.ErrNotStaged, detail)
+		}
+
+		return fmt.Errorf("installing %s: exit code %d: %s", image, exit, detail)
+	}
+
+	if err := n.c.Reboot(ctx); err != nil {
+		return fmt.Errorf("rebooting into %s: %w", image, err)
+	}
+
+	return nil
+}
