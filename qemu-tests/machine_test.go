@@ -1,6 +1,7 @@
 package qemutests
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -92,6 +93,9 @@ type BootOptions struct {
 	// NoConfig boots without a config to deliver: the test talks to the
 	// node in maintenance mode itself.
 	NoConfig bool
+	// RegistryPort is what the guest reaches as its registry (10.0.2.100:5000):
+	// default the suite's registry; a site cache in front of it, say.
+	RegistryPort int
 }
 
 // Boot powers the machine on; the VM is stopped at test cleanup.
@@ -113,7 +117,7 @@ func (m *Machine) Boot(ctx context.Context, o BootOptions) *harness.VM {
 
 	spec := harness.Spec{
 		Name: m.Name, Disk: m.Disk, DiskInPlace: true, Vars: m.Vars, VarsInPlace: true,
-		TPM: !o.NoTPM, RegistryPort: suite.RegistryPort, MachineConfig: suite.NodeConfig,
+		TPM: !o.NoTPM, RegistryPort: cmp.Or(o.RegistryPort, suite.RegistryPort), MachineConfig: suite.NodeConfig,
 		WorkDir: filepath.Join(m.Dir, fmt.Sprintf("run-%d", m.runs)), WaitTimeout: 4 * time.Minute,
 	}
 	if !o.NoTPM {
