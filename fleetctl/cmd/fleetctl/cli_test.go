@@ -16,6 +16,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/labfleet/labfleet/fleetctl/plan"
+
 	"github.com/labfleet/labfleet/fleetctl/engine"
 	"github.com/labfleet/labfleet/fleetctl/inventory"
 	"github.com/labfleet/labfleet/fleetctl/sim"
@@ -109,6 +111,39 @@ func TestCLIInventoryAndPlan(t *testing.T) {
 
 	_, err := os.Stat(c.db)
 	assert.ErrorIs(t, err, os.ErrNotExist, "plan writes no database")
+
+	// with staging: per site, the bytes to move, the time at the site's
+	// bandwidth class and whether it fits before the window
+	planText, err := os.ReadFile(filepath.Join(dir, "plan.yaml"))
+	require.NoError(t, err)
+
+	staged := filepath.Join(dir, "staged.yaml")
+	require.NoError(t, os.WriteFile(staged, append(planText, []byte("staging: {enabled: true}\n")...), 0o644))
+
+	out, code = c.run("rollout", "plan", "--inventory", filepath.Join(dir, "inventory.yaml"), "--plan", staged, "--image-size", "150000000")
+	require.Equal(t, 0, code, out)
+	assert.Contains(t, out, "staging: 150.0 MB per node pull")
+	assert.Contains(t, out, "switch call 30s + gate 2s + soak 0s: the image is staged ahead")
+	assert.Regexp(t, `(?m)^s\S+\s+\d+\s+\d+\.\d MB\s+\S+\s+(yes|NO)\s+\S+\s+(yes|NO)`, out)
+
+	out, code = c.stdout("rollout", "plan", "--inventory", filepath.Join(dir, "inventory.yaml"), "--plan", staged, "--image-size", "150000000", "-o", "json")
+	require.Equal(t, 0, code, out)
+
+	var pj struct {
+		ImageBytes int64              `json:"imageBytes"`
+		Staging    []plan.SiteStaging `json:"staging"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &pj))
+	assert.Equal(t, int64(150_000_000), pj.ImageBytes)
+	require.Len(t, pj.Staging, 2, "one row per site")
+
+	nodes := 0
+	for _, s := range pj.Staging {
+		nodes += s.Nodes
+		assert.Equal(t, int64(s.Nodes)*150_000_000, s.Bytes)
+	}
+
+	assert.Equal(t, 40, nodes)
 
 	out, code = c.run("rollout", "start", "--inventory", filepath.Join(dir, "inventory.yaml"))
 	assert.Equal(t, ExitBadInput, code, out)

@@ -1,12 +1,17 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/spf13/cobra"
 
 	"github.com/labfleet/labfleet/fleetctl/plan"
@@ -27,6 +32,10 @@ type planOut struct {
 	NodeWindowNeed string             `json:"nodeWindowNeed"` // upgrade + gate + soak: a node starts only if this much of its window is left
 	AutoRollback   bool               `json:"autoRollback"`
 	ClosedSites    map[string]siteWin `json:"closedSites,omitempty"`
+	// Staging is the per-site estimate when the plan stages.
+	Staging      []plan.SiteStaging `json:"staging,omitempty"`
+	ImageBytes   int64              `json:"imageBytes,omitempty"`
+	StagingError string             `json:"stagingError,omitempty"`
 }
 
 type siteWin struct {
@@ -35,7 +44,10 @@ type siteWin struct {
 }
 
 func newRolloutPlanCmd() *cobra.Command {
-	var invPath, planPath string
+	var (
+		invPath, planPath string
+		imageBytes        int64
+	)
 
 	cmd := &cobra.Command{
 		Use:   "plan",
@@ -105,6 +117,21 @@ func newRolloutPlanCmd() *cobra.Command {
 				}
 			}
 
+			if p.Staging.Enabled {
+				if imageBytes == 0 {
+					imageBytes, err = imageSize(cmd.Context(), p.Image)
+				}
+
+				if err == nil {
+					out.ImageBytes = imageBytes
+					out.Staging, err = p.EstimateStaging(inv, a, imageBytes, now)
+				}
+
+				if err != nil {
+					out.StagingError = err.Error()
+				}
+			}
+
 			if asJSON {
 				return printJSON(cmd.OutOrStdout(), out)
 			}
@@ -114,8 +141,13 @@ func newRolloutPlanCmd() *cobra.Command {
 			fmt.Fprintf(w, "selected: %d clusters, %d nodes; overall failure budget %d nodes\n", a.Clusters, a.Nodes, a.MaxFailures)
 			fmt.Fprintf(w, "per cluster: control plane one at a time, workers %d at a time; health gate %s timeout, %s soak, every %s; kubernetes checks %v; auto rollback %v\n",
 				p.MaxUnavailable, p.Health.Timeout.D(), p.Health.Soak.D(), p.Health.Interval.D(), p.Health.Kubernetes, p.Rollback())
-			fmt.Fprintf(w, "a node starts only with %s of its window left (upgrade call %s + gate %s + soak %s)\n",
-				p.NodeWindowNeed(), p.Health.UpgradeTimeout.D(), p.Health.Timeout.D(), p.Health.Soak.D())
+			if p.Staging.Enabled {
+				fmt.Fprintf(w, "a node starts only with %s of its window left (switch call %s + gate %s + soak %s: the image is staged ahead)\n",
+					p.NodeWindowNeed(), p.Health.CallTimeout.D(), p.Health.Timeout.D(), p.Health.Soak.D())
+			} else {
+				fmt.Fprintf(w, "a node starts only with %s of its window left (upgrade call %s + gate %s + soak %s)\n",
+					p.NodeWindowNeed(), p.Health.UpgradeTimeout.D(), p.Health.Timeout.D(), p.Health.Soak.D())
+			}
 
 			if len(p.RegionCaps)+len(p.BandwidthCaps) > 0 {
 				fmt.Fprintf(w, "caps: region %v, bandwidth %v\n", p.RegionCaps, p.BandwidthCaps)
@@ -140,6 +172,8 @@ func newRolloutPlanCmd() *cobra.Command {
 				return err
 			}
 
+			printStaging(w, out)
+
 			if len(out.ClosedSites) > 0 {
 				fmt.Fprintf(w, "%d sites are outside their maintenance window now; their clusters wait for it (see inventory ls --sites)\n", len(out.ClosedSites))
 			}
@@ -152,6 +186,64 @@ func newRolloutPlanCmd() *cobra.Command {
 
 	cmd.Flags().StringVar(&invPath, "inventory", "", "inventory file or directory")
 	cmd.Flags().StringVar(&planPath, "plan", "", "rollout plan file")
+	cmd.Flags().Int64Var(&imageBytes, "image-size", 0, "bytes a node pulls, for the staging estimate (default: the image's compressed size from its registry)")
 
 	return cmd
+}
+
+// imageSize is what a node pulls of ref: its compressed layers and config,
+// from the registry's manifest.
+func imageSize(ctx context.Context, ref string) (int64, error) {
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return 0, fmt.Errorf("image size: %w", err)
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+
+	img, err := remote.Image(r, remote.WithContext(ctx), remote.WithAuthFromKeychain(authn.DefaultKeychain))
+	if err != nil {
+		return 0, fmt.Errorf("image size of %s unknown (%w): give --image-size", ref, err)
+	}
+
+	m, err := img.Manifest()
+	if err != nil {
+		return 0, fmt.Errorf("image size of %s: %w", ref, err)
+	}
+
+	size := m.Config.Size
+	for _, l := range m.Layers {
+		size += l.Size
+	}
+
+	return size, nil
+}
+
+// printStaging shows per site what staging moves and whether it fits.
+func printStaging(w io.Writer, out planOut) {
+	if out.StagingError != "" {
+		fmt.Fprintf(w, "staging: %s\n", out.StagingError)
+
+		return
+	}
+
+	if len(out.Staging) == 0 {
+		return
+	}
+
+	fmt.Fprintf(w, "staging: %.1f MB per node pull, ahead of each site's window (rates: low 2, medium 20, high 200 Mbit/s)\n", float64(out.ImageBytes)/1e6)
+
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SITE\tNODES\tBYTES (EACH NODE)\tTIME\tFITS\tWITH SITE CACHE\tFITS\tDOWNLOAD TIME BEFORE WINDOW\tWINDOW OPENS")
+
+	yes := map[bool]string{true: "yes", false: "NO"}
+
+	for _, e := range out.Staging {
+		fmt.Fprintf(tw, "%s\t%d\t%.1f MB\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Site, e.Nodes, float64(e.Bytes)/1e6,
+			e.Duration.Round(time.Second), yes[e.Fits], e.CachedDuration.Round(time.Second), yes[e.CachedFits],
+			e.Available.Round(time.Minute), e.WindowOpens.Format(time.RFC3339))
+	}
+
+	tw.Flush() //nolint:errcheck
 }
