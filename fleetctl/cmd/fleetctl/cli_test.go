@@ -16,10 +16,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/labfleet/labfleet/fleetctl/plan"
-
 	"github.com/labfleet/labfleet/fleetctl/engine"
 	"github.com/labfleet/labfleet/fleetctl/inventory"
+	"github.com/labfleet/labfleet/fleetctl/plan"
 	"github.com/labfleet/labfleet/fleetctl/sim"
 	"github.com/labfleet/labfleet/fleetctl/store"
 	"github.com/labfleet/labfleet/fleetctl/window"
