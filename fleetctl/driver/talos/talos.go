@@ -23,6 +23,7 @@ import (
 
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
+	"github.com/siderolabs/talos/pkg/machinery/api/common"
 	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/siderolabs/talos/pkg/machinery/client"
 	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
@@ -287,11 +288,15 @@ func (n *node) Health(ctx context.Context) (driver.Health, error) {
 
 func (n *node) Close() error { return n.c.Close() }
 
+// systemContainerd is where talosctl upgrade (v1.14, its default
+// --namespace system) pulls the installer and where the install reads it.
+var systemContainerd = &common.ContainerdInstance{Driver: common.ContainerDriver_CRI, Namespace: common.ContainerdNamespace_NS_SYSTEM}
+
 // Stage implements driver.Stager with ImageService.Pull, as `talosctl
 // image pull` does: the node fetches and checks the image into its image
 // store (labos: its pulled-image store) without touching its boot entries.
 func (n *node) Stage(ctx context.Context, image string) error {
-	pull, err := n.c.ImageClient.Pull(ctx, &machineapi.ImageServicePullRequest{ImageRef: image})
+	pull, err := n.c.ImageClient.Pull(ctx, &machineapi.ImageServicePullRequest{Containerd: systemContainerd, ImageRef: image})
 	if err != nil {
 		return fmt.Errorf("pulling %s: %w", image, err)
 	}
@@ -312,7 +317,8 @@ func (n *node) Stage(ctx context.Context, image string) error {
 // exit code; the node does not pull), then Reboot.
 func (n *node) Switch(ctx context.Context, image string) error {
 	up, err := n.c.LifecycleClient.Upgrade(ctx, &machineapi.LifecycleServiceUpgradeRequest{
-		Source: &machineapi.InstallArtifactsSource{ImageName: image},
+		Containerd: systemContainerd,
+		Source:     &machineapi.InstallArtifactsSource{ImageName: image},
 	})
 	if err != nil {
 		if inProgress(err) {
