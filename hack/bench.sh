@@ -87,19 +87,7 @@ measure() {
 	: >"$dir/$name.rss"
 
 	for ((i = 1; i <= RUNS; i++)); do
-		if ! "$TIME" -f '%e %M' -o "$dir/$name.time" "$@" >"$dir/$name.log" 2>&1; then
-			echo
-			echo "**$name failed** (run $i): \`$*\`"
-			echo
-			echo '```'
-			tail -n 20 "$dir/$name.log"
-			echo '```'
-			return 1
-		fi
-
-		read -r wall rss < <(tail -n 1 "$dir/$name.time")
-		echo "$wall" >>"$dir/$name.wall"
-		echo "$rss" >>"$dir/$name.rss"
+		measure_once "$name" "$@" || return 1
 	done
 }
 
