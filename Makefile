@@ -47,12 +47,8 @@ else
 endif
 
 .PHONY: test
-test: ## run all tests: unit tests, then the emulated-hardware scenarios (qemu-tests)
-	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v -e /qemu-tests -e /lab/harness)
-	CGO_ENABLED=1 $(GO) test -count=1 -timeout 20m -run 'HSM|PKCS11' $(CGO_PKGS)
-	@mkdir -p $(OUT)
-	$(GO) test -count=1 -timeout 10m ./lab/harness/...
-	set -o pipefail; CGO_ENABLED=1 $(GO) test -count=1 -timeout 40m -v ./qemu-tests/ 2>&1 | tee $(OUT)/qemu-tests.log
+test: ## run all tests: the emulated-hardware scenarios (qemu-tests) in the background, unit, HSM and harness tests beside them; prints each phase's time and the total
+	GO=$(GO) OUT=$(OUT) bash hack/test.sh
 
 SOAK ?= 10
 

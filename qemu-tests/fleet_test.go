@@ -51,10 +51,14 @@ func rollout(ctx context.Context, t *testing.T, nodes []*Machine, variant string
 // with a bad v2 the canary fails its gate, is rolled back, the rollout
 // halts by itself and the second node is never touched.
 func TestFleetRollout(t *testing.T) {
+	t.Parallel()
+
 	g := Golden(t)
 
 	t.Run("good v2 reaches every node", func(t *testing.T) {
+		t.Parallel()
 		ctx := scenario(t)
+		reserveVMs(ctx, t, 2)
 		nodes := []*Machine{g.Clone(t, "fleet-a"), g.Clone(t, "fleet-b")}
 
 		for _, m := range nodes {
@@ -80,7 +84,9 @@ func TestFleetRollout(t *testing.T) {
 	})
 
 	t.Run("bad v2 halts after the canary", func(t *testing.T) {
+		t.Parallel()
 		ctx := scenario(t)
+		reserveVMs(ctx, t, 2)
 		nodes := []*Machine{g.Clone(t, "fleet-c"), g.Clone(t, "fleet-d")}
 
 		for _, m := range nodes {

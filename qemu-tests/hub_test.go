@@ -61,6 +61,8 @@ const (
 //     A is upgraded; after the hub restarts, `rollout resume` finishes B.
 //     No node is upgraded twice.
 func TestHubNoInboundPort(t *testing.T) {
+	t.Parallel()
+
 	sctx := scenario(t)
 
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(sctx), 35*time.Minute)
@@ -169,6 +171,8 @@ func TestHubNoInboundPort(t *testing.T) {
 
 	// A test holds at most two VMs (the harness's two slots): B and C
 	// first, then A beside B.
+	reserveVMs(ctx, t, 2)
+
 	b := boot("b", hubUUIDB, v1)
 	c := boot("c", hubUUIDC, v1revoked)
 

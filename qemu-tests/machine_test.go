@@ -35,6 +35,7 @@ type Machine struct {
 	TPM  string
 	runs int
 	vm   *harness.VM
+	slot func() // gives back the VM slot the running machine holds
 }
 
 // NewMachine makes a machine whose disk is a copy of a variant's disk image,
@@ -138,10 +139,16 @@ func (m *Machine) Boot(ctx context.Context, o BootOptions) *harness.VM {
 	startCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Minute)
 	defer cancel()
 
+	release := bootSlot(startCtx, m.t)
+
 	vm, err := harness.Start(startCtx, spec)
+	if err != nil {
+		release()
+	}
+
 	require.NoError(m.t, err, "starting %s", m.Name)
 
-	m.vm = vm
+	m.vm, m.slot = vm, release
 	m.t.Cleanup(func() { m.PowerOff() })
 	m.t.Logf("%s: booting (console: %s)", m.Name, vm.ConsolePath())
 
@@ -154,9 +161,20 @@ func (m *Machine) PowerOff() {
 		return
 	}
 
-	m.vm.Kill()  //nolint:errcheck
+	m.vm.Kill() //nolint:errcheck
+	m.stopped()
+}
+
+// stopped releases what a powered-off machine no longer needs: its QEMU
+// and swtpm processes and its VM slot.
+func (m *Machine) stopped() {
 	m.vm.Close() //nolint:errcheck
 	m.vm = nil
+
+	if m.slot != nil {
+		m.slot()
+		m.slot = nil
+	}
 }
 
 // Shutdown asks the guest to power off and waits, then cleans up.
@@ -166,8 +184,7 @@ func (m *Machine) Shutdown(ctx context.Context) {
 	}
 
 	m.vm.Shutdown(ctx, 20*time.Second) //nolint:errcheck
-	m.vm.Close()                       //nolint:errcheck
-	m.vm = nil
+	m.stopped()
 }
 
 // WaitStatus waits for the next status marker, failing with the console's location.

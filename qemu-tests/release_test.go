@@ -16,6 +16,8 @@ import (
 // v1-hsm is signed by keys inside a SoftHSM2 token (UKI, systemd-boot, PCR
 // policy, .auth files) and must boot the same way.
 func TestReleaseImagesBoot(t *testing.T) {
+	t.Parallel()
+
 	v1, repro := suite.Images["v1"], suite.Images["v1-repro"]
 	require.NotNil(t, repro)
 

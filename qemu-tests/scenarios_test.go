@@ -33,11 +33,15 @@ func scenario(t *testing.T) context.Context {
 	}
 
 	start := time.Now()
-	t.Cleanup(func() { suite.record(t.Name(), !t.Failed(), time.Since(start)) })
+	t.Cleanup(func() {
+		w := slotWaited(t.Name())
+		suite.record(t.Name(), !t.Failed(), time.Since(start)-w, w)
+	})
 
-	// generous: parallel scenarios share two VM slots, and a machine's
-	// waits (each bounded on its own) come after its turn for a slot
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	// generous: every scenario starts at once and waits its turn for the
+	// two VM slots, and a machine's waits (each bounded on its own) come
+	// after that turn
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Minute)
 	t.Cleanup(cancel)
 
 	return ctx
@@ -143,8 +147,7 @@ func (m *Machine) PowerOffClean(ctx context.Context) {
 	defer cancel()
 
 	require.NoError(m.t, m.vm.Wait(wctx), "%s did not power off", m.Name)
-	m.vm.Close() //nolint:errcheck
-	m.vm = nil
+	m.stopped()
 }
 
 func ukiEntry(t *testing.T, m *Machine) string {
@@ -225,6 +228,8 @@ func requireRefused(ctx context.Context, t *testing.T, m *Machine, refusal *rege
 
 // Scenario 1: Secure Boot refuses anything we did not sign.
 func TestSecureBoot(t *testing.T) {
+	t.Parallel()
+
 	g := Golden(t)
 
 	sdboot, err := os.ReadFile(filepath.Join(suite.Root, "_cache", "lab-assets", "systemd-boot.efi"))
@@ -270,6 +275,8 @@ func TestSecureBoot(t *testing.T) {
 // Scenario 2: the STATE key is released by the TPM only to our signed
 // images on this machine with Secure Boot on, and only before start-the-world.
 func TestTPMUnlock(t *testing.T) {
+	t.Parallel()
+
 	g := Golden(t)
 
 	pcr2UKI, err := os.ReadFile(filepath.Join(suite.Images["v1-pcr2"].Dir, "labos.efi"))
@@ -351,6 +358,7 @@ var (
 // The booted lab image carries all four add-ons, with the images pinned in
 // the build record (labos reads the embedded config and the Talos image cache on IMAGECACHE).
 func TestBakedAddons(t *testing.T) {
+	t.Parallel()
 	Golden(t)
 	scenario(t)
 
@@ -474,6 +482,8 @@ func TestSixUpgrades(t *testing.T) {
 
 // Scenario 4: a bad upgrade falls back on its own; rollback returns to v1.
 func TestFallback(t *testing.T) {
+	t.Parallel()
+
 	g := Golden(t)
 
 	for _, variant := range []string{"v2-nouserspace", "v2-healthfail"} {

@@ -29,6 +29,8 @@ import (
 // the window only switches (LifecycleService.Upgrade with the pulled image,
 // then Reboot).
 func TestStagedUpgradeThroughSiteCache(t *testing.T) {
+	t.Parallel()
+
 	g := Golden(t)
 	ctx := scenario(t)
 
