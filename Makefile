@@ -47,7 +47,7 @@ else
 endif
 
 .PHONY: test
-test: ## run all tests: the emulated-hardware scenarios (qemu-tests) in the background, unit, HSM and harness tests beside them; prints each phase's time and the total
+test: ## run all tests: unit + HSM tests in the background, harness then emulated-hardware scenarios (qemu-tests) beside them; prints each phase's time and the total
 	GO=$(GO) OUT=$(OUT) bash hack/test.sh
 
 SOAK ?= 10
