@@ -479,8 +479,8 @@ func load(dir string, requirePins bool) (*Addon, error) {
 	return a, nil
 }
 
-// DefaultAddons are the add-ons a lab image bakes, in install order (the CNI
-// first: nothing else schedules before the network is up).
+// DefaultAddons are the add-ons Bake bakes when none are named, in install
+// order (the CNI first: nothing else schedules before the network is up).
 // The site cache comes last: it serves node pulls, which the others do not
 // need (their images are in the IMAGECACHE partition, as is its own).
 var DefaultAddons = []string{"cilium", "metallb", "otel-collector", "thanos", "site-cache"}
