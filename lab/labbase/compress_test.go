@@ -25,9 +25,9 @@ func TestCompressions(t *testing.T) {
 		CompressionXZ: func(r io.Reader) (io.Reader, error) {
 			return xz.NewReader(r)
 		},
-		CompressionLZ4:     func(r io.Reader) (io.Reader, error) { return lz4.NewReader(r), nil },
-		CompressionNone:    func(r io.Reader) (io.Reader, error) { return r, nil },
-		CompressionZstdMax: func(r io.Reader) (io.Reader, error) { return zstd.NewReader(r) },
+		CompressionLZ4:           func(r io.Reader) (io.Reader, error) { return lz4.NewReader(r), nil },
+		CompressionNone:          func(r io.Reader) (io.Reader, error) { return r, nil },
+		CompressionZstdMax:       func(r io.Reader) (io.Reader, error) { return zstd.NewReader(r) },
 		CompressionZstdFrames:    func(r io.Reader) (io.Reader, error) { return zstd.NewReader(r) },
 		CompressionGzipRsyncable: func(r io.Reader) (io.Reader, error) { return gzip.NewReader(r) },
 		CompressionZstdRsyncable: func(r io.Reader) (io.Reader, error) { return zstd.NewReader(r) },
