@@ -3,7 +3,11 @@ package labbase
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -168,4 +172,26 @@ func TestNewcRecordsRefusesWhatItCannotCut(t *testing.T) {
 
 	_, err = compress(CompressionZstdFrames, append(append([]byte(nil), archive...), 0, 0, 0, 0))
 	require.ErrorContains(t, err, "newc archive: 4 bytes after the trailer")
+}
+
+// zstd's rsyncable mode still writes one ordinary frame, with the same
+// window as zstd-max (which the lab kernel boots, lab/README.md): nothing
+// new for the kernel's decompressor.
+func TestZstdRsyncableIsOneFrame(t *testing.T) {
+	data, err := compress(CompressionZstdRsyncable, sampleTree(0).mustCPIO(t))
+	require.NoError(t, err)
+
+	f := filepath.Join(t.TempDir(), "initramfs.zst")
+	require.NoError(t, os.WriteFile(f, data, 0o644))
+
+	out, err := exec.Command("zstd", "-lv", f).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Regexp(t, `(?m)Frames: 1$`, string(out))
+
+	m := regexp.MustCompile(`Window Size: .*\((\d+) B\)`).FindStringSubmatch(string(out))
+	require.NotNil(t, m, "%s", out)
+
+	w, err := strconv.Atoi(m[1])
+	require.NoError(t, err)
+	assert.LessOrEqual(t, w, 8<<20, "the window the kernel's decompressor is known to allocate")
 }
