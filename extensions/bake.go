@@ -1,6 +1,8 @@
 // Package extensions bakes the platform add-ons (Cilium, MetalLB, an
-// OpenTelemetry collector, Prometheus with a Thanos sidecar) into an image:
-// it renders their pinned Helm charts, puts the manifests into the image's
+// OpenTelemetry collector, Prometheus with a Thanos sidecar, and the
+// project's own site cache) into an image: it renders their pinned Helm
+// charts (the site cache's chart is local, its image built from this
+// repository by the bake), puts the manifests into the image's
 // bootstrap configuration (Talos documents without any secret, see
 // machineconfig.Bootstrap) and writes every referenced container image, by
 // digest, into an OCI image layout for the disk's IMAGECACHE partition.
@@ -13,7 +15,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/labfleet/labfleet/extensions/addons"
 	"github.com/labfleet/labfleet/extensions/machineconfig"
@@ -44,6 +50,13 @@ type BakeOptions struct {
 	// cache format (addons.WriteTalosCache: blob/ and manifests/), the root
 	// of the disk's IMAGECACHE filesystem; it must not exist or be empty.
 	ImageCacheDir string
+	// ModuleRoot is the Go module built images are compiled from
+	// (images[].build); empty means the parent of Dir (the repository).
+	ModuleRoot string
+	// Binaries maps a build name (addons.Builds) to an already built
+	// binary to use instead of compiling it (tests, or a CI that built
+	// fleetctl with the same flags: see addons.BuildBinary).
+	Binaries map[string]string
 	// Logger receives progress; nil is silent.
 	Logger *slog.Logger
 }
@@ -84,7 +97,9 @@ type AddonRecord struct {
 	Chart       string `json:"chart"`
 	Version     string `json:"version"`
 	ChartDigest string `json:"chartDigest"`
-	// PinSource is "upstream" or "standin" (addon.yaml pins.source).
+	// PinSource is "upstream", "standin" or "built" (addon.yaml
+	// pins.source); a built add-on's chart is local and its ChartDigest is
+	// addons.LocalChartDigest, its image digests come from the bake's build.
 	PinSource string `json:"pinSource"`
 	// Objects is how many Kubernetes objects its manifest holds.
 	Objects int `json:"objects"`
@@ -126,6 +141,13 @@ func Bake(ctx context.Context, opts BakeOptions) (*Baked, error) {
 
 	m := addons.Mirror(opts.Mirror)
 	start := time.Now()
+
+	// The project's own images first: their digests are the pins the
+	// charts are rendered with.
+	built, err := buildImages(ctx, list, opts, log)
+	if err != nil {
+		return nil, err
+	}
 
 	// Defaults first: the image's manifests do not depend on a site.
 	rendered, err := renderAll(ctx, list, m, nil, opts.KubernetesVersion, log)
@@ -173,7 +195,7 @@ func Bake(ctx context.Context, opts BakeOptions) (*Baked, error) {
 	for _, r := range rendered {
 		rec := AddonRecord{
 			Name: r.Addon.Name, Chart: r.Addon.Chart.Name, Version: r.Addon.Chart.Version,
-			ChartDigest: r.Addon.Chart.Digest, PinSource: r.Addon.Pins.Source, Objects: len(r.Objects),
+			ChartDigest: r.ChartDigest, PinSource: r.Addon.Pins.Source, Objects: len(r.Objects),
 		}
 
 		for _, img := range r.Addon.Images {
@@ -186,7 +208,7 @@ func Bake(ctx context.Context, opts BakeOptions) (*Baked, error) {
 
 	start = time.Now()
 
-	stats, err := addons.BuildCache(ctx, opts.CacheDir, pins, m, log)
+	stats, err := addons.BuildCacheWith(ctx, opts.CacheDir, pins, built, m, log)
 	if err != nil {
 		return nil, err
 	}
@@ -220,7 +242,7 @@ func renderAll(ctx context.Context, list []*addons.Addon, m addons.Mirror, site 
 	)
 
 	for _, a := range list {
-		fc, err := addons.VerifyChart(ctx, a.Chart, m)
+		fc, err := a.LoadChart(ctx, m)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", a.Name, err)
 		}
@@ -247,6 +269,87 @@ func renderAll(ctx context.Context, list []*addons.Addon, m addons.Mirror, site 
 	}
 
 	return out, nil
+}
+
+// buildImages builds the images of the add-ons that carry their own
+// (images[].build), sets each one's digest on its add-on (the pin the
+// manifest is rendered with) and returns them for the cache. The builds
+// are reproducible, so the digests are stable for the same source.
+func buildImages(ctx context.Context, list []*addons.Addon, opts BakeOptions, log *slog.Logger) (map[addons.PinnedImage]v1.Image, error) {
+	out := map[addons.PinnedImage]v1.Image{}
+	binaries := map[string][]byte{}
+
+	for _, a := range list {
+		for i := range a.Images {
+			img := &a.Images[i]
+			if img.Build == "" {
+				continue
+			}
+
+			bin, ok := binaries[img.Build]
+			if !ok {
+				var err error
+				if bin, err = binary(ctx, img.Build, opts); err != nil {
+					return nil, fmt.Errorf("%s: images[%d] (%s): %w", a.File, i, img.Name, err)
+				}
+
+				binaries[img.Build] = bin
+			}
+
+			bi, err := addons.BuiltImage(img.Build, bin)
+			if err != nil {
+				return nil, fmt.Errorf("%s: images[%d] (%s): %w", a.File, i, img.Name, err)
+			}
+
+			d, err := bi.Digest()
+			if err != nil {
+				return nil, fmt.Errorf("%s: images[%d] (%s): %w", a.File, i, img.Name, err)
+			}
+
+			img.Digest = d.String()
+			out[addons.PinnedImage{Ref: img.Ref, Digest: img.Digest}] = bi
+
+			log.Info("built add-on image", "addon", a.Name, "ref", img.Ref, "digest", img.Digest, "binaryBytes", len(bin))
+		}
+	}
+
+	return out, nil
+}
+
+// binary returns the named build's binary: the one given in
+// opts.Binaries, or compiled now into a temporary directory.
+func binary(ctx context.Context, build string, opts BakeOptions) ([]byte, error) {
+	if p, ok := opts.Binaries[build]; ok {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("reading the %s binary: %w", build, err)
+		}
+
+		return b, nil
+	}
+
+	root := opts.ModuleRoot
+	if root == "" {
+		abs, err := filepath.Abs(opts.Dir)
+		if err != nil {
+			return nil, err
+		}
+
+		root = filepath.Dir(abs)
+	}
+
+	tmp, err := os.MkdirTemp("", "labfleet-bake-build-*")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp) //nolint:errcheck
+
+	out := filepath.Join(tmp, build)
+	if err := addons.BuildBinary(ctx, root, build, out); err != nil {
+		return nil, err
+	}
+
+	return os.ReadFile(out)
 }
 
 func collectUses(rs []*addons.Rendered) []addons.ImageUse {
@@ -306,6 +409,10 @@ type SitePatchOptions struct {
 	Addons            []string
 	Mirror            map[string]string
 	KubernetesVersion string
+	// ModuleRoot, Binaries: as in BakeOptions (the site cache's image is
+	// built to know the digest its manifest names).
+	ModuleRoot string
+	Binaries   map[string]string
 	// Site is the site entry; required.
 	Site *SiteValues
 }
@@ -328,7 +435,13 @@ func SitePatch(ctx context.Context, opts SitePatchOptions) ([]byte, error) {
 		return nil, err
 	}
 
-	_, patch, err := sitePatch(ctx, list, addons.Mirror(opts.Mirror), opts.Site, opts.KubernetesVersion, slog.New(slog.DiscardHandler))
+	log := slog.New(slog.DiscardHandler)
+
+	if _, err := buildImages(ctx, list, BakeOptions{Dir: opts.Dir, ModuleRoot: opts.ModuleRoot, Binaries: opts.Binaries}, log); err != nil {
+		return nil, err
+	}
+
+	_, patch, err := sitePatch(ctx, list, addons.Mirror(opts.Mirror), opts.Site, opts.KubernetesVersion, log)
 
 	return patch, err
 }

@@ -1,10 +1,13 @@
 package extensions_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -18,41 +21,87 @@ import (
 	"github.com/labfleet/labfleet/extensions/machineconfig"
 )
 
-var mirror map[string]string
+var (
+	mirror map[string]string
+	// fleetctlBin is fleetctl built once, as the bake builds it, for every
+	// bake of the site cache add-on in this package.
+	fleetctlBin string
+)
 
 func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
 	mm, stop, err := extensions.StartStandinMirror(context.Background())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+
+		return 1
+	}
+	defer stop()
+
+	tmp, err := os.MkdirTemp("", "extensions-test-*")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+
+		return 1
+	}
+	defer os.RemoveAll(tmp) //nolint:errcheck
+
+	fleetctlBin = filepath.Join(tmp, "fleetctl")
+	if err := addons.BuildBinary(context.Background(), "..", addons.BuildFleetctl, fleetctlBin); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+
+		return 1
 	}
 
 	mirror = mm
-	code := m.Run()
 
-	stop()
-	os.Exit(code)
+	return m.Run()
 }
 
 func bakeOpts(cache string) extensions.BakeOptions {
-	return extensions.BakeOptions{Dir: ".", Mirror: mirror, CacheDir: cache, ImageCacheDir: cache + "-talos"}
+	return extensions.BakeOptions{
+		Dir: ".", Mirror: mirror, CacheDir: cache, ImageCacheDir: cache + "-talos",
+		Binaries: map[string]string{addons.BuildFleetctl: fleetctlBin},
+	}
 }
 
 func TestBake(t *testing.T) {
 	baked, err := extensions.Bake(context.Background(), bakeOpts(filepath.Join(t.TempDir(), "cache")))
 	require.NoError(t, err)
 
-	// The record lists the four add-ons with versions and digests.
-	require.Len(t, baked.Addons, 4)
+	// The record lists the five add-ons with versions and digests: four
+	// pinned to the stand-ins, the site cache built here.
+	require.Len(t, baked.Addons, 5)
 
 	for i, want := range addons.DefaultAddons {
 		a := baked.Addons[i]
 		assert.Equal(t, want, a.Name)
 		assert.NotEmpty(t, a.Version)
 		assert.True(t, strings.HasPrefix(a.ChartDigest, "sha256:"), a.Name)
-		assert.Equal(t, "standin", a.PinSource)
 		assert.NotEmpty(t, a.Images)
+
+		if want == "site-cache" {
+			assert.Equal(t, "built", a.PinSource)
+
+			continue
+		}
+
+		assert.Equal(t, "standin", a.PinSource)
 	}
+
+	// The site cache's image is the build of fleetctl, pinned by digest.
+	bin, err := os.ReadFile(fleetctlBin)
+	require.NoError(t, err)
+
+	img, err := addons.BuiltImage(addons.BuildFleetctl, bin)
+	require.NoError(t, err)
+
+	d, err := img.Digest()
+	require.NoError(t, err)
+	assert.Equal(t, []extensions.ImageRecord{{Ref: "ghcr.io/labfleet/site-cache:v0.1.0", Digest: d.String()}}, baked.Addons[4].Images)
 
 	// The embedded config validates with machinery, holds no secret and
 	// carries the add-ons.
@@ -134,7 +183,7 @@ func TestBake(t *testing.T) {
 	for _, dir := range []string{baked.CacheLayoutDir, baked.ImageCacheDir} {
 		rep, err := bakedinfo.Inspect(baked.MachineConfig, os.DirFS(dir))
 		require.NoError(t, err)
-		require.Len(t, rep.Images, 8)
+		require.Len(t, rep.Images, 9, "8 stand-in images and the site cache's")
 		require.NoError(t, rep.Check(want), dir)
 	}
 }
@@ -153,12 +202,92 @@ func TestBakeIsDeterministic(t *testing.T) {
 	assert.Equal(t, exttest.Tree(t, b1.ImageCacheDir), exttest.Tree(t, b2.ImageCacheDir), "the Talos image cache tree too")
 }
 
+// TestFleetctlBuildIsReproducible builds fleetctl a second time, as Bake
+// does when no binary is given: the same source gives the same bytes, so
+// the site cache image's digest computed at bake time is a stable pin.
+func TestFleetctlBuildIsReproducible(t *testing.T) {
+	again := filepath.Join(t.TempDir(), "fleetctl")
+	require.NoError(t, addons.BuildBinary(context.Background(), "..", addons.BuildFleetctl, again))
+
+	a, err := os.ReadFile(fleetctlBin)
+	require.NoError(t, err)
+
+	b, err := os.ReadFile(again)
+	require.NoError(t, err)
+	require.Equal(t, len(a), len(b))
+	require.True(t, bytes.Equal(a, b), "two builds of the same source differ")
+
+	ia, err := addons.BuiltImage(addons.BuildFleetctl, a)
+	require.NoError(t, err)
+
+	ib, err := addons.BuiltImage(addons.BuildFleetctl, b)
+	require.NoError(t, err)
+
+	da, err := ia.Digest()
+	require.NoError(t, err)
+
+	db, err := ib.Digest()
+	require.NoError(t, err)
+	assert.Equal(t, da, db)
+}
+
+// TestSiteCacheManifestFlagsExist checks the rendered manifest's command
+// against the fleetctl it runs: every flag must be one `fleetctl
+// site-cache serve` documents (a renamed flag fails here, not on a node).
+func TestSiteCacheManifestFlagsExist(t *testing.T) {
+	baked, err := extensions.Bake(context.Background(), func() extensions.BakeOptions {
+		o := bakeOpts(filepath.Join(t.TempDir(), "cache"))
+		o.Site = &extensions.SiteValues{
+			Name: "fra1", Region: "eu-central",
+			MetalLB:   addons.SiteMetalLB{AddressPools: []string{"10.20.0.0/28"}},
+			OTel:      addons.SiteOTel{Endpoint: "otel.fra1.example:4317"},
+			Thanos:    addons.SiteThanos{ObjstoreSecret: "thanos-bucket-fra1"},
+			SiteCache: addons.SiteCacheValues{Upstream: "10.40.0.1:5000", BandwidthLimit: "2Mbit", Insecure: true},
+		}
+
+		return o
+	}())
+	require.NoError(t, err)
+
+	ms, err := machineconfig.InlineManifests(baked.MachineConfig)
+	require.NoError(t, err)
+
+	var manifest string
+
+	for _, m := range ms {
+		if m.Name == "site-cache" {
+			manifest = m.Contents
+		}
+	}
+
+	require.Contains(t, manifest, "- site-cache\n            - serve\n")
+
+	var flags []string
+
+	for _, line := range strings.Split(manifest, "\n") {
+		if f, ok := strings.CutPrefix(strings.TrimSpace(line), "- --"); ok {
+			name, _, _ := strings.Cut(f, "=")
+			flags = append(flags, name)
+		}
+	}
+
+	assert.ElementsMatch(t, []string{"listen", "upstream", "storage-dir", "bandwidth-limit", "insecure"}, flags)
+
+	out, err := exec.Command(fleetctlBin, "site-cache", "serve", "--help").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+
+	for _, f := range flags {
+		assert.Regexp(t, `(?m)^\s+(-\w, )?--`+regexp.QuoteMeta(f)+`\b`, string(out), "fleetctl site-cache serve has no --%s", f)
+	}
+}
+
 func TestBakeWithSite(t *testing.T) {
 	site := &extensions.SiteValues{
 		Name: "fra1", Region: "eu-central",
-		MetalLB: addons.SiteMetalLB{AddressPools: []string{"10.20.0.0/28"}},
-		OTel:    addons.SiteOTel{Endpoint: "otel.fra1.example:4317"},
-		Thanos:  addons.SiteThanos{ObjstoreSecret: "thanos-bucket-fra1"},
+		MetalLB:   addons.SiteMetalLB{AddressPools: []string{"10.20.0.0/28"}},
+		OTel:      addons.SiteOTel{Endpoint: "otel.fra1.example:4317"},
+		Thanos:    addons.SiteThanos{ObjstoreSecret: "thanos-bucket-fra1"},
+		SiteCache: addons.SiteCacheValues{Upstream: "registry.eu-central.example:5000", BandwidthLimit: "2Mbit"},
 	}
 
 	opts := bakeOpts(filepath.Join(t.TempDir(), "cache"))
@@ -174,7 +303,7 @@ func TestBakeWithSite(t *testing.T) {
 
 	ms, err := machineconfig.InlineManifests(baked.MachineConfig)
 	require.NoError(t, err)
-	require.Len(t, ms, 4, "the patch replaces manifests by name, adds none")
+	require.Len(t, ms, 5, "the patch replaces manifests by name, adds none")
 
 	got := map[string]string{}
 	for _, m := range ms {
@@ -187,9 +316,13 @@ func TestBakeWithSite(t *testing.T) {
 	assert.Contains(t, got["thanos"], "secretName: thanos-bucket-fra1")
 	assert.Contains(t, got["otel-collector"], "endpoint: otel.fra1.example:4317")
 	assert.NotContains(t, got["cilium"], "fra1", "Cilium takes no site values")
+	assert.Contains(t, got["site-cache"], "- --upstream=registry.eu-central.example:5000")
+	assert.Contains(t, got["site-cache"], "- --bandwidth-limit=2Mbit")
 
 	// The stand-alone site patch is the same patch.
-	patch, err := extensions.SitePatch(context.Background(), extensions.SitePatchOptions{Dir: ".", Mirror: mirror, Site: site})
+	patch, err := extensions.SitePatch(context.Background(), extensions.SitePatchOptions{
+		Dir: ".", Mirror: mirror, Site: site, Binaries: opts.Binaries,
+	})
 	require.NoError(t, err)
 	assert.Equal(t, string(baked.SitePatch), string(patch))
 }
@@ -243,7 +376,7 @@ func TestBakeFailsWithoutMirror(t *testing.T) {
 	assert.Contains(t, err.Error(), "cilium")
 }
 
-// BenchmarkBake measures rendering the four add-ons and writing their image
+// BenchmarkBake measures rendering the five add-ons and writing their image
 // cache, and reports the cache size and the bytes layer de-duplication
 // saves. Run: go test -run '^$' -bench Bake -benchtime 5x ./extensions/
 func BenchmarkBake(b *testing.B) {

@@ -24,6 +24,11 @@
 #       (32: the image is scaled down from a real ~100 MB one so the section
 #       takes minutes, not an hour), LF_SC_BENCH_COMPRESS (gzip-rsyncable)
 #       change it.
+#   3e. delta: the lab initramfs's delta-friendliness per compression, on
+#       the real initramfs (this repository's labos, the lab kernel's
+#       modules): bytes a site holding release N must fetch through the
+#       chunk delta for a labos patch release, alone and inside a gzip
+#       layer (lab/labbase, TestInitramfsDeltaBench). Needs the lab assets.
 #   4. boot: boot-to-healthy of the lab image beside the trivial-init
 #      baseline, through labctl.
 #
@@ -31,7 +36,7 @@
 #   BIN          where imagectl/labctl are (default <repo>/bin; `make bench` builds them)
 #   BENCH_RUNS   timed repetitions per measurement (default 5; the median is reported)
 #   BENCH_WORK   scratch folder (default <repo>/_out/bench); its keys/ are reused between runs
-#   BENCH_SKIP   space-separated sections to skip: imagectl extensions fleetctl hub overview sitecache boot
+#   BENCH_SKIP   space-separated sections to skip: imagectl extensions fleetctl hub overview sitecache delta boot
 #
 # It never touches _out/labos, _out/labbase or _out/keys: the bench builds
 # its own lab bases (labos and the trivial-init baseline, with lab/labbase as
@@ -548,6 +553,33 @@ section_sitecache() {
 	fi
 }
 
+# ------------------------------------------------------------------- delta
+
+section_delta() {
+	if [ ! -e "$REPO/_cache/lab-assets/vmlinuz" ] && [ -z "${LABFLEET_CACHE:-}" ]; then
+		echo "not measured: needs the lab assets (hack/fetch-lab-assets.sh)"
+		return "$NOT_MEASURED"
+	fi
+
+	local cmd="LF_DELTA_BENCH=1 go test -count=1 -timeout 30m -run 'TestInitramfsDeltaBench\$' -v ./lab/labbase/"
+	echo '```sh'
+	echo "$cmd"
+	echo '```'
+	echo
+	LF_DELTA_BENCH=1 timeout 35m go test -count=1 -timeout 30m -run 'TestInitramfsDeltaBench$' -v ./lab/labbase/ >"$WORK/delta.log" 2>&1
+	local rc=$?
+	sed -n 's/^BENCH \{0,1\}//p' "$WORK/delta.log"
+	echo
+	echo "New chunk bytes: what a site holding release N fetches through the site cache's chunk delta for N+1; \"in a gzip -1 layer\": the same initramfs stored as the installer layer is today. No target of its own (issue 15's target is the whole-image figure in the sitecache section)."
+	if [ "$rc" -ne 0 ]; then
+		echo
+		echo '```'
+		grep -v '^ *$' "$WORK/delta.log" | tail -n 30
+		echo '```'
+		return 1
+	fi
+}
+
 # -------------------------------------------------------------------- boot
 
 section_boot() {
@@ -705,6 +737,7 @@ run_section fleetctl "fleetctl: simulated rollout" section_fleetctl
 run_section hub "fleetctl hub: 100 and 1,000 simulated SideroLink nodes, a rollout through the tunnels" section_hub
 run_section overview "overview: fleet overview page in headless Chromium, 30,000 nodes" section_overview
 run_section sitecache "site cache: 3-node site on a shaped 2 Mbit/s link, naive vs cache vs chunk delta" section_sitecache
+run_section delta "delta: lab initramfs compressions against the chunk delta (labos patch release)" section_delta
 run_section boot "boot: lab image vs trivial-init baseline" section_boot
 
 echo

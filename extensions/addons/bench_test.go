@@ -12,7 +12,7 @@ import (
 // BenchmarkRender measures fetching (from the in-process stand-in mirror),
 // rendering and decoding the four add-ons.
 func BenchmarkRender(b *testing.B) {
-	list, err := addons.LoadAll(root, nil)
+	list, err := addons.LoadAll(root, fetched)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -43,7 +43,7 @@ func BenchmarkRender(b *testing.B) {
 // BenchmarkCache measures pulling the eight pinned images by digest into a
 // fresh OCI layout, and reports its size and the bytes de-duplication saved.
 func BenchmarkCache(b *testing.B) {
-	list, err := addons.LoadAll(root, nil)
+	list, err := addons.LoadAll(root, fetched)
 	if err != nil {
 		b.Fatal(err)
 	}

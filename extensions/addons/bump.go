@@ -66,6 +66,11 @@ func Bump(ctx context.Context, dir string, opts BumpOptions) (*BumpResult, error
 		return nil, err
 	}
 
+	if a.Pins.Source == SourceBuilt {
+		return nil, &FieldError{File: a.File, Field: "pins.source", Msg: fmt.Sprintf(
+			"%q: nothing to bump: the chart is local (chart.local) and the images are built and pinned by every bake", SourceBuilt)}
+	}
+
 	if opts.Source != SourceUpstream && opts.Source != SourceStandin {
 		return nil, fmt.Errorf("pins source %q: allowed values are %q and %q", opts.Source, SourceUpstream, SourceStandin)
 	}

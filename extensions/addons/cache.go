@@ -51,6 +51,13 @@ type CacheStats struct {
 // empty). Blobs are stored once however many images share them. Images are
 // appended in sorted order so the same set gives byte-identical files.
 func BuildCache(ctx context.Context, dir string, images []PinnedImage, m Mirror, log *slog.Logger) (*CacheStats, error) {
+	return BuildCacheWith(ctx, dir, images, nil, m, log)
+}
+
+// BuildCacheWith is BuildCache where the images in built (the project's own
+// builds, keyed by their pin) are taken as given instead of pulled; they
+// must still be in images, and each one's digest must equal its pin.
+func BuildCacheWith(ctx context.Context, dir string, images []PinnedImage, built map[PinnedImage]v1.Image, m Mirror, log *slog.Logger) (*CacheStats, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -86,14 +93,16 @@ func BuildCache(ctx context.Context, dir string, images []PinnedImage, m Mirror,
 	layerSize := map[v1.Hash]int64{}
 
 	for _, pi := range sorted {
-		src, err := m.ImageDigestRef(pi.Ref, pi.Digest)
-		if err != nil {
-			return nil, err
-		}
+		img, ok := built[pi]
+		if !ok {
+			src, err := m.ImageDigestRef(pi.Ref, pi.Digest)
+			if err != nil {
+				return nil, err
+			}
 
-		img, err := remote.Image(src, remote.WithContext(ctx))
-		if err != nil {
-			return nil, fmt.Errorf("pulling %s (%s): %w", pi.Ref, src, err)
+			if img, err = remote.Image(src, remote.WithContext(ctx)); err != nil {
+				return nil, fmt.Errorf("pulling %s (%s): %w", pi.Ref, src, err)
+			}
 		}
 
 		got, err := img.Digest()

@@ -9,8 +9,11 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"sort"
 	"strings"
 
+	"helm.sh/helm/v3/pkg/chart"
+	"helm.sh/helm/v3/pkg/chart/loader"
 	"helm.sh/helm/v3/pkg/registry"
 	"helm.sh/helm/v3/pkg/repo"
 	"sigs.k8s.io/yaml"
@@ -28,11 +31,52 @@ type FetchedChart struct {
 	Digest string
 	// From is where the bytes came from (after mirroring), for logs.
 	From string
+	// Loaded is the chart of a local chart directory (Chart.Local), whose
+	// Archive is empty; Digest is then LocalChartDigest's.
+	Loaded *chart.Chart
+}
+
+// LoadChart returns the add-on's chart: a local chart read from the
+// add-on directory, or the upstream chart fetched through the mirror and
+// checked against its pin (VerifyChart).
+func (a *Addon) LoadChart(ctx context.Context, m Mirror) (*FetchedChart, error) {
+	if a.Chart.Local == "" {
+		return VerifyChart(ctx, a.Chart, m)
+	}
+
+	dir := filepath.Join(a.Dir, a.Chart.Local)
+
+	ch, err := loader.LoadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("%s: chart.local: loading %s: %w", a.File, dir, err)
+	}
+
+	return &FetchedChart{Loaded: ch, Digest: LocalChartDigest(ch), From: dir}, nil
+}
+
+// LocalChartDigest is "sha256:<hex>" over a loaded chart's files (path,
+// length and bytes of each, in path order): the record of which local chart
+// was baked, independent of file timestamps (a packaged .tgz is not).
+func LocalChartDigest(ch *chart.Chart) string {
+	files := append([]*chart.File(nil), ch.Raw...)
+	sort.Slice(files, func(i, j int) bool { return files[i].Name < files[j].Name })
+
+	h := sha256.New()
+	for _, f := range files {
+		fmt.Fprintf(h, "%s\x00%d\x00", f.Name, len(f.Data))
+		h.Write(f.Data)
+	}
+
+	return "sha256:" + hex.EncodeToString(h.Sum(nil))
 }
 
 // FetchChart downloads chart c (its repository, name and version) through
 // the mirror. It does not compare against c.Digest: see VerifyChart.
 func FetchChart(ctx context.Context, c Chart, m Mirror) (*FetchedChart, error) {
+	if c.Local != "" {
+		return nil, fmt.Errorf("chart %s: local chart %q: load it with Addon.LoadChart", c.Name, c.Local)
+	}
+
 	if c.RepoKind() == RepoOCI {
 		return fetchOCIChart(c, m)
 	}

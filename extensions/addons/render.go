@@ -41,6 +41,9 @@ type Rendered struct {
 	Objects []Object
 	// Images are every container image reference in the objects.
 	Images []ImageUse
+	// ChartDigest is the digest of the chart rendered: the verified pin of
+	// an upstream chart, LocalChartDigest of a local one.
+	ChartDigest string
 }
 
 // ImageUse is one container image reference found in a rendered manifest.
@@ -59,9 +62,12 @@ type ImageUse struct {
 // pinned images and the site parameters, then decodes every document into
 // Kubernetes API types. The same inputs give the same bytes.
 func Render(_ context.Context, a *Addon, fc *FetchedChart, opts RenderOptions) (*Rendered, error) {
-	ch, err := loader.LoadArchive(bytes.NewReader(fc.Archive))
-	if err != nil {
-		return nil, fmt.Errorf("%s: loading chart %s: %w", a.Name, a.Chart.Name, err)
+	ch := fc.Loaded
+	if ch == nil {
+		var err error
+		if ch, err = loader.LoadArchive(bytes.NewReader(fc.Archive)); err != nil {
+			return nil, fmt.Errorf("%s: loading chart %s: %w", a.Name, a.Chart.Name, err)
+		}
 	}
 
 	if ch.Metadata.Name != a.Chart.Name || ch.Metadata.Version != strings.TrimPrefix(a.Chart.Version, "v") {
@@ -74,6 +80,10 @@ func Render(_ context.Context, a *Addon, fc *FetchedChart, opts RenderOptions) (
 	}
 
 	for i, img := range a.Images {
+		if img.Digest == "" {
+			return nil, fmt.Errorf("%s: images[%d] (%s): no digest: a built image is pinned by the bake (extensions.Bake) before rendering", a.File, i, img.Name)
+		}
+
 		if err := setPath(vals, img.Values, imageValue(img)); err != nil {
 			return nil, fmt.Errorf("%s: images[%d].values %q: %w", a.File, i, img.Values, err)
 		}
@@ -131,7 +141,7 @@ func Render(_ context.Context, a *Addon, fc *FetchedChart, opts RenderOptions) (
 		out.WriteString(site)
 	}
 
-	r := &Rendered{Addon: a, Manifest: out.String()}
+	r := &Rendered{Addon: a, Manifest: out.String(), ChartDigest: fc.Digest}
 
 	if err := r.decode(); err != nil {
 		return nil, err

@@ -8,10 +8,13 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/labfleet/labfleet/fleetctl/sitecache"
 )
 
 // SiteFields are the site-entry fields an add-on parameter may name.
@@ -21,6 +24,9 @@ var SiteFields = []string{
 	"metallb.addressPools",
 	"otel.endpoint",
 	"thanos.objstoreSecret",
+	"siteCache.upstream",
+	"siteCache.bandwidthLimit",
+	"siteCache.insecure",
 }
 
 // SiteValues are the per-site parameters of the add-ons, as an inventory's
@@ -36,6 +42,20 @@ type SiteValues struct {
 	OTel SiteOTel `yaml:"otel" json:"otel"`
 	// Thanos holds the metrics shipping settings.
 	Thanos SiteThanos `yaml:"thanos" json:"thanos"`
+	// SiteCache configures the site cache add-on; optional: without an
+	// upstream the add-on is installed but runs no replica.
+	SiteCache SiteCacheValues `yaml:"siteCache,omitempty" json:"siteCache,omitempty"`
+}
+
+// SiteCacheValues is the site cache part of a site entry: the flags of
+// `fleetctl site-cache serve` that differ per site.
+type SiteCacheValues struct {
+	// Upstream is host[:port] of the regional registry the cache mirrors.
+	Upstream string `yaml:"upstream,omitempty" json:"upstream,omitempty"`
+	// BandwidthLimit caps the WAN side ("2Mbit", "250KB"; empty: none).
+	BandwidthLimit string `yaml:"bandwidthLimit,omitempty" json:"bandwidthLimit,omitempty"`
+	// Insecure reaches the upstream over plain HTTP (lab registries).
+	Insecure bool `yaml:"insecure,omitempty" json:"insecure,omitempty"`
 }
 
 // SiteMetalLB is the MetalLB part of a site entry.
@@ -130,8 +150,24 @@ func (s *SiteValues) Validate(source string) error {
 		bad("thanos.objstoreSecret", "%q must be a Kubernetes object name (DNS label)", s.Thanos.ObjstoreSecret)
 	}
 
+	sc := s.SiteCache
+
+	switch {
+	case sc.Upstream == "" && (sc.BandwidthLimit != "" || sc.Insecure):
+		bad("siteCache.upstream", "required when siteCache sets other fields: host[:port] of the regional registry")
+	case sc.Upstream == "":
+	case strings.Contains(sc.Upstream, "://") || strings.Contains(sc.Upstream, "/") || !hostPortRE.MatchString(sc.Upstream):
+		bad("siteCache.upstream", "%q must be host[:port] only, without scheme or path (set siteCache.insecure for plain HTTP)", sc.Upstream)
+	}
+
+	if _, err := sitecache.ParseBandwidth(sc.BandwidthLimit); err != nil {
+		bad("siteCache.bandwidthLimit", "%v", err)
+	}
+
 	return errors.Join(errs...)
 }
+
+var hostPortRE = regexp.MustCompile(`^[A-Za-z0-9.\-\[\]:]+$`)
 
 func checkPool(p string) error {
 	if strings.Contains(p, "/") {
@@ -213,6 +249,12 @@ func (s *SiteValues) Field(field string) (any, error) {
 		return s.OTel.Endpoint, nil
 	case "thanos.objstoreSecret":
 		return s.Thanos.ObjstoreSecret, nil
+	case "siteCache.upstream":
+		return s.SiteCache.Upstream, nil
+	case "siteCache.bandwidthLimit":
+		return s.SiteCache.BandwidthLimit, nil
+	case "siteCache.insecure":
+		return s.SiteCache.Insecure, nil
 	}
 
 	return nil, fmt.Errorf("unknown site field %q", field)

@@ -32,6 +32,13 @@ const (
 	// stand-in mirror (small charts and images published under the upstream
 	// names), because the lab machines cannot reach the upstream registries.
 	SourceStandin = "standin"
+	// SourceBuilt: the add-on is this project's own: its chart is local
+	// (chart.local) and its images are built at bake time from this
+	// repository (images[].build), so the digests are computed by the bake,
+	// not pinned in addon.yaml (a pin there would go stale with every
+	// commit to the built program). The build is reproducible, so the same
+	// source gives the same digest; build.json records it.
+	SourceBuilt = "built"
 )
 
 // Image value formats: how an image reference is written into chart values.
@@ -85,8 +92,13 @@ type Addon struct {
 	File string `yaml:"-" json:"-"`
 }
 
-// Chart names the upstream Helm chart.
+// Chart names the upstream Helm chart, or a chart kept in the repository.
 type Chart struct {
+	// Local is a chart directory relative to the add-on directory, for a
+	// chart written by this project: it is read from the repository, so it
+	// has no repository or digest (the bake records the digest of its
+	// files). Its Chart.yaml must carry Name and Version.
+	Local string `yaml:"local,omitempty" json:"local,omitempty"`
 	// Repository is either an HTTP(S) Helm repository URL
 	// (https://helm.cilium.io, serving index.yaml) or an OCI registry
 	// location without the chart name (oci://ghcr.io/prometheus-community/charts).
@@ -117,6 +129,10 @@ type Image struct {
 	// Format is how the image is written at Values: "map" (repository, tag,
 	// digest keys; default) or "string" (one "repo:tag@digest" string).
 	Format string `yaml:"format,omitempty" json:"format,omitempty"`
+	// Build names the project build producing the image at bake time (one
+	// of Builds); its Digest stays empty in addon.yaml and is filled in by
+	// the bake from the reproducible build (see SourceBuilt).
+	Build string `yaml:"build,omitempty" json:"build,omitempty"`
 }
 
 // Parameter maps one field of a site entry into chart values.
@@ -145,10 +161,16 @@ type Pins struct {
 const (
 	RepoOCI  = "oci"
 	RepoHTTP = "http"
+	// RepoLocal is a chart kept in the add-on directory (Chart.Local).
+	RepoLocal = "local"
 )
 
 // RepoKind returns RepoOCI or RepoHTTP for the chart repository.
 func (c Chart) RepoKind() string {
+	if c.Local != "" {
+		return RepoLocal
+	}
+
 	if strings.HasPrefix(c.Repository, "oci://") {
 		return RepoOCI
 	}
@@ -247,7 +269,22 @@ func (a *Addon) validate(requirePins bool) error {
 			bad(f+".ref", "%v", err)
 		}
 
-		if (requirePins || img.Digest != "") && !digestRE.MatchString(img.Digest) {
+		switch {
+		case img.Build != "":
+			if !slices.Contains(Builds, img.Build) {
+				bad(f+".build", "%q: allowed values are %s", img.Build, strings.Join(Builds, ", "))
+			}
+
+			if img.Digest != "" {
+				bad(f+".digest", "must be empty for a built image: the bake computes it from the build (pins.source: built)")
+			}
+
+			if a.Pins.Source != SourceBuilt {
+				bad(f+".build", "needs pins.source: %s (the digest comes from the build, not from a registry)", SourceBuilt)
+			}
+		case a.Pins.Source == SourceBuilt:
+			bad(f+".build", "required with pins.source: %s: every image of a built add-on is built by this project (allowed values: %s)", SourceBuilt, strings.Join(Builds, ", "))
+		case (requirePins || img.Digest != "") && !digestRE.MatchString(img.Digest):
 			bad(f+".digest", "%q must be sha256:<64 hex digits> (run `imagectl addons bump`)", img.Digest)
 		}
 
@@ -285,8 +322,12 @@ func (a *Addon) validate(requirePins bool) error {
 
 	switch a.Pins.Source {
 	case SourceUpstream, SourceStandin:
+	case SourceBuilt:
+		if a.Chart.Local == "" {
+			bad("chart.local", "required with pins.source: %s: a built add-on's chart is kept in the repository", SourceBuilt)
+		}
 	default:
-		bad("pins.source", "%q: allowed values are %q and %q", a.Pins.Source, SourceUpstream, SourceStandin)
+		bad("pins.source", "%q: allowed values are %q, %q and %q", a.Pins.Source, SourceUpstream, SourceStandin, SourceBuilt)
 	}
 
 	return errors.Join(errs...)
@@ -294,6 +335,12 @@ func (a *Addon) validate(requirePins bool) error {
 
 func (a *Addon) validateChart(bad func(field, format string, args ...any), requirePins bool) {
 	c := a.Chart
+
+	if c.Local != "" {
+		a.validateLocalChart(bad)
+
+		return
+	}
 
 	u, err := url.Parse(c.Repository)
 
@@ -318,6 +365,54 @@ func (a *Addon) validateChart(bad func(field, format string, args ...any), requi
 
 	if (requirePins || c.Digest != "") && !digestRE.MatchString(c.Digest) {
 		bad("chart.digest", "%q must be sha256:<64 hex digits> (run `imagectl addons bump`)", c.Digest)
+	}
+}
+
+// validateLocalChart checks a chart kept in the add-on directory: it is
+// read from there, so a repository or digest would be a second, unused
+// source of truth; its Chart.yaml must match name and version.
+func (a *Addon) validateLocalChart(bad func(field, format string, args ...any)) {
+	c := a.Chart
+
+	if c.Repository != "" {
+		bad("chart.repository", "must be empty with chart.local (%q): a local chart is read from the add-on directory", c.Local)
+	}
+
+	if c.Digest != "" {
+		bad("chart.digest", "must be empty with chart.local (%q): the bake records the digest of the chart's files", c.Local)
+	}
+
+	if !labelRE.MatchString(c.Name) {
+		bad("chart.name", "%q must be a chart name (lowercase letters, digits, '-')", c.Name)
+	}
+
+	if err := checkSemver(c.Version); err != nil {
+		bad("chart.version", "%q: %v", c.Version, err)
+	}
+
+	if filepath.IsAbs(c.Local) || strings.HasPrefix(filepath.Clean(c.Local), "..") {
+		bad("chart.local", "%q must be relative and inside the add-on directory", c.Local)
+
+		return
+	}
+
+	if a.Dir == "" {
+		return
+	}
+
+	meta, err := chartutil.LoadChartfile(filepath.Join(a.Dir, c.Local, chartutil.ChartfileName))
+	if err != nil {
+		bad("chart.local", "%q: not a chart directory (reading %s: %v)", c.Local, chartutil.ChartfileName, err)
+
+		return
+	}
+
+	if meta.Name != c.Name {
+		bad("chart.name", "%q differs from the name %q in %s", c.Name, meta.Name, filepath.Join(c.Local, chartutil.ChartfileName))
+	}
+
+	if strings.TrimPrefix(c.Version, "v") != meta.Version {
+		bad("chart.version", "%q differs from the version %q in %s", c.Version, meta.Version, filepath.Join(c.Local, chartutil.ChartfileName))
 	}
 }
 
@@ -384,9 +479,11 @@ func load(dir string, requirePins bool) (*Addon, error) {
 	return a, nil
 }
 
-// DefaultAddons are the add-ons a lab image bakes, in install order (the CNI
-// first: nothing else schedules before the network is up).
-var DefaultAddons = []string{"cilium", "metallb", "otel-collector", "thanos"}
+// DefaultAddons are the add-ons Bake bakes when none are named, in install
+// order (the CNI first: nothing else schedules before the network is up).
+// The site cache comes last: it serves node pulls, which the others do not
+// need (their images are in the IMAGECACHE partition, as is its own).
+var DefaultAddons = []string{"cilium", "metallb", "otel-collector", "thanos", "site-cache"}
 
 // LoadAll loads the named add-ons from root (DefaultAddons when names is
 // empty), in the order given.

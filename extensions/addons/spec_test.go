@@ -13,12 +13,22 @@ import (
 )
 
 func TestLoadRepositoryAddons(t *testing.T) {
-	list := loadAll(t)
-	require.Len(t, list, 4)
+	list, err := addons.LoadAll(root, nil)
+	require.NoError(t, err)
+	require.Len(t, list, 5)
 
 	names := []string{}
 	for _, a := range list {
 		names = append(names, a.Name)
+
+		if a.Name == "site-cache" {
+			assert.Equal(t, addons.SourceBuilt, a.Pins.Source, "the site cache is this project's own build")
+			assert.Equal(t, addons.RepoLocal, a.Chart.RepoKind())
+			assert.Empty(t, a.Images[0].Digest, "a built image's digest is computed by the bake")
+
+			continue
+		}
+
 		assert.Equal(t, addons.SourceStandin, a.Pins.Source, "%s: the lab's pins come from the stand-in mirror", a.Name)
 	}
 

@@ -44,9 +44,23 @@ func TestList(t *testing.T) {
 
 	var list []addons.Addon
 	require.NoError(t, json.Unmarshal([]byte(out), &list))
-	require.Len(t, list, 4)
+	require.Len(t, list, 5)
 	assert.Equal(t, "cilium", list[0].Name)
 	assert.Regexp(t, `^sha256:[0-9a-f]{64}$`, list[0].Chart.Digest)
+	assert.Equal(t, "site-cache", list[3].Name, "sorted by name")
+	assert.Equal(t, "chart", list[3].Chart.Local)
+	assert.Equal(t, addons.SourceBuilt, list[3].Pins.Source)
+
+	out, err = run(t, "list", "--dir", "..")
+	require.NoError(t, err)
+	assert.Regexp(t, `site-cache\s+site-cache\s+0\.1\.0\s+\(local\)\s+1\s+built`, out)
+}
+
+func TestShowBuilt(t *testing.T) {
+	out, err := run(t, "show", "site-cache", "--dir", "..")
+	require.NoError(t, err)
+	assert.Contains(t, out, "local: ../site-cache/chart")
+	assert.Contains(t, out, "ghcr.io/labfleet/site-cache:v0.1.0 (built from fleetctl by the bake; digest computed then)")
 }
 
 func TestShow(t *testing.T) {

@@ -41,7 +41,12 @@ func newListCommand() *cobra.Command {
 			fmt.Fprintln(tw, "NAME\tCHART\tVERSION\tCHART DIGEST\tIMAGES\tPINS")
 
 			for _, a := range list {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", a.Name, a.Chart.Name, a.Chart.Version, short(a.Chart.Digest), len(a.Images), a.Pins.Source)
+				digest := short(a.Chart.Digest)
+				if a.Chart.Local != "" {
+					digest = "(local)"
+				}
+
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", a.Name, a.Chart.Name, a.Chart.Version, digest, len(a.Images), a.Pins.Source)
 			}
 
 			return tw.Flush()

@@ -39,12 +39,22 @@ func newShowCommand() *cobra.Command {
 			fmt.Fprintf(out, "name:        %s\n", a.Name)
 			fmt.Fprintf(out, "description: %s\n", a.Description)
 			fmt.Fprintf(out, "namespace:   %s\n", a.Namespace)
-			fmt.Fprintf(out, "chart:       %s %s from %s\n", a.Chart.Name, a.Chart.Version, a.Chart.Repository)
-			fmt.Fprintf(out, "  digest:    %s\n", a.Chart.Digest)
+			if a.Chart.Local != "" {
+				fmt.Fprintf(out, "chart:       %s %s, local: %s\n", a.Chart.Name, a.Chart.Version, filepath.Join(a.Dir, a.Chart.Local))
+			} else {
+				fmt.Fprintf(out, "chart:       %s %s from %s\n", a.Chart.Name, a.Chart.Version, a.Chart.Repository)
+				fmt.Fprintf(out, "  digest:    %s\n", a.Chart.Digest)
+			}
 			fmt.Fprintf(out, "pins:        %s %s\n", a.Pins.Source, a.Pins.Note)
 			fmt.Fprintln(out, "images:")
 
 			for _, img := range a.Images {
+				if img.Build != "" {
+					fmt.Fprintf(out, "  %-16s %s (built from %s by the bake; digest computed then)\n", img.Name, img.Ref, img.Build)
+
+					continue
+				}
+
 				fmt.Fprintf(out, "  %-16s %s@%s\n", img.Name, img.Ref, img.Digest)
 			}
 

@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 
@@ -88,6 +89,22 @@ func (b *Baker) Fingerprint(def *spec.Definition) (string, error) {
 		fmt.Fprintf(h, "site %+v\n", *b.Site)
 	}
 
+	// An add-on built from this repository (the site cache's fleetctl)
+	// changes with that program's sources, outside its add-on directory.
+	builds, err := Builds(b.Dir, def)
+	if err != nil {
+		return "", err
+	}
+
+	for _, build := range builds {
+		fp, err := addons.BuildFingerprint(context.Background(), filepath.Dir(b.Dir), build)
+		if err != nil {
+			return "", err
+		}
+
+		fmt.Fprintf(h, "build %s %s\n", build, fp)
+	}
+
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
@@ -144,6 +161,36 @@ func (b *Baker) Bake(ctx context.Context, req build.BakeRequest) (*build.Baked, 
 
 		out.Addons = append(out.Addons, ra)
 	}
+
+	return out, nil
+}
+
+// Builds lists the project builds (addons.Builds) the definition's add-ons
+// bake images from, sorted and without repeats.
+func Builds(dir string, def *spec.Definition) ([]string, error) {
+	if len(def.Addons) == 0 {
+		return nil, nil
+	}
+
+	list, err := addons.LoadAll(dir, def.Addons)
+	if err != nil {
+		return nil, err
+	}
+
+	seen := map[string]bool{}
+
+	var out []string
+
+	for _, a := range list {
+		for _, img := range a.Images {
+			if img.Build != "" && !seen[img.Build] {
+				seen[img.Build] = true
+				out = append(out, img.Build)
+			}
+		}
+	}
+
+	sort.Strings(out)
 
 	return out, nil
 }

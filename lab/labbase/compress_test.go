@@ -17,7 +17,7 @@ import (
 // the frame the kernel wants (xz with CRC32, lz4's legacy frame); an
 // unknown one is refused naming the choices.
 func TestCompressions(t *testing.T) {
-	archive := bytes.Repeat([]byte("070701 newc archive bytes, fairly compressible\n"), 20000)
+	archive := sampleTree(0).mustCPIO(t)
 
 	readers := map[string]func(io.Reader) (io.Reader, error){
 		CompressionZstd: func(r io.Reader) (io.Reader, error) { return zstd.NewReader(r) },
@@ -25,9 +25,12 @@ func TestCompressions(t *testing.T) {
 		CompressionXZ: func(r io.Reader) (io.Reader, error) {
 			return xz.NewReader(r)
 		},
-		CompressionLZ4:     func(r io.Reader) (io.Reader, error) { return lz4.NewReader(r), nil },
-		CompressionNone:    func(r io.Reader) (io.Reader, error) { return r, nil },
-		CompressionZstdMax: func(r io.Reader) (io.Reader, error) { return zstd.NewReader(r) },
+		CompressionLZ4:           func(r io.Reader) (io.Reader, error) { return lz4.NewReader(r), nil },
+		CompressionNone:          func(r io.Reader) (io.Reader, error) { return r, nil },
+		CompressionZstdMax:       func(r io.Reader) (io.Reader, error) { return zstd.NewReader(r) },
+		CompressionZstdFrames:    func(r io.Reader) (io.Reader, error) { return zstd.NewReader(r) },
+		CompressionGzipRsyncable: func(r io.Reader) (io.Reader, error) { return gzip.NewReader(r) },
+		CompressionZstdRsyncable: func(r io.Reader) (io.Reader, error) { return zstd.NewReader(r) },
 		CompressionXZMax: func(r io.Reader) (io.Reader, error) {
 			// the BCJ filter is beyond the Go reader: xz itself reads it back
 			cmd := exec.Command("xz", "-dc")
@@ -63,5 +66,5 @@ func TestCompressions(t *testing.T) {
 	require.Equal(t, []byte{0x02, 0x21, 0x4c, 0x18}, lz4Data[:4], "lz4 legacy frame magic")
 
 	_, err = compress("brotli", archive)
-	require.ErrorContains(t, err, `initramfs compression "brotli": want one of [zstd gzip xz lz4 none zstd-max xz-max]`)
+	require.ErrorContains(t, err, `initramfs compression "brotli": want one of [zstd gzip xz lz4 none zstd-max xz-max zstd-frames gzip-rsyncable zstd-rsyncable]`)
 }

@@ -74,7 +74,9 @@ type Options struct {
 	// Modules overrides DefaultModules (module names, '-' and '_' equal).
 	Modules []string
 	// Compression of the initramfs: CompressionZstd (default), gzip, xz,
-	// lz4 or none (see Compressions).
+	// lz4, none, the host tools' zstd-max and xz-max, or a delta-friendly
+	// form (zstd-frames, gzip-rsyncable, zstd-rsyncable; README.md "The
+	// real lab initramfs, measured"). See Compressions.
 	Compression string
 	// HostBinaries overrides DefaultHostBinaries (initramfs path -> host path).
 	HostBinaries map[string]string
