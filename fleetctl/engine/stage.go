@@ -273,7 +273,7 @@ func (s *stager) stage(ctx context.Context, n *store.Node, recordedStaged bool) 
 // recheck asks a node recorded staged whether it still holds the image;
 // why says what the stager concludes when it does not (or cannot say).
 func (s *stager) recheck(ctx context.Context, n *store.Node) (held bool, size int64, why string) {
-	c, cancel := context.WithTimeout(ctx, s.e.plan.Health.CallTimeout.D())
+	c, cancel := context.WithTimeout(ctx, s.e.callTimeout())
 	defer cancel()
 
 	node, err := s.e.opts.Driver.Open(c, s.e.target(n))
@@ -320,19 +320,20 @@ func (s *stager) pull(ctx context.Context, n *store.Node) (int64, error) {
 		return 0, err
 	}
 
-	// the size for status, and a check that the pull landed where the
-	// switch will look for it; a node that cannot say is taken at its word
+	// the size for status; a node that cannot say, or lists the image
+	// under a name the check does not recognise, is taken at its word (the
+	// switch refuses an image that is not there, and then pulls it)
 	sc, ok := node.(driver.StageChecker)
 	if !ok {
 		return 0, nil
 	}
 
-	c, cancel = context.WithTimeout(ctx, s.e.plan.Health.CallTimeout.D())
+	c, cancel = context.WithTimeout(ctx, s.e.callTimeout())
 	defer cancel()
 
 	held, size, err := sc.Staged(c, s.e.rollout.Image)
 	if err == nil && !held {
-		return 0, errors.New("the pull succeeded but the node does not list the image")
+		s.e.log.Warn("the node took the pull but does not list the image; a resumed rollout will pull again", "node", n.Cluster+"/"+n.Name)
 	}
 
 	return size, nil
