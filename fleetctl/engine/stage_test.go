@@ -308,8 +308,10 @@ func TestStagingResumeRechecksRecordedNodes(t *testing.T) {
 	s, _ := f.inv.Site(f.inv.Clusters[0].Site)
 	require.Equal(t, "Europe/Berlin", s.TimeZone)
 
-	// 21:00 in Berlin: staging runs at once, the 02:00 window is 5 h away
-	start := time.Date(2026, 3, 10, 20, 0, 0, 0, time.UTC)
+	// 03:30 in Berlin: staging runs at once, the next 02:00 window is
+	// 22.5 h (1.35 s of test time) away, ample for the first run to stage
+	// and stop on a loaded machine
+	start := time.Date(2026, 3, 10, 2, 30, 0, 0, time.UTC)
 	o := f.opts()
 	o.Clock = newFlowClock(start)
 	o.ControlPoll = time.Minute
