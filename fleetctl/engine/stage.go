@@ -229,6 +229,8 @@ func (s *stager) stage(ctx context.Context, n *store.Node, recordedStaged bool) 
 
 	defer func() { <-slot }()
 
+	parent := ctx
+
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 
@@ -255,19 +257,35 @@ func (s *stager) stage(ctx context.Context, n *store.Node, recordedStaged bool) 
 			return stageState{done: true}
 		}
 
+		if parent.Err() != nil {
+			return s.interrupted(ctx, n, parent.Err())
+		}
+
 		s.e.log.Warn("staging failed", "node", subject, "attempt", attempt+1, "err", last)
 
 		// a few seconds between tries, up to a minute: a site link that
 		// drops comes back, and the staging timeout bounds the whole
 		if err := s.e.opts.Clock.Sleep(ctx, min(time.Duration(1<<min(attempt, 6))*time.Second, time.Minute)); err != nil {
-			if errors.Is(err, context.DeadlineExceeded) || ctx.Err() == context.DeadlineExceeded {
-				// the staging timeout, not the rollout stopping: say why for status
-				s.record(ctx, n, store.StageFailed, fmt.Sprintf("%v (after %d attempts, staging timeout %s)", last, attempt+1, s.timeout), 0)
+			if parent.Err() != nil {
+				return s.interrupted(ctx, n, parent.Err())
 			}
+
+			// the staging timeout: say why for status
+			s.record(ctx, n, store.StageFailed, fmt.Sprintf("%v (after %d attempts, staging timeout %s)", last, attempt+1, s.timeout), 0)
 
 			return stageState{err: last}
 		}
 	}
+}
+
+// interrupted records a pull cut short by the rollout stopping as pending
+// again, so status does not show a pull running in a stopped rollout (a
+// resumed rollout pulls again). When the stop is a lost lease the write
+// checks the lease and fails: nothing is recorded over the new executor.
+func (s *stager) interrupted(ctx context.Context, n *store.Node, why error) stageState {
+	s.record(ctx, n, store.StagePending, "interrupted: the rollout stopped during the pull; a resumed rollout pulls again", 0)
+
+	return stageState{err: why}
 }
 
 // recheck asks a node recorded staged whether it still holds the image;

@@ -384,3 +384,47 @@ func TestStagingResumeRechecksRecordedNodes(t *testing.T) {
 	assert.Len(t, rechecks, 3, "%v", rechecks)
 	assert.Contains(t, strings.Join(rechecks, "\n"), lost+" staging.pending recorded staged, but on resume the node no longer holds the image: pulling again")
 }
+
+// A pull cut short by the rollout stopping is recorded pending again with
+// the reason, not left "pulling": status of a stopped rollout must not
+// claim a pull is running.
+func TestStagingInterruptedIsRecordedPending(t *testing.T) {
+	f := newFixture(t, sim.Spec{Clusters: 2, NodesPerCluster: 1}, sim.Behaviour{}, func(p *plan.Plan) {
+		p.Staging = plan.Staging{Enabled: true, PerSite: 2}
+	})
+
+	slow, err := sim.Open("", sim.Behaviour{InitialVersion: v1, Latency: sim.Duration(time.Hour)})
+	require.NoError(t, err)
+	t.Cleanup(func() { slow.Close() })
+
+	o := f.opts()
+	o.Driver = slow.Factory()
+
+	id, err := engine.Create(t.Context(), o)
+	require.NoError(t, err)
+
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+
+	go func() {
+		_, err := engine.Resume(ctx, o, id)
+		done <- err
+	}()
+
+	require.Eventually(t, func() bool {
+		sum, err := f.st.StagingSummary(t.Context(), id)
+
+		return err == nil && len(sum) == 1 && sum[0].Pulling == 2
+	}, 5*time.Second, 2*time.Millisecond)
+	cancel()
+	require.ErrorIs(t, <-done, engine.ErrInterrupted)
+
+	rows, err := f.st.Staging(t.Context(), id)
+	require.NoError(t, err)
+	require.Len(t, rows, 2)
+
+	for _, r := range rows {
+		assert.Equal(t, store.StagePending, r.State, "%+v", r)
+		assert.Contains(t, r.Reason, "interrupted: the rollout stopped")
+	}
+}
