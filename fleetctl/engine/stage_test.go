@@ -171,6 +171,24 @@ func TestStagingFailedNodeIsNotSwitched(t *testing.T) {
 		assert.Contains(t, n.Error, "connection reset by peer")
 	}
 
+	// the staging record says so too, for `rollout status`
+	sum, err := f.st.StagingSummary(t.Context(), res.RolloutID)
+	require.NoError(t, err)
+
+	var staged, failed int
+	for _, ss := range sum {
+		staged += ss.Staged
+		failed += ss.Failed
+
+		for _, fl := range ss.Failures {
+			assert.Equal(t, bad, fl.Node)
+			assert.Contains(t, fl.Reason, "connection reset by peer")
+		}
+	}
+
+	assert.Equal(t, 2, staged, "%+v", sum)
+	assert.Equal(t, 1, failed, "%+v", sum)
+
 	assert.Zero(t, fleet.Counts()[bad].Upgrades, "the node whose pull failed is never switched")
 }
 
@@ -273,5 +291,140 @@ func TestStagingNotFinishedBeforeWindowIsSkipped(t *testing.T) {
 
 	for key, c := range f.fleet.Counts() {
 		assert.Zero(t, c.Upgrades, "node %s", key)
+	}
+}
+
+// Staging progress is in the store, so a resumed rollout does not pull
+// again what a node still holds; it asks each node first
+// (driver.StageChecker) instead of trusting the record, and pulls again
+// for a node that lost its image since (here: it rebooted).
+func TestStagingResumeRechecksRecordedNodes(t *testing.T) {
+	windows := []window.Window{{Start: "02:00", Duration: "1h"}}
+	f := newFixture(t, sim.Spec{Clusters: 3, NodesPerCluster: 1, ClustersPerSite: 3, Windows: windows}, sim.Behaviour{}, func(p *plan.Plan) {
+		p.Waves = []plan.Wave{{Name: "all", Percent: 100}}
+		p.Staging = plan.Staging{Enabled: true, PerSite: 3}
+	})
+
+	s, _ := f.inv.Site(f.inv.Clusters[0].Site)
+	require.Equal(t, "Europe/Berlin", s.TimeZone)
+
+	// 03:30 in Berlin: staging runs at once, the next 02:00 window is
+	// 22.5 h (1.35 s of test time) away, ample for the first run to stage
+	// and stop on a loaded machine
+	start := time.Date(2026, 3, 10, 2, 30, 0, 0, time.UTC)
+	o := f.opts()
+	o.Clock = newFlowClock(start)
+	o.ControlPoll = time.Minute
+
+	id, err := engine.Create(t.Context(), o)
+	require.NoError(t, err)
+
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+
+	go func() {
+		_, err := engine.Resume(ctx, o, id)
+		done <- err
+	}()
+
+	// the stager records each node as it goes; stop once all hold the image
+	require.Eventually(t, func() bool {
+		sum, err := f.st.StagingSummary(t.Context(), id)
+
+		return err == nil && len(sum) == 1 && sum[0].Staged == 3
+	}, 5*time.Second, 2*time.Millisecond)
+	cancel()
+	require.ErrorIs(t, <-done, engine.ErrInterrupted)
+
+	for key, c := range f.fleet.Counts() {
+		require.Zero(t, c.Upgrades, "node %s switched before its window", key)
+	}
+
+	lost := f.inv.Clusters[1].Name + "/" + f.inv.Clusters[1].Nodes[0].Name
+	f.fleet.DropStaged(lost)
+
+	o.Clock = newFlowClock(start)
+	res, err := engine.Resume(t.Context(), o, id)
+	require.NoError(t, err)
+	assert.Equal(t, 3, res.Done, "%+v", res)
+
+	for key, n := range f.fleet.Stages() {
+		if key == lost {
+			assert.Equal(t, 2, n, "node %s lost its image: pulled again", key)
+		} else {
+			assert.Equal(t, 1, n, "node %s still holds its image: not pulled again", key)
+		}
+	}
+
+	for _, c := range f.inv.Clusters {
+		// asked after each pull (did it land?) and once on resume
+		key := c.Name + "/" + c.Nodes[0].Name
+		assert.Equal(t, f.fleet.Stages()[key]+1, f.fleet.StageChecks()[key], "node %s", key)
+	}
+
+	rows, err := f.st.Staging(t.Context(), id)
+	require.NoError(t, err)
+	require.Len(t, rows, 3)
+
+	for _, r := range rows {
+		assert.Equal(t, store.StageStaged, r.State, "%+v", r)
+		assert.Equal(t, int64(sim.SimImageSize), r.Bytes, "%+v", r)
+	}
+
+	audit, err := f.st.Audit(t.Context(), id, 0)
+	require.NoError(t, err)
+
+	var rechecks []string
+	for _, a := range audit {
+		if strings.HasPrefix(a.Action, "staging.") && strings.Contains(a.Detail, "resume") {
+			rechecks = append(rechecks, a.Subject+" "+a.Action+" "+a.Detail)
+		}
+	}
+
+	assert.Len(t, rechecks, 3, "%v", rechecks)
+	assert.Contains(t, strings.Join(rechecks, "\n"), lost+" staging.pending recorded staged, but on resume the node no longer holds the image: pulling again")
+}
+
+// A pull cut short by the rollout stopping is recorded pending again with
+// the reason, not left "pulling": status of a stopped rollout must not
+// claim a pull is running.
+func TestStagingInterruptedIsRecordedPending(t *testing.T) {
+	f := newFixture(t, sim.Spec{Clusters: 2, NodesPerCluster: 1}, sim.Behaviour{}, func(p *plan.Plan) {
+		p.Staging = plan.Staging{Enabled: true, PerSite: 2}
+	})
+
+	slow, err := sim.Open("", sim.Behaviour{InitialVersion: v1, Latency: sim.Duration(time.Hour)})
+	require.NoError(t, err)
+	t.Cleanup(func() { slow.Close() })
+
+	o := f.opts()
+	o.Driver = slow.Factory()
+
+	id, err := engine.Create(t.Context(), o)
+	require.NoError(t, err)
+
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+
+	go func() {
+		_, err := engine.Resume(ctx, o, id)
+		done <- err
+	}()
+
+	require.Eventually(t, func() bool {
+		sum, err := f.st.StagingSummary(t.Context(), id)
+
+		return err == nil && len(sum) == 1 && sum[0].Pulling == 2
+	}, 5*time.Second, 2*time.Millisecond)
+	cancel()
+	require.ErrorIs(t, <-done, engine.ErrInterrupted)
+
+	rows, err := f.st.Staging(t.Context(), id)
+	require.NoError(t, err)
+	require.Len(t, rows, 2)
+
+	for _, r := range rows {
+		assert.Equal(t, store.StagePending, r.State, "%+v", r)
+		assert.Contains(t, r.Reason, "interrupted: the rollout stopped")
 	}
 }

@@ -84,6 +84,10 @@ type Config struct {
 	// PeerDownAfter is how long after its last handshake a peer counts as
 	// down (WireGuard's handshake timeout + rekey timeouts: 275s).
 	PeerDownAfter time.Duration `yaml:"peerDownAfter,omitempty"`
+	// Sites adds per-site settings to the configuration the hub hands out,
+	// by site name (the site a join token was created for): the registry
+	// mirrors (site caches) of the site (config_mirrors.go).
+	Sites map[string]SiteSettings `yaml:"sites,omitempty"`
 
 	// Source is the file the configuration was read from (for errors).
 	Source string `yaml:"-"`
@@ -196,6 +200,8 @@ func (c Config) Validate() error {
 	if c.PeerDownAfter < 0 {
 		add("peerDownAfter", "%s is negative", c.PeerDownAfter)
 	}
+
+	c.validateSites(add)
 
 	return errors.Join(errs...)
 }

@@ -498,7 +498,7 @@ func (h *Hub) Reconcile(ctx context.Context) {
 
 		adm, err := Admit(m, h.opts.Inventory)
 		if err == nil {
-			_, err = ConfigFor(h.cfg.ConfigDir, adm)
+			_, err = h.cfg.MachineConfig(m, adm)
 		}
 
 		if err != nil {
@@ -552,7 +552,7 @@ func (h *Hub) withhold(uuid, reason string) {
 }
 
 func (h *Hub) apply(ctx context.Context, m registry.Machine, adm Admission) {
-	cfg, err := ConfigFor(h.cfg.ConfigDir, adm)
+	cfg, err := h.cfg.MachineConfig(m, adm)
 	if err == nil {
 		actx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		err = h.opts.Applier.Apply(actx, m.TunnelAddress, cfg)

@@ -150,6 +150,7 @@ type Fleet struct {
 	// simNode: only rollouts that stage pay for them
 	staged map[string]map[string]bool
 	stages map[string]int
+	checks map[string]int // StageChecker calls per node (staged.go)
 }
 
 type simNode struct {

@@ -33,6 +33,8 @@ const DefaultListen = ":5000"
 //	bandwidthLimit: 2Mbit
 //	insecure: false
 //	chunkDelta: true
+//	maxBytes: 20GiB
+//	keepManifests: 2
 type Config struct {
 	// Version must be "v1alpha1".
 	Version string `yaml:"version"`
@@ -55,6 +57,15 @@ type Config struct {
 	// ChunkDelta fetches a blob chunk by chunk when the upstream publishes
 	// its chunk index (fleetctl site-cache index); default true.
 	ChunkDelta *bool `yaml:"chunkDelta,omitempty"`
+	// MaxBytes caps the stored blobs: "20GiB", "500MB" or a number of
+	// bytes; "" or "0" means no cap. Past it the least recently used blobs
+	// are evicted, except those of the KeepManifests most recently used
+	// manifests and those being served.
+	MaxBytes string `yaml:"maxBytes,omitempty"`
+	// KeepManifests is how many of the most recently used manifests keep
+	// their blobs from eviction (default 2: the release rolled out and the
+	// one to roll back to).
+	KeepManifests int `yaml:"keepManifests,omitempty"`
 
 	// Source is the file the configuration was read from (for errors).
 	Source string `yaml:"-"`
@@ -133,7 +144,62 @@ func (c Config) Validate() error {
 		add("bandwidthLimit", "%v", err)
 	}
 
+	if n, err := ParseSize(c.MaxBytes); err != nil {
+		add("maxBytes", "%v", err)
+	} else if n > 0 && n < minMaxBytes {
+		add("maxBytes", "%q is below 64 MiB: less than one release would fit (give e.g. 20GiB, or 0 for no cap)", c.MaxBytes)
+	}
+
+	if c.KeepManifests < 0 {
+		add("keepManifests", "%d is negative (0: the default, 2)", c.KeepManifests)
+	}
+
 	return errors.Join(errs...)
+}
+
+// minMaxBytes is the smallest cap accepted: a cap below one image would
+// evict what nodes are about to pull.
+const minMaxBytes = 64 << 20
+
+// MaxBytesValue is the storage cap in bytes (0: none). Call after Validate.
+func (c Config) MaxBytesValue() int64 {
+	n, _ := ParseSize(c.MaxBytes)
+
+	return n
+}
+
+var sizeRE = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)$`)
+
+// size units: decimal (KB, MB, GB, TB) and binary (KiB, MiB, GiB, TiB).
+var sizeUnits = map[string]float64{
+	"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+	"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+}
+
+// ParseSize parses a size such as "20GiB", "500MB" or "100000000" into
+// bytes; "" and "0" are 0 (no cap).
+func ParseSize(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	if s == "" || s == "0" {
+		return 0, nil
+	}
+
+	m := sizeRE.FindStringSubmatch(s)
+	if m == nil {
+		return 0, fmt.Errorf("%q is not a size: want a number and a unit, e.g. 20GiB, 500MB", s)
+	}
+
+	unit, ok := sizeUnits[strings.ToLower(m[2])]
+	if !ok {
+		return 0, fmt.Errorf("%q: unknown unit %q (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)", s, m[2])
+	}
+
+	v, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		return 0, fmt.Errorf("%q: %w", s, err)
+	}
+
+	return int64(v * unit), nil
 }
 
 // BytesPerSecond is the WAN cap (0: none). Call after Validate.

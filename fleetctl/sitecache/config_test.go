@@ -41,6 +41,9 @@ func TestBadConfigNamesFileAndField(t *testing.T) {
 		{"bandwidth unit", "version: v1alpha1\nupstream: r\nstorageDir: /x\nbandwidthLimit: 2 furlongs\n", []string{": bandwidthLimit: \"2 furlongs\": unknown unit \"furlongs\""}},
 		{"bandwidth tiny", "version: v1alpha1\nupstream: r\nstorageDir: /x\nbandwidthLimit: 10bit\n", []string{": bandwidthLimit: \"10bit\" is below 1 KB/s"}},
 		{"unknown field", "version: v1alpha1\nupstream: r\nstorageDir: /x\nbandwith: 2Mbit\n", []string{"field bandwith not found"}},
+		{"max bytes unit", "version: v1alpha1\nupstream: r\nstorageDir: /x\nmaxBytes: 20 GB/s\n", []string{": maxBytes: \"20 GB/s\" is not a size"}},
+		{"max bytes tiny", "version: v1alpha1\nupstream: r\nstorageDir: /x\nmaxBytes: 10KB\n", []string{": maxBytes: \"10KB\" is below 64 MiB"}},
+		{"keep manifests", "version: v1alpha1\nupstream: r\nstorageDir: /x\nkeepManifests: -1\n", []string{": keepManifests: -1 is negative"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := write(t, tc.body)
@@ -53,6 +56,21 @@ func TestBadConfigNamesFileAndField(t *testing.T) {
 				require.ErrorContains(t, err, w)
 			}
 		})
+	}
+}
+
+func TestMaxBytes(t *testing.T) {
+	p := write(t, "version: v1alpha1\nupstream: r:5000\nstorageDir: /x\nmaxBytes: 20GiB\nkeepManifests: 3\n")
+
+	c, err := sitecache.LoadConfig(p)
+	require.NoError(t, err)
+	require.Equal(t, int64(20<<30), c.MaxBytesValue())
+	require.Equal(t, 3, c.KeepManifests)
+
+	for in, want := range map[string]int64{"": 0, "0": 0, "500MB": 500e6, "20GiB": 20 << 30, "1.5TB": 1.5e12, "100000000": 1e8} {
+		got, err := sitecache.ParseSize(in)
+		require.NoError(t, err, in)
+		require.Equal(t, want, got, in)
 	}
 }
 

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -11,8 +13,14 @@ import (
 )
 
 // statusOut is `rollout status` output: the summary plus live figures,
-// computed by the overview's code so the page, its API and the CLI agree.
-type statusOut = overview.Status
+// computed by the overview's code so the page, its API and the CLI agree,
+// plus the staging progress per site (plan staging; absent when the
+// rollout does not stage or its stager has not started).
+type statusOut struct {
+	overview.Status
+
+	Staging []store.SiteStaging `json:"staging,omitempty"`
+}
 
 func newRolloutStatusCmd() *cobra.Command {
 	var watch time.Duration
@@ -73,6 +81,10 @@ func newRolloutStatusCmd() *cobra.Command {
 								sw.Next.Format(time.RFC3339), time.Until(sw.Next).Round(time.Minute))
 						}
 					}
+
+					if err := printStagingProgress(w, out.Staging); err != nil {
+						return err
+					}
 				}
 
 				if watch <= 0 || out.State != store.StateRunning {
@@ -94,5 +106,49 @@ func newRolloutStatusCmd() *cobra.Command {
 }
 
 func status(cmd *cobra.Command, st *store.Store, id string) (statusOut, error) {
-	return overview.RolloutStatus(cmd.Context(), st, id, time.Now())
+	s, err := overview.RolloutStatus(cmd.Context(), st, id, time.Now())
+	if err != nil {
+		return statusOut{}, err
+	}
+
+	staging, err := st.StagingSummary(cmd.Context(), s.RolloutID)
+	if err != nil {
+		return statusOut{}, err
+	}
+
+	return statusOut{Status: s, Staging: staging}, nil
+}
+
+// printStagingProgress prints the staging progress per site, then each node whose
+// pull failed and why (such a node is not switched).
+func printStagingProgress(w io.Writer, sites []store.SiteStaging) error {
+	if len(sites) == 0 {
+		return nil
+	}
+
+	fmt.Fprintln(w, "staging (image pulled ahead of the maintenance windows):")
+
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  SITE\tNODES\tSTAGED\tPULLING\tFAILED\tPENDING\tSTAGED BYTES")
+
+	for _, s := range sites {
+		bytes := "-"
+		if s.Bytes > 0 {
+			bytes = fmt.Sprintf("%.1f MiB", float64(s.Bytes)/(1<<20))
+		}
+
+		fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%d\t%d\t%s\n", s.Site, s.Nodes, s.Staged, s.Pulling, s.Failed, s.Pending, bytes)
+	}
+
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+
+	for _, s := range sites {
+		for _, f := range s.Failures {
+			fmt.Fprintf(w, "  %s not staged: %s\n", f.Node, f.Reason)
+		}
+	}
+
+	return nil
 }

@@ -38,6 +38,9 @@ blobs under /v2/) on --listen, fetching from --upstream what it does not hold.
     already stored under --storage-dir, also after a restart.
   - Offline: when the upstream cannot be reached, a tag resolves to the
     digest it last had, so staged images stay pullable.
+  - Bounded: --max-bytes caps the stored blobs; past it the least recently
+    used blobs are evicted, never those of the --keep-manifests most
+    recently used manifests (default 2) nor one being served.
 
 Point the nodes at it. Talos machine config (v1alpha1):
 
@@ -47,11 +50,14 @@ Point the nodes at it. Talos machine config (v1alpha1):
         registry.region.example:5000:
           endpoints: ["http://SITE-CACHE:5000"]
 
-or, on Talos 1.14+, a RegistryMirrorConfig document with the same endpoint.
+or, on Talos 1.14+, a RegistryMirrorConfig document with the same endpoint
+(fleetctl hub adds that document itself for a site whose hub.yaml entry
+names the cache: sites.SITE.registryMirrors).
 The cache mirrors one upstream; containerd's ?ns= parameter is ignored.
 
 Flags override the --config file field by field (fields: version, listen,
-upstream, storageDir, bandwidthLimit, insecure, chunkDelta; see
+upstream, storageDir, bandwidthLimit, insecure, chunkDelta, maxBytes,
+keepManifests; see
 fleetctl/README.md). Logs are structured (logfmt) on stderr. SIGINT/SIGTERM
 stop it gracefully: requests in flight get 10 s, finished chunks and partial
 downloads are kept; the counters are printed on exit (-o json for JSON).`,
@@ -83,6 +89,11 @@ downloads are kept; the counters are printed on exit (-o json for JSON).`,
 			set("upstream", &cfg.Upstream, over.Upstream)
 			set("storage-dir", &cfg.StorageDir, over.StorageDir)
 			set("bandwidth-limit", &cfg.BandwidthLimit, over.BandwidthLimit)
+			set("max-bytes", &cfg.MaxBytes, over.MaxBytes)
+
+			if f.Changed("keep-manifests") {
+				cfg.KeepManifests = over.KeepManifests
+			}
 
 			if f.Changed("insecure") {
 				cfg.Insecure = over.Insecure
@@ -102,6 +113,7 @@ downloads are kept; the counters are printed on exit (-o json for JSON).`,
 			m, err := mirror.New(mirror.Options{
 				Upstream: cfg.Upstream, Insecure: cfg.Insecure, Dir: cfg.StorageDir,
 				BytesPerSecond: cfg.BytesPerSecond(), ChunkDelta: *cfg.ChunkDelta, Logger: log,
+				MaxBytes: cfg.MaxBytesValue(), KeepManifests: cfg.KeepManifests,
 			})
 			if err != nil {
 				return err
@@ -119,7 +131,8 @@ downloads are kept; the counters are printed on exit (-o json for JSON).`,
 			go func() { errc <- srv.Serve(ln) }()
 
 			log.Info("site cache serving", "listen", ln.Addr().String(), "upstream", cfg.Upstream,
-				"storageDir", cfg.StorageDir, "bytesPerSecond", cfg.BytesPerSecond(), "chunkDelta", *cfg.ChunkDelta)
+				"storageDir", cfg.StorageDir, "bytesPerSecond", cfg.BytesPerSecond(), "chunkDelta", *cfg.ChunkDelta,
+				"maxBytes", cfg.MaxBytesValue())
 
 			select {
 			case err := <-errc:
@@ -143,8 +156,9 @@ downloads are kept; the counters are printed on exit (-o json for JSON).`,
 				return printJSON(cmd.OutOrStdout(), st)
 			}
 
-			fmt.Fprintf(cmd.OutOrStdout(), "WAN bytes %d, blobs fetched %d (%d by chunks), chunks fetched %d, reused %d, resumed bytes %d, served %d, refused %d\n",
-				st.WANBytes, st.BlobsFetched, st.BlobsViaDelta, st.ChunksFetched, st.ChunksReused, st.BytesResumed, st.BlobsServed, st.CorruptRefused)
+			fmt.Fprintf(cmd.OutOrStdout(), "WAN bytes %d, blobs fetched %d (%d by chunks), chunks fetched %d, reused %d, resumed bytes %d, served %d, refused %d, stored bytes %d, evicted %d blobs (%d bytes)\n",
+				st.WANBytes, st.BlobsFetched, st.BlobsViaDelta, st.ChunksFetched, st.ChunksReused, st.BytesResumed, st.BlobsServed, st.CorruptRefused,
+				st.StoredBytes, st.BlobsEvicted, st.BytesEvicted)
 
 			return nil
 		},
@@ -156,6 +170,8 @@ downloads are kept; the counters are printed on exit (-o json for JSON).`,
 	cmd.Flags().StringVar(&over.StorageDir, "storage-dir", "", "where blobs, chunks and partial downloads are kept")
 	cmd.Flags().StringVar(&over.BandwidthLimit, "bandwidth-limit", "", "WAN cap per second, e.g. 2Mbit, 250KB (default: none)")
 	cmd.Flags().BoolVar(&over.Insecure, "insecure", false, "plain HTTP to the upstream (lab registries)")
+	cmd.Flags().StringVar(&over.MaxBytes, "max-bytes", "", "cap on the stored blobs, e.g. 20GiB (default: none); least recently used blobs are evicted past it")
+	cmd.Flags().IntVar(&over.KeepManifests, "keep-manifests", 0, "the blobs of this many most recently used manifests are never evicted (default 2)")
 	cmd.Flags().BoolVar(&noDelta, "no-chunk-delta", false, "always fetch whole blobs, even where a chunk index is published")
 
 	return cmd

@@ -43,18 +43,24 @@ func TestCLISiteCacheServeBadInputNamesField(t *testing.T) {
 	require.Equal(t, ExitBadInput, exitCode(err))
 	require.ErrorContains(t, err, "storageDir: required")
 	require.ErrorContains(t, err, `bandwidthLimit: "fast" is not a rate`)
+
+	_, err = runCapture(context.Background(), "site-cache", "serve", "--upstream", "r.example", "--storage-dir", t.TempDir(), "--max-bytes", "10MB", "--keep-manifests", "-1")
+	require.Equal(t, ExitBadInput, exitCode(err))
+	require.ErrorContains(t, err, `maxBytes: "10MB" is below 64 MiB`)
+	require.ErrorContains(t, err, `keepManifests: -1 is negative`)
 }
 
 func TestCLISiteCacheServeStopsGracefully(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(300*time.Millisecond, cancel)
 
-	out, err := runCapture(ctx, "-o", "json", "site-cache", "serve", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--insecure", "--storage-dir", t.TempDir())
+	out, err := runCapture(ctx, "-o", "json", "site-cache", "serve", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--insecure", "--storage-dir", t.TempDir(), "--max-bytes", "1GiB")
 	require.NoError(t, err)
 
 	var st map[string]any
 	require.NoError(t, json.Unmarshal([]byte(out), &st), out)
 	require.Contains(t, st, "wanBytes")
+	require.Contains(t, st, "blobsEvicted")
 }
 
 func TestCLISiteCacheIndexJSON(t *testing.T) {

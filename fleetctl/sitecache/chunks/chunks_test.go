@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/labfleet/labfleet/fleetctl/sitecache/chunks"
@@ -231,4 +232,42 @@ func TestPublishAndFetchIndex(t *testing.T) {
 
 	_, err = chunks.FetchIndex(ctx, ref.Context(), chunks.Digest([]byte("nope")))
 	require.ErrorIs(t, err, chunks.ErrNoIndex)
+}
+
+// An evicted blob's chunks are no longer counted on, except those another
+// held blob also contains: a later delta fetches the former and reuses the
+// latter, read from the blob that remains.
+func TestRemoveBlobKeepsSharedChunks(t *testing.T) {
+	a, b := releases()
+	f := openFixture(t, t.TempDir())
+	f.addBlob(t, a)
+	f.addBlob(t, b)
+
+	xa, xb := split(t, a), split(t, b)
+
+	inB := map[string]bool{}
+	for _, c := range xb.Chunks {
+		inB[c.Digest] = true
+	}
+
+	require.NoError(t, os.Remove(f.blobPath(xa.Blob)))
+	require.NoError(t, f.store.RemoveBlob(xa.Blob))
+
+	var onlyA int
+
+	for _, c := range xa.Chunks {
+		assert.Equal(t, inB[c.Digest], f.store.Has(c.Digest), "chunk %s", c.Digest)
+
+		if !inB[c.Digest] {
+			onlyA++
+		}
+	}
+
+	require.Positive(t, onlyA)
+	require.Len(t, f.store.Missing(xa), onlyA)
+	require.NoError(t, f.store.Assemble(xb, &bytes.Buffer{}), "b's chunks are read from b")
+
+	// and after a restart the removed blob's index is gone too
+	g := openFixture(t, f.dir)
+	require.Len(t, g.store.Missing(xa), onlyA)
 }

@@ -35,6 +35,7 @@ type Store struct {
 
 	mu  sync.Mutex
 	loc map[string]location
+	idx map[string]*Index // the index of every complete blob held
 }
 
 type location struct {
@@ -45,7 +46,7 @@ type location struct {
 // OpenStore opens (creating) the chunk store in dir. blobPath maps a blob
 // digest to the file of a complete blob.
 func OpenStore(dir string, blobPath func(digest string) string) (*Store, error) {
-	s := &Store{dir: dir, blobPath: blobPath, loc: map[string]location{}}
+	s := &Store{dir: dir, blobPath: blobPath, loc: map[string]location{}, idx: map[string]*Index{}}
 
 	for _, sub := range []string{"chunks/sha256", "indexes/sha256"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
@@ -99,7 +100,11 @@ func OpenStore(dir string, blobPath func(digest string) string) (*Store, error) 
 	return s, nil
 }
 
+// register records where x's chunks are found (the caller holds s.mu or
+// is the only user).
 func (s *Store) register(x *Index) {
+	s.idx[x.Blob] = x
+
 	for _, c := range x.Chunks {
 		if _, ok := s.loc[c.Digest]; !ok {
 			s.loc[c.Digest] = location{blob: x.Blob, off: c.Offset, size: c.Size}
@@ -281,6 +286,35 @@ func (s *Store) AddBlob(x *Index) error {
 	}
 
 	s.register(x)
+
+	return nil
+}
+
+// RemoveBlob forgets a complete blob that is about to be deleted (site
+// cache eviction): its index goes, and its chunks are no longer found in
+// it. A chunk that another held blob also contains is found there from now
+// on. The caller must make sure no Assemble is reading from the blob.
+func (s *Store) RemoveBlob(blob string) error {
+	s.mu.Lock()
+
+	delete(s.idx, blob)
+
+	for d, l := range s.loc {
+		if l.blob == blob {
+			delete(s.loc, d)
+		}
+	}
+
+	for _, x := range s.idx {
+		s.register(x)
+	}
+
+	s.mu.Unlock()
+
+	path := filepath.Join(s.dir, "indexes/sha256", strings.TrimPrefix(blob, "sha256:")+".json")
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("removing chunk index of %s: %w", blob, err)
+	}
 
 	return nil
 }

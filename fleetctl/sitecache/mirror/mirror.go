@@ -48,6 +48,14 @@ type Options struct {
 	BytesPerSecond int64
 	// ChunkDelta fetches blobs chunk by chunk when an index is published.
 	ChunkDelta bool
+	// MaxBytes caps the stored blobs (0: no cap): past it the least
+	// recently used blobs are evicted, except those the KeepManifests
+	// most recently used manifests reference and those being served
+	// (evict.go).
+	MaxBytes int64
+	// KeepManifests is how many of the most recently used manifests keep
+	// their blobs (0: DefaultKeepManifests).
+	KeepManifests int
 	// Transport is the base transport to the upstream (default: http.DefaultTransport).
 	Transport http.RoundTripper
 	Logger    *slog.Logger
@@ -63,9 +71,14 @@ type Mirror struct {
 	ctx    context.Context //nolint:containedctx // fetches outlive the request that started them
 	cancel context.CancelFunc
 
+	// evictMu: fetches hold it shared (an assembly reads chunks out of
+	// other blobs), eviction exclusively.
+	evictMu sync.RWMutex
+
 	mu         sync.Mutex
 	stats      Stats
 	transports map[string]http.RoundTripper
+	blobs      map[string]*blobInfo // stored and in-use blobs, for eviction
 }
 
 // Stats count what the cache did (GET /_sitecache/stats).
@@ -78,6 +91,11 @@ type Stats struct {
 	BytesResumed   int64 `json:"bytesResumed"`
 	BlobsServed    int   `json:"blobsServed"`
 	CorruptRefused int   `json:"corruptRefused"`
+	// StoredBytes is the size of the blobs held now; BlobsEvicted and
+	// BytesEvicted count what the size cap removed.
+	StoredBytes  int64 `json:"storedBytes"`
+	BlobsEvicted int   `json:"blobsEvicted"`
+	BytesEvicted int64 `json:"bytesEvicted"`
 }
 
 // New opens (creating) the cache in o.Dir.
@@ -90,7 +108,8 @@ func New(o Options) (*Mirror, error) {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 
-	m := &Mirror{o: o, log: o.Logger, wan: newWANTransport(o.Transport, o.BytesPerSecond), transports: map[string]http.RoundTripper{}}
+	m := &Mirror{o: o, log: o.Logger, wan: newWANTransport(o.Transport, o.BytesPerSecond), transports: map[string]http.RoundTripper{},
+		blobs: map[string]*blobInfo{}}
 
 	for _, d := range []string{"blobs/sha256", "manifests/sha256", "partial", "tags"} {
 		if err := os.MkdirAll(filepath.Join(o.Dir, d), 0o755); err != nil {
@@ -106,8 +125,15 @@ func New(o Options) (*Mirror, error) {
 	m.store = st
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 
+	if err := m.loadBlobs(); err != nil {
+		return nil, fmt.Errorf("reading stored blobs: %w", err)
+	}
+
 	return m, nil
 }
+
+// Dir is the storage directory.
+func (m *Mirror) Dir() string { return m.o.Dir }
 
 // Close stops fetches in flight (their finished chunks and partial data stay).
 func (m *Mirror) Close() { m.cancel() }
@@ -119,6 +145,12 @@ func (m *Mirror) Stats() Stats {
 
 	s := m.stats
 	s.WANBytes = m.wan.bytes.Load()
+
+	for _, b := range m.blobs {
+		if b.size > 0 {
+			s.StoredBytes += b.size
+		}
+	}
 
 	return s
 }
@@ -248,6 +280,8 @@ func (m *Mirror) serveManifest(w http.ResponseWriter, r *http.Request, repoPath,
 
 	mt, _ := os.ReadFile(m.manifestPath(dgst) + ".type")
 
+	m.touch(dgst, m.manifestPath(dgst)) // eviction keeps the blobs of recently used manifests
+
 	w.Header().Set("Content-Type", string(mt))
 	w.Header().Set("Docker-Content-Digest", dgst)
 	w.Header().Set("Content-Length", fmt.Sprint(len(body)))
@@ -321,11 +355,20 @@ func (m *Mirror) serveBlob(w http.ResponseWriter, r *http.Request, repoPath, dgs
 		return
 	}
 
+	// in use from before it is looked up until served: never evicted mid-read
+	m.acquire(dgst)
+	defer m.release(dgst)
+
 	if _, err := os.Stat(m.blobPath(dgst)); err != nil {
 		// Every node asking for the same blob waits on one fetch; it runs
 		// on the cache's context, so a node that gives up does not cancel
 		// it for the others.
-		ch := m.flight.DoChan("blob "+dgst, func() (any, error) { return nil, m.fetchBlob(repo, dgst) })
+		ch := m.flight.DoChan("blob "+dgst, func() (any, error) {
+			err := m.fetchBlob(repo, dgst)
+			m.maybeEvict()
+
+			return nil, err
+		})
 
 		select {
 		case res := <-ch:
@@ -349,6 +392,7 @@ func (m *Mirror) serveBlob(w http.ResponseWriter, r *http.Request, repoPath, dgs
 	defer f.Close()
 
 	m.count(func(s *Stats) { s.BlobsServed++ })
+	m.touch(dgst, m.blobPath(dgst))
 
 	w.Header().Set("Docker-Content-Digest", dgst)
 	w.Header().Set("Content-Type", "application/octet-stream")
@@ -359,10 +403,22 @@ func (m *Mirror) serveBlob(w http.ResponseWriter, r *http.Request, repoPath, dgs
 // one is published (only missing chunks cross the WAN), else whole (resuming
 // a partial download). Either way the stored blob's digest is checked.
 func (m *Mirror) fetchBlob(repo name.Repository, dgst string) error {
+	m.evictMu.RLock()
+	defer m.evictMu.RUnlock()
+
 	if _, err := os.Stat(m.blobPath(dgst)); err == nil {
 		return nil
 	}
 
+	err := m.fetchBlobLocked(repo, dgst)
+	if err == nil {
+		m.stored(dgst)
+	}
+
+	return err
+}
+
+func (m *Mirror) fetchBlobLocked(repo name.Repository, dgst string) error {
 	start := time.Now()
 	wan0 := m.wan.bytes.Load()
 
