@@ -62,6 +62,7 @@ func Golden(t *testing.T) *Machine {
 		ok := t.Run("first boot: enroll keys, seal STATE", func(t *testing.T) {
 			ctx := scenario(t)
 			m := suite.NewMachine(t, "golden", "v1")
+			vmPriority(t, prioGolden)
 			vm := m.Boot(ctx, BootOptions{NoConfig: true})
 
 			// the image carries no machine config: after sealing STATE the
@@ -449,6 +450,7 @@ func TestSixUpgrades(t *testing.T) {
 
 	g := Golden(t)
 	ctx := scenario(t)
+	vmPriority(t, prioLong)
 	m := g.Clone(t, "six")
 	m.Boot(ctx, BootOptions{})
 	require.Equal(t, "1.0.0", m.WaitStatus(ctx).Version)

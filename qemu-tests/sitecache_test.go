@@ -45,6 +45,7 @@ func TestStagedUpgradeThroughSiteCache(t *testing.T) {
 	go srv.Serve(lis) //nolint:errcheck // ends with Close
 	t.Cleanup(func() { srv.Close() })
 
+	vmPriority(t, prioLong)
 	m := g.Clone(t, "staged")
 	m.Boot(ctx, BootOptions{RegistryPort: lis.Addr().(*net.TCPAddr).Port})
 	require.Equal(t, "1.0.0", m.WaitStatus(ctx).Version)
