@@ -534,23 +534,39 @@ section_sitecache() {
 		return "$NOT_MEASURED"
 	fi
 
-	local cmd="LF_SC_BENCH=1 go test -count=1 -timeout 40m -run 'TestSiteCacheBench\$|TestSiteCacheCompressionBench\$' -v ./fleetctl/sitecache/"
-	echo '```sh'
-	echo "$cmd"
-	echo '```'
-	echo
-	LF_SC_BENCH=1 timeout 45m go test -count=1 -timeout 40m -run 'TestSiteCacheBench$|TestSiteCacheCompressionBench$' -v ./fleetctl/sitecache/ >"$WORK/sitecache.log" 2>&1
+	go_bench sitecache.log "LF_SC_BENCH=1 go test -count=1 -timeout 40m -run 'TestSiteCacheBench\$|TestSiteCacheCompressionBench\$' -v ./fleetctl/sitecache/" \
+		env LF_SC_BENCH=1 timeout 45m go test -count=1 -timeout 40m -run 'TestSiteCacheBench$|TestSiteCacheCompressionBench$' -v ./fleetctl/sitecache/
 	local rc=$?
-	sed -n 's/^BENCH \{0,1\}//p' "$WORK/sitecache.log"
 	echo
 	echo "Target: a patch release (one Go binary rebuilt) moves < 10 % of one full image over the WAN (site cache + chunk delta). The compression table needs no link: new chunk bytes a site holding the previous release must receive."
-	if [ "$rc" -ne 0 ]; then
-		echo
-		echo '```'
-		grep -v '^ *$' "$WORK/sitecache.log" | tail -n 30
-		echo '```'
-		return 1
-	fi
+	bench_log_tail "$rc" sitecache.log
+}
+
+# go_bench LOG SHOWN CMD...: shows the command SHOWN, runs CMD with its
+# output in $WORK/LOG and prints the lines it marked BENCH; returns CMD's
+# exit code.
+go_bench() {
+	local log=$WORK/$1 shown=$2
+	shift 2
+	echo '```sh'
+	echo "$shown"
+	echo '```'
+	echo
+	"$@" >"$log" 2>&1
+	local rc=$?
+	sed -n 's/^BENCH \{0,1\}//p' "$log"
+	return "$rc"
+}
+
+# bench_log_tail RC LOG: after a failed go_bench (RC != 0), the end of its
+# log, and a failure.
+bench_log_tail() {
+	[ "$1" -eq 0 ] && return 0
+	echo
+	echo '```'
+	grep -v '^ *$' "$WORK/$2" | tail -n 30
+	echo '```'
+	return 1
 }
 
 # ------------------------------------------------------------------- delta
@@ -561,23 +577,12 @@ section_delta() {
 		return "$NOT_MEASURED"
 	fi
 
-	local cmd="LF_DELTA_BENCH=1 go test -count=1 -timeout 30m -run 'TestInitramfsDeltaBench\$' -v ./lab/labbase/"
-	echo '```sh'
-	echo "$cmd"
-	echo '```'
-	echo
-	LF_DELTA_BENCH=1 timeout 35m go test -count=1 -timeout 30m -run 'TestInitramfsDeltaBench$' -v ./lab/labbase/ >"$WORK/delta.log" 2>&1
+	go_bench delta.log "LF_DELTA_BENCH=1 go test -count=1 -timeout 30m -run 'TestInitramfsDeltaBench\$' -v ./lab/labbase/" \
+		env LF_DELTA_BENCH=1 timeout 35m go test -count=1 -timeout 30m -run 'TestInitramfsDeltaBench$' -v ./lab/labbase/
 	local rc=$?
-	sed -n 's/^BENCH \{0,1\}//p' "$WORK/delta.log"
 	echo
 	echo "New chunk bytes: what a site holding release N fetches through the site cache's chunk delta for N+1; \"in a gzip -1 layer\": the same initramfs stored as the installer layer is today. No target of its own (issue 15's target is the whole-image figure in the sitecache section)."
-	if [ "$rc" -ne 0 ]; then
-		echo
-		echo '```'
-		grep -v '^ *$' "$WORK/delta.log" | tail -n 30
-		echo '```'
-		return 1
-	fi
+	bench_log_tail "$rc" delta.log
 }
 
 # -------------------------------------------------------------------- boot

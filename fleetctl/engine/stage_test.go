@@ -319,22 +319,8 @@ func TestStagingResumeRechecksRecordedNodes(t *testing.T) {
 	id, err := engine.Create(t.Context(), o)
 	require.NoError(t, err)
 
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-
-	go func() {
-		_, err := engine.Resume(ctx, o, id)
-		done <- err
-	}()
-
 	// the stager records each node as it goes; stop once all hold the image
-	require.Eventually(t, func() bool {
-		sum, err := f.st.StagingSummary(t.Context(), id)
-
-		return err == nil && len(sum) == 1 && sum[0].Staged == 3
-	}, 5*time.Second, 2*time.Millisecond)
-	cancel()
-	require.ErrorIs(t, <-done, engine.ErrInterrupted)
+	runUntilStaging(t, f, o, id, func(s store.SiteStaging) bool { return s.Staged == 3 })
 
 	for key, c := range f.fleet.Counts() {
 		require.Zero(t, c.Upgrades, "node %s switched before its window", key)
@@ -403,21 +389,7 @@ func TestStagingInterruptedIsRecordedPending(t *testing.T) {
 	id, err := engine.Create(t.Context(), o)
 	require.NoError(t, err)
 
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-
-	go func() {
-		_, err := engine.Resume(ctx, o, id)
-		done <- err
-	}()
-
-	require.Eventually(t, func() bool {
-		sum, err := f.st.StagingSummary(t.Context(), id)
-
-		return err == nil && len(sum) == 1 && sum[0].Pulling == 2
-	}, 5*time.Second, 2*time.Millisecond)
-	cancel()
-	require.ErrorIs(t, <-done, engine.ErrInterrupted)
+	runUntilStaging(t, f, o, id, func(s store.SiteStaging) bool { return s.Pulling == 2 })
 
 	rows, err := f.st.Staging(t.Context(), id)
 	require.NoError(t, err)
@@ -427,4 +399,28 @@ func TestStagingInterruptedIsRecordedPending(t *testing.T) {
 		assert.Equal(t, store.StagePending, r.State, "%+v", r)
 		assert.Contains(t, r.Reason, "interrupted: the rollout stopped")
 	}
+}
+
+// runUntilStaging runs the rollout until its one site's staging summary
+// satisfies done, then interrupts it.
+func runUntilStaging(t *testing.T, f *fixture, o engine.Options, id string, done func(store.SiteStaging) bool) {
+	t.Helper()
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+
+	ended := make(chan error, 1)
+
+	go func() {
+		_, err := engine.Resume(ctx, o, id)
+		ended <- err
+	}()
+
+	require.Eventually(t, func() bool {
+		sum, err := f.st.StagingSummary(t.Context(), id)
+
+		return err == nil && len(sum) == 1 && done(sum[0])
+	}, 5*time.Second, 2*time.Millisecond)
+	cancel()
+	require.ErrorIs(t, <-ended, engine.ErrInterrupted)
 }
