@@ -438,11 +438,10 @@ func writeNodeRecords(tx *wtx, recs []*nodeRecord) error {
 			}
 		}
 
-		// UPDATE ... FROM needs each node once per statement, and a chunk
-		// binds its rollout and actor once (writeNodeChunk).
+		// UPDATE ... FROM needs each node once per statement.
 		seen := make(map[int]bool, n)
 		for i := 0; i < n; i++ {
-			if seen[recs[i].tr.Node] || recs[i].rollout != recs[0].rollout || recs[i].actor != recs[0].actor {
+			if seen[recs[i].tr.Node] {
 				n = i
 
 				break
@@ -469,55 +468,6 @@ func writeNodeRecords(tx *wtx, recs []*nodeRecord) error {
 	return nil
 }
 
-// nodeStateCodes: the node states bound as small integers and turned back
-// into the same text inside the statement (stateSQL). The driver
-// (modernc.org/sqlite) copies every text parameter into C memory and
-// releases it after the statement, several times the cost of an integer:
-// binding 14 values per transition, 9 of them text, was a seventh of the
-// writer's CPU time. A state not listed here is bound as text in a second
-// parameter that is NULL otherwise.
-var nodeStateCodes = []string{NodePending, NodeRequested, NodeAccepted, NodeRollingBack, NodeDone, NodeFailed, NodeSkipped}
-
-// stateCodeBase keeps the codes clear of 0 and 1: SQLite plans some
-// statements anew when a bound integer changes to or from 0 or 1 (see
-// modernc.org/sqlite's clearBindings).
-const stateCodeBase = 10
-
-// stateSQL is the state from its text (NULL for a listed state) and code.
-func stateSQL(text, code string) string {
-	var b strings.Builder
-
-	b.WriteString("ifnull(" + text + ", CASE " + code)
-
-	for i, st := range nodeStateCodes {
-		fmt.Fprintf(&b, " WHEN %d THEN '%s'", stateCodeBase+i, st)
-	}
-
-	b.WriteString(" END)")
-
-	return b.String()
-}
-
-// stateArgs are the text and code parameters of stateSQL.
-func stateArgs(state string) (text, code any) {
-	for i, st := range nodeStateCodes {
-		if st == state {
-			return nil, int64(stateCodeBase + i)
-		}
-	}
-
-	return state, nil
-}
-
-// textOrNull binds "" as NULL, which costs no copy (see nodeStateCodes).
-func textOrNull(s string) any {
-	if s == "" {
-		return nil
-	}
-
-	return s
-}
-
 var (
 	updateNodesSQL = map[int]string{}
 	insertAuditSQL = map[int]string{}
@@ -526,41 +476,27 @@ var (
 
 func init() {
 	for _, n := range recordChunks {
-		// The rollout (?1) and, in the audit rows, the actor (?2) are the
-		// same for the whole chunk and bound once: they come first in the
-		// text, so the anonymous parameters after them count from 2 (3).
-		// Only these two are numbered: the driver asks SQLite for every
-		// parameter's name, a search through the numbered ones, which with
-		// a number per parameter cost more than the text saved.
-		row := func(shared string, cols int) string {
-			return "(" + shared + strings.Repeat(",?", cols) + ")"
-		}
-
-		updateNodesSQL[n] = `WITH v(r, id, sx, sc, fv, er, rb, ca, at) AS (VALUES ` +
-			strings.TrimSuffix(strings.Repeat(row("?1", 8)+",", n), ",") + `)
-			UPDATE nodes SET state = ` + stateSQL("v.sx", "v.sc") + `, from_version = ifnull(v.fv, nodes.from_version),
-			error = ifnull(v.er, ''), rolled_back = MAX(nodes.rolled_back, v.rb), upgrade_calls = nodes.upgrade_calls + v.ca, updated_at = v.at
+		rows := strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?,?,?),", n), ",")
+		updateNodesSQL[n] = `WITH v(r, id, st, fv, er, rb, ca, at) AS (VALUES ` + rows + `)
+			UPDATE nodes SET state = v.st, from_version = CASE WHEN v.fv = '' THEN nodes.from_version ELSE v.fv END,
+			error = v.er, rolled_back = MAX(nodes.rolled_back, v.rb), upgrade_calls = nodes.upgrade_calls + v.ca, updated_at = v.at
 			FROM v WHERE nodes.rollout_id = v.r AND nodes.id = v.id`
 		insertNodesSQL[n] = `INSERT INTO nodes (rollout_id, id, wave, cluster, name, endpoint, role, site, region, bandwidth, talosconfig, state) VALUES ` +
 			strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?,?,?,?,?,?,?),", n), ",")
-		auditRow := "(?1,?2,?,'node.'||" + stateSQL("?", "?") + ",?,?)"
-		insertAuditSQL[n] = `INSERT INTO audit (rollout_id, actor, at, action, subject, detail) VALUES ` +
-			strings.TrimSuffix(strings.Repeat(auditRow+",", n), ",")
+		insertAuditSQL[n] = `INSERT INTO audit (at, actor, rollout_id, action, subject, detail) VALUES ` +
+			strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?),", n), ",")
 	}
 }
 
 func writeNodeChunk(tx *wtx, recs []*nodeRecord) error {
-	nodeArgs := make([]any, 1, 1+8*len(recs))
-	auditArgs := make([]any, 2, 2+5*len(recs))
-
-	nodeArgs[0] = recs[0].rollout
-	auditArgs[0], auditArgs[1] = recs[0].rollout, recs[0].actor
+	nodeArgs := make([]any, 0, 8*len(recs))
+	auditArgs := make([]any, 0, 6*len(recs))
 
 	for _, rec := range recs {
 		tr := rec.tr
 		at := now()
 
-		var rb, calls int64
+		rb, calls := 0, 0
 		if tr.RolledBack {
 			rb = 1
 		}
@@ -574,9 +510,8 @@ func writeNodeChunk(tx *wtx, recs []*nodeRecord) error {
 			detail += " error=" + tr.Error
 		}
 
-		sx, sc := stateArgs(tr.State)
-		nodeArgs = append(nodeArgs, int64(tr.Node), sx, sc, textOrNull(tr.FromVersion), textOrNull(tr.Error), rb, calls, at)
-		auditArgs = append(auditArgs, at, sx, sc, tr.Subject, detail)
+		nodeArgs = append(nodeArgs, rec.rollout, tr.Node, tr.State, tr.FromVersion, tr.Error, rb, calls, at)
+		auditArgs = append(auditArgs, at, rec.actor, rec.rollout, "node."+tr.State, tr.Subject, detail)
 	}
 
 	if _, err := tx.Exec(updateNodesSQL[len(recs)], nodeArgs...); err != nil {
