@@ -7,11 +7,31 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
 )
 
+// Garbage collector defaults for fleetctl's own process (the environment's
+// GOGC and GOMEMLIMIT still win). A rollout allocates in bursts (node rows,
+// audit lines, health polls): measured on 30,000 and 300,000 simulated
+// nodes, GOGC=200 cut CPU by 13 % and 19 %, and the soft limit keeps the
+// 300,000-node peak where it was with the default (527 against 532 MiB);
+// fleetctl/README.md "Performance".
+const (
+	gcPercent   = 200
+	memoryLimit = 480 << 20
+)
+
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
+
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(memoryLimit)
+	}
+
 	// FLEETCTL_CPUPROFILE=FILE writes a CPU profile (go tool pprof), for the
 	// bench's profiling runs.
 	if path := os.Getenv("FLEETCTL_CPUPROFILE"); path != "" {
