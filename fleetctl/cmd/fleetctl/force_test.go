@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -75,25 +76,29 @@ func assertEachUpgradedOnce(t *testing.T, dir string) int {
 // while the first process still runs must not create a second executor. The
 // first keeps its database lock; the second is refused with exit 5 naming
 // the live holder, and no node is upgraded twice.
-// waitRolloutCreated waits until the first process has recorded its
-// rollout (a fixed sleep lost that race on a loaded machine).
-func waitRolloutCreated(t *testing.T, db string) {
+// waitLeaseHeld waits until the first process holds its rollout's lease
+// (a fixed sleep, then waiting for the rollout record, lost that race on a
+// loaded machine).
+func waitLeaseHeld(t *testing.T, db string) {
 	t.Helper()
 
+	// The rollout record is written before its executor takes the lease: a
+	// kill in between leaves a free lease and no holder to take over from,
+	// which a loaded machine hits. Wait for the lease's audit line.
 	deadline := time.Now().Add(time.Minute)
 
 	for {
 		if st, err := store.OpenReadOnly(db); err == nil {
-			_, rerr := st.Rollout(t.Context(), "")
+			audit, aerr := st.Audit(t.Context(), "", 0)
 			st.Close()
 
-			if rerr == nil {
+			if aerr == nil && slices.ContainsFunc(audit, func(a store.AuditEntry) bool { return a.Action == "rollout.lease" }) {
 				return
 			}
 		}
 
 		if time.Now().After(deadline) {
-			t.Fatalf("the first process recorded no rollout within a minute")
+			t.Fatalf("the first process took no rollout lease within a minute")
 		}
 
 		time.Sleep(50 * time.Millisecond)
@@ -111,7 +116,7 @@ func TestForceWhileFirstStillRuns(t *testing.T) {
 
 	require.NoError(t, first.Start())
 
-	waitRolloutCreated(t, db)
+	waitLeaseHeld(t, db)
 
 	second := fleetctl("rollout", "resume", "--force")
 	out, err := second.CombinedOutput()
@@ -135,7 +140,7 @@ func TestForceTakesOverDeadHolder(t *testing.T) {
 
 	first := fleetctl(startArgs(dir)...)
 	require.NoError(t, first.Start())
-	waitRolloutCreated(t, db)
+	waitLeaseHeld(t, db)
 	require.NoError(t, first.Process.Signal(syscall.SIGKILL))
 	first.Wait() //nolint:errcheck
 
