@@ -48,8 +48,9 @@ func rollout(ctx context.Context, t *testing.T, nodes []*Machine, variant string
 }
 
 // Fleet scenario: a two-wave rollout v1 -> v2 over two lab nodes succeeds;
-// with a bad v2 the canary fails its gate, is rolled back, the rollout
-// halts by itself and the second node is never touched.
+// with a bad v2 the canary falls back to v1 by itself, the gate sees that
+// from the node's boot ID (Talos's COSI BootID), the rollout halts by
+// itself and the second node is never touched.
 func TestFleetRollout(t *testing.T) {
 	t.Parallel()
 
@@ -110,6 +111,13 @@ func TestFleetRollout(t *testing.T) {
 		for _, n := range ns {
 			if n.UpgradeCalls == 0 {
 				untouched++
+			}
+
+			// The canary rebooted back onto v1: the driver sees the new boot ID
+			// with the old version and the gate fails at once instead of
+			// waiting out its 4 minutes.
+			if n.State == store.NodeFailed {
+				require.Contains(t, n.Error, "fell back", "the gate must see the fallback, not time out: %+v", n)
 			}
 		}
 

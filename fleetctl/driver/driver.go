@@ -97,10 +97,13 @@ type FactoryFunc func(ctx context.Context, t Target) (Node, error)
 func (f FactoryFunc) Open(ctx context.Context, t Target) (Node, error) { return f(ctx, t) }
 
 // FallbackReporter is implemented by nodes that can say whether they already
-// tried a version and fell back from it by themselves (the simulator; the
-// talos driver cannot: a Talos node does not report it). Resume uses it so a node
-// that took a request just before a crash, failed and fell back is not asked
-// to upgrade again.
+// tried a version and fell back from it by themselves. The simulator knows
+// it from its journal, so resume uses it: a node that took a request just
+// before a crash, failed and fell back is not asked to upgrade again. The
+// talos driver can tell only for its own upgrade request (the node's boot
+// ID changed since, and it runs another version), which lets the health
+// gate fail at once instead of waiting out its timeout; an error means
+// "cannot tell".
 type FallbackReporter interface {
 	FellBackFrom(ctx context.Context, version string) (bool, error)
 }

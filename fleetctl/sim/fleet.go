@@ -161,6 +161,7 @@ type simNode struct {
 	lastAt    time.Time
 	upgrades  int
 	rollbacks int
+	boots     int // upgrades, rollbacks and reboots: the boot ID (BootID)
 }
 
 // Open loads (or starts) the fleet journal in dir. An empty dir keeps the
@@ -272,6 +273,7 @@ func (f *Fleet) apply(key string, kind byte, version, digest string, at time.Tim
 		n.rollbacks++
 	}
 
+	n.boots++
 	n.lastKind, n.lastAt = kind, at
 }
 
@@ -410,6 +412,26 @@ func (f *Fleet) Version(key string) (string, error) {
 	}
 
 	return f.running(n), nil
+}
+
+// BootID is the boot ID the node publishes (as Talos's COSI BootID): the
+// same while an upgrade is still being staged, a new one once the node has
+// rebooted, whichever image it came back on.
+func (f *Fleet) BootID(key string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	n := f.node(key)
+	boots := n.boots
+
+	switch f.phase(key, n) {
+	case phaseStaging:
+		boots--
+	case phaseRebooting, phaseHung:
+		return "", ErrUnreachable
+	}
+
+	return fmt.Sprintf("%s#%d", key, boots), nil
 }
 
 // Image is the image the node reports: the digest recorded with the upgrade

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cosi-project/runtime/api/v1alpha1"
+	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/protobuf"
 	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/siderolabs/talos/pkg/machinery/resources/runtime"
@@ -47,7 +48,7 @@ func Serve(f *Fleet, keys []string, tlsCfg *tls.Config) (*Server, error) {
 		g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)))
 		machineapi.RegisterMachineServiceServer(g, &machineService{f: f, key: key})
 
-		if len(f.b.Schematics) > 0 {
+		if len(f.b.Schematics) > 0 || f.b.TalosLike {
 			v1alpha1.RegisterStateServer(g, &stateService{f: f, key: key})
 		}
 
@@ -182,10 +183,11 @@ func (m *machineService) ServiceList(ctx context.Context, _ *emptypb.Empty) (*ma
 	return &machineapi.ServiceListResponse{Messages: []*machineapi.ServiceList{list}}, nil
 }
 
-// stateService answers the COSI State Get for the one resource a Talos
-// node reports its image-factory schematic in (ImageFactorySchematic), from
-// the version the simulated node runs now (Behaviour.Schematics). Every
-// other resource is not found, as on a node that has none of it.
+// stateService answers the COSI State Get for the resources of a Talos node
+// the driver reads: the image-factory schematic (ImageFactorySchematic), from
+// the version the simulated node runs now (Behaviour.Schematics), and, for a
+// TalosLike fleet, the boot ID (BootID). Every other resource is not found,
+// as on a node that has none of it.
 type stateService struct {
 	v1alpha1.UnimplementedStateServer
 
@@ -194,6 +196,10 @@ type stateService struct {
 }
 
 func (s *stateService) Get(_ context.Context, req *v1alpha1.GetRequest) (*v1alpha1.GetResponse, error) {
+	if s.f.b.TalosLike && req.GetType() == runtime.BootIDType && req.GetId() == runtime.BootIDID {
+		return s.bootID()
+	}
+
 	if req.GetType() != runtime.ImageFactorySchematicType || req.GetId() != runtime.ImageFactorySchematicID {
 		return nil, status.Errorf(codes.NotFound, "resource %s(%s/%s) doesn't exist", req.GetType(), req.GetNamespace(), req.GetId())
 	}
@@ -211,14 +217,30 @@ func (s *stateService) Get(_ context.Context, req *v1alpha1.GetRequest) (*v1alph
 	r := runtime.NewImageFactorySchematic(runtime.NamespaceName, runtime.ImageFactorySchematicID)
 	r.TypedSpec().SchematicID = schematic
 
+	return getResponse(r)
+}
+
+func (s *stateService) bootID() (*v1alpha1.GetResponse, error) {
+	id, err := s.f.BootID(s.key)
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+
+	r := runtime.NewBootID()
+	r.TypedSpec().BootID = id
+
+	return getResponse(r)
+}
+
+func getResponse(r resource.Resource) (*v1alpha1.GetResponse, error) {
 	pr, err := protobuf.FromResource(r)
 	if err != nil {
-		return nil, fmt.Errorf("encoding schematic: %w", err)
+		return nil, fmt.Errorf("encoding %s: %w", r.Metadata().Type(), err)
 	}
 
 	m, err := pr.Marshal()
 	if err != nil {
-		return nil, fmt.Errorf("encoding schematic: %w", err)
+		return nil, fmt.Errorf("encoding %s: %w", r.Metadata().Type(), err)
 	}
 
 	return &v1alpha1.GetResponse{Resource: m}, nil

@@ -2,12 +2,12 @@
 // client and mTLS credentials from a talosconfig. It works against real Talos
 // nodes, labos nodes and the simulator's API server alike, and uses only
 // calls a Talos v1.14 node serves (Version, Upgrade, Rollback, ServiceList,
-// and the COSI State Get of the ImageFactorySchematic resource).
+// and the COSI State Get of the ImageFactorySchematic and BootID resources).
 //
-// It does not implement driver.FallbackReporter: whether a node tried an
-// image and fell back by itself is not something a Talos node reports (it
-// has no boot counting), so the engine treats a fallback as an unhealthy
-// upgrade it sees through Version and the health gate.
+// It implements driver.FallbackReporter from what a Talos node does publish,
+// its boot ID (COSI BootID): a node that rebooted after this handle asked
+// it to upgrade and came back on another version did not come up on the
+// target, so the health gate need not wait out its timeout.
 package talos
 
 import (
@@ -145,9 +145,14 @@ func (f *Factory) Open(ctx context.Context, t driver.Target) (driver.Node, error
 type node struct {
 	c        *client.Client
 	preserve bool
-	// noSchematic: the node serves no COSI State (Unimplemented), so Image
-	// stops asking it for the schematic.
-	noSchematic atomic.Bool
+	// noCOSI: the node serves no COSI State (Unimplemented), so Image and
+	// bootID stop asking it.
+	noCOSI atomic.Bool
+
+	mu sync.Mutex
+	// bootBefore is the node's boot ID read just before this handle asked
+	// it to upgrade ("": not asked, or the node published none).
+	bootBefore string
 }
 
 // Version is the image version the node runs: ImageVersion of its
@@ -184,7 +189,7 @@ func (n *node) Image(ctx context.Context) (driver.ImageID, error) {
 
 	id := driver.ImageID{Version: v}
 
-	if n.noSchematic.Load() {
+	if n.noCOSI.Load() {
 		return id, nil
 	}
 
@@ -196,7 +201,7 @@ func (n *node) Image(ctx context.Context) (driver.ImageID, error) {
 	case state.IsNotFoundError(err), status.Code(err) == codes.NotFound:
 		// No factory schematic on this image (it may come with the next one).
 	case status.Code(err) == codes.Unimplemented:
-		n.noSchematic.Store(true) // no COSI State at all: do not ask again
+		n.noCOSI.Store(true) // no COSI State at all: do not ask again
 	default:
 		return driver.ImageID{}, fmt.Errorf("reading the image-factory schematic: %w", err)
 	}
@@ -222,6 +227,8 @@ func ImageVersion(v *machineapi.VersionInfo) string {
 var gitRevision = regexp.MustCompile(`^[0-9a-f]{7,40}(-dirty)?$`)
 
 func (n *node) Upgrade(ctx context.Context, image string) error {
+	n.noteBoot(ctx)
+
 	resp, err := n.c.MachineClient.Upgrade(ctx, &machineapi.UpgradeRequest{Image: image, Preserve: n.preserve})
 	if err == nil {
 		_, err = client.FilterMessages(resp, err)
@@ -255,6 +262,10 @@ func inProgress(err error) bool {
 var lockedWord = regexp.MustCompile(`\blocked\b`)
 
 func (n *node) Rollback(ctx context.Context) error {
+	// the rollback reboots the node onto its previous image: that must not
+	// read as a fallback from the upgrade noted before it
+	n.setBootBefore("")
+
 	if err := n.c.Rollback(ctx); err != nil {
 		return fmt.Errorf("requesting rollback: %w", err)
 	}
@@ -288,6 +299,84 @@ func (n *node) Health(ctx context.Context) (driver.Health, error) {
 
 func (n *node) Close() error { return n.c.Close() }
 
+// errNoBootBefore: FellBackFrom has nothing to compare with.
+var errNoBootBefore = errors.New("no boot ID from before an upgrade request of this handle: cannot tell whether the node rebooted")
+
+// FellBackFrom implements driver.FallbackReporter. The node fell back from
+// version when it rebooted after this handle's upgrade request (its boot ID
+// changed) and now runs another version: it booted the image it ran before,
+// because its firmware or Talos went back to it, or the install failed and
+// Talos rebooted. Only a request of this handle counts: a handle opened
+// after a restart of fleetctl, or a node that publishes no boot ID (Talos
+// before BootID), cannot tell and gets an error, which the engine reads as
+// "no".
+func (n *node) FellBackFrom(ctx context.Context, version string) (bool, error) {
+	n.mu.Lock()
+	before := n.bootBefore
+	n.mu.Unlock()
+
+	if before == "" {
+		return false, errNoBootBefore
+	}
+
+	now, err := n.bootID(ctx)
+	if err != nil {
+		return false, err
+	}
+
+	if now == before {
+		return false, nil // not rebooted yet: the upgrade may still be installing
+	}
+
+	// read after the boot ID, so it is this boot's version (or a later one)
+	v, err := n.Version(ctx)
+	if err != nil {
+		return false, err
+	}
+
+	return v != version, nil
+}
+
+// noteBoot keeps the boot ID from just before an upgrade request; without
+// one, FellBackFrom cannot tell, which only costs the gate its timeout.
+func (n *node) noteBoot(ctx context.Context) {
+	id, err := n.bootID(ctx)
+	if err != nil {
+		id = ""
+	}
+
+	n.setBootBefore(id)
+}
+
+func (n *node) setBootBefore(id string) {
+	n.mu.Lock()
+	n.bootBefore = id
+	n.mu.Unlock()
+}
+
+// bootID reads the node's boot ID (Talos's BootIDController publishes
+// /proc/sys/kernel/random/boot_id as the COSI resource BootID).
+func (n *node) bootID(ctx context.Context) (string, error) {
+	if n.noCOSI.Load() {
+		return "", errors.New("reading the boot ID: the node serves no COSI State")
+	}
+
+	r, err := safe.StateGetByID[*runtime.BootID](ctx, n.c.COSI, runtime.BootIDID)
+	if err != nil {
+		if status.Code(err) == codes.Unimplemented {
+			n.noCOSI.Store(true)
+		}
+
+		return "", fmt.Errorf("reading the boot ID: %w", err)
+	}
+
+	if r.TypedSpec().BootID == "" {
+		return "", errors.New("reading the boot ID: the node published an empty one")
+	}
+
+	return r.TypedSpec().BootID, nil
+}
+
 // systemContainerd is where talosctl upgrade (v1.14, its default
 // --namespace system) pulls the installer and where the install reads it.
 var systemContainerd = &common.ContainerdInstance{Driver: common.ContainerDriver_CRI, Namespace: common.ContainerdNamespace_NS_SYSTEM}
@@ -316,6 +405,8 @@ func (n *node) Stage(ctx context.Context, image string) error {
 // LifecycleService.Upgrade with the pulled image (progress messages and an
 // exit code; the node does not pull), then Reboot.
 func (n *node) Switch(ctx context.Context, image string) error {
+	n.noteBoot(ctx)
+
 	up, err := n.c.LifecycleClient.Upgrade(ctx, &machineapi.LifecycleServiceUpgradeRequest{
 		Containerd: systemContainerd,
 		Source:     &machineapi.InstallArtifactsSource{ImageName: image},

@@ -235,14 +235,145 @@ func TestDriverUsesOnlyTalosCalls(t *testing.T) {
 
 	defer n.Close()
 
-	_, ok := n.(driver.FallbackReporter)
-	assert.False(t, ok, "a Talos node cannot say it fell back")
+	fr, ok := n.(driver.FallbackReporter)
+	require.True(t, ok, "the talos driver tells a fallback from the node's boot ID")
 
 	require.NoError(t, fleet.Upgrade(sim.Key(c.Name, "n0"), "v2.0.0"))
 
 	v, err := n.Version(t.Context())
 	require.NoError(t, err)
 	assert.Equal(t, "v1.0.0", v, "back on the old version, read from Version's Sha")
+
+	// the upgrade came from elsewhere (a fleetctl before a restart): this
+	// handle has no boot ID from before it and says it cannot tell
+	_, err = fr.FellBackFrom(t.Context(), "v2.0.0")
+	require.ErrorContains(t, err, "no boot ID from before an upgrade request of this handle")
+}
+
+// TestFellBackFromBootID: a Talos node publishes its boot ID (COSI BootID).
+// The driver notes it before its upgrade request; a node that rebooted
+// since and runs another version fell back, one that has not rebooted yet
+// (still installing) or came back on the target did not. A rollback
+// reboots too and is not mistaken for a fallback; a node that publishes no
+// boot ID leaves the driver unable to tell.
+func TestFellBackFromBootID(t *testing.T) {
+	const stage, reboot = 400 * time.Millisecond, 200 * time.Millisecond
+
+	open := func(t *testing.T, b sim.Behaviour) driver.Node {
+		t.Helper()
+
+		inv, _, _ := servedFleet(t, sim.Spec{Clusters: 1, NodesPerCluster: 2}, b)
+		c := inv.Clusters[0]
+
+		// n1: a single control plane node would need preserve, which is not what this is about
+		n, err := talos.NewFactory().Open(t.Context(), driver.Target{Cluster: c.Name, Node: "n1", Endpoint: c.Nodes[1].Endpoint, Talosconfig: c.Talosconfig})
+		require.NoError(t, err)
+		t.Cleanup(func() { n.Close() })
+
+		return n
+	}
+
+	talosLike := sim.Behaviour{InitialVersion: "v1.0.0", TalosLike: true, FallbackVersions: []string{"v2.0.0"},
+		StageTime: sim.Duration(stage), RebootTime: sim.Duration(reboot)}
+
+	t.Run("fell back", func(t *testing.T) {
+		n := open(t, talosLike)
+		fr := n.(driver.FallbackReporter)
+
+		require.NoError(t, n.Upgrade(t.Context(), sim.Image("v2.0.0")))
+
+		yes, err := fr.FellBackFrom(t.Context(), "v2.0.0")
+		require.NoError(t, err)
+		assert.False(t, yes, "still installing (same boot, old version): not a fallback yet")
+
+		time.Sleep(stage + reboot + 100*time.Millisecond)
+
+		yes, err = fr.FellBackFrom(t.Context(), "v2.0.0")
+		require.NoError(t, err)
+		assert.True(t, yes, "rebooted and back on v1.0.0: fell back")
+	})
+
+	t.Run("came up on the target", func(t *testing.T) {
+		n := open(t, talosLike)
+		fr := n.(driver.FallbackReporter)
+
+		require.NoError(t, n.Upgrade(t.Context(), sim.Image("v3.0.0")))
+		time.Sleep(stage + reboot + 100*time.Millisecond)
+
+		yes, err := fr.FellBackFrom(t.Context(), "v3.0.0")
+		require.NoError(t, err)
+		assert.False(t, yes, "rebooted onto the target")
+
+		require.NoError(t, n.Rollback(t.Context()))
+		time.Sleep(reboot + 100*time.Millisecond)
+
+		_, err = fr.FellBackFrom(t.Context(), "v3.0.0")
+		require.ErrorContains(t, err, "no boot ID from before an upgrade request", "the rollback's reboot is no fallback")
+	})
+
+	t.Run("no boot ID published", func(t *testing.T) {
+		b := talosLike
+		b.TalosLike = false // the simulator then serves no COSI State, as a node without it
+
+		n := open(t, b)
+		fr := n.(driver.FallbackReporter)
+
+		require.NoError(t, n.Upgrade(t.Context(), sim.Image("v2.0.0")))
+		time.Sleep(stage + reboot + 100*time.Millisecond)
+
+		_, err := fr.FellBackFrom(t.Context(), "v2.0.0")
+		require.ErrorContains(t, err, "no boot ID from before an upgrade request")
+	})
+}
+
+// TestGateSeesTalosFallbackAtOnce: with the talos driver a canary that
+// reboots back onto its old image fails its gate as a fallback as soon as
+// it is back, not when the gate's timeout runs out, and the rollout halts
+// with the rest untouched.
+func TestGateSeesTalosFallbackAtOnce(t *testing.T) {
+	inv, fleet, dir := servedFleet(t, sim.Spec{Clusters: 1, NodesPerCluster: 3},
+		sim.Behaviour{InitialVersion: "v1.0.0", TalosLike: true, FallbackVersions: []string{"v2.0.0"},
+			StageTime: sim.Duration(300 * time.Millisecond), RebootTime: sim.Duration(300 * time.Millisecond)})
+
+	p := &plan.Plan{
+		Name: "fallback", Image: sim.Image("v2.0.0"), Version: "v2.0.0",
+		Waves:  []plan.Wave{{Name: "canary", Count: 1}, {Name: "rest", Percent: 100}},
+		Health: plan.HealthGate{Timeout: plan.Duration(time.Minute), Interval: plan.Duration(50 * time.Millisecond)},
+	}
+	p.Default()
+	require.NoError(t, p.Validate())
+
+	st, err := store.Open(filepath.Join(dir, "fleet.db"), store.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+
+	res, err := engine.Run(t.Context(), engine.Options{Inventory: inv, Plan: p, Store: st, Driver: talos.NewFactory(), DriverName: "talos"})
+	require.ErrorIs(t, err, engine.ErrHalted, "%+v", res)
+	require.Equal(t, 1, res.Failed, "%+v", res)
+
+	ns, err := st.Nodes(t.Context(), res.RolloutID)
+	require.NoError(t, err)
+
+	failed := 0
+
+	for _, n := range ns {
+		if n.State == store.NodeFailed {
+			failed++
+
+			assert.Contains(t, n.Error, "node tried v2.0.0 and fell back", "failed as a fallback, not on the gate's timeout")
+			assert.False(t, n.RolledBack && n.Error == "", "%+v", n)
+		}
+	}
+
+	require.Equal(t, 1, failed)
+
+	upgrades := 0
+	for _, c := range fleet.Counts() {
+		upgrades += c.Upgrades
+		assert.Zero(t, c.Rollbacks, "a node back on its old image is not sent a rollback")
+	}
+
+	assert.Equal(t, 1, upgrades, "only the canary was asked")
 }
 
 func TestImageVersion(t *testing.T) {

@@ -182,6 +182,8 @@ func (e *env) boot(lis net.Listener) error {
 		return err
 	}
 
+	_ = rt.SetBootID(strings.Repeat(string(rune('a'+e.boots)), 8))
+
 	rt.Sequence("boot", machine.SequenceEvent_START)
 	_ = rt.SetMachineStatus(runtime.MachineStageBooting, []runtime.UnmetCondition{{Name: "state", Reason: "unlocking"}})
 	_ = rt.SetVersion(api.TalosTag)
@@ -284,6 +286,7 @@ func TestCOSIGetAsTalosctl(t *testing.T) {
 		{"machinestatus", runtime.MachineStatusID},
 		{"version", "version"},
 		{"bootedentry", runtime.BootedEntryID},
+		{"bootid", runtime.BootIDID},
 	} {
 		ns := resource.Namespace("")
 		rd, err := c.ResolveResourceKind(ctx, &ns, tc.name)
@@ -322,6 +325,11 @@ func TestCOSIGetAsTalosctl(t *testing.T) {
 	ver, err := safe.StateGetByID[*runtime.Version](ctx, c.COSI, "version")
 	require.NoError(t, err)
 	require.Equal(t, "v1.14.1", ver.TypedSpec().Version)
+
+	// the boot ID fleetctl's Talos driver compares across an upgrade
+	bid, err := safe.StateGetByID[*runtime.BootID](ctx, c.COSI, runtime.BootIDID)
+	require.NoError(t, err)
+	require.Regexp(t, `^[a-z]{8}$`, bid.TypedSpec().BootID, "the boot ID the node published at its start")
 
 	// talosctl get -w machinestatus: a watch sees the current state first
 	ch := make(chan safe.WrappedStateEvent[*runtime.MachineStatus], 1)

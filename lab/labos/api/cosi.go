@@ -37,6 +37,7 @@ var served = []meta.ResourceDefinitionProvider{
 	&runtime.SecurityState{}, // runtime/security_state.go
 	&runtime.MachineStatus{}, // runtime/machine_status.go
 	&runtime.BootedEntry{},   // runtime/booted_entry.go
+	&runtime.BootID{},        // runtime/boot_id.go
 	&block.VolumeStatus{},    // block/volume_status.go
 }
 
@@ -111,6 +112,17 @@ func (r *Runtime) SetSecurityState(secureBoot, bootedWithUKI bool) error {
 	return modify(r, runtime.NewSecurityStateSpec(runtime.NamespaceName), func(s *runtime.SecurityState) error {
 		s.TypedSpec().SecureBoot = secureBoot
 		s.TypedSpec().BootedWithUKI = bootedWithUKI
+
+		return nil
+	})
+}
+
+// SetBootID publishes the kernel's boot ID, as Talos's BootIDController
+// does: it changes with every boot, so a client that saw it before an
+// upgrade can tell whether the node has rebooted since.
+func (r *Runtime) SetBootID(id string) error {
+	return modify(r, runtime.NewBootID(), func(b *runtime.BootID) error {
+		b.TypedSpec().BootID = id
 
 		return nil
 	})

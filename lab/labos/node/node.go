@@ -186,6 +186,14 @@ func (n *Node) Boot(ctx context.Context) error {
 		n.rt = rt
 		rt.Sequence("boot", machine.SequenceEvent_START)
 		n.publish("version", func(rt *api.Runtime) error { return rt.SetVersion(TalosTag) })
+		n.publish("boot-id", func(rt *api.Runtime) error {
+			id, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+			if err != nil {
+				return fmt.Errorf("reading the boot ID: %w", err)
+			}
+
+			return rt.SetBootID(strings.TrimSpace(string(id)))
+		})
 		n.publish("machine-status", func(rt *api.Runtime) error {
 			return rt.SetMachineStatus(runtime.MachineStageBooting, []runtime.UnmetCondition{{Name: "boot", Reason: "booting"}})
 		})
