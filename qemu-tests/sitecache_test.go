@@ -52,9 +52,11 @@ func TestStagedUpgradeThroughSiteCache(t *testing.T) {
 
 	image := suite.PushInstaller(t, "v2")
 
-	// the maintenance window opens at a full minute at least a minute from
-	// now (UTC): staging runs before it
-	opens := time.Now().UTC().Add(time.Minute).Truncate(time.Minute).Add(time.Minute)
+	// the maintenance window opens at the first full minute at least 30 s
+	// from now (UTC; windows start on whole minutes): staging starts before
+	// it, and a pull still running when it opens is waited for, as the
+	// engine does for a node still pulling
+	opens := time.Now().UTC().Add(30 * time.Second).Truncate(time.Minute).Add(time.Minute)
 	inv := &inventory.Inventory{
 		Sites: []inventory.Site{{Name: "thin", Region: "lab", TimeZone: "UTC", Bandwidth: inventory.BandwidthLow, Source: "test",
 			Windows: []window.Window{{Start: opens.Format("15:04"), Duration: "30m"}}}},
