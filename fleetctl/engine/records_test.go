@@ -310,3 +310,88 @@ func TestInFlightNodeNotFailedWhenDriverCannotConnect(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, store.NodeAccepted, nodes[0].State)
 }
+
+// One health probe's calls share one call timeout (health.callTimeout): a
+// context with a timer per call was a visible share of a large rollout's
+// CPU time. The node's version and health answers of a probe carry the same
+// deadline.
+func TestHealthProbeCallsShareOneCallTimeout(t *testing.T) {
+	f := newFixture(t, sim.Spec{Clusters: 1, NodesPerCluster: 2}, sim.Behaviour{}, func(p *plan.Plan) {
+		p.Waves = []plan.Wave{{Name: "all", Percent: 100}}
+		p.Budget = plan.Budget{}
+	})
+
+	rec := &deadlineRecorder{inner: f.fleet.Factory()}
+	o := f.opts()
+	o.Driver = rec
+
+	res, err := engine.Run(t.Context(), o)
+	require.NoError(t, err)
+	assert.Equal(t, 2, res.Done)
+
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+
+	probes := 0
+
+	for i, c := range rec.calls {
+		if c.what != "health" {
+			continue
+		}
+
+		require.Positive(t, i, "a probe asks the version first")
+		prev := rec.calls[i-1]
+		require.Equal(t, "version", prev.what)
+		require.False(t, c.deadline.IsZero(), "the probe's calls are bounded")
+		assert.Equal(t, prev.deadline, c.deadline, "version and health of one probe share one deadline")
+
+		probes++
+	}
+
+	assert.Positive(t, probes)
+}
+
+// deadlineRecorder records the deadline of each Version and Health call
+// (its nodes report no image, so a probe asks Version then Health).
+type deadlineRecorder struct {
+	inner driver.Factory
+
+	mu    sync.Mutex
+	calls []recordedCall
+}
+
+type recordedCall struct {
+	what     string
+	deadline time.Time
+}
+
+func (f *deadlineRecorder) Open(ctx context.Context, t driver.Target) (driver.Node, error) {
+	n, err := f.inner.Open(ctx, t)
+
+	return &deadlineNode{Node: n, f: f}, err
+}
+
+func (f *deadlineRecorder) add(ctx context.Context, what string) {
+	d, _ := ctx.Deadline()
+
+	f.mu.Lock()
+	f.calls = append(f.calls, recordedCall{what: what, deadline: d})
+	f.mu.Unlock()
+}
+
+type deadlineNode struct {
+	driver.Node
+	f *deadlineRecorder
+}
+
+func (n *deadlineNode) Version(ctx context.Context) (string, error) {
+	n.f.add(ctx, "version")
+
+	return n.Node.Version(ctx)
+}
+
+func (n *deadlineNode) Health(ctx context.Context) (driver.Health, error) {
+	n.f.add(ctx, "health")
+
+	return n.Node.Health(ctx)
+}

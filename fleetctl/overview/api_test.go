@@ -305,6 +305,31 @@ func TestNodeHistory(t *testing.T) {
 	require.Equal(t, "node not found: c00000/n9", errorText(t, b))
 }
 
+// A node's history shows its staging lines with its transitions, in the
+// order written: the node page reads the audit ids listed on the node's
+// node and staging rows (store migration 0014).
+func TestNodeHistoryIncludesStagingLines(t *testing.T) {
+	f := newFixture(t, smallFleet(false), nil)
+
+	lease, err := f.st.AcquireLease(t.Context(), f.id, "here", 1, time.Minute, false, "engine@test")
+	require.NoError(t, err)
+	require.NoError(t, lease.RecordStaging(t.Context(), "engine@test", store.Staging{Node: 1, Subject: "c00000/n1", State: store.StagePulling}))
+	f.record(t, 0, "c00000/n0", store.Transition{State: store.NodeRequested, Detail: "another node"})
+	require.NoError(t, lease.RecordStaging(t.Context(), "engine@test", store.Staging{Node: 1, Subject: "c00000/n1", State: store.StageStaged, Bytes: 42}))
+	f.record(t, 1, "c00000/n1", store.Transition{State: store.NodeRequested, FromVersion: "v1.0.0", Detail: "upgrade v1.0.0 -> v2.0.0"})
+
+	var d NodeDetail
+	f.getJSON(t, "/api/v1/nodes/c00000/n1", roToken, &d)
+	require.Len(t, d.History, 1)
+
+	var steps []string
+	for _, st := range d.History[0].Steps {
+		steps = append(steps, st.Action+" "+st.Detail)
+	}
+
+	require.Equal(t, []string{"staging.pulling ", "staging.staged bytes=42 ", "node.requested upgrade v1.0.0 -> v2.0.0"}, steps)
+}
+
 // The rollout detail: CLI status, budgets used and left, failures with the gate's reason.
 func TestRolloutDetail(t *testing.T) {
 	f := newFixture(t, smallFleet(false), nil)

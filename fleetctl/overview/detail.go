@@ -104,15 +104,19 @@ func (s *Server) nodeDetail(ctx context.Context, snap *snapshot, cluster, node s
 		r := snap.rollouts[ri]
 
 		var (
-			n      store.Node
-			rb     int
-			up     int64
-			nodeID int
+			n        store.Node
+			rb       int
+			up       int64
+			auditIDs string
 		)
 
-		err := db.QueryRowContext(ctx, `SELECT id, state, from_version, error, rolled_back, upgrade_calls, updated_at FROM nodes
-			WHERE rollout_id = ? AND cluster = ? AND name = ?`, r.ID, cluster, node).
-			Scan(&nodeID, &n.State, &n.FromVersion, &n.Error, &rb, &n.UpgradeCalls, &up)
+		// The node's audit lines are listed by id on its rows: its
+		// transitions on the node row, its staging lines on the staging row
+		// (migration 0014; a node's lines are not indexed by subject).
+		err := db.QueryRowContext(ctx, `SELECT n.state, n.from_version, n.error, n.rolled_back, n.upgrade_calls, n.updated_at,
+			n.audit_ids || ',' || COALESCE((SELECT s.audit_ids FROM staging s WHERE s.rollout_id = n.rollout_id AND s.node = n.id), '')
+			FROM nodes n WHERE n.rollout_id = ? AND n.cluster = ? AND n.name = ?`, r.ID, cluster, node).
+			Scan(&n.State, &n.FromVersion, &n.Error, &rb, &n.UpgradeCalls, &up, &auditIDs)
 		if errors.Is(err, sql.ErrNoRows) {
 			continue
 		}
@@ -131,9 +135,10 @@ func (s *Server) nodeDetail(ctx context.Context, snap *snapshot, cluster, node s
 			h.UpdatedAt = time.Unix(0, up).UTC()
 		}
 
-		// audit_subject (migration 0011) makes this an index lookup.
-		rows, err := db.QueryContext(ctx, `SELECT at, action, detail, actor FROM audit WHERE subject = ? AND rollout_id = ? ORDER BY id`,
-			key(cluster, node), r.ID)
+		// A rowid lookup per listed id; the list is a JSON array once
+		// wrapped (empty entries from the join dropped).
+		rows, err := db.QueryContext(ctx, `SELECT at, action, detail, actor FROM audit
+			WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id`, idList(auditIDs))
 		if err != nil {
 			return NodeDetail{}, fmt.Errorf("reading node audit: %w", err)
 		}
@@ -322,4 +327,19 @@ func (s *Server) waitingSites(ctx context.Context, id string, st Status, now tim
 	sort.Slice(out, func(i, j int) bool { return out[i].NextOpen.Before(out[j].NextOpen) })
 
 	return out, rows.Err()
+}
+
+// idList turns the comma-separated audit ids of a node's rows ("1,5," or
+// ",7") into a JSON array ("[1,5]").
+func idList(ids string) string {
+	parts := strings.Split(ids, ",")
+	out := parts[:0]
+
+	for _, p := range parts {
+		if p != "" {
+			out = append(out, p)
+		}
+	}
+
+	return "[" + strings.Join(out, ",") + "]"
 }

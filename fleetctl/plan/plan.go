@@ -95,7 +95,8 @@ type HealthGate struct {
 	Soak Duration `yaml:"soak,omitempty" json:"soak,omitempty"`
 	// Interval is the polling period of the gate (default 5s).
 	Interval Duration `yaml:"interval,omitempty" json:"interval,omitempty"`
-	// CallTimeout bounds each node API call except Upgrade (default 30s, at most 10m).
+	// CallTimeout bounds each node API call except Upgrade; the calls of one
+	// health probe (version or image, services, cluster) share one (default 30s, at most 10m).
 	CallTimeout Duration `yaml:"callTimeout,omitempty" json:"callTimeout,omitempty"`
 	// UpgradeTimeout bounds the Upgrade call, which on Talos pulls the image
 	// before it answers (default 10m, at most 2h). A call that times out is

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -159,4 +160,80 @@ func TestNodeRecordsChunkBindsRolloutAndActorOnce(t *testing.T) {
 			assert.Equal(t, want, n.State, "%s node %d", id, n.ID)
 		}
 	}
+}
+
+// TestNodeRowsListTheirAuditLines: the fleet overview finds a node's audit
+// lines through the ids its rows list (migration 0014 dropped the
+// audit_subject index). Each transition appends the id of its own line,
+// also when another operation of the same group commit writes an audit
+// line of SQLite's numbering in between, and a staging record lists its
+// line on the staging row.
+func TestNodeRowsListTheirAuditLines(t *testing.T) {
+	st, err := Open(filepath.Join(t.TempDir(), "f.db"), Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+
+	const nodes = 70
+
+	var ns []Node
+	for i := range nodes {
+		ns = append(ns, Node{ID: i, Cluster: "c", Name: fmt.Sprintf("n%d", i)})
+	}
+
+	require.NoError(t, st.CreateRollout(t.Context(), Rollout{ID: "r1", Name: "t", Image: "i", Version: "v2", Plan: "{}"},
+		nil, []Wave{{Index: 0, Name: "all", Nodes: nodes}}, ns, "tester"))
+
+	rec := func(node int, state string) op {
+		return op{rec: &nodeRecord{rollout: "r1", actor: "tester", tr: Transition{Node: node, Subject: fmt.Sprintf("c/n%d", node), State: state}}}
+	}
+
+	// One batch: 70 requests (chunks of 64, 4, 1, 1), a wave line between
+	// them, then a second transition of some nodes.
+	var batch []op
+	for i := range nodes {
+		batch = append(batch, rec(i, NodeRequested))
+	}
+
+	batch = append(batch, op{fn: setWaveState("r1", 0, WaveRunning, "tester")}, rec(3, NodeDone), rec(69, NodeFailed))
+	require.NoError(t, st.commit(batch))
+	require.NoError(t, st.commit([]op{rec(3, NodeRequested)}))
+
+	lease, err := st.AcquireLease(t.Context(), "r1", "here", 1, time.Minute, false, "tester")
+	require.NoError(t, err)
+	require.NoError(t, lease.RecordStaging(t.Context(), "tester", Staging{Node: 3, Subject: "c/n3", State: StagePulling}))
+
+	lines := func(q string, args ...any) []string {
+		var ids string
+		require.NoError(t, st.DB().QueryRow(q, args...).Scan(&ids))
+
+		rows, err := st.DB().Query(`SELECT subject || ' ' || action FROM audit WHERE id IN (SELECT value FROM json_each('[' || ? || ']')) ORDER BY id`, ids)
+		require.NoError(t, err)
+
+		defer rows.Close()
+
+		var out []string
+
+		for rows.Next() {
+			var s string
+			require.NoError(t, rows.Scan(&s))
+			out = append(out, s)
+		}
+
+		require.NoError(t, rows.Err())
+
+		return out
+	}
+
+	node := `SELECT audit_ids FROM nodes WHERE rollout_id = 'r1' AND id = ?`
+	assert.Equal(t, []string{"c/n3 node.requested", "c/n3 node.done", "c/n3 node.requested"}, lines(node, 3))
+	assert.Equal(t, []string{"c/n69 node.requested", "c/n69 node.failed"}, lines(node, 69))
+	assert.Equal(t, []string{"c/n0 node.requested"}, lines(node, 0))
+	assert.Equal(t, []string{"c/n3 staging.pulling"}, lines(`SELECT audit_ids FROM staging WHERE rollout_id = 'r1' AND node = ?`, 3))
+
+	// Every node line is listed by exactly one node row.
+	var listed, nodeLines int
+	require.NoError(t, st.DB().QueryRow(`SELECT COUNT(*) FROM audit WHERE action LIKE 'node.%'`).Scan(&nodeLines))
+	require.NoError(t, st.DB().QueryRow(`SELECT COUNT(*) FROM nodes, json_each('[' || audit_ids || ']') WHERE audit_ids != ''`).Scan(&listed))
+	assert.Equal(t, nodes+3, nodeLines)
+	assert.Equal(t, nodeLines, listed)
 }

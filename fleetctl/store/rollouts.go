@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -476,23 +477,29 @@ var (
 
 func init() {
 	for _, n := range recordChunks {
-		rows := strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?,?,?),", n), ",")
-		updateNodesSQL[n] = `WITH v(r, id, st, fv, er, rb, ca, at) AS (VALUES ` + rows + `)
+		rows := strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?,?,?,?),", n), ",")
+		updateNodesSQL[n] = `WITH v(r, id, st, fv, er, rb, ca, at, aid) AS (VALUES ` + rows + `)
 			UPDATE nodes SET state = v.st, from_version = CASE WHEN v.fv = '' THEN nodes.from_version ELSE v.fv END,
-			error = v.er, rolled_back = MAX(nodes.rolled_back, v.rb), upgrade_calls = nodes.upgrade_calls + v.ca, updated_at = v.at
+			error = v.er, rolled_back = MAX(nodes.rolled_back, v.rb), upgrade_calls = nodes.upgrade_calls + v.ca, updated_at = v.at,
+			audit_ids = CASE WHEN nodes.audit_ids = '' THEN v.aid ELSE nodes.audit_ids || ',' || v.aid END
 			FROM v WHERE nodes.rollout_id = v.r AND nodes.id = v.id`
 		insertNodesSQL[n] = `INSERT INTO nodes (rollout_id, id, wave, cluster, name, endpoint, role, site, region, bandwidth, talosconfig, state) VALUES ` +
 			strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?,?,?,?,?,?,?),", n), ",")
-		insertAuditSQL[n] = `INSERT INTO audit (at, actor, rollout_id, action, subject, detail) VALUES ` +
-			strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?),", n), ",")
+		insertAuditSQL[n] = `INSERT INTO audit (id, at, actor, rollout_id, action, subject, detail) VALUES ` +
+			strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?,?),", n), ",")
 	}
 }
 
 func writeNodeChunk(tx *wtx, recs []*nodeRecord) error {
-	nodeArgs := make([]any, 0, 8*len(recs))
-	auditArgs := make([]any, 0, 6*len(recs))
+	nodeArgs := make([]any, 0, 9*len(recs))
+	auditArgs := make([]any, 0, 7*len(recs))
 
-	for _, rec := range recs {
+	first, err := tx.auditIDs(len(recs))
+	if err != nil {
+		return err
+	}
+
+	for i, rec := range recs {
 		tr := rec.tr
 		at := now()
 
@@ -510,8 +517,11 @@ func writeNodeChunk(tx *wtx, recs []*nodeRecord) error {
 			detail += " error=" + tr.Error
 		}
 
-		nodeArgs = append(nodeArgs, rec.rollout, tr.Node, tr.State, tr.FromVersion, tr.Error, rb, calls, at)
-		auditArgs = append(auditArgs, at, rec.actor, rec.rollout, "node."+tr.State, tr.Subject, detail)
+		// The node row lists the id of its audit line (the fleet
+		// overview's node history reads them by id).
+		aid := first + int64(i)
+		nodeArgs = append(nodeArgs, rec.rollout, tr.Node, tr.State, tr.FromVersion, tr.Error, rb, calls, at, strconv.FormatInt(aid, 10))
+		auditArgs = append(auditArgs, aid, at, rec.actor, rec.rollout, "node."+tr.State, tr.Subject, detail)
 	}
 
 	if _, err := tx.Exec(updateNodesSQL[len(recs)], nodeArgs...); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strconv"
 	"time"
 )
 
@@ -43,21 +44,31 @@ func (l *Lease) RecordStaging(ctx context.Context, actor string, recs ...Staging
 		at := now()
 
 		for _, r := range recs {
-			if _, err := tx.Exec(`INSERT INTO staging (rollout_id, node, state, reason, bytes, attempts, updated_at) VALUES (?,?,?,?,?,?,?)
-				ON CONFLICT (rollout_id, node) DO UPDATE SET state = excluded.state, reason = excluded.reason,
-				bytes = CASE WHEN excluded.bytes = 0 THEN staging.bytes ELSE excluded.bytes END,
-				attempts = staging.attempts + excluded.attempts, updated_at = excluded.updated_at`,
-				l.rollout, r.Node, r.State, r.Reason, r.Bytes, boolInt(r.State == StagePulling), at); err != nil {
-				return fmt.Errorf("recording staging of %s: %w", r.Subject, err)
-			}
-
 			detail := r.Reason
 			if r.Bytes > 0 {
 				detail = fmt.Sprintf("bytes=%d %s", r.Bytes, detail)
 			}
 
-			if err := audit(tx, at, actor, l.rollout, "staging."+r.State, r.Subject, detail); err != nil {
-				return err
+			res, err := tx.Exec(`INSERT INTO audit (at, actor, rollout_id, action, subject, detail) VALUES (?,?,?,?,?,?)`,
+				at, actor, l.rollout, "staging."+r.State, r.Subject, detail)
+			if err != nil {
+				return fmt.Errorf("writing audit log: %w", err)
+			}
+
+			// The staging row lists its audit lines' ids (the fleet
+			// overview's node history reads them by id).
+			aid, err := res.LastInsertId()
+			if err != nil {
+				return fmt.Errorf("writing audit log: %w", err)
+			}
+
+			if _, err := tx.Exec(`INSERT INTO staging (rollout_id, node, state, reason, bytes, attempts, updated_at, audit_ids) VALUES (?,?,?,?,?,?,?,?)
+				ON CONFLICT (rollout_id, node) DO UPDATE SET state = excluded.state, reason = excluded.reason,
+				bytes = CASE WHEN excluded.bytes = 0 THEN staging.bytes ELSE excluded.bytes END,
+				attempts = staging.attempts + excluded.attempts, updated_at = excluded.updated_at,
+				audit_ids = CASE WHEN staging.audit_ids = '' THEN excluded.audit_ids ELSE staging.audit_ids || ',' || excluded.audit_ids END`,
+				l.rollout, r.Node, r.State, r.Reason, r.Bytes, boolInt(r.State == StagePulling), at, strconv.FormatInt(aid, 10)); err != nil {
+				return fmt.Errorf("recording staging of %s: %w", r.Subject, err)
 			}
 		}
 

@@ -92,6 +92,34 @@ type Store struct {
 type wtx struct {
 	*sql.Tx
 	s *Store
+
+	// nextAudit is the id the next audit line of a node transition gets
+	// (0: not read yet in this transaction). writeNodeChunk numbers its
+	// audit rows itself so that each node row can list its lines' ids
+	// (nodes.audit_ids) in the same statement that updates it.
+	nextAudit int64
+}
+
+// auditIDs reserves n audit ids in this transaction and returns the first.
+// The transaction holds the database's write lock, so nobody else can take
+// them; any other audit insert in between resets the counter (see commit).
+func (t *wtx) auditIDs(n int) (int64, error) {
+	if t.nextAudit == 0 {
+		// AUTOINCREMENT's own rule: above every id ever handed out
+		// (sqlite_sequence) and every row present.
+		var last int64
+		if err := t.QueryRow(`SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'audit'), 0),
+			COALESCE((SELECT MAX(id) FROM audit), 0))`).Scan(&last); err != nil {
+			return 0, fmt.Errorf("reading the last audit id: %w", err)
+		}
+
+		t.nextAudit = last + 1
+	}
+
+	first := t.nextAudit
+	t.nextAudit += int64(n)
+
+	return first, nil
 }
 
 // maxStmts bounds the statement cache; queries beyond it (none today) are
@@ -329,6 +357,9 @@ func (s *Store) commit(batch []op) error {
 
 			return err
 		}
+
+		// fn may have written audit lines with ids of SQLite's choosing.
+		tx.nextAudit = 0
 	}
 
 	if err := writeNodeRecords(tx, recs); err != nil {

@@ -286,6 +286,50 @@ func TestMigratesUnversionedDatabase(t *testing.T) {
 	require.NoError(t, err, "the lease_token column exists after migration")
 }
 
+// Migration 0014 lists on each node row the audit lines of that node
+// written before it (the overview read them through the audit_subject index
+// it drops), and only those: same subject, same rollout.
+func TestMigrationListsEarlierAuditLinesOnNodeRows(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "old.db")
+
+	raw, err := sql.Open("sqlite", "file:"+db)
+	require.NoError(t, err)
+
+	initial, err := os.ReadFile("migrations/0001_initial.sql")
+	require.NoError(t, err)
+	_, err = raw.Exec(string(initial))
+	require.NoError(t, err)
+	_, err = raw.Exec(`
+		INSERT INTO rollouts (id, name, image, version, plan, state, desired, created_by, created_at, updated_at)
+			VALUES ('r1', 'one', 'img', 'v1', '{}', 'completed', 'run', 'me', 1, 1), ('r2', 'two', 'img', 'v2', '{}', 'completed', 'run', 'me', 2, 2);
+		INSERT INTO nodes (rollout_id, id, wave, cluster, name, endpoint, role, site, region, bandwidth, talosconfig, state)
+			VALUES ('r1', 0, 0, 'c', 'n0', 'e', 'worker', 's', 'r', 'high', '', 'done'), ('r1', 1, 0, 'c', 'n1', 'e', 'worker', 's', 'r', 'high', '', 'pending'),
+			       ('r2', 0, 0, 'c', 'n0', 'e', 'worker', 's', 'r', 'high', '', 'done');
+		INSERT INTO audit (at, actor, rollout_id, action, subject, detail) VALUES
+			(1, 'me', 'r1', 'rollout.create', 'one', ''), (2, 'me', 'r1', 'node.requested', 'c/n0', ''),
+			(3, 'me', 'r2', 'node.requested', 'c/n0', ''), (4, 'me', 'r1', 'staging.staged', 'c/n0', ''),
+			(5, 'me', 'r1', 'node.done', 'c/n0', ''), (6, 'me', 'r2', 'node.done', 'c/n0', '');`)
+	require.NoError(t, err)
+	require.NoError(t, raw.Close())
+
+	st := open(t, db)
+
+	ids := func(rollout string, node int) string {
+		var s string
+		require.NoError(t, st.DB().QueryRow(`SELECT audit_ids FROM nodes WHERE rollout_id = ? AND id = ?`, rollout, node).Scan(&s))
+
+		return s
+	}
+
+	assert.Equal(t, "2,4,5", ids("r1", 0))
+	assert.Equal(t, "", ids("r1", 1))
+	assert.Equal(t, "3,6", ids("r2", 0))
+
+	var n int
+	require.NoError(t, st.DB().QueryRow(`SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'audit_subject'`).Scan(&n))
+	assert.Zero(t, n, "audit_subject is dropped")
+}
+
 func BenchmarkRecordNodeConcurrent(b *testing.B) {
 	st := open(b, filepath.Join(b.TempDir(), "f.db"))
 	create(b, st, "r1", 1000)
