@@ -335,19 +335,8 @@ func TestGateSeesTalosFallbackAtOnce(t *testing.T) {
 		sim.Behaviour{InitialVersion: "v1.0.0", TalosLike: true, FallbackVersions: []string{"v2.0.0"},
 			StageTime: sim.Duration(300 * time.Millisecond), RebootTime: sim.Duration(300 * time.Millisecond)})
 
-	p := &plan.Plan{
-		Name: "fallback", Image: sim.Image("v2.0.0"), Version: "v2.0.0",
-		Waves:  []plan.Wave{{Name: "canary", Count: 1}, {Name: "rest", Percent: 100}},
-		Health: plan.HealthGate{Timeout: plan.Duration(time.Minute), Interval: plan.Duration(50 * time.Millisecond)},
-	}
-	p.Default()
-	require.NoError(t, p.Validate())
-
-	st, err := store.Open(filepath.Join(dir, "fleet.db"), store.Options{})
-	require.NoError(t, err)
-	t.Cleanup(func() { st.Close() })
-
-	res, err := engine.Run(t.Context(), engine.Options{Inventory: inv, Plan: p, Store: st, Driver: talos.NewFactory(), DriverName: "talos"})
+	res, st, err := canaryThenRestGated(t, inv, dir, "fallback", talos.NewFactory(),
+		plan.HealthGate{Timeout: plan.Duration(time.Minute), Interval: plan.Duration(50 * time.Millisecond)})
 	require.ErrorIs(t, err, engine.ErrHalted, "%+v", res)
 	require.Equal(t, 1, res.Failed, "%+v", res)
 
@@ -577,10 +566,17 @@ func TestRolloutChecksSchematicOverMachineAPI(t *testing.T) {
 func canaryThenRest(t *testing.T, inv *inventory.Inventory, dir, name string, f *talos.Factory) (engine.Result, *store.Store, error) {
 	t.Helper()
 
+	return canaryThenRestGated(t, inv, dir, name, f, plan.HealthGate{Timeout: plan.Duration(2 * time.Second), Interval: plan.Duration(10 * time.Millisecond)})
+}
+
+// canaryThenRestGated is canaryThenRest with the given health gate.
+func canaryThenRestGated(t *testing.T, inv *inventory.Inventory, dir, name string, f *talos.Factory, hg plan.HealthGate) (engine.Result, *store.Store, error) {
+	t.Helper()
+
 	p := &plan.Plan{
 		Name: name, Image: sim.Image("v2.0.0"), Version: "v2.0.0",
 		Waves:  []plan.Wave{{Name: "canary", Count: 1}, {Name: "rest", Percent: 100}},
-		Health: plan.HealthGate{Timeout: plan.Duration(2 * time.Second), Interval: plan.Duration(10 * time.Millisecond)},
+		Health: hg,
 	}
 	p.Default()
 	require.NoError(t, p.Validate())
