@@ -15,19 +15,9 @@ import (
 // its own audit line, in order, also when one batch holds two transitions
 // of the same node (UPDATE ... FROM takes each node once per statement).
 func TestNodeRecordsShareStatementsNotRows(t *testing.T) {
-	st, err := Open(filepath.Join(t.TempDir(), "f.db"), Options{})
-	require.NoError(t, err)
-	t.Cleanup(func() { st.Close() })
-
 	const nodes = 100
 
-	var ns []Node
-	for i := range nodes {
-		ns = append(ns, Node{ID: i, Cluster: "c", Name: fmt.Sprintf("n%d", i)})
-	}
-
-	require.NoError(t, st.CreateRollout(t.Context(), Rollout{ID: "r1", Name: "t", Image: "i", Version: "v2", Plan: "{}"},
-		nil, []Wave{{Index: 0, Name: "all", Nodes: nodes}}, ns, "tester"))
+	st := rolloutOfNodes(t, nodes)
 
 	var recs []*nodeRecord
 	for i := range nodes {
@@ -169,19 +159,9 @@ func TestNodeRecordsChunkBindsRolloutAndActorOnce(t *testing.T) {
 // line of SQLite's numbering in between, and a staging record lists its
 // line on the staging row.
 func TestNodeRowsListTheirAuditLines(t *testing.T) {
-	st, err := Open(filepath.Join(t.TempDir(), "f.db"), Options{})
-	require.NoError(t, err)
-	t.Cleanup(func() { st.Close() })
-
 	const nodes = 70
 
-	var ns []Node
-	for i := range nodes {
-		ns = append(ns, Node{ID: i, Cluster: "c", Name: fmt.Sprintf("n%d", i)})
-	}
-
-	require.NoError(t, st.CreateRollout(t.Context(), Rollout{ID: "r1", Name: "t", Image: "i", Version: "v2", Plan: "{}"},
-		nil, []Wave{{Index: 0, Name: "all", Nodes: nodes}}, ns, "tester"))
+	st := rolloutOfNodes(t, nodes)
 
 	rec := func(node int, state string) op {
 		return op{rec: &nodeRecord{rollout: "r1", actor: "tester", tr: Transition{Node: node, Subject: fmt.Sprintf("c/n%d", node), State: state}}}
@@ -236,4 +216,24 @@ func TestNodeRowsListTheirAuditLines(t *testing.T) {
 	require.NoError(t, st.DB().QueryRow(`SELECT COUNT(*) FROM nodes, json_each('[' || audit_ids || ']') WHERE audit_ids != ''`).Scan(&listed))
 	assert.Equal(t, nodes+3, nodeLines)
 	assert.Equal(t, nodeLines, listed)
+}
+
+// rolloutOfNodes opens a new store holding rollout r1 with one wave of n
+// nodes c/n0 ... c/n<n-1>.
+func rolloutOfNodes(t *testing.T, n int) *Store {
+	t.Helper()
+
+	st, err := Open(filepath.Join(t.TempDir(), "f.db"), Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+
+	var ns []Node
+	for i := range n {
+		ns = append(ns, Node{ID: i, Cluster: "c", Name: fmt.Sprintf("n%d", i)})
+	}
+
+	require.NoError(t, st.CreateRollout(t.Context(), Rollout{ID: "r1", Name: "t", Image: "i", Version: "v2", Plan: "{}"},
+		nil, []Wave{{Index: 0, Name: "all", Nodes: n}}, ns, "tester"))
+
+	return st
 }

@@ -259,21 +259,10 @@ func TestOpenReadOnly(t *testing.T) {
 // statements, no migration table) is brought up to date by Open, keeping its
 // rows; read-only opening refuses it with a hint instead of failing later.
 func TestMigratesUnversionedDatabase(t *testing.T) {
-	db := filepath.Join(t.TempDir(), "old.db")
-
-	raw, err := sql.Open("sqlite", "file:"+db)
-	require.NoError(t, err)
-
-	initial, err := os.ReadFile("migrations/0001_initial.sql")
-	require.NoError(t, err)
-	_, err = raw.Exec(string(initial))
-	require.NoError(t, err)
-	_, err = raw.Exec(`INSERT INTO rollouts (id, name, image, version, plan, state, desired, created_by, created_at, updated_at)
+	db := unversionedDB(t, `INSERT INTO rollouts (id, name, image, version, plan, state, desired, created_by, created_at, updated_at)
 		VALUES ('r-old', 'old', 'img', 'v1', '{}', 'completed', 'run', 'me', 1, 1)`)
-	require.NoError(t, err)
-	require.NoError(t, raw.Close())
 
-	_, err = store.OpenReadOnly(db)
+	_, err := store.OpenReadOnly(db)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "rollout resume")
 
@@ -290,16 +279,7 @@ func TestMigratesUnversionedDatabase(t *testing.T) {
 // written before it (the overview read them through the audit_subject index
 // it drops), and only those: same subject, same rollout.
 func TestMigrationListsEarlierAuditLinesOnNodeRows(t *testing.T) {
-	db := filepath.Join(t.TempDir(), "old.db")
-
-	raw, err := sql.Open("sqlite", "file:"+db)
-	require.NoError(t, err)
-
-	initial, err := os.ReadFile("migrations/0001_initial.sql")
-	require.NoError(t, err)
-	_, err = raw.Exec(string(initial))
-	require.NoError(t, err)
-	_, err = raw.Exec(`
+	db := unversionedDB(t, `
 		INSERT INTO rollouts (id, name, image, version, plan, state, desired, created_by, created_at, updated_at)
 			VALUES ('r1', 'one', 'img', 'v1', '{}', 'completed', 'run', 'me', 1, 1), ('r2', 'two', 'img', 'v2', '{}', 'completed', 'run', 'me', 2, 2);
 		INSERT INTO nodes (rollout_id, id, wave, cluster, name, endpoint, role, site, region, bandwidth, talosconfig, state)
@@ -309,8 +289,6 @@ func TestMigrationListsEarlierAuditLinesOnNodeRows(t *testing.T) {
 			(1, 'me', 'r1', 'rollout.create', 'one', ''), (2, 'me', 'r1', 'node.requested', 'c/n0', ''),
 			(3, 'me', 'r2', 'node.requested', 'c/n0', ''), (4, 'me', 'r1', 'staging.staged', 'c/n0', ''),
 			(5, 'me', 'r1', 'node.done', 'c/n0', ''), (6, 'me', 'r2', 'node.done', 'c/n0', '');`)
-	require.NoError(t, err)
-	require.NoError(t, raw.Close())
 
 	st := open(t, db)
 
@@ -346,4 +324,25 @@ func BenchmarkRecordNodeConcurrent(b *testing.B) {
 
 		wg.Wait()
 	}
+}
+
+// unversionedDB writes a database as the first release did (its CREATE
+// TABLE statements, no migration table) holding the rows of seed.
+func unversionedDB(t *testing.T, seed string) string {
+	t.Helper()
+
+	db := filepath.Join(t.TempDir(), "old.db")
+
+	raw, err := sql.Open("sqlite", "file:"+db)
+	require.NoError(t, err)
+
+	initial, err := os.ReadFile("migrations/0001_initial.sql")
+	require.NoError(t, err)
+	_, err = raw.Exec(string(initial))
+	require.NoError(t, err)
+	_, err = raw.Exec(seed)
+	require.NoError(t, err)
+	require.NoError(t, raw.Close())
+
+	return db
 }
