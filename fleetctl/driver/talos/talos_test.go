@@ -262,13 +262,8 @@ func TestFellBackFromBootID(t *testing.T) {
 	open := func(t *testing.T, b sim.Behaviour) driver.Node {
 		t.Helper()
 
-		inv, _, _ := servedFleet(t, sim.Spec{Clusters: 1, NodesPerCluster: 2}, b)
-		c := inv.Clusters[0]
-
 		// n1: a single control plane node would need preserve, which is not what this is about
-		n, err := talos.NewFactory().Open(t.Context(), driver.Target{Cluster: c.Name, Node: "n1", Endpoint: c.Nodes[1].Endpoint, Talosconfig: c.Talosconfig})
-		require.NoError(t, err)
-		t.Cleanup(func() { n.Close() })
+		n, _, _ := openServedNode(t, 2, 1, b)
 
 		return n
 	}
@@ -465,17 +460,12 @@ func TestTalosNodeReportsItsImage(t *testing.T) {
 	open := func(t *testing.T, b sim.Behaviour) (driver.ImageReporter, *sim.Fleet, string) {
 		t.Helper()
 
-		inv, fleet, _ := servedFleet(t, sim.Spec{Clusters: 1, NodesPerCluster: 1}, b)
-		c := inv.Clusters[0]
-
-		n, err := talos.NewFactory().Open(t.Context(), driver.Target{Cluster: c.Name, Node: "n0", Endpoint: c.Nodes[0].Endpoint, Talosconfig: c.Talosconfig})
-		require.NoError(t, err)
-		t.Cleanup(func() { n.Close() })
+		n, fleet, key := openServedNode(t, 1, 0, b)
 
 		ir, ok := n.(driver.ImageReporter)
 		require.True(t, ok, "the talos driver must report the running image")
 
-		return ir, fleet, sim.Key(c.Name, "n0")
+		return ir, fleet, key
 	}
 
 	t.Run("schematic", func(t *testing.T) {
@@ -588,4 +578,19 @@ func canaryThenRestGated(t *testing.T, inv *inventory.Inventory, dir, name strin
 	res, err := engine.Run(t.Context(), engine.Options{Inventory: inv, Plan: p, Store: st, Driver: f, DriverName: "talos"})
 
 	return res, st, err
+}
+
+// openServedNode serves a one-cluster simulated fleet of n nodes and opens
+// node i through the driver; it returns the node, the fleet and its key.
+func openServedNode(t *testing.T, n, i int, b sim.Behaviour) (driver.Node, *sim.Fleet, string) {
+	t.Helper()
+
+	inv, fleet, _ := servedFleet(t, sim.Spec{Clusters: 1, NodesPerCluster: n}, b)
+	c := inv.Clusters[0]
+
+	node, err := talos.NewFactory().Open(t.Context(), driver.Target{Cluster: c.Name, Node: c.Nodes[i].Name, Endpoint: c.Nodes[i].Endpoint, Talosconfig: c.Talosconfig})
+	require.NoError(t, err)
+	t.Cleanup(func() { node.Close() })
+
+	return node, fleet, sim.Key(c.Name, c.Nodes[i].Name)
 }
