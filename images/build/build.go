@@ -29,7 +29,7 @@ import (
 
 // Version changes whenever the builder's output for the same inputs changes;
 // it is part of the cache key.
-const Version = "labfleet-builder/1"
+const Version = "labfleet-builder/2"
 
 // BakeRequest asks for the embedded bootstrap configuration and the add-on
 // image cache. It carries no secret on purpose: nothing a baker returns may

@@ -121,15 +121,19 @@ func (b *builder) runImager(ctx context.Context, prof profile.Profile, outDir st
 	restoreEnv := setenv("SOURCE_DATE_EPOCH", strconv.FormatInt(b.epoch, 10))
 	defer restoreEnv()
 
-	shims, err := writeShims(filepath.Join(b.work, "shims"))
+	// The shims come first: a tools folder holding cpio or zstd must not
+	// bypass them (they run the tool the imager would have found).
+	tools := os.Getenv("PATH")
+	if b.opts.ToolsPath != "" {
+		tools = b.opts.ToolsPath + string(os.PathListSeparator) + tools
+	}
+
+	shims, err := writeShims(filepath.Join(b.work, "shims"), tools)
 	if err != nil {
 		return "", err
 	}
 
-	path := shims + string(os.PathListSeparator) + os.Getenv("PATH")
-	if b.opts.ToolsPath != "" {
-		path = b.opts.ToolsPath + string(os.PathListSeparator) + path
-	}
+	path := shims + string(os.PathListSeparator) + tools
 
 	defer setenv("PATH", path)()
 
