@@ -64,3 +64,43 @@ func TestZstdShimCompressesTheImagerStreamAsAFile(t *testing.T) {
 	require.NoError(t, h.Decode(other))
 	require.False(t, h.HasFCS, "a call the shim does not rewrite was changed")
 }
+
+// The cpio shim clamps every listed file's mtime (symlinks' own too) and
+// sets modes as umask 022 would, then archives exactly the list: names with
+// spaces, and a last name without a newline, included.
+func TestCpioShimClampsTheListedFiles(t *testing.T) {
+	if _, err := exec.LookPath("cpio"); err != nil {
+		t.Skip("cpio missing (hack/install-deps.sh installs it)")
+	}
+
+	shims, err := writeShims(filepath.Join(t.TempDir(), "shims"), os.Getenv("PATH"))
+	require.NoError(t, err)
+
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "a b.sqsh"), []byte("squash"), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "extensions.yaml"), []byte("x: 1\n"), 0o600))
+	require.NoError(t, os.Symlink("extensions.yaml", filepath.Join(dir, "link")))
+
+	cmd := exec.Command(filepath.Join(shims, "cpio"), "-H", "newc", "--create", "--reproducible", "--quiet", "-R", "+0:+0")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH=1700000000")
+	cmd.Stdin = bytes.NewReader([]byte("a b.sqsh\nlink\nextensions.yaml"))
+
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+
+	out, err := cmd.Output()
+	require.NoError(t, err, stderr.String())
+
+	for _, name := range []string{"a b.sqsh", "extensions.yaml", "link"} {
+		st, err := os.Lstat(filepath.Join(dir, name))
+		require.NoError(t, err)
+		require.Equal(t, int64(1700000000), st.ModTime().Unix(), "%s: mtime not clamped", name)
+
+		if name != "link" {
+			require.Equal(t, os.FileMode(0o644), st.Mode().Perm(), "%s: mode", name)
+		}
+
+		require.True(t, bytes.Contains(out, []byte(name+"\x00")), "%s missing from the archive", name)
+	}
+}
