@@ -29,7 +29,7 @@ import (
 
 // Version changes whenever the builder's output for the same inputs changes;
 // it is part of the cache key.
-const Version = "labfleet-builder/1"
+const Version = "labfleet-builder/2"
 
 // BakeRequest asks for the embedded bootstrap configuration and the add-on
 // image cache. It carries no secret on purpose: nothing a baker returns may
@@ -121,6 +121,8 @@ type builder struct {
 	// sdboot is systemd-boot signed with SOURCE_DATE_EPOCH, in work: the
 	// disk's ESP and the installer carry this one file.
 	sdboot string
+	// diskPrep is the disk image begun after the bake step (disk.go).
+	diskPrep *diskPrep
 	// installerBaseImg is the installer-base resolved (and digest-checked)
 	// by the resolve step.
 	installerBaseImg v1.Image
@@ -240,16 +242,33 @@ func Build(ctx context.Context, def *spec.Definition, opts Options) (*Result, er
 		SchematicID: schematicID, DefinitionID: defID, CacheKey: key, SourceDateEpoch: epoch,
 	}
 
-	steps := []buildStep{
-		{"resolve base", b.resolveBase},
+	// Resolving the base and baking the add-ons read nothing of each
+	// other: they run at the same time, as the output steps do. The
+	// resolved installer-base reads its blobs later, with the context it
+	// was resolved with: the build's, not parallel's (cancelled when it
+	// returns).
+	if err := b.parallel(ctx, []buildStep{
+		{"resolve base", func(context.Context) error { return b.resolveBase(ctx) }},
 		{"bake add-ons and machine config", b.bake},
-		{"assemble and sign UKI", b.buildUKI},
+	}); err != nil {
+		return nil, err
 	}
 
-	for _, s := range steps {
-		if err := b.step(ctx, b.opts.Progress, s.name, s.run); err != nil {
-			return nil, err
-		}
+	// The disk image's IMAGECACHE and partitions need only the bake: they
+	// are written while the imager runs (diskPrep). Stopped (and waited
+	// for) before the work folder it reads is removed.
+	if def.Wants(spec.OutputDisk) {
+		prepCtx, cancelPrep := context.WithCancel(ctx)
+		b.startDisk(prepCtx)
+
+		defer func() {
+			cancelPrep()
+			b.stopDisk()
+		}()
+	}
+
+	if err := b.step(ctx, b.opts.Progress, "assemble and sign UKI", b.buildUKI); err != nil {
+		return nil, err
 	}
 
 	var outputs []buildStep
@@ -318,10 +337,11 @@ func (b *builder) step(ctx context.Context, progress Progress, name string, run 
 	return nil
 }
 
-// parallel runs the output steps at the same time: each reads only what the
-// earlier steps made (the signed UKI and systemd-boot, the resolved bases)
-// and writes its own files, so on two cores the disk step's mkfs.ext4,
-// debugfs and hashing overlap the installer's compression. The first step to
+// parallel runs steps at the same time: resolve and bake, then the output
+// steps. Each reads only what the earlier steps made (the signed UKI and
+// systemd-boot, the resolved bases) and writes its own files and record
+// fields, so on two cores the disk step's FAT writes and hashing overlap
+// the installer's compression. The first step to
 // fail cancels the others, and its error is the one returned. Progress still
 // sees one step at a time, in table order (sequencedProgress). The record
 // lists outputs and steps in table order whatever order they finished in, so

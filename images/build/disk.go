@@ -72,6 +72,15 @@ func (b *builder) writeDisk(ctx context.Context) error {
 		return errors.New("disk: the UKI step did not sign systemd-boot")
 	}
 
+	if b.diskPrep == nil {
+		return errors.New("disk: the disk image was not started after the bake step")
+	}
+
+	d, out, err := b.diskPrep.take()
+	if err != nil {
+		return err
+	}
+
 	files := []espFile{
 		{dst: "EFI/BOOT/BOOTX64.EFI", src: b.sdboot},
 		{dst: "loader/loader.conf", data: []byte(LoaderConf(b.def.Name, b.def.EnrollKeys()))},
@@ -81,26 +90,90 @@ func (b *builder) writeDisk(ctx context.Context) error {
 		{dst: "EFI/Linux/" + EntryFile(b.def.Name, b.def.Version), src: b.uki},
 	}
 
+	// The filesystems read SOURCE_DATE_EPOCH for timestamps and volume IDs.
+	imagerMu.Lock()
+	defer imagerMu.Unlock()
+	defer setenv("SOURCE_DATE_EPOCH", strconv.FormatInt(b.epoch, 10))()
+
+	if err := fillFAT(ctx, d, 1, PartESP, files); err != nil {
+		d.Close() //nolint:errcheck
+
+		return fmt.Errorf("writing ESP: %w", err)
+	}
+
+	if err := d.Close(); err != nil {
+		return fmt.Errorf("closing disk image: %w", err)
+	}
+
+	return b.addOutput("disk", out, "")
+}
+
+// diskPrep is the part of the disk image that needs no output of the UKI
+// step: the IMAGECACHE filesystem (mkfs.ext4 and debugfs), the sparse file,
+// the partition table and the IMAGECACHE partition's contents. It runs in
+// the background from the end of the bake step, while the UKI step runs
+// (Talos's imager leaves the second core mostly idle); the disk step then
+// writes only the ESP. The regions written are disjoint and the file starts
+// as a hole, so the bytes are those of writing it all in one go.
+type diskPrep struct {
+	done chan struct{}
+	d    *disk.Disk
+	out  string
+	err  error
+}
+
+// startDisk starts the disk image's preparation; stopDisk must follow.
+func (b *builder) startDisk(ctx context.Context) {
+	p := &diskPrep{done: make(chan struct{})}
+	b.diskPrep = p
+
+	go func() {
+		defer close(p.done)
+
+		p.d, p.out, p.err = b.prepareDisk(ctx)
+	}()
+}
+
+// take waits for the preparation and hands its disk to the caller, who
+// closes it.
+func (p *diskPrep) take() (*disk.Disk, string, error) {
+	<-p.done
+
+	d := p.d
+	p.d = nil
+
+	return d, p.out, p.err
+}
+
+// stopDisk waits for a preparation the build did not take (a failed or
+// cancelled build) and closes its disk, before the work folder it reads
+// from is removed. ctx's cancellation (by the caller) ends it early.
+func (b *builder) stopDisk() {
+	if b.diskPrep == nil {
+		return
+	}
+
+	if d, _, _ := b.diskPrep.take(); d != nil {
+		d.Close() //nolint:errcheck
+	}
+}
+
+func (b *builder) prepareDisk(ctx context.Context) (*disk.Disk, string, error) {
 	espMiB := int64(b.def.Disk.ESPMiB)
 	stateMiB := int64(b.def.Disk.StateMiB)
 	metaMiB := int64(quirks.New(b.def.TalosVersion).PartitionSizes().METASize()) / mib //nolint:gosec // 1 MiB
 
 	cacheImg, cacheMiB, err := b.imageCachePartition(ctx)
 	if err != nil {
-		return err
+		return nil, "", err
 	}
 
 	size := (1 + espMiB + metaMiB + cacheMiB + stateMiB + 1) * mib
 	out := filepath.Join(b.stage, "disk.raw")
 
-	// The filesystems read SOURCE_DATE_EPOCH for timestamps and volume IDs.
-	imagerMu.Lock()
-	defer imagerMu.Unlock()
-	defer setenv("SOURCE_DATE_EPOCH", strconv.FormatInt(b.epoch, 10))()
-
 	d, err := diskfs.Create(out, size, diskfs.SectorSizeDefault)
 	if err != nil {
-		return fmt.Errorf("creating disk image: %w", err)
+		return nil, "", fmt.Errorf("creating disk image: %w", err)
 	}
 
 	parts := []diskPart{{PartESP, gpt.EFISystemPartition, espMiB}, {PartMeta, gpt.LinuxFilesystem, metaMiB}}
@@ -110,17 +183,13 @@ func (b *builder) writeDisk(ctx context.Context) error {
 
 	parts = append(parts, diskPart{PartState, gpt.LinuxFilesystem, stateMiB})
 
-	if err := layoutDisk(ctx, d, parts, files, cacheImg); err != nil {
+	if err := layoutDisk(ctx, d, parts, cacheImg); err != nil {
 		d.Close() //nolint:errcheck
 
-		return err
+		return nil, "", err
 	}
 
-	if err := d.Close(); err != nil {
-		return fmt.Errorf("closing disk image: %w", err)
-	}
-
-	return b.addOutput("disk", out, "")
+	return d, out, nil
 }
 
 // diskPart is one GPT partition of the disk image.
@@ -138,7 +207,9 @@ type diskPart struct {
 // (makefs.GUIDFromLabel). Talos v1.8+ creates STATE and EPHEMERAL on first
 // boot in the free space after them; labos cannot grow a GPT, so the image
 // carries an empty STATE partition in that place (README: stand-ins).
-func layoutDisk(ctx context.Context, d *disk.Disk, parts []diskPart, files []espFile, cacheImg string) error {
+// It writes the partition table and IMAGECACHE; the ESP's FAT32 is
+// written by the disk step (fillFAT) once the UKI is signed.
+func layoutDisk(ctx context.Context, d *disk.Disk, parts []diskPart, cacheImg string) error {
 	sectors := func(m int64) uint64 { return uint64(m * mib / 512) } //nolint:gosec // sizes are positive
 	start := sectors(1)
 	table := &gpt.Table{LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true, GUID: labelGUID(diskImageLabel)}
@@ -153,10 +224,6 @@ func layoutDisk(ctx context.Context, d *disk.Disk, parts []diskPart, files []esp
 
 	if err := d.Partition(table); err != nil {
 		return fmt.Errorf("writing partition table: %w", err)
-	}
-
-	if err := fillFAT(ctx, d, 1, PartESP, files); err != nil {
-		return fmt.Errorf("writing ESP: %w", err)
 	}
 
 	if cacheImg == "" {
@@ -319,6 +386,10 @@ func fillFAT(ctx context.Context, d *disk.Disk, part int, label string, files []
 
 	made := map[string]bool{}
 
+	// One copy buffer for all the files: a fresh 8 MiB per file (six
+	// files) was 48 MiB of pages to fault in and zero.
+	buf := make([]byte, 8<<20)
+
 	for _, f := range files {
 		dir := path.Dir(f.dst)
 		if dir != "." && !made[dir] {
@@ -331,7 +402,7 @@ func fillFAT(ctx context.Context, d *disk.Disk, part int, label string, files []
 			}
 		}
 
-		if err := writeFATFile(ctx, fsys, "/"+f.dst, f); err != nil {
+		if err := writeFATFile(ctx, fsys, "/"+f.dst, f, buf); err != nil {
 			return err
 		}
 	}
@@ -339,7 +410,7 @@ func fillFAT(ctx context.Context, d *disk.Disk, part int, label string, files []
 	return nil
 }
 
-func writeFATFile(ctx context.Context, fsys filesystem.FileSystem, dst string, f espFile) error {
+func writeFATFile(ctx context.Context, fsys filesystem.FileSystem, dst string, f espFile, buf []byte) error {
 	w, err := fsys.OpenFile(dst, os.O_CREATE|os.O_RDWR)
 	if err != nil {
 		return fmt.Errorf("creating %s: %w", dst, err)
@@ -362,7 +433,7 @@ func writeFATFile(ctx context.Context, fsys filesystem.FileSystem, dst string, f
 	// several times faster than io.Copy's 32 KiB pieces (make bench). The
 	// struct hides WriterTo/ReaderFrom so the buffer size is what is used.
 	// ctxReader ends the copy at Ctrl-C: the disk step is the longest one.
-	if _, err := io.CopyBuffer(struct{ io.Writer }{w}, ctxReader{ctx, r}, make([]byte, 8<<20)); err != nil {
+	if _, err := io.CopyBuffer(struct{ io.Writer }{w}, ctxReader{ctx, r}, buf); err != nil {
 		return fmt.Errorf("writing %s: %w", dst, err)
 	}
 

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/foxboron/go-uefi/authenticode"
+	"github.com/foxboron/go-uefi/efi/signature"
 	"github.com/foxboron/go-uefi/pkcs7"
 	"golang.org/x/crypto/cryptobyte"
 	"golang.org/x/crypto/cryptobyte/asn1"
@@ -232,4 +233,136 @@ func authenticodeSignature(s crypto.Signer, cert *x509.Certificate, peHash []byt
 	}
 
 	return der, nil
+}
+
+// signPEInPlace Authenticode-signs the PE binary at path where it lies,
+// replacing any signature it carries, with the same bytes signPEFile would
+// write to a copy. The UKI step uses it on the imager's 29 MB UKI: reading
+// it into memory (fresh pages, faulted in and zeroed) and writing a signed
+// copy was ~0.25 s of the step on this 2-core machine; here the file is
+// read from the page cache to hash it and only its security directory
+// entry and its end are written.
+func signPEInPlace(path string, s crypto.Signer, cert *x509.Certificate, signingTime time.Time) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("signing %s: %w", path, err)
+	}
+	defer f.Close() //nolint:errcheck // closed below on success
+
+	if err := signOpenPE(f, s, cert, signingTime); err != nil {
+		return fmt.Errorf("signing %s: %w", path, err)
+	}
+
+	return nil
+}
+
+func signOpenPE(f *os.File, s crypto.Signer, cert *x509.Certificate, signingTime time.Time) error {
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+
+	ddOff, dd, err := securityEntry(f)
+	if err != nil {
+		return err
+	}
+
+	// Stripped as stripSignature strips a copy: the entry zeroed, the table
+	// (at the end of the file) cut off, the signer's padding before it kept.
+	unsigned := st.Size()
+	if dd.Size != 0 {
+		if int64(dd.VirtualAddress)+int64(dd.Size) != st.Size() {
+			return fmt.Errorf("the certificate table (%d+%d) is not at the end of the file (%d bytes)", dd.VirtualAddress, dd.Size, st.Size())
+		}
+
+		unsigned = int64(dd.VirtualAddress)
+	}
+
+	if _, err := f.WriteAt(make([]byte, 8), ddOff); err != nil {
+		return err
+	}
+
+	if err := f.Truncate(unsigned); err != nil {
+		return err
+	}
+
+	bin, err := authenticode.Parse(f)
+	if err != nil {
+		return fmt.Errorf("parsing PE: %w", err)
+	}
+
+	sig, err := authenticodeSignature(s, cert, bin.Hash(crypto.SHA256), signingTime)
+	if err != nil {
+		return err
+	}
+
+	if err := bin.AppendSignature(sig); err != nil {
+		return fmt.Errorf("appending signature: %w", err)
+	}
+
+	// What go-uefi's Open() streams after the unsigned bytes: zero padding
+	// to 8 bytes, then the certificate table (one WIN_CERTIFICATE padded
+	// to 8 bytes). The new entry (bin.Datadir) must describe exactly that.
+	var tail bytes.Buffer
+
+	lead, _ := authenticode.PaddingBytes(int(unsigned), 8)
+	tail.Write(lead)
+
+	wc := signature.WINCertificate{
+		Length:      uint32(signature.SizeofWINCertificate + len(sig)), //nolint:gosec // a signature is a few kB
+		Revision:    0x0200,
+		CertType:    signature.WIN_CERT_TYPE_PKCS_SIGNED_DATA,
+		Certificate: sig,
+	}
+	signature.WriteWinCertificate(&tail, &wc)
+
+	pad, _ := authenticode.PaddingBytes(int(wc.Length), 8)
+	tail.Write(pad)
+
+	if int64(bin.Datadir.VirtualAddress) != unsigned+int64(len(lead)) ||
+		int64(bin.Datadir.VirtualAddress)+int64(bin.Datadir.Size) != unsigned+int64(tail.Len()) {
+		return fmt.Errorf("certificate table at %d+%d does not match the %d bytes appended after %d", bin.Datadir.VirtualAddress, bin.Datadir.Size, tail.Len(), unsigned)
+	}
+
+	entry := make([]byte, 8)
+	binary.LittleEndian.PutUint32(entry, bin.Datadir.VirtualAddress)
+	binary.LittleEndian.PutUint32(entry[4:], bin.Datadir.Size)
+
+	if _, err := f.WriteAt(tail.Bytes(), unsigned); err != nil {
+		return err
+	}
+
+	if _, err := f.WriteAt(entry, ddOff); err != nil {
+		return err
+	}
+
+	return f.Close()
+}
+
+// securityEntry returns the file offset and value of a PE file's security
+// (certificate table) data directory entry.
+func securityEntry(r io.ReaderAt) (int64, pe.DataDirectory, error) {
+	f, err := pe.NewFile(r)
+	if err != nil {
+		return 0, pe.DataDirectory{}, fmt.Errorf("parsing PE: %w", err)
+	}
+	defer f.Close() //nolint:errcheck
+
+	var lfanew [4]byte
+	if _, err := r.ReadAt(lfanew[:], 0x3c); err != nil {
+		return 0, pe.DataDirectory{}, fmt.Errorf("parsing PE: %w", err)
+	}
+
+	// e_lfanew + 4 (signature) + 20 (file header) + the optional header's
+	// offset of data directory 4.
+	off := int64(binary.LittleEndian.Uint32(lfanew[:])) + 4 + 20
+
+	switch h := f.OptionalHeader.(type) {
+	case *pe.OptionalHeader64:
+		return off + 144, h.DataDirectory[pe.IMAGE_DIRECTORY_ENTRY_SECURITY], nil
+	case *pe.OptionalHeader32:
+		return off + 128, h.DataDirectory[pe.IMAGE_DIRECTORY_ENTRY_SECURITY], nil
+	default:
+		return 0, pe.DataDirectory{}, errors.New("PE has no optional header")
+	}
 }

@@ -2,6 +2,7 @@ package build
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/x509"
 	"encoding/pem"
 	"os"
@@ -107,4 +108,63 @@ func TestSignatureIsDeterministicAndAccepted(t *testing.T) {
 		out, err := exec.Command("sbverify", "--cert", other.UKISigningCert, signed).CombinedOutput()
 		require.Error(t, err, "sbverify accepted a foreign certificate: %s", out)
 	}
+}
+
+// TestSignPEInPlaceMatchesACopy: the UKI step re-signs the imager's UKI
+// where it lies (signPEInPlace) rather than reading it into memory and
+// writing a signed copy: the bytes must be exactly those of the copy, for an
+// unsigned binary and for one the imager signed with another key and time.
+func TestSignPEInPlaceMatchesACopy(t *testing.T) {
+	bin := sdBoot(t)
+	dir := t.TempDir()
+
+	load := func(name string) (crypto.Signer, *x509.Certificate) {
+		ks, err := keys.Generate(filepath.Join(dir, name), keys.GenerateOptions{})
+		require.NoError(t, err)
+
+		key, _, err := keys.ReadPrivateKey(ks.UKISigningKey)
+		require.NoError(t, err)
+
+		certPEM, err := os.ReadFile(ks.UKISigningCert)
+		require.NoError(t, err)
+
+		blk, _ := pem.Decode(certPEM)
+		require.NotNil(t, blk)
+		cert, err := x509.ParseCertificate(blk.Bytes)
+		require.NoError(t, err)
+
+		return key, cert
+	}
+
+	key, cert := load("keys")
+	imagerKey, imagerCert := load("imager")
+	epoch := time.Unix(1700000000, 0).UTC()
+
+	// As the imager leaves it: signed by another signer, stamped now. An
+	// odd length also makes the signer pad before its table.
+	signedByImager, err := signPE(append(bytes.Clone(bin), 1, 2, 3), imagerKey, imagerCert, time.Now())
+	require.NoError(t, err)
+
+	for name, in := range map[string][]byte{"unsigned": bin, "signed by the imager": signedByImager} {
+		t.Run(name, func(t *testing.T) {
+			want, err := signPE(in, key, cert, epoch)
+			require.NoError(t, err)
+
+			p := filepath.Join(t.TempDir(), "uki.efi")
+			require.NoError(t, os.WriteFile(p, in, 0o644))
+			require.NoError(t, signPEInPlace(p, key, cert, epoch))
+
+			got, err := os.ReadFile(p)
+			require.NoError(t, err)
+			require.Equal(t, len(want), len(got))
+			require.True(t, bytes.Equal(want, got), "signing in place gave other bytes than a signed copy")
+		})
+	}
+
+	// A certificate table that does not end the file is refused, naming the file.
+	p := filepath.Join(dir, "trailing.efi")
+	require.NoError(t, os.WriteFile(p, append(bytes.Clone(signedByImager), 0, 0, 0, 0, 0, 0, 0, 0), 0o644))
+	err = signPEInPlace(p, key, cert, epoch)
+	require.ErrorContains(t, err, p)
+	require.ErrorContains(t, err, "is not at the end of the file")
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/siderolabs/talos/pkg/imager"
 	"github.com/siderolabs/talos/pkg/imager/profile"
 	"github.com/siderolabs/talos/pkg/reporter"
+	"golang.org/x/sys/unix"
 
 	"github.com/labfleet/labfleet/images/base"
 	"github.com/labfleet/labfleet/images/spec"
@@ -70,8 +71,14 @@ func (b *builder) buildUKI(ctx context.Context) error {
 	// The imager's Authenticode signature carries signingTime = now; the
 	// UKI is signed again, by the same signer, with SOURCE_DATE_EPOCH
 	// (sign.go). The .pcrsig inside is PKCS#1 v1.5, already deterministic.
+	// The imager's file (created 0666 &^ umask, as os.Create would) is
+	// moved into the staging folder and signed there, in place.
 	b.uki = filepath.Join(b.stage, b.def.Name+".efi")
-	if err := b.signPE(out, b.uki); err != nil {
+	if err := moveFile(out, b.uki); err != nil {
+		return fmt.Errorf("moving UKI into the staging folder: %w", err)
+	}
+
+	if err := signPEInPlace(b.uki, b.signing.uki, b.signing.ukiCert, b.signingTime()); err != nil {
 		return fmt.Errorf("signing UKI: %w", err)
 	}
 
@@ -121,15 +128,19 @@ func (b *builder) runImager(ctx context.Context, prof profile.Profile, outDir st
 	restoreEnv := setenv("SOURCE_DATE_EPOCH", strconv.FormatInt(b.epoch, 10))
 	defer restoreEnv()
 
-	shims, err := writeShims(filepath.Join(b.work, "shims"))
+	// The shims come first: a tools folder holding cpio or zstd must not
+	// bypass them (they run the tool the imager would have found).
+	tools := os.Getenv("PATH")
+	if b.opts.ToolsPath != "" {
+		tools = b.opts.ToolsPath + string(os.PathListSeparator) + tools
+	}
+
+	shims, err := writeShims(filepath.Join(b.work, "shims"), tools)
 	if err != nil {
 		return "", err
 	}
 
-	path := shims + string(os.PathListSeparator) + os.Getenv("PATH")
-	if b.opts.ToolsPath != "" {
-		path = b.opts.ToolsPath + string(os.PathListSeparator) + path
-	}
+	path := shims + string(os.PathListSeparator) + tools
 
 	defer setenv("PATH", path)()
 
@@ -188,4 +199,19 @@ func redirectStderr(w io.Writer) (func(), error) {
 		<-done
 		r.Close() //nolint:errcheck
 	}, nil
+}
+
+// moveFile renames src to dst, or copies it when they are on different
+// file systems (the temp folder may be a tmpfs).
+func moveFile(src, dst string) error {
+	err := os.Rename(src, dst)
+	if !errors.Is(err, unix.EXDEV) {
+		return err
+	}
+
+	if err := cloneFile(src, dst); err != nil {
+		return err
+	}
+
+	return os.Remove(src)
 }
