@@ -47,19 +47,7 @@ func TestSignatureIsDeterministicAndAccepted(t *testing.T) {
 	bin := sdBoot(t)
 	dir := t.TempDir()
 
-	ks, err := keys.Generate(filepath.Join(dir, "keys"), keys.GenerateOptions{})
-	require.NoError(t, err)
-
-	key, _, err := keys.ReadPrivateKey(ks.UKISigningKey)
-	require.NoError(t, err)
-
-	certPEM, err := os.ReadFile(ks.UKISigningCert)
-	require.NoError(t, err)
-
-	blk, _ := pem.Decode(certPEM)
-	require.NotNil(t, blk)
-	cert, err := x509.ParseCertificate(blk.Bytes)
-	require.NoError(t, err)
+	ks, key, cert := uKISigner(t, filepath.Join(dir, "keys"))
 
 	epoch := time.Unix(1700000000, 0).UTC()
 
@@ -118,26 +106,8 @@ func TestSignPEInPlaceMatchesACopy(t *testing.T) {
 	bin := sdBoot(t)
 	dir := t.TempDir()
 
-	load := func(name string) (crypto.Signer, *x509.Certificate) {
-		ks, err := keys.Generate(filepath.Join(dir, name), keys.GenerateOptions{})
-		require.NoError(t, err)
-
-		key, _, err := keys.ReadPrivateKey(ks.UKISigningKey)
-		require.NoError(t, err)
-
-		certPEM, err := os.ReadFile(ks.UKISigningCert)
-		require.NoError(t, err)
-
-		blk, _ := pem.Decode(certPEM)
-		require.NotNil(t, blk)
-		cert, err := x509.ParseCertificate(blk.Bytes)
-		require.NoError(t, err)
-
-		return key, cert
-	}
-
-	key, cert := load("keys")
-	imagerKey, imagerCert := load("imager")
+	_, key, cert := uKISigner(t, filepath.Join(dir, "keys"))
+	_, imagerKey, imagerCert := uKISigner(t, filepath.Join(dir, "imager"))
 	epoch := time.Unix(1700000000, 0).UTC()
 
 	// As the imager leaves it: signed by another signer, stamped now. An
@@ -167,4 +137,26 @@ func TestSignPEInPlaceMatchesACopy(t *testing.T) {
 	err = signPEInPlace(p, key, cert, epoch)
 	require.ErrorContains(t, err, p)
 	require.ErrorContains(t, err, "is not at the end of the file")
+}
+
+// uKISigner generates a key set in dir and returns it with its UKI signing
+// key and certificate.
+func uKISigner(t *testing.T, dir string) (*keys.Set, crypto.Signer, *x509.Certificate) {
+	t.Helper()
+
+	ks, err := keys.Generate(dir, keys.GenerateOptions{})
+	require.NoError(t, err)
+
+	key, _, err := keys.ReadPrivateKey(ks.UKISigningKey)
+	require.NoError(t, err)
+
+	certPEM, err := os.ReadFile(ks.UKISigningCert)
+	require.NoError(t, err)
+
+	blk, _ := pem.Decode(certPEM)
+	require.NotNil(t, blk)
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	require.NoError(t, err)
+
+	return ks, key, cert
 }
