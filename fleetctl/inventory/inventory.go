@@ -215,6 +215,31 @@ func Parse(name string, data []byte) (*Inventory, error) {
 }
 
 func (inv *Inventory) add(name string, data []byte) error {
+	// Talosconfig paths are stored absolute: a rollout resumed from
+	// another directory must find the same credentials. The file's
+	// directory is made absolute once: filepath.Abs per cluster asked
+	// the kernel for the working directory each time (two system
+	// calls per cluster, 100,000 clusters at the bench's largest).
+	dir := filepath.Dir(name)
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+
+	if docs, ok := fastDecode(data); ok {
+		for i := range docs {
+			inv.addFile(name, dir, &docs[i])
+		}
+
+		return nil
+	}
+
+	return decodeYAML(name, data, func(f *File) { inv.addFile(name, dir, f) })
+}
+
+// decodeYAML decodes every document of data with yaml.v3, refusing unknown
+// fields, and hands each to add. Its errors are the ones users see for any
+// file fastDecode does not take.
+func decodeYAML(name string, data []byte, add func(*File)) error {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 
@@ -230,33 +255,28 @@ func (inv *Inventory) add(name string, data []byte) error {
 			return fmt.Errorf("%s: %w", name, err)
 		}
 
-		// Talosconfig paths are stored absolute: a rollout resumed from
-		// another directory must find the same credentials. The file's
-		// directory is made absolute once: filepath.Abs per cluster asked
-		// the kernel for the working directory each time (two system
-		// calls per cluster, 100,000 clusters at the bench's largest).
-		dir := filepath.Dir(name)
-		if abs, err := filepath.Abs(dir); err == nil {
-			dir = abs
+		add(&f)
+	}
+}
+
+// addFile appends the entries of one decoded document.
+func (inv *Inventory) addFile(name, dir string, f *File) {
+	for _, s := range f.Sites {
+		s.Source = name
+		inv.Sites = append(inv.Sites, s)
+	}
+
+	for _, c := range f.Clusters {
+		c.Source = name
+		switch {
+		case c.Talosconfig == "":
+		case filepath.IsAbs(c.Talosconfig):
+			c.Talosconfig = filepath.Clean(c.Talosconfig) // as filepath.Abs did
+		default:
+			c.Talosconfig = filepath.Join(dir, c.Talosconfig)
 		}
 
-		for _, s := range f.Sites {
-			s.Source = name
-			inv.Sites = append(inv.Sites, s)
-		}
-
-		for _, c := range f.Clusters {
-			c.Source = name
-			switch {
-			case c.Talosconfig == "":
-			case filepath.IsAbs(c.Talosconfig):
-				c.Talosconfig = filepath.Clean(c.Talosconfig) // as filepath.Abs did
-			default:
-				c.Talosconfig = filepath.Join(dir, c.Talosconfig)
-			}
-
-			inv.Clusters = append(inv.Clusters, c)
-		}
+		inv.Clusters = append(inv.Clusters, c)
 	}
 }
 
