@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/google/uuid"
@@ -313,12 +314,21 @@ func NormalizeEndpoint(ep string) string {
 	host, port, err := net.SplitHostPort(ep)
 	if err != nil {
 		host, port = strings.TrimSuffix(strings.TrimPrefix(ep, "["), "]"), DefaultPort
+	} else if ep[0] != '[' {
+		// Already host:port (SplitHostPort refuses a colon in an
+		// unbracketed host), so joining would only copy it; ToLower
+		// does not copy a string without upper-case letters.
+		return strings.ToLower(ep)
 	}
 
 	return strings.ToLower(net.JoinHostPort(host, port))
 }
 
 // Validate checks every entry and returns all problems found (as Errors).
+//
+// It runs over every entry of inventories of 100,000 clusters, so it
+// writes an entry's name only when the entry has a problem, and checks a
+// site's zone and windows once per distinct zone and windows.
 func (inv *Inventory) Validate() error {
 	var errs Errors
 
@@ -326,111 +336,125 @@ func (inv *Inventory) Validate() error {
 		errs = append(errs, &FieldError{File: file, Entry: entry, Field: field, Msg: fmt.Sprintf(format, args...)})
 	}
 
-	sites := map[string]string{}
+	sites := make(map[string]string, len(inv.Sites))
+
+	// time.LoadLocation reads and parses the zone file on every call.
+	schedules := map[string]error{}
 
 	for i, s := range inv.Sites {
-		entry := fmt.Sprintf("sites[%d] %q", i, s.Name)
+		entry := func() string { return fmt.Sprintf("sites[%d] %q", i, s.Name) }
 		if s.Name == "" {
-			add(s.Source, entry, "name", "required")
+			add(s.Source, entry(), "name", "required")
 		} else if prev, dup := sites[s.Name]; dup {
-			add(s.Source, entry, "name", "duplicate site name (first defined in %s)", prev)
+			add(s.Source, entry(), "name", "duplicate site name (first defined in %s)", prev)
 		} else {
 			sites[s.Name] = s.Source
 		}
 
 		if s.Region == "" {
-			add(s.Source, entry, "region", "required (the region groups sites for concurrency caps)")
+			add(s.Source, entry(), "region", "required (the region groups sites for concurrency caps)")
 		}
 
 		if s.Country != "" && (len(s.Country) != 2 || strings.ToUpper(s.Country) != s.Country) {
-			add(s.Source, entry, "country", "%q is not an ISO 3166-1 alpha-2 code (e.g. DE)", s.Country)
+			add(s.Source, entry(), "country", "%q is not an ISO 3166-1 alpha-2 code (e.g. DE)", s.Country)
 		}
 
 		switch s.Bandwidth {
 		case "", BandwidthLow, BandwidthMedium, BandwidthHigh:
 		default:
-			add(s.Source, entry, "bandwidth", "%q is not a bandwidth class (want low, medium or high)", s.Bandwidth)
+			add(s.Source, entry(), "bandwidth", "%q is not a bandwidth class (want low, medium or high)", s.Bandwidth)
 		}
 
 		if s.TimeZone == "" {
-			add(s.Source, entry, "timezone", "required (an IANA zone such as Europe/Berlin or UTC)")
-		} else if _, err := window.NewSchedule(s.TimeZone, s.Windows); err != nil {
+			add(s.Source, entry(), "timezone", "required (an IANA zone such as Europe/Berlin or UTC)")
+		} else if err := checkSchedule(schedules, s.TimeZone, s.Windows); err != nil {
 			field, msg, _ := strings.Cut(err.Error(), ": ")
-			add(s.Source, entry, field, "%s", msg)
+			add(s.Source, entry(), field, "%s", msg)
 		}
 	}
 
-	clusters := map[string]string{}
-
-	type seenEndpoint struct{ cluster, node, as string }
+	clusters := make(map[string]string, len(inv.Clusters))
 
 	// Across the whole inventory: two entries for one machine would upgrade
-	// it twice and break every per-cluster guarantee.
-	endpoints := map[string]seenEndpoint{}
+	// it twice and break every per-cluster guarantee. The map holds where
+	// the first node with an address is (8 bytes instead of its strings).
+	type seenEndpoint struct{ cluster, node int32 }
+
+	endpoints := make(map[string]seenEndpoint, inv.NodeCount())
+	first := func(at seenEndpoint) (cluster string, n Node) {
+		c := &inv.Clusters[at.cluster]
+
+		return c.Name, c.Nodes[at.node]
+	}
 
 	for i, c := range inv.Clusters {
-		entry := fmt.Sprintf("clusters[%d] %q", i, c.Name)
+		entry := func() string { return fmt.Sprintf("clusters[%d] %q", i, c.Name) }
 		if c.Name == "" {
-			add(c.Source, entry, "name", "required")
+			add(c.Source, entry(), "name", "required")
 		} else if prev, dup := clusters[c.Name]; dup {
-			add(c.Source, entry, "name", "duplicate cluster name (first defined in %s)", prev)
+			add(c.Source, entry(), "name", "duplicate cluster name (first defined in %s)", prev)
 		} else {
 			clusters[c.Name] = c.Source
 		}
 
 		if c.Site == "" {
-			add(c.Source, entry, "site", "required (name of a site in the inventory)")
+			add(c.Source, entry(), "site", "required (name of a site in the inventory)")
 		} else if _, ok := sites[c.Site]; !ok {
-			add(c.Source, entry, "site", "unknown site %q (define it under sites:)", c.Site)
+			add(c.Source, entry(), "site", "unknown site %q (define it under sites:)", c.Site)
 		}
 
 		if len(c.Nodes) == 0 {
-			add(c.Source, entry, "nodes", "a cluster needs at least one node")
+			add(c.Source, entry(), "nodes", "a cluster needs at least one node")
 		}
 
 		if c.Talosconfig != "" {
 			if _, err := os.Stat(c.Talosconfig); err != nil {
-				add(c.Source, entry, "talosconfig", "%s: no such file (fleetctl site init writes one)", c.Talosconfig)
+				add(c.Source, entry(), "talosconfig", "%s: no such file (fleetctl site init writes one)", c.Talosconfig)
 			}
 		}
 
-		names := map[string]bool{}
-
 		for j, n := range c.Nodes {
-			nentry := fmt.Sprintf("%s nodes[%d] %q", entry, j, n.Name)
+			nentry := func() string { return fmt.Sprintf("%s nodes[%d] %q", entry(), j, n.Name) }
 			if n.Name == "" {
-				add(c.Source, nentry, "name", "required")
-			} else if names[n.Name] {
-				add(c.Source, nentry, "name", "duplicate node name in cluster")
+				add(c.Source, nentry(), "name", "required")
+			} else if nodeNamed(c.Nodes[:j], n.Name) {
+				add(c.Source, nentry(), "name", "duplicate node name in cluster")
 			}
-
-			names[n.Name] = true
 
 			switch {
 			case n.Endpoint == "" && n.Machine == "":
-				add(c.Source, nentry, "endpoint", "required (host or host:port of the machine API, or machine: UUID for a node enrolled at the hub)")
+				add(c.Source, nentry(), "endpoint", "required (host or host:port of the machine API, or machine: UUID for a node enrolled at the hub)")
 			case n.Endpoint != "" && n.Machine != "":
-				add(c.Source, nentry, "machine", "give either endpoint or machine, not both (machine: the node is reached through the hub)")
+				add(c.Source, nentry(), "machine", "give either endpoint or machine, not both (machine: the node is reached through the hub)")
 			case n.Machine != "":
 				if err := uuid.Validate(n.Machine); err != nil || len(n.Machine) != 36 {
-					add(c.Source, nentry, "machine", "%q is not a machine UUID (8-4-4-4-12 hex digits, as fleetctl machines ls shows)", n.Machine)
-				} else if prev, dup := endpoints[n.Address()]; dup {
-					add(c.Source, nentry, "machine", "%q is also node %s of cluster %s", n.Machine, prev.node, prev.cluster)
+					add(c.Source, nentry(), "machine", "%q is not a machine UUID (8-4-4-4-12 hex digits, as fleetctl machines ls shows)", n.Machine)
+				} else if at, dup := endpoints[n.Address()]; dup {
+					cluster, prev := first(at)
+					add(c.Source, nentry(), "machine", "%q is also node %s of cluster %s", n.Machine, prev.Name, cluster)
 				} else {
-					endpoints[n.Address()] = seenEndpoint{cluster: c.Name, node: n.Name, as: n.Machine}
+					endpoints[n.Address()] = seenEndpoint{cluster: int32(i), node: int32(j)}
 				}
 			default:
 				key := NormalizeEndpoint(n.Endpoint)
-				if prev, dup := endpoints[key]; dup {
-					add(c.Source, nentry, "endpoint", "%q is also node %s of cluster %s (%q; the port defaults to %s)",
-						n.Endpoint, prev.node, prev.cluster, prev.as, DefaultPort)
+				if at, dup := endpoints[key]; dup {
+					// The first one was given as an endpoint, or as a
+					// machine whose address reads like this endpoint.
+					cluster, prev := first(at)
+					as := prev.Endpoint
+					if prev.Machine != "" {
+						as = prev.Machine
+					}
+
+					add(c.Source, nentry(), "endpoint", "%q is also node %s of cluster %s (%q; the port defaults to %s)",
+						n.Endpoint, prev.Name, cluster, as, DefaultPort)
 				} else {
-					endpoints[key] = seenEndpoint{cluster: c.Name, node: n.Name, as: n.Endpoint}
+					endpoints[key] = seenEndpoint{cluster: int32(i), node: int32(j)}
 				}
 			}
 
 			if n.Role != RoleControlPlane && n.Role != RoleWorker {
-				add(c.Source, nentry, "role", "%q is not a role (want controlplane or worker)", n.Role)
+				add(c.Source, nentry(), "role", "%q is not a role (want controlplane or worker)", n.Role)
 			}
 		}
 	}
@@ -440,6 +464,49 @@ func (inv *Inventory) Validate() error {
 	}
 
 	return nil
+}
+
+// nodeNamed reports whether one of nodes is called name. Clusters have a
+// handful of nodes: a scan costs less than a map per cluster.
+func nodeNamed(nodes []Node, name string) bool {
+	for _, n := range nodes {
+		if n.Name == name {
+			return true
+		}
+	}
+
+	return false
+}
+
+// checkSchedule is window.NewSchedule's verdict on a zone and windows,
+// remembered in seen: sites repeat a few zones and windows many times.
+func checkSchedule(seen map[string]error, zone string, windows []window.Window) error {
+	key := zone
+	if len(windows) > 0 {
+		// Quoted strings delimit themselves, so no two different
+		// zones and windows give one key.
+		b := []byte(strconv.Quote(zone))
+
+		for _, w := range windows {
+			b = strconv.AppendInt(append(b, '['), int64(len(w.Days)), 10)
+			for _, d := range w.Days {
+				b = strconv.AppendQuote(b, d)
+			}
+
+			b = strconv.AppendQuote(strconv.AppendQuote(b, w.Start), w.Duration)
+		}
+
+		key = string(b)
+	}
+
+	if err, ok := seen[key]; ok {
+		return err
+	}
+
+	_, err := window.NewSchedule(zone, windows)
+	seen[key] = err
+
+	return err
 }
 
 // Lab builds an inventory for a few standalone nodes (lab VMs): one site
