@@ -57,26 +57,36 @@ func (sel Selector) Selects(c inventory.Cluster, s inventory.Site) bool {
 // Assign selects the clusters and distributes them over the waves: named
 // canaries first, counted canaries next (in inventory order), then each
 // percentage wave tops the cumulative share up to its percent.
+//
+// It runs twice per rollout over every cluster of the inventory, so it
+// keeps positions in slices instead of copies of the clusters and maps of
+// names.
 func (p *Plan) Assign(inv *inventory.Inventory) (*Assignment, error) {
-	var selected []inventory.Cluster
+	// selected holds positions in inv.Clusters; index finds a selected
+	// cluster's position in selected by name (the last one of a name
+	// given twice, which Validate refuses).
+	selected := make([]int, 0, len(inv.Clusters))
+	index := make(map[string]int, len(inv.Clusters))
 
-	nodes := map[string]int{}
+	for i := range inv.Clusters {
+		c := &inv.Clusters[i]
 
-	for _, c := range inv.Clusters {
 		s, ok := inv.Site(c.Site)
 		if !ok {
 			return nil, fmt.Errorf("%s: cluster %q: site: unknown site %q", c.Source, c.Name, c.Site)
 		}
 
-		if p.Selector.Selects(c, s) {
-			selected = append(selected, c)
-			nodes[c.Name] = len(c.Nodes)
+		if p.Selector.Selects(*c, s) {
+			index[c.Name] = len(selected)
+			selected = append(selected, i)
 		}
 	}
 
 	if len(selected) == 0 {
 		return nil, fmt.Errorf("%s: plan: selector: selects no cluster of the inventory", p.Source)
 	}
+
+	cluster := func(k int) *inventory.Cluster { return &inv.Clusters[selected[k]] }
 
 	// Named canaries are reserved up front so a counted or percentage wave
 	// listed before them cannot take them.
@@ -88,28 +98,37 @@ func (p *Plan) Assign(inv *inventory.Inventory) (*Assignment, error) {
 		}
 	}
 
-	taken := map[string]bool{}
+	// taken is by position in selected, and a name given twice counts
+	// once, as its last position.
+	taken := make([]bool, len(selected))
+	ntaken := 0
+	unique := len(index) == len(selected)
 	next := 0 // index into selected of the first cluster not yet taken in order
 
-	takeNext := func() (string, bool) {
+	takeNext := func() (int, bool) {
 		for next < len(selected) {
-			c := selected[next]
+			k := next
 			next++
 
-			if !taken[c.Name] && !reserved[c.Name] {
-				taken[c.Name] = true
+			if !unique {
+				k = index[cluster(k).Name]
+			}
 
-				return c.Name, true
+			if !taken[k] && !reserved[cluster(k).Name] {
+				taken[k] = true
+				ntaken++
+
+				return k, true
 			}
 		}
 
-		return "", false
+		return 0, false
 	}
 
 	a := &Assignment{Clusters: len(selected)}
 
-	for _, c := range selected {
-		a.Nodes += len(c.Nodes)
+	for k := range selected {
+		a.Nodes += len(cluster(k).Nodes)
 	}
 
 	for i, w := range p.Waves {
@@ -118,40 +137,53 @@ func (p *Plan) Assign(inv *inventory.Inventory) (*Assignment, error) {
 		switch {
 		case len(w.Clusters) > 0:
 			for _, name := range w.Clusters {
-				if _, ok := nodes[name]; !ok {
+				k, ok := index[name]
+				if !ok {
 					return nil, fmt.Errorf("%s: waves[%d] %q: clusters: %q is not a selected cluster of the inventory", p.Source, i, w.Name, name)
 				}
 
-				if taken[name] {
+				if taken[k] {
 					return nil, fmt.Errorf("%s: waves[%d] %q: clusters: %q is already in an earlier wave", p.Source, i, w.Name, name)
 				}
 
-				taken[name] = true
+				taken[k] = true
+				ntaken++
 				wa.Clusters = append(wa.Clusters, name)
+				wa.Nodes += len(cluster(k).Nodes)
 			}
 		case w.Count > 0:
+			if n := min(w.Count, len(selected)-ntaken); n > 0 {
+				wa.Clusters = make([]string, 0, n)
+			}
+
 			for range w.Count {
-				name, ok := takeNext()
+				k, ok := takeNext()
 				if !ok {
 					break
 				}
 
-				wa.Clusters = append(wa.Clusters, name)
+				wa.Clusters = append(wa.Clusters, cluster(k).Name)
+				wa.Nodes += len(cluster(k).Nodes)
 			}
 		default:
 			want := (w.Percent*len(selected) + 99) / 100
-			for len(taken) < want {
-				name, ok := takeNext()
+			if want > ntaken {
+				wa.Clusters = make([]string, 0, want-ntaken)
+			}
+
+			for ntaken < want {
+				k, ok := takeNext()
 				if !ok {
 					break
 				}
 
-				wa.Clusters = append(wa.Clusters, name)
+				wa.Clusters = append(wa.Clusters, cluster(k).Name)
+				wa.Nodes += len(cluster(k).Nodes)
 			}
 		}
 
-		for _, c := range wa.Clusters {
-			wa.Nodes += nodes[c]
+		if len(wa.Clusters) == 0 {
+			wa.Clusters = nil // "clusters": null in JSON, as ever
 		}
 
 		wa.MaxFailures = Allowed(w.MaxFailures, w.MaxFailurePercent, wa.Nodes)
