@@ -39,6 +39,8 @@ type fastParser struct {
 	text []byte
 	kind lineKind
 
+	nodes []Node // scratch for one cluster's nodes
+
 	// intern keeps one copy of values that repeat all over an inventory
 	// (roles, zones, regions, site names, node names).
 	intern map[string]string
@@ -52,19 +54,18 @@ const (
 	lineEOF
 )
 
-// fastDecode returns the documents of an inventory file, decoded as
-// yaml.v3 with KnownFields would decode them into File, or ok false when
-// the file holds anything outside the subset described above.
-func fastDecode(data []byte) (docs []File, ok bool) {
-	for _, c := range data {
-		// Printable ASCII and line feeds only: no tabs, carriage returns,
-		// byte order marks or other encodings to reason about.
-		if (c < 0x20 || c > 0x7e) && c != '\n' {
-			return nil, false
-		}
-	}
-
+// fastDecode returns the entries of all documents of an inventory file,
+// in order, decoded as yaml.v3 with KnownFields would decode each document
+// into File, or ok false when the file holds anything outside the subset
+// described above.
+//
+// Only printable ASCII is accepted: no tabs, carriage returns, byte order
+// marks or other encodings to reason about. Every byte of a line the
+// parser takes is checked by the rule that reads it (keys, scalars,
+// comments), so the file is not scanned a second time for that.
+func fastDecode(data []byte) (f File, ok bool) {
 	p := &fastParser{data: data, intern: map[string]string{}}
+	docs := 0
 	p.advance()
 
 	if p.kind == lineDocStart {
@@ -75,29 +76,28 @@ func fastDecode(data []byte) (docs []File, ok bool) {
 	for p.kind != lineEOF {
 		if p.kind != lineContent || p.ind != 0 {
 			// An empty document, or one not starting at column 0.
-			return nil, false
+			return File{}, false
 		}
 
-		var f File
 		if !p.file(&f) {
-			return nil, false
+			return File{}, false
 		}
 
-		docs = append(docs, f)
+		docs++
 
 		switch p.kind {
 		case lineDocStart:
 			p.advance()
 			if p.kind == lineEOF {
-				return nil, false // a trailing empty document
+				return File{}, false // a trailing empty document
 			}
 		case lineEOF:
 		default:
-			return nil, false
+			return File{}, false
 		}
 	}
 
-	return docs, len(docs) > 0
+	return f, docs > 0
 }
 
 // advance moves to the next line that is not blank and not a comment.
@@ -132,7 +132,17 @@ func (p *fastParser) advance() {
 		}
 
 		text := line[ind:]
-		if len(text) == 0 || text[0] == '#' {
+		if len(text) == 0 {
+			continue
+		}
+
+		if text[0] == '#' {
+			if !printable(text) {
+				p.fail() // yaml.v3 refuses control characters even here
+
+				return
+			}
+
 			continue
 		}
 
@@ -203,6 +213,16 @@ func (p *fastParser) keyValue() (key, value []byte, ok bool) {
 	return key, bytes.TrimLeft(rest, " "), true
 }
 
+func printable(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 || c > 0x7e {
+			return false
+		}
+	}
+
+	return true
+}
+
 func isKeyChar(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '/' || c == '-'
 }
@@ -226,7 +246,7 @@ func scalar(v []byte) ([]byte, bool) {
 		}
 
 		in := v[1 : len(v)-1]
-		if bytes.IndexByte(in, q) >= 0 || (q == '"' && bytes.IndexByte(in, '\\') >= 0) {
+		if bytes.IndexByte(in, q) >= 0 || (q == '"' && bytes.IndexByte(in, '\\') >= 0) || !printable(in) {
 			return nil, false
 		}
 
@@ -507,16 +527,20 @@ func (p *fastParser) cluster(col int, c *Cluster) bool {
 			}
 
 			p.advance()
+			// Nodes are gathered in a scratch slice and copied once
+			// into a slice of their number, as yaml.v3 sizes it.
+			p.nodes = p.nodes[:0]
 			ok = p.seq(col, func(ncol int) bool {
 				var n Node
 				if !p.node(ncol, &n) {
 					return false
 				}
 
-				c.Nodes = append(c.Nodes, n)
+				p.nodes = append(p.nodes, n)
 
 				return true
 			})
+			c.Nodes = append([]Node(nil), p.nodes...)
 		default:
 			return false
 		}

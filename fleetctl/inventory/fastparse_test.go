@@ -154,6 +154,12 @@ clusters:
 	{"tab in value", false, "sites:\n  - name: x\ty\n"},
 	{"carriage returns", false, "sites:\r\n  - name: x\r\n"},
 	{"non-ASCII", false, "sites:\n  - name: zürich\n"},
+	{"non-ASCII quoted", false, "sites:\n  - name: \"zürich\"\n"},
+	{"control character quoted", false, "sites:\n  - name: 'a\x01b'\n"},
+	{"control character in a comment", false, "# a\x01b\nsites:\n  - name: x\n"},
+	{"tab in a comment", false, "# a\tb\nsites:\n  - name: x\n"},
+	{"byte order mark", false, "\ufeffsites:\n  - name: x\n"},
+	{"comment after a document", true, "sites:\n  - name: x\n# the end\n"},
 	{"anchor and alias", false, "sites:\n  - &s\n    name: x\n  - *s\n"},
 	{"alias value", false, "sites:\n  - name: &n x\n    region: *n\n"},
 	{"merge key", false, "sites:\n  - <<: {name: x}\n"},
@@ -211,16 +217,17 @@ func TestFastDecodeMatchesYAML(t *testing.T) {
 
 		data, err := os.ReadFile(filepath.Join(dir, "inventory.yaml"))
 		require.NoError(t, err)
-		docs := checkBothPaths(t, data, true)
-		require.Len(t, docs, 3) // 500 clusters a document
-		assert.Equal(t, "02:00", docs[0].Sites[0].Windows[0].Start)
+		f, docs := checkBothPaths(t, data, true)
+		require.Equal(t, 3, docs) // 500 clusters a document
+		require.Len(t, f.Clusters, 1234)
+		assert.Equal(t, "02:00", f.Sites[0].Windows[0].Start)
 	})
 }
 
-func checkBothPaths(t *testing.T, data []byte, fast bool) []inventory.File {
+func checkBothPaths(t *testing.T, data []byte, fast bool) (inventory.File, int) {
 	t.Helper()
 
-	want, wantErr := inventory.DecodeYAML("inv.yaml", data)
+	want, docs, wantErr := inventory.DecodeYAML("inv.yaml", data)
 	got, ok := inventory.FastDecode(data)
 	require.Equal(t, fast, ok, "fast path taken")
 
@@ -234,32 +241,30 @@ func checkBothPaths(t *testing.T, data []byte, fast bool) []inventory.File {
 	if wantErr != nil {
 		require.EqualError(t, err, wantErr.Error())
 
-		return nil
+		return inventory.File{}, 0
 	}
 
 	require.NoError(t, err)
 
 	old := &inventory.Inventory{}
-	for _, f := range want {
-		for _, s := range f.Sites {
-			s.Source = "inv.yaml"
-			old.Sites = append(old.Sites, s)
+	for _, s := range want.Sites {
+		s.Source = "inv.yaml"
+		old.Sites = append(old.Sites, s)
+	}
+
+	for _, c := range want.Clusters {
+		c.Source = "inv.yaml"
+		if c.Talosconfig != "" {
+			c.Talosconfig = inv.Clusters[len(old.Clusters)].Talosconfig // resolved alike, checked in TestLoadDirectoryMergesFiles
 		}
 
-		for _, c := range f.Clusters {
-			c.Source = "inv.yaml"
-			if c.Talosconfig != "" {
-				c.Talosconfig = inv.Clusters[len(old.Clusters)].Talosconfig // resolved alike, checked in TestLoadDirectoryMergesFiles
-			}
-
-			old.Clusters = append(old.Clusters, c)
-		}
+		old.Clusters = append(old.Clusters, c)
 	}
 
 	assert.Equal(t, old.Sites, inv.Sites)
 	assert.Equal(t, old.Clusters, inv.Clusters)
 
-	return got
+	return got, docs
 }
 
 // FuzzFastDecode: whatever the fast path accepts, yaml.v3 accepts too and
@@ -275,7 +280,7 @@ func FuzzFastDecode(f *testing.F) {
 			return
 		}
 
-		want, err := inventory.DecodeYAML("inv.yaml", data)
+		want, _, err := inventory.DecodeYAML("inv.yaml", data)
 		require.NoError(t, err, "fast path took a file yaml.v3 refuses")
 		require.Equal(t, want, got)
 	})

@@ -226,10 +226,8 @@ func (inv *Inventory) add(name string, data []byte) error {
 		dir = abs
 	}
 
-	if docs, ok := fastDecode(data); ok {
-		for i := range docs {
-			inv.addFile(name, dir, &docs[i])
-		}
+	if f, ok := fastDecode(data); ok {
+		inv.addFile(name, dir, &f)
 
 		return nil
 	}
@@ -260,15 +258,18 @@ func decodeYAML(name string, data []byte, add func(*File)) error {
 	}
 }
 
-// addFile appends the entries of one decoded document.
+// addFile appends the entries of one decoded document (or of all
+// documents of a file: the fast path gathers them in one File). It takes
+// f's slices over when the inventory is still empty.
 func (inv *Inventory) addFile(name, dir string, f *File) {
-	for _, s := range f.Sites {
-		s.Source = name
-		inv.Sites = append(inv.Sites, s)
+	for i := range f.Sites {
+		f.Sites[i].Source = name
 	}
 
-	for _, c := range f.Clusters {
+	for i := range f.Clusters {
+		c := &f.Clusters[i]
 		c.Source = name
+
 		switch {
 		case c.Talosconfig == "":
 		case filepath.IsAbs(c.Talosconfig):
@@ -276,8 +277,18 @@ func (inv *Inventory) addFile(name, dir string, f *File) {
 		default:
 			c.Talosconfig = filepath.Join(dir, c.Talosconfig)
 		}
+	}
 
-		inv.Clusters = append(inv.Clusters, c)
+	if inv.Sites == nil {
+		inv.Sites = f.Sites
+	} else {
+		inv.Sites = append(inv.Sites, f.Sites...)
+	}
+
+	if inv.Clusters == nil {
+		inv.Clusters = f.Clusters
+	} else {
+		inv.Clusters = append(inv.Clusters, f.Clusters...)
 	}
 }
 
