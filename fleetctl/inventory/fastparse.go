@@ -100,8 +100,9 @@ func fastDecode(data []byte) (f File, ok bool) {
 	return f, docs > 0
 }
 
-// advance moves to the next line that is not blank and not a comment.
-// It sets kind lineEOF at the end and also for lines it refuses outright.
+// advance moves to the next line that is not blank and not a comment,
+// sets kind lineEOF at the end, and gives up (fail) on lines it refuses
+// outright.
 func (p *fastParser) advance() {
 	if p.failed() {
 		return
