@@ -161,20 +161,28 @@ func NewID(now time.Time) string {
 // Create writes a new rollout for opts.Inventory and opts.Plan and returns its id
 // without executing it.
 func Create(ctx context.Context, opts Options) (string, error) {
+	id, _, err := create(ctx, opts)
+
+	return id, err
+}
+
+// create is Create that also returns the node rows it wrote, in id order
+// and as store.Nodes would read them back, for Run to execute from.
+func create(ctx context.Context, opts Options) (string, []store.Node, error) {
 	opts.defaults()
 
 	if opts.Store == nil || opts.Inventory == nil || opts.Plan == nil {
-		return "", errors.New("engine: Store, Inventory and Plan are required")
+		return "", nil, errors.New("engine: Store, Inventory and Plan are required")
 	}
 
 	a, err := opts.Plan.Assign(opts.Inventory)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 
 	planJSON, err := json.Marshal(opts.Plan)
 	if err != nil {
-		return "", fmt.Errorf("encoding plan: %w", err)
+		return "", nil, fmt.Errorf("encoding plan: %w", err)
 	}
 
 	r := store.Rollout{
@@ -210,7 +218,7 @@ func Create(ctx context.Context, opts Options) (string, error) {
 
 				w, err := json.Marshal(s.Windows)
 				if err != nil {
-					return "", fmt.Errorf("encoding windows: %w", err)
+					return "", nil, fmt.Errorf("encoding windows: %w", err)
 				}
 
 				sites = append(sites, store.Site{Name: s.Name, TimeZone: s.TimeZone, Windows: string(w)})
@@ -226,7 +234,7 @@ func Create(ctx context.Context, opts Options) (string, error) {
 			tc := c.Talosconfig
 			if tc != "" {
 				if tc, err = filepath.Abs(tc); err != nil {
-					return "", fmt.Errorf("cluster %s: talosconfig: %w", c.Name, err)
+					return "", nil, fmt.Errorf("cluster %s: talosconfig: %w", c.Name, err)
 				}
 			}
 
@@ -240,10 +248,45 @@ func Create(ctx context.Context, opts Options) (string, error) {
 	}
 
 	if err := opts.Store.CreateRollout(ctx, r, sites, waves, rowOrder(nodes, opts.Plan.MaxUnavailable), opts.Actor); err != nil {
-		return "", fmt.Errorf("creating rollout: %w", err)
+		return "", nil, fmt.Errorf("creating rollout: %w", err)
 	}
 
-	return r.ID, nil
+	return r.ID, asWritten(nodes), nil
+}
+
+// asWritten turns the nodes Create wrote (in row order) into what
+// store.Nodes reads back from a new rollout: id order, every node pending
+// with no history, repeated values sharing one copy. Run executes from
+// them instead of reading 30,000 rows back right after writing them.
+func asWritten(nodes []store.Node) []store.Node {
+	// Ids are 0..len-1 (Create numbers them): put each in its place by
+	// following the permutation's cycles, without a second slice.
+	for i := range nodes {
+		for nodes[i].ID != i {
+			d := nodes[i].ID
+			nodes[i], nodes[d] = nodes[d], nodes[i]
+		}
+	}
+
+	seen := map[string]string{}
+	intern := func(p *string) {
+		if v, ok := seen[*p]; ok {
+			*p = v
+		} else {
+			seen[*p] = *p
+		}
+	}
+
+	for i := range nodes {
+		n := &nodes[i]
+		n.State = store.NodePending
+
+		for _, p := range []*string{&n.Cluster, &n.Name, &n.Role, &n.Site, &n.Region, &n.Bandwidth, &n.Talosconfig, &n.State} {
+			intern(p)
+		}
+	}
+
+	return nodes
 }
 
 // Run creates a rollout from opts.Inventory and opts.Plan and executes it to
@@ -251,7 +294,7 @@ func Create(ctx context.Context, opts Options) (string, error) {
 // The returned error is nil only for a completed rollout; Result is filled
 // in every case where the rollout exists.
 func Run(ctx context.Context, opts Options) (Result, error) {
-	id, err := Create(ctx, opts)
+	id, nodes, err := create(ctx, opts)
 	if err != nil {
 		return Result{}, err
 	}
@@ -260,12 +303,18 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 	// inventory go frees its memory (tens of MB at 300,000 nodes) for the run.
 	opts.Inventory = nil
 
-	return Resume(ctx, opts, id)
+	return resume(ctx, opts, id, nodes)
 }
 
 // Resume continues rollout id (empty: the most recent one) after a pause, an
 // interruption or a crash, reconciling in-flight nodes by asking them their version.
 func Resume(ctx context.Context, opts Options, id string) (Result, error) {
+	return resume(ctx, opts, id, nil)
+}
+
+// resume is Resume; created, if not nil, are the node rows Run just wrote
+// (asWritten), used instead of reading them back.
+func resume(ctx context.Context, opts Options, id string, created []store.Node) (Result, error) {
 	opts.defaults()
 
 	if opts.Store == nil || opts.Driver == nil {
@@ -278,6 +327,13 @@ func Resume(ctx context.Context, opts Options, id string) (Result, error) {
 	}
 
 	e := &execution{opts: opts, rollout: r, log: opts.Logger.With("rollout", r.ID)}
+
+	// Rows written a moment ago are what the store holds unless another
+	// process took the rollout up in between (it would hold or have held
+	// its lease): then read them as any resume does.
+	if r.LeaseAt.IsZero() && r.LeaseHost == "" {
+		e.created = created
+	}
 
 	return e.run(ctx)
 }
