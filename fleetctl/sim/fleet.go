@@ -10,7 +10,7 @@
 package sim
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -145,7 +145,8 @@ type Fleet struct {
 
 	mu      sync.Mutex
 	nodes   map[string]*simNode
-	journal *os.File
+	journal *journal
+	line    []byte // the journal line being built (f.mu held)
 	// staged images per node and stage/switch counts, kept apart from
 	// simNode: only rollouts that stage pay for them
 	staged map[string]map[string]bool
@@ -176,17 +177,12 @@ func Open(dir string, b Behaviour) (*Fleet, error) {
 		return f, nil
 	}
 
-	path := filepath.Join(dir, journalName)
-
-	if err := f.replay(path); err != nil {
+	j, events, err := openJournal(filepath.Join(dir, journalName))
+	if err != nil {
 		return nil, err
 	}
 
-	j, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("opening simulator journal: %w", err)
-	}
-
+	f.replay(events)
 	f.journal = j
 
 	return f, nil
@@ -218,28 +214,20 @@ func OpenDir(dir string) (*Fleet, error) {
 	return Open(dir, b)
 }
 
-func (f *Fleet) replay(path string) error {
-	fh, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
+// replay applies the journal's complete events (whole lines).
+func (f *Fleet) replay(events []byte) {
+	for len(events) > 0 {
+		i := bytes.IndexByte(events, '\n')
+		line := events[:i]
+		events = events[i+1:]
 
-	if err != nil {
-		return fmt.Errorf("reading simulator journal: %w", err)
-	}
-	defer fh.Close() //nolint:errcheck
-
-	sc := bufio.NewScanner(fh)
-	for sc.Scan() {
-		ev, ok := parseEvent(sc.Text())
+		ev, ok := parseEvent(string(line))
 		if !ok {
-			continue // a line torn by a crash mid-write was never acknowledged
+			continue // not an event this version knows
 		}
 
 		f.apply(ev.Node, ev.Kind[0], ev.Version, ev.Digest, ev.At)
 	}
-
-	return sc.Err()
 }
 
 func (f *Fleet) node(key string) *simNode {
@@ -283,12 +271,33 @@ func (f *Fleet) record(key string, kind byte, version, digest string) error {
 	at := f.now()
 
 	if f.journal != nil {
-		line := fmt.Sprintf("%c\t%s\t%s\t%d\n", kind, key, version, at.UnixNano())
-		if digest != "" {
-			line = fmt.Sprintf("%c\t%s\t%s\t%s\t%d\n", kind, key, version, digest, at.UnixNano())
+		if !f.journal.owner {
+			events, err := f.journal.acquire()
+			if err != nil {
+				return fmt.Errorf("writing simulator journal: %w", err)
+			}
+
+			f.replay(events)
 		}
 
-		if _, err := f.journal.WriteString(line); err != nil {
+		// "kind node version [digest] unixnano", built in a buffer kept
+		// for the next event (f.mu held).
+		b := append(f.line[:0], kind, '\t')
+		b = append(b, key...)
+		b = append(b, '\t')
+		b = append(b, version...)
+
+		if digest != "" {
+			b = append(b, '\t')
+			b = append(b, digest...)
+		}
+
+		b = append(b, '\t')
+		b = strconv.AppendInt(b, at.UnixNano(), 10)
+		b = append(b, '\n')
+		f.line = b
+
+		if err := f.journal.append(b); err != nil {
 			return fmt.Errorf("writing simulator journal: %w", err)
 		}
 	}
@@ -304,7 +313,7 @@ func (f *Fleet) Close() error {
 		return nil
 	}
 
-	return f.journal.Close()
+	return f.journal.close()
 }
 
 // fate is a deterministic number in [0,1) per node and version. It is
