@@ -148,7 +148,7 @@ func journalKillChild(dir string) {
 
 	// Everything acknowledged is printed; then die without Close.
 	mu.Lock()
-	w.Flush() //nolint:errcheck
+	w.Flush()                                  //nolint:errcheck
 	syscall.Kill(os.Getpid(), syscall.SIGKILL) //nolint:errcheck
 	select {}
 }
