@@ -146,8 +146,7 @@ type Fleet struct {
 	mu      sync.Mutex
 	nodes   map[string]*simNode
 	journal *journal
-	line    []byte           // the journal line being built (f.mu held)
-	healthy []driver.Service // Services of a healthy node, shared (read-only)
+	line    []byte // the journal line being built (f.mu held)
 	// staged images per node and stage/switch counts, kept apart from
 	// simNode: only rollouts that stage pay for them
 	staged map[string]map[string]bool
@@ -659,8 +658,7 @@ func (f *Fleet) Rollback(key string) error {
 	return f.record(key, 'R', "", "")
 }
 
-// Services is the node's service list (the labos set). Callers only read
-// it: a healthy node's list is shared.
+// Services is the node's service list (the labos set).
 func (f *Fleet) Services(key string) ([]driver.Service, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -675,22 +673,7 @@ func (f *Fleet) Services(key string) ([]driver.Service, error) {
 	current := f.running(n)
 	bad := n.lastKind == 'U' && current == n.versions[len(n.versions)-1] && f.fails(n)
 
-	if !bad {
-		// The healthy list is the same for every node: one copy, built on
-		// first use (a list per call was 14 MB per 30,000-node rollout).
-		if f.healthy == nil {
-			f.healthy = f.services(false, "")
-		}
-
-		return f.healthy, nil
-	}
-
-	return f.services(true, current), nil
-}
-
-// services builds the service list; bad fails the addons service of current.
-func (f *Fleet) services(bad bool, current string) []driver.Service {
-	out := make([]driver.Service, 0, 6)
+	out := make([]driver.Service, 0, 5)
 	for _, id := range []string{nodeapi.ServiceTPMUnlock, nodeapi.ServiceState, nodeapi.ServiceAPI, nodeapi.ServiceEBPF, nodeapi.ServiceAddons} {
 		s := driver.Service{ID: id, State: "Running", Healthy: true}
 		if bad && id == nodeapi.ServiceAddons {
@@ -705,9 +688,7 @@ func (f *Fleet) services(bad bool, current string) []driver.Service {
 		out = append(out, driver.Service{ID: "dashboard", State: "Running", NoHealthCheck: true})
 	}
 
-	// Full slice expression: a caller's append copies instead of writing
-	// into the shared list.
-	return out[:len(out):len(out)]
+	return out, nil
 }
 
 // Counts are per-node event counts.

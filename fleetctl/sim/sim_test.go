@@ -168,33 +168,3 @@ func TestKubeFaultsValidated(t *testing.T) {
 	_, err := sim.Open("", sim.Behaviour{InitialVersion: "v1", KubeFaults: map[string]string{"v2": "cni"}})
 	assert.ErrorContains(t, err, `sim.yaml: kubeFaults: v2: unknown fault "cni"`)
 }
-
-// Healthy nodes share one service list; it is the labos set (plus the
-// unchecked dashboard when TalosLike), and a caller's append does not
-// change what the next node reports.
-func TestHealthyServiceListShared(t *testing.T) {
-	for _, talosLike := range []bool{false, true} {
-		f, err := sim.Open("", sim.Behaviour{InitialVersion: "v1", TalosLike: talosLike})
-		require.NoError(t, err)
-
-		want := []driver.Service{
-			{ID: "tpm-unlock", State: "Running", Healthy: true}, {ID: "state", State: "Running", Healthy: true},
-			{ID: "apid", State: "Running", Healthy: true}, {ID: "ebpf", State: "Running", Healthy: true},
-			{ID: "addons", State: "Running", Healthy: true},
-		}
-		if talosLike {
-			want = append(want, driver.Service{ID: "dashboard", State: "Running", NoHealthCheck: true})
-		}
-
-		a, err := f.Services("c/a")
-		require.NoError(t, err)
-		assert.Equal(t, want, a)
-
-		_ = append(a, driver.Service{ID: "extra"})
-
-		b, err := f.Services("c/b")
-		require.NoError(t, err)
-		assert.Equal(t, want, b)
-		assert.Equal(t, want, a[:len(a):len(a)])
-	}
-}
