@@ -313,7 +313,13 @@ func (f *Fleet) record(key string, kind byte, version, digest string) error {
 }
 
 // Close closes the journal.
+//
+// It holds the fleet's lock: the journal's mapping must not go away under
+// a call still recording (a call after Close fails with the closed file's error).
 func (f *Fleet) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
 	if f.journal == nil {
 		return nil
 	}

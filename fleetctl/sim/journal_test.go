@@ -11,6 +11,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -221,4 +222,56 @@ func TestJournalOneWriterAtATime(t *testing.T) {
 	}
 
 	assert.Equal(t, []string{"c/a", "c/b", "c/c"}, nodes)
+}
+
+// Close while calls still record: the mapping goes away only between
+// events, and a call after Close fails instead of writing to it.
+func TestJournalCloseDuringCalls(t *testing.T) {
+	dir := t.TempDir()
+
+	f, err := sim.Open(dir, sim.Behaviour{InitialVersion: "v1"})
+	require.NoError(t, err)
+
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		oks  int
+		errs []error
+	)
+
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 2000 {
+				err := f.Upgrade(fmt.Sprintf("c%d/n%d", i, g), "v2")
+
+				mu.Lock()
+				if err == nil {
+					oks++
+				} else {
+					errs = append(errs, err)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+
+	// Close in the middle of the calls.
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+
+		return oks >= 1000
+	}, 10*time.Second, 100*time.Microsecond)
+	require.NoError(t, f.Close())
+	wg.Wait()
+
+	require.NotEmpty(t, errs, "Close came after the last call; the test proves nothing")
+
+	for _, err := range errs {
+		require.ErrorContains(t, err, "writing simulator journal")
+	}
+
+	events, err := sim.ReadJournal(dir)
+	require.NoError(t, err)
+	assert.Len(t, events, oks, "every acknowledged event is in the journal, nothing else")
 }
