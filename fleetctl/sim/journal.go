@@ -9,7 +9,7 @@ import (
 )
 
 // journalChunk is how much the journal file grows by at least when its
-// mapping is full (about 23,000 events).
+// mapping is full (some 10,000 events of ~110 bytes).
 const journalChunk = 1 << 20
 
 // journal is the append-only event file of a simulated fleet: the simulated
