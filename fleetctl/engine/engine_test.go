@@ -635,3 +635,31 @@ func mustLoc(t *testing.T, name string) *time.Location {
 
 	return loc
 }
+
+// Summarise counts states and rollbacks in one pass over the node rows;
+// the figures equal store.NodeCounts and a count of rolled back rows.
+func TestSummariseCountsMatchTheStore(t *testing.T) {
+	f := newFixture(t, sim.Spec{Clusters: 40, NodesPerCluster: 3}, sim.Behaviour{Seed: 3, FailRate: 0.15}, nil)
+
+	res, err := engine.Run(t.Context(), f.opts())
+	require.NoError(t, err)
+	require.Positive(t, res.RolledBack, "the fixture must roll some nodes back")
+
+	counts, err := f.st.NodeCounts(t.Context(), res.RolloutID)
+	require.NoError(t, err)
+
+	var rolledBack int
+	require.NoError(t, f.st.DB().QueryRowContext(t.Context(), `SELECT COUNT(*) FROM nodes WHERE rollout_id = ? AND rolled_back = 1`, res.RolloutID).Scan(&rolledBack))
+
+	assert.Equal(t, rolledBack, res.RolledBack)
+
+	for _, w := range res.Waves {
+		c := counts[w.Index]
+		assert.Equal(t, c[store.NodeDone], w.Done, "wave %d", w.Index)
+		assert.Equal(t, c[store.NodeFailed], w.Failed, "wave %d", w.Index)
+		assert.Equal(t, c[store.NodeSkipped], w.Skipped, "wave %d", w.Index)
+		assert.Equal(t, c[store.NodePending], w.Pending, "wave %d", w.Index)
+	}
+
+	assert.Equal(t, 120, res.Done+res.Failed+res.Skipped)
+}

@@ -37,6 +37,8 @@ type execution struct {
 	stager *stager
 	waves  []store.Wave
 	nodes  []store.Node
+	// created are the node rows Run just wrote, for load (nil: read them)
+	created []store.Node
 
 	controlPlanes map[string]int // per cluster: Talos needs preserve for 1-2
 	want          driver.Want    // the image the gate waits for
@@ -281,7 +283,9 @@ func (e *execution) load(ctx context.Context) error {
 		return err
 	}
 
-	if e.nodes, err = st.Nodes(ctx, id); err != nil {
+	if e.created != nil {
+		e.nodes, e.created = e.created, nil
+	} else if e.nodes, err = st.Nodes(ctx, id); err != nil {
 		return err
 	}
 

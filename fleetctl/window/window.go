@@ -6,6 +6,7 @@ package window
 import (
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 	_ "time/tzdata" // zones resolve the same on hosts without /usr/share/zoneinfo
 )
@@ -88,7 +89,7 @@ func NewSchedule(timeZone string, windows []Window) (*Schedule, error) {
 		return nil, fmt.Errorf("timezone: %q depends on the machine fleetctl runs on; name the site's IANA zone (e.g. Europe/Berlin, UTC)", timeZone)
 	}
 
-	loc, err := time.LoadLocation(timeZone)
+	loc, err := loadLocation(timeZone)
 	if err != nil {
 		return nil, fmt.Errorf("timezone: %q is not an IANA time zone (e.g. Europe/Berlin, UTC): %w", timeZone, err)
 	}
@@ -105,6 +106,30 @@ func NewSchedule(timeZone string, windows []Window) (*Schedule, error) {
 	}
 
 	return s, nil
+}
+
+// locations caches loaded zones by name. time.LoadLocation opens and
+// parses the zone file on every call, and a rollout builds schedules for
+// every site several times over (inventory validation, planning, the
+// engine, staging): 100 reads of each zone per 30,000-node rollout. A
+// *time.Location is immutable, so one per name serves the whole process.
+// Only zones that loaded are kept: a bad name fails (with the same error)
+// each time it is asked.
+var locations sync.Map // name -> *time.Location
+
+func loadLocation(name string) (*time.Location, error) {
+	if l, ok := locations.Load(name); ok {
+		return l.(*time.Location), nil
+	}
+
+	l, err := time.LoadLocation(name)
+	if err != nil {
+		return nil, err
+	}
+
+	actual, _ := locations.LoadOrStore(name, l)
+
+	return actual.(*time.Location), nil
 }
 
 // Location is the site's time zone.

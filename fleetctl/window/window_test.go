@@ -180,3 +180,24 @@ func TestWindowsEndOnWallClockAcrossDST(t *testing.T) {
 	assert.False(t, sunday.Open(time.Date(2026, 3, 30, 0, 30, 0, 0, berlin)), "Monday 00:30 is not Sunday")
 	assert.True(t, sunday.Open(time.Date(2026, 10, 25, 23, 30, 0, 0, berlin)), "the 25-hour Sunday is open to its end")
 }
+
+// Each zone is loaded once per process: time.LoadLocation opens and parses
+// the zone file on every call, and a 30,000-node rollout asked for each of
+// its zones about 100 times. A bad zone fails with the same text each time.
+func TestZonesLoadOncePerProcess(t *testing.T) {
+	a, err := window.NewSchedule("Asia/Kolkata", nil)
+	require.NoError(t, err)
+
+	b, err := window.NewSchedule("Asia/Kolkata", []window.Window{{Start: "02:00", Duration: "1h"}})
+	require.NoError(t, err)
+
+	assert.Same(t, a.Location(), b.Location(), "the second schedule reuses the loaded zone")
+	assert.Equal(t, "Asia/Kolkata", b.Location().String())
+
+	_, err1 := window.NewSchedule("Mars/Olympus", nil)
+	_, err2 := window.NewSchedule("Mars/Olympus", nil)
+
+	require.Error(t, err1)
+	assert.Equal(t, err1.Error(), err2.Error(), "a bad zone is refused the same way every time")
+	assert.Contains(t, err2.Error(), `timezone: "Mars/Olympus" is not an IANA time zone`)
+}
