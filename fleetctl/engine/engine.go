@@ -347,6 +347,15 @@ func resume(ctx context.Context, opts Options, id string, created []store.Node) 
 
 // Summarise reads a rollout's progress from the store.
 func Summarise(ctx context.Context, st *store.Store, id string) (Result, error) {
+	return summarise(ctx, st, id, func(rollout string) (store.Counts, int, error) {
+		return nodeCounts(ctx, st, rollout)
+	})
+}
+
+// summarise is Summarise with the node counts taken from count: the
+// store's, or those of an execution that holds every node row of the
+// rollout in memory, each mirrored after its write was committed.
+func summarise(ctx context.Context, st *store.Store, id string, count func(rollout string) (store.Counts, int, error)) (Result, error) {
 	r, err := st.Rollout(ctx, id)
 	if err != nil {
 		return Result{}, err
@@ -357,7 +366,7 @@ func Summarise(ctx context.Context, st *store.Store, id string) (Result, error) 
 		return Result{}, err
 	}
 
-	counts, rolledBack, err := nodeCounts(ctx, st, r.ID)
+	counts, rolledBack, err := count(r.ID)
 	if err != nil {
 		return Result{}, err
 	}

@@ -662,4 +662,27 @@ func TestSummariseCountsMatchTheStore(t *testing.T) {
 	}
 
 	assert.Equal(t, 120, res.Done+res.Failed+res.Skipped)
+
+	// The run counts its own node rows in memory; what the store says
+	// afterwards is the same result.
+	fromStore, err := engine.Summarise(t.Context(), f.st, res.RolloutID)
+	require.NoError(t, err)
+	assert.Equal(t, fromStore, res)
+}
+
+// A halted run leaves pending nodes behind: its result, counted from the
+// rows in memory, still equals what the store says.
+func TestHaltedRunResultMatchesTheStore(t *testing.T) {
+	f := newFixture(t, sim.Spec{Clusters: 40, NodesPerCluster: 3}, sim.Behaviour{Seed: 3, FailRate: 0.5}, func(p *plan.Plan) {
+		p.Budget = plan.Budget{MaxFailures: 2}
+	})
+
+	res, err := engine.Run(t.Context(), f.opts())
+	require.ErrorIs(t, err, engine.ErrHalted)
+	require.Positive(t, res.Pending, "the halted rollout must leave nodes pending")
+	require.Positive(t, res.Failed)
+
+	fromStore, err := engine.Summarise(t.Context(), f.st, res.RolloutID)
+	require.NoError(t, err)
+	assert.Equal(t, fromStore, res)
 }

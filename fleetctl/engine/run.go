@@ -482,12 +482,49 @@ func (e *execution) finish(ctx context.Context) (Result, error) {
 }
 
 func (e *execution) result(ctx context.Context, runErr error) (Result, error) {
-	res, err := Summarise(ctx, e.opts.Store, e.rollout.ID)
+	// Every node worker has returned by now, and each node row in e.nodes
+	// was updated right after its write was committed, so the rows in
+	// memory are what the store holds. Counting them spares a query that
+	// visits every row of the rollout through the (rollout_id, id) key in
+	// id order, not in the order the rows are stored: at 300,000 nodes a
+	// page read per row, seconds of CPU at the end of a rollout.
+	res, err := summarise(ctx, e.opts.Store, e.rollout.ID, func(string) (store.Counts, int, error) {
+		return e.counts(), e.rolledBack(), nil
+	})
 	if err != nil {
 		return res, err
 	}
 
 	return res, runErr
+}
+
+// counts are the states of the execution's node rows per wave, as
+// store.NodeCounts reads them.
+func (e *execution) counts() store.Counts {
+	out := store.Counts{}
+
+	for k := range e.nodes {
+		n := &e.nodes[k]
+		if out[n.Wave] == nil {
+			out[n.Wave] = map[string]int{}
+		}
+
+		out[n.Wave][n.State]++
+	}
+
+	return out
+}
+
+func (e *execution) rolledBack() int {
+	rb := 0
+
+	for k := range e.nodes {
+		if e.nodes[k].RolledBack {
+			rb++
+		}
+	}
+
+	return rb
 }
 
 // runWave executes wave i; it returns an error only when the store fails.
