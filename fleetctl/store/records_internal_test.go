@@ -38,7 +38,7 @@ func TestNodeRecordsShareStatementsNotRows(t *testing.T) {
 		ops = append(ops, op{rec: r})
 	}
 
-	require.NoError(t, st.commit(ops))
+	require.NoError(t, st.commitAll(ops))
 
 	got, err := st.Nodes(t.Context(), "r1")
 	require.NoError(t, err)
@@ -115,7 +115,7 @@ func TestNodeRecordsChunkBindsRolloutAndActorOnce(t *testing.T) {
 		}}})
 	}
 
-	require.NoError(t, st.commit(ops))
+	require.NoError(t, st.commitAll(ops))
 
 	audit, err := st.Audit(t.Context(), "", 0)
 	require.NoError(t, err)
@@ -175,8 +175,8 @@ func TestNodeRowsListTheirAuditLines(t *testing.T) {
 	}
 
 	batch = append(batch, op{fn: setWaveState("r1", 0, WaveRunning, "tester")}, rec(3, NodeDone), rec(69, NodeFailed))
-	require.NoError(t, st.commit(batch))
-	require.NoError(t, st.commit([]op{rec(3, NodeRequested)}))
+	require.NoError(t, st.commitAll(batch))
+	require.NoError(t, st.commitAll([]op{rec(3, NodeRequested)}))
 
 	lease, err := st.AcquireLease(t.Context(), "r1", "here", 1, time.Minute, false, "tester")
 	require.NoError(t, err)

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"strconv"
@@ -491,8 +492,17 @@ func init() {
 }
 
 func writeNodeChunk(tx *wtx, recs []*nodeRecord) error {
-	nodeArgs := make([]any, 0, 9*len(recs))
-	auditArgs := make([]any, 0, 7*len(recs))
+	// Arguments go straight to the driver, in buffers reused by every chunk.
+	nodeArgs := tx.nodeNV[:0]
+	auditArgs := tx.auditNV[:0]
+
+	add := func(args []driver.NamedValue, vs ...driver.Value) []driver.NamedValue {
+		for _, v := range vs {
+			args = append(args, driver.NamedValue{Ordinal: len(args) + 1, Value: v})
+		}
+
+		return args
+	}
 
 	first, err := tx.auditIDs(len(recs))
 	if err != nil {
@@ -503,7 +513,7 @@ func writeNodeChunk(tx *wtx, recs []*nodeRecord) error {
 		tr := rec.tr
 		at := now()
 
-		rb, calls := 0, 0
+		rb, calls := int64(0), int64(0)
 		if tr.RolledBack {
 			rb = 1
 		}
@@ -520,15 +530,22 @@ func writeNodeChunk(tx *wtx, recs []*nodeRecord) error {
 		// The node row lists the id of its audit line (the fleet
 		// overview's node history reads them by id).
 		aid := first + int64(i)
-		nodeArgs = append(nodeArgs, rec.rollout, tr.Node, tr.State, tr.FromVersion, tr.Error, rb, calls, at, strconv.FormatInt(aid, 10))
-		auditArgs = append(auditArgs, aid, at, rec.actor, rec.rollout, "node."+tr.State, tr.Subject, detail)
+		nodeArgs = add(nodeArgs, rec.rollout, int64(tr.Node), tr.State, tr.FromVersion, tr.Error, rb, calls, at, strconv.FormatInt(aid, 10))
+		auditArgs = add(auditArgs, aid, at, rec.actor, rec.rollout, "node."+tr.State, tr.Subject, detail)
 	}
 
-	if _, err := tx.Exec(updateNodesSQL[len(recs)], nodeArgs...); err != nil {
+	// Kept for the next chunk, values cleared so they hold no strings alive.
+	defer func() {
+		clear(nodeArgs)
+		clear(auditArgs)
+		tx.nodeNV, tx.auditNV = nodeArgs[:0], auditArgs[:0]
+	}()
+
+	if _, err := tx.execNV(updateNodesSQL[len(recs)], nodeArgs); err != nil {
 		return fmt.Errorf("recording node %s: %w", recs[0].tr.Subject, err)
 	}
 
-	if _, err := tx.Exec(insertAuditSQL[len(recs)], auditArgs...); err != nil {
+	if _, err := tx.execNV(insertAuditSQL[len(recs)], auditArgs); err != nil {
 		return fmt.Errorf("writing audit log: %w", err)
 	}
 
