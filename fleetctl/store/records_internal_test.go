@@ -67,6 +67,10 @@ func TestNodeRecordsShareStatementsNotRows(t *testing.T) {
 	for i, e := range audit[1:] {
 		assert.Equal(t, recs[i].tr.Subject, e.Subject, "audit line %d in batch order", i)
 		assert.Equal(t, "node."+recs[i].tr.State, e.Action, "audit line %d", i)
+		// One rollout and actor: bound once per chunk (?1, ?2), on every row.
+		assert.Equal(t, "tester", e.Actor, "audit line %d", i)
+		assert.Equal(t, "r1", e.Rollout, "audit line %d", i)
+		assert.False(t, e.At.Before(audit[i].At), "audit line %d written after the line before it", i)
 	}
 
 	assert.Equal(t, "gate error=boom", audit[1+11].Detail)

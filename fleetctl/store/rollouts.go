@@ -474,6 +474,14 @@ var (
 	updateNodesSQL = map[int]string{}
 	insertAuditSQL = map[int]string{}
 	insertNodesSQL = map[int]string{}
+
+	// The same statements for a chunk whose transitions all have one
+	// rollout and one actor (nearly always): those are bound once, as ?1
+	// and ?2, instead of once per row. Every text parameter costs the
+	// driver a copy into C memory and a free. The plain ? after them are
+	// numbered on from the largest number used so far (SQLite's rule).
+	updateNodesSharedSQL = map[int]string{}
+	insertAuditSharedSQL = map[int]string{}
 )
 
 func init() {
@@ -488,6 +496,14 @@ func init() {
 			strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?,?,?,?,?,?,?),", n), ",")
 		insertAuditSQL[n] = `INSERT INTO audit (id, at, actor, rollout_id, action, subject, detail) VALUES ` +
 			strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?,?),", n), ",")
+
+		// Update: [rollout, then per row id, st, fv, er, rb, ca, at, aid].
+		updateNodesSharedSQL[n] = strings.ReplaceAll(updateNodesSQL[n], "(?,?,?,?,?,?,?,?,?)", "(?1,?,?,?,?,?,?,?,?)")
+		// Audit: [actor, rollout, then per row id, at, action, subject, detail];
+		// the first row numbers its leading ids explicitly so that the
+		// plain ? after ?1 and ?2 continue at 5.
+		insertAuditSharedSQL[n] = `INSERT INTO audit (id, at, actor, rollout_id, action, subject, detail) VALUES (?3,?4,?1,?2,?,?,?)` +
+			strings.Repeat(",(?,?,?1,?2,?,?,?)", n-1)
 	}
 }
 
@@ -495,6 +511,15 @@ func writeNodeChunk(tx *wtx, recs []*nodeRecord) error {
 	// Arguments go straight to the driver, in buffers reused by every chunk.
 	nodeArgs := tx.nodeNV[:0]
 	auditArgs := tx.auditNV[:0]
+
+	shared := true
+	for _, rec := range recs[1:] {
+		if rec.rollout != recs[0].rollout || rec.actor != recs[0].actor {
+			shared = false
+
+			break
+		}
+	}
 
 	add := func(args []driver.NamedValue, vs ...driver.Value) []driver.NamedValue {
 		for _, v := range vs {
@@ -530,8 +555,25 @@ func writeNodeChunk(tx *wtx, recs []*nodeRecord) error {
 		// The node row lists the id of its audit line (the fleet
 		// overview's node history reads them by id).
 		aid := first + int64(i)
+		if shared {
+			if i == 0 {
+				nodeArgs = add(nodeArgs, rec.rollout)
+				auditArgs = add(auditArgs, rec.actor, rec.rollout)
+			}
+
+			nodeArgs = add(nodeArgs, int64(tr.Node), tr.State, tr.FromVersion, tr.Error, rb, calls, at, strconv.FormatInt(aid, 10))
+			auditArgs = add(auditArgs, aid, at, "node."+tr.State, tr.Subject, detail)
+
+			continue
+		}
+
 		nodeArgs = add(nodeArgs, rec.rollout, int64(tr.Node), tr.State, tr.FromVersion, tr.Error, rb, calls, at, strconv.FormatInt(aid, 10))
 		auditArgs = add(auditArgs, aid, at, rec.actor, rec.rollout, "node."+tr.State, tr.Subject, detail)
+	}
+
+	updateSQL, auditSQL := updateNodesSQL[len(recs)], insertAuditSQL[len(recs)]
+	if shared {
+		updateSQL, auditSQL = updateNodesSharedSQL[len(recs)], insertAuditSharedSQL[len(recs)]
 	}
 
 	// Kept for the next chunk, values cleared so they hold no strings alive.
@@ -541,11 +583,11 @@ func writeNodeChunk(tx *wtx, recs []*nodeRecord) error {
 		tx.nodeNV, tx.auditNV = nodeArgs[:0], auditArgs[:0]
 	}()
 
-	if _, err := tx.execNV(updateNodesSQL[len(recs)], nodeArgs); err != nil {
+	if _, err := tx.execNV(updateSQL, nodeArgs); err != nil {
 		return fmt.Errorf("recording node %s: %w", recs[0].tr.Subject, err)
 	}
 
-	if _, err := tx.execNV(insertAuditSQL[len(recs)], auditArgs); err != nil {
+	if _, err := tx.execNV(auditSQL, auditArgs); err != nil {
 		return fmt.Errorf("writing audit log: %w", err)
 	}
 
