@@ -129,11 +129,15 @@ func (s *Store) CreateRollout(ctx context.Context, r Rollout, sites []Site, wave
 		}
 
 		// Several nodes per statement (as writeNodeRecords does): at 30,000
-		// nodes one INSERT each was a tenth of a rollout's store time.
+		// nodes one INSERT each was a tenth of a rollout's store time. The
+		// rollout id is bound once per statement (?1) and the state is a
+		// literal: every text parameter is a copy into C memory.
+		rid := driver.Value(r.ID)
+
 		for rest := nodes; len(rest) > 0; {
 			n := 1
 
-			for _, c := range recordChunks {
+			for _, c := range createChunks {
 				if c <= len(rest) {
 					n = c
 
@@ -141,12 +145,21 @@ func (s *Store) CreateRollout(ctx context.Context, r Rollout, sites []Site, wave
 				}
 			}
 
-			args := make([]any, 0, 12*n)
+			args := tx.nodeNV[:0]
+			args = append(args, driver.NamedValue{Ordinal: 1, Value: rid})
+
 			for _, nd := range rest[:n] {
-				args = append(args, r.ID, nd.ID, nd.Wave, nd.Cluster, nd.Name, nd.Endpoint, nd.Role, nd.Site, nd.Region, nd.Bandwidth, nd.Talosconfig, NodePending)
+				for _, v := range [...]driver.Value{int64(nd.ID), int64(nd.Wave), nd.Cluster, nd.Name, nd.Endpoint, nd.Role, nd.Site, nd.Region, nd.Bandwidth, nd.Talosconfig} {
+					args = append(args, driver.NamedValue{Ordinal: len(args) + 1, Value: v})
+				}
 			}
 
-			if _, err := tx.Exec(insertNodesSQL[n], args...); err != nil {
+			_, err := tx.execNV(insertNodesSQL[n], args)
+
+			clear(args)
+			tx.nodeNV = args[:0]
+
+			if err != nil {
 				return fmt.Errorf("writing nodes %s/%s...: %w", rest[0].Cluster, rest[0].Name, err)
 			}
 
@@ -484,7 +497,17 @@ var (
 	insertAuditSharedSQL = map[int]string{}
 )
 
+// createChunks are CreateRollout's node rows per INSERT, largest first.
+var createChunks = []int{256, 64, 16, 4, 1}
+
 func init() {
+	for _, n := range createChunks {
+		// [rollout, then per row id, wave, cluster, name, endpoint, role,
+		// site, region, bandwidth, talosconfig]; every node starts pending.
+		insertNodesSQL[n] = `INSERT INTO nodes (rollout_id, id, wave, cluster, name, endpoint, role, site, region, bandwidth, talosconfig, state) VALUES ` +
+			strings.TrimSuffix(strings.Repeat("(?1,?,?,?,?,?,?,?,?,?,?,'"+NodePending+"'),", n), ",")
+	}
+
 	for _, n := range recordChunks {
 		rows := strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?,?,?,?),", n), ",")
 		updateNodesSQL[n] = `WITH v(r, id, st, fv, er, rb, ca, at, aid) AS (VALUES ` + rows + `)
@@ -492,8 +515,6 @@ func init() {
 			error = v.er, rolled_back = MAX(nodes.rolled_back, v.rb), upgrade_calls = nodes.upgrade_calls + v.ca, updated_at = v.at,
 			audit_ids = CASE WHEN nodes.audit_ids = '' THEN v.aid ELSE nodes.audit_ids || ',' || v.aid END
 			FROM v WHERE nodes.rollout_id = v.r AND nodes.id = v.id`
-		insertNodesSQL[n] = `INSERT INTO nodes (rollout_id, id, wave, cluster, name, endpoint, role, site, region, bandwidth, talosconfig, state) VALUES ` +
-			strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?,?,?,?,?,?,?),", n), ",")
 		insertAuditSQL[n] = `INSERT INTO audit (id, at, actor, rollout_id, action, subject, detail) VALUES ` +
 			strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?,?),", n), ",")
 

@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -139,4 +140,50 @@ func TestWriterQueryRowReadsLikeDatabaseSQL(t *testing.T) {
 	// ErrNotFound, not a scan error.
 	_, err := st.AcquireLease(t.Context(), "nope", "here", 1, time.Minute, false, "tester")
 	assert.ErrorIs(t, err, ErrNotFound)
+}
+
+// TestCreateRolloutStoresEveryNodeColumn: CreateRollout's multi-row
+// inserts (every chunk size, the rollout id bound once per statement, the
+// state a literal) store each node's own values, pending, and nothing of
+// another rollout's. Nodes reads them back, including through the
+// rollout's cluster/name index.
+func TestCreateRolloutStoresEveryNodeColumn(t *testing.T) {
+	st, err := Open(filepath.Join(t.TempDir(), "f.db"), Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+
+	// 256 + 64 + 16 + 4 + 1 + 1 rows: every chunk size, the last one twice.
+	const n = 342
+
+	mk := func(prefix string) []Node {
+		ns := make([]Node, n)
+		for i := range ns {
+			ns[i] = Node{
+				ID: i, Wave: i % 5, Cluster: fmt.Sprintf("%sc%03d", prefix, i/3), Name: fmt.Sprintf("n%d", i%3),
+				Endpoint: fmt.Sprintf("10.0.%d.%d:50000", i/256, i%256), Role: []string{"controlplane", "worker"}[i%2],
+				Site: fmt.Sprintf("site-%d", i%7), Region: fmt.Sprintf("region-%d", i%3), Bandwidth: []string{"wan", "lan", ""}[i%3],
+				Talosconfig: fmt.Sprintf("/etc/%s/talosconfig-%d", prefix, i%4), State: NodePending,
+			}
+		}
+
+		return ns
+	}
+
+	for _, id := range []string{"r1", "r2"} {
+		require.NoError(t, st.CreateRollout(t.Context(), Rollout{ID: id, Name: "t", Image: "i", Version: "v2", Plan: "{}"},
+			nil, []Wave{{Index: 0, Name: "all", Nodes: n}}, mk(id), "tester"))
+		require.NoError(t, st.SetState(t.Context(), id, StateCompleted, "", "tester"))
+	}
+
+	for _, id := range []string{"r1", "r2"} {
+		got, err := st.Nodes(t.Context(), id)
+		require.NoError(t, err)
+
+		assert.Equal(t, mk(id), got, "rollout %s", id)
+
+		var cluster string
+		require.NoError(t, st.DB().QueryRow(`SELECT cluster FROM nodes INDEXED BY nodes_cluster_name WHERE rollout_id = ? AND cluster = ? AND name = 'n2'`,
+			id, id+"c113").Scan(&cluster))
+		assert.Equal(t, id+"c113", cluster)
+	}
 }
