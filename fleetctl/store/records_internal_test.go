@@ -220,6 +220,16 @@ func TestNodeRowsListTheirAuditLines(t *testing.T) {
 	require.NoError(t, st.DB().QueryRow(`SELECT COUNT(*) FROM nodes, json_each('[' || audit_ids || ']') WHERE audit_ids != ''`).Scan(&listed))
 	assert.Equal(t, nodes+3, nodeLines)
 	assert.Equal(t, nodeLines, listed)
+
+	// The lists are text, one id or comma-separated ids, as the migration
+	// and the staging rows write them.
+	var notText int
+	require.NoError(t, st.DB().QueryRow(`SELECT COUNT(*) FROM nodes WHERE typeof(audit_ids) != 'text' OR audit_ids GLOB '*[^0-9,]*'`).Scan(&notText))
+	assert.Zero(t, notText)
+
+	var one string
+	require.NoError(t, st.DB().QueryRow(`SELECT audit_ids FROM nodes WHERE rollout_id = 'r1' AND id = 0`).Scan(&one))
+	assert.Regexp(t, `^[1-9][0-9]*$`, one)
 }
 
 // rolloutOfNodes opens a new store holding rollout r1 with one wave of n

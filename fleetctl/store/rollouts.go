@@ -6,7 +6,6 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -528,6 +527,21 @@ func init() {
 	}
 }
 
+// stateValues returns a node state and its audit action ("node.<state>")
+// as driver values, made once per state and writer.
+func (t *wtx) stateValues(state string) (driver.Value, driver.Value) {
+	if v, ok := t.states[state]; ok {
+		return v[0], v[1]
+	}
+
+	v := [2]driver.Value{state, "node." + state}
+	if len(t.states) < 64 { // a handful of states; never grows without bound
+		t.states[state] = v
+	}
+
+	return v[0], v[1]
+}
+
 func writeNodeChunk(tx *wtx, recs []*nodeRecord) error {
 	// Arguments go straight to the driver, in buffers reused by every chunk.
 	nodeArgs := tx.nodeNV[:0]
@@ -574,22 +588,29 @@ func writeNodeChunk(tx *wtx, recs []*nodeRecord) error {
 		}
 
 		// The node row lists the id of its audit line (the fleet
-		// overview's node history reads them by id).
-		aid := first + int64(i)
+		// overview's node history reads them by id). Bound as an integer:
+		// the column's TEXT affinity and || store the same text as a
+		// string would, without a text parameter's copy into C memory.
+		//
+		// Values used twice are made driver values once (each conversion
+		// of a string or a large integer to an interface allocates).
+		aid, atV := driver.Value(first+int64(i)), driver.Value(at)
+		state, action := tx.stateValues(tr.State)
+
 		if shared {
 			if i == 0 {
 				nodeArgs = add(nodeArgs, rec.rollout)
 				auditArgs = add(auditArgs, rec.actor, rec.rollout)
 			}
 
-			nodeArgs = add(nodeArgs, int64(tr.Node), tr.State, tr.FromVersion, tr.Error, rb, calls, at, strconv.FormatInt(aid, 10))
-			auditArgs = add(auditArgs, aid, at, "node."+tr.State, tr.Subject, detail)
+			nodeArgs = add(nodeArgs, int64(tr.Node), state, tr.FromVersion, tr.Error, rb, calls, atV, aid)
+			auditArgs = add(auditArgs, aid, atV, action, tr.Subject, detail)
 
 			continue
 		}
 
-		nodeArgs = add(nodeArgs, rec.rollout, int64(tr.Node), tr.State, tr.FromVersion, tr.Error, rb, calls, at, strconv.FormatInt(aid, 10))
-		auditArgs = add(auditArgs, aid, at, rec.actor, rec.rollout, "node."+tr.State, tr.Subject, detail)
+		nodeArgs = add(nodeArgs, rec.rollout, int64(tr.Node), state, tr.FromVersion, tr.Error, rb, calls, atV, aid)
+		auditArgs = add(auditArgs, aid, atV, rec.actor, rec.rollout, action, tr.Subject, detail)
 	}
 
 	updateSQL, auditSQL := updateNodesSQL[len(recs)], insertAuditSQL[len(recs)]

@@ -108,6 +108,7 @@ type wtx struct {
 	nv    []driver.NamedValue // argument buffer, reused by every statement
 
 	nodeNV, auditNV []driver.NamedValue // writeNodeChunk's argument buffers
+	states          map[string][2]driver.Value
 
 	// nextAudit is the id the next audit line of a node transition gets
 	// (0: not read yet in this transaction). writeNodeChunk numbers its
@@ -467,7 +468,7 @@ func (s *Store) runOnConn(f func(*wtx)) error {
 			return fmt.Errorf("the SQLite driver's connection (%T) does not prepare statements with a context", dc)
 		}
 
-		t := &wtx{c: c, stmts: map[string]driver.Stmt{}}
+		t := &wtx{c: c, stmts: map[string]driver.Stmt{}, states: map[string][2]driver.Value{}}
 		defer t.close()
 
 		f(t)
