@@ -373,7 +373,9 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("opening database: %w", err)
 	}
 
-	db.SetMaxOpenConns(4)
+	// The writer holds one connection for good (runOnConn); readers keep
+	// the four they had.
+	db.SetMaxOpenConns(5)
 
 	if err := migrateUp(db); err != nil {
 		db.Close() //nolint:errcheck
