@@ -159,6 +159,17 @@ func (t *wtx) stmt(query string) driver.Stmt {
 		return nil
 	}
 
+	// Only statements that run with a context are cached (modernc's all
+	// do); execNV and QueryRow rely on it.
+	_, execs := st.(driver.StmtExecContext)
+	_, queries := st.(driver.StmtQueryContext)
+
+	if !execs || !queries {
+		st.Close() //nolint:errcheck
+
+		return nil
+	}
+
 	t.stmts[query] = st
 
 	return st
