@@ -63,7 +63,7 @@ func BenchmarkWriteNodeRecords(b *testing.B) {
 				ops[i] = op{rec: r}
 			}
 
-			require.NoError(b, s.commit(ops))
+			require.NoError(b, s.commitAll(ops))
 
 			rest = rest[n:]
 		}

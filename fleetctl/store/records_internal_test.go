@@ -38,7 +38,7 @@ func TestNodeRecordsShareStatementsNotRows(t *testing.T) {
 		ops = append(ops, op{rec: r})
 	}
 
-	require.NoError(t, st.commit(ops))
+	require.NoError(t, st.commitAll(ops))
 
 	got, err := st.Nodes(t.Context(), "r1")
 	require.NoError(t, err)
@@ -67,6 +67,10 @@ func TestNodeRecordsShareStatementsNotRows(t *testing.T) {
 	for i, e := range audit[1:] {
 		assert.Equal(t, recs[i].tr.Subject, e.Subject, "audit line %d in batch order", i)
 		assert.Equal(t, "node."+recs[i].tr.State, e.Action, "audit line %d", i)
+		// One rollout and actor: bound once per chunk (?1, ?2), on every row.
+		assert.Equal(t, "tester", e.Actor, "audit line %d", i)
+		assert.Equal(t, "r1", e.Rollout, "audit line %d", i)
+		assert.False(t, e.At.Before(audit[i].At), "audit line %d written after the line before it", i)
 	}
 
 	assert.Equal(t, "gate error=boom", audit[1+11].Detail)
@@ -115,7 +119,7 @@ func TestNodeRecordsChunkBindsRolloutAndActorOnce(t *testing.T) {
 		}}})
 	}
 
-	require.NoError(t, st.commit(ops))
+	require.NoError(t, st.commitAll(ops))
 
 	audit, err := st.Audit(t.Context(), "", 0)
 	require.NoError(t, err)
@@ -175,8 +179,8 @@ func TestNodeRowsListTheirAuditLines(t *testing.T) {
 	}
 
 	batch = append(batch, op{fn: setWaveState("r1", 0, WaveRunning, "tester")}, rec(3, NodeDone), rec(69, NodeFailed))
-	require.NoError(t, st.commit(batch))
-	require.NoError(t, st.commit([]op{rec(3, NodeRequested)}))
+	require.NoError(t, st.commitAll(batch))
+	require.NoError(t, st.commitAll([]op{rec(3, NodeRequested)}))
 
 	lease, err := st.AcquireLease(t.Context(), "r1", "here", 1, time.Minute, false, "tester")
 	require.NoError(t, err)
@@ -216,6 +220,16 @@ func TestNodeRowsListTheirAuditLines(t *testing.T) {
 	require.NoError(t, st.DB().QueryRow(`SELECT COUNT(*) FROM nodes, json_each('[' || audit_ids || ']') WHERE audit_ids != ''`).Scan(&listed))
 	assert.Equal(t, nodes+3, nodeLines)
 	assert.Equal(t, nodeLines, listed)
+
+	// The lists are text, one id or comma-separated ids, as the migration
+	// and the staging rows write them.
+	var notText int
+	require.NoError(t, st.DB().QueryRow(`SELECT COUNT(*) FROM nodes WHERE typeof(audit_ids) != 'text' OR audit_ids GLOB '*[^0-9,]*'`).Scan(&notText))
+	assert.Zero(t, notText)
+
+	var one string
+	require.NoError(t, st.DB().QueryRow(`SELECT audit_ids FROM nodes WHERE rollout_id = 'r1' AND id = 0`).Scan(&one))
+	assert.Regexp(t, `^[1-9][0-9]*$`, one)
 }
 
 // rolloutOfNodes opens a new store holding rollout r1 with one wave of n

@@ -3,9 +3,9 @@ package store
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -128,11 +128,15 @@ func (s *Store) CreateRollout(ctx context.Context, r Rollout, sites []Site, wave
 		}
 
 		// Several nodes per statement (as writeNodeRecords does): at 30,000
-		// nodes one INSERT each was a tenth of a rollout's store time.
+		// nodes one INSERT each was a tenth of a rollout's store time. The
+		// rollout id is bound once per statement (?1) and the state is a
+		// literal: every text parameter is a copy into C memory.
+		rid := driver.Value(r.ID)
+
 		for rest := nodes; len(rest) > 0; {
 			n := 1
 
-			for _, c := range recordChunks {
+			for _, c := range createChunks {
 				if c <= len(rest) {
 					n = c
 
@@ -140,12 +144,21 @@ func (s *Store) CreateRollout(ctx context.Context, r Rollout, sites []Site, wave
 				}
 			}
 
-			args := make([]any, 0, 12*n)
+			args := tx.nodeNV[:0]
+			args = append(args, driver.NamedValue{Ordinal: 1, Value: rid})
+
 			for _, nd := range rest[:n] {
-				args = append(args, r.ID, nd.ID, nd.Wave, nd.Cluster, nd.Name, nd.Endpoint, nd.Role, nd.Site, nd.Region, nd.Bandwidth, nd.Talosconfig, NodePending)
+				for _, v := range [...]driver.Value{int64(nd.ID), int64(nd.Wave), nd.Cluster, nd.Name, nd.Endpoint, nd.Role, nd.Site, nd.Region, nd.Bandwidth, nd.Talosconfig} {
+					args = append(args, driver.NamedValue{Ordinal: len(args) + 1, Value: v})
+				}
 			}
 
-			if _, err := tx.Exec(insertNodesSQL[n], args...); err != nil {
+			_, err := tx.execNV(insertNodesSQL[n], args)
+
+			clear(args)
+			tx.nodeNV = args[:0]
+
+			if err != nil {
 				return fmt.Errorf("writing nodes %s/%s...: %w", rest[0].Cluster, rest[0].Name, err)
 			}
 
@@ -473,9 +486,27 @@ var (
 	updateNodesSQL = map[int]string{}
 	insertAuditSQL = map[int]string{}
 	insertNodesSQL = map[int]string{}
+
+	// The same statements for a chunk whose transitions all have one
+	// rollout and one actor (nearly always): those are bound once, as ?1
+	// and ?2, instead of once per row. Every text parameter costs the
+	// driver a copy into C memory and a free. The plain ? after them are
+	// numbered on from the largest number used so far (SQLite's rule).
+	updateNodesSharedSQL = map[int]string{}
+	insertAuditSharedSQL = map[int]string{}
 )
 
+// createChunks are CreateRollout's node rows per INSERT, largest first.
+var createChunks = []int{256, 64, 16, 4, 1}
+
 func init() {
+	for _, n := range createChunks {
+		// [rollout, then per row id, wave, cluster, name, endpoint, role,
+		// site, region, bandwidth, talosconfig]; every node starts pending.
+		insertNodesSQL[n] = `INSERT INTO nodes (rollout_id, id, wave, cluster, name, endpoint, role, site, region, bandwidth, talosconfig, state) VALUES ` +
+			strings.TrimSuffix(strings.Repeat("(?1,?,?,?,?,?,?,?,?,?,?,'"+NodePending+"'),", n), ",")
+	}
+
 	for _, n := range recordChunks {
 		rows := strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?,?,?,?),", n), ",")
 		updateNodesSQL[n] = `WITH v(r, id, st, fv, er, rb, ca, at, aid) AS (VALUES ` + rows + `)
@@ -483,16 +514,55 @@ func init() {
 			error = v.er, rolled_back = MAX(nodes.rolled_back, v.rb), upgrade_calls = nodes.upgrade_calls + v.ca, updated_at = v.at,
 			audit_ids = CASE WHEN nodes.audit_ids = '' THEN v.aid ELSE nodes.audit_ids || ',' || v.aid END
 			FROM v WHERE nodes.rollout_id = v.r AND nodes.id = v.id`
-		insertNodesSQL[n] = `INSERT INTO nodes (rollout_id, id, wave, cluster, name, endpoint, role, site, region, bandwidth, talosconfig, state) VALUES ` +
-			strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?,?,?,?,?,?,?),", n), ",")
 		insertAuditSQL[n] = `INSERT INTO audit (id, at, actor, rollout_id, action, subject, detail) VALUES ` +
 			strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?,?),", n), ",")
+
+		// Update: [rollout, then per row id, st, fv, er, rb, ca, at, aid].
+		updateNodesSharedSQL[n] = strings.ReplaceAll(updateNodesSQL[n], "(?,?,?,?,?,?,?,?,?)", "(?1,?,?,?,?,?,?,?,?)")
+		// Audit: [actor, rollout, then per row id, at, action, subject, detail];
+		// the first row numbers its leading ids explicitly so that the
+		// plain ? after ?1 and ?2 continue at 5.
+		insertAuditSharedSQL[n] = `INSERT INTO audit (id, at, actor, rollout_id, action, subject, detail) VALUES (?3,?4,?1,?2,?,?,?)` +
+			strings.Repeat(",(?,?,?1,?2,?,?,?)", n-1)
 	}
 }
 
+// stateValues returns a node state and its audit action ("node.<state>")
+// as driver values, made once per state and writer.
+func (t *wtx) stateValues(state string) (driver.Value, driver.Value) {
+	if v, ok := t.states[state]; ok {
+		return v[0], v[1]
+	}
+
+	v := [2]driver.Value{state, "node." + state}
+	if len(t.states) < 64 { // a handful of states; never grows without bound
+		t.states[state] = v
+	}
+
+	return v[0], v[1]
+}
+
 func writeNodeChunk(tx *wtx, recs []*nodeRecord) error {
-	nodeArgs := make([]any, 0, 9*len(recs))
-	auditArgs := make([]any, 0, 7*len(recs))
+	// Arguments go straight to the driver, in buffers reused by every chunk.
+	nodeArgs := tx.nodeNV[:0]
+	auditArgs := tx.auditNV[:0]
+
+	shared := true
+	for _, rec := range recs[1:] {
+		if rec.rollout != recs[0].rollout || rec.actor != recs[0].actor {
+			shared = false
+
+			break
+		}
+	}
+
+	add := func(args []driver.NamedValue, vs ...driver.Value) []driver.NamedValue {
+		for _, v := range vs {
+			args = append(args, driver.NamedValue{Ordinal: len(args) + 1, Value: v})
+		}
+
+		return args
+	}
 
 	first, err := tx.auditIDs(len(recs))
 	if err != nil {
@@ -503,7 +573,7 @@ func writeNodeChunk(tx *wtx, recs []*nodeRecord) error {
 		tr := rec.tr
 		at := now()
 
-		rb, calls := 0, 0
+		rb, calls := int64(0), int64(0)
 		if tr.RolledBack {
 			rb = 1
 		}
@@ -518,17 +588,48 @@ func writeNodeChunk(tx *wtx, recs []*nodeRecord) error {
 		}
 
 		// The node row lists the id of its audit line (the fleet
-		// overview's node history reads them by id).
-		aid := first + int64(i)
-		nodeArgs = append(nodeArgs, rec.rollout, tr.Node, tr.State, tr.FromVersion, tr.Error, rb, calls, at, strconv.FormatInt(aid, 10))
-		auditArgs = append(auditArgs, aid, at, rec.actor, rec.rollout, "node."+tr.State, tr.Subject, detail)
+		// overview's node history reads them by id). Bound as an integer:
+		// the column's TEXT affinity and || store the same text as a
+		// string would, without a text parameter's copy into C memory.
+		//
+		// Values used twice are made driver values once (each conversion
+		// of a string or a large integer to an interface allocates).
+		aid, atV := driver.Value(first+int64(i)), driver.Value(at)
+		state, action := tx.stateValues(tr.State)
+
+		if shared {
+			if i == 0 {
+				nodeArgs = add(nodeArgs, rec.rollout)
+				auditArgs = add(auditArgs, rec.actor, rec.rollout)
+			}
+
+			nodeArgs = add(nodeArgs, int64(tr.Node), state, tr.FromVersion, tr.Error, rb, calls, atV, aid)
+			auditArgs = add(auditArgs, aid, atV, action, tr.Subject, detail)
+
+			continue
+		}
+
+		nodeArgs = add(nodeArgs, rec.rollout, int64(tr.Node), state, tr.FromVersion, tr.Error, rb, calls, atV, aid)
+		auditArgs = add(auditArgs, aid, atV, rec.actor, rec.rollout, action, tr.Subject, detail)
 	}
 
-	if _, err := tx.Exec(updateNodesSQL[len(recs)], nodeArgs...); err != nil {
+	updateSQL, auditSQL := updateNodesSQL[len(recs)], insertAuditSQL[len(recs)]
+	if shared {
+		updateSQL, auditSQL = updateNodesSharedSQL[len(recs)], insertAuditSharedSQL[len(recs)]
+	}
+
+	// Kept for the next chunk, values cleared so they hold no strings alive.
+	defer func() {
+		clear(nodeArgs)
+		clear(auditArgs)
+		tx.nodeNV, tx.auditNV = nodeArgs[:0], auditArgs[:0]
+	}()
+
+	if _, err := tx.execNV(updateSQL, nodeArgs); err != nil {
 		return fmt.Errorf("recording node %s: %w", recs[0].tr.Subject, err)
 	}
 
-	if _, err := tx.Exec(insertAuditSQL[len(recs)], auditArgs...); err != nil {
+	if _, err := tx.execNV(auditSQL, auditArgs); err != nil {
 		return fmt.Errorf("writing audit log: %w", err)
 	}
 
