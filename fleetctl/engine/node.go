@@ -26,7 +26,12 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 	}
 
 	subject := n.Cluster + "/" + n.Name
-	log := e.log.With("node", subject)
+
+	// The node's calls each take a timeout context; made from one context
+	// of the node's own, they do not all register with the rollout's
+	// context, which hundreds of node workers share (and lock).
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 
 	if isInFlight(n.State) {
 		defer func() {
@@ -106,7 +111,7 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 				return !nr.record(ctx, store.Transition{State: store.NodeDone, FromVersion: v, Detail: "already at " + target})
 			}
 
-			log.Info("node reports the target tag but another image: upgrading", "why", why)
+			e.log.Info("node reports the target tag but another image: upgrading", "node", subject, "why", why)
 		}
 
 		// The version call may have taken long: check the window right
@@ -149,14 +154,14 @@ func (e *execution) processNode(ctx context.Context, wave int, n *store.Node) (f
 		}
 
 		if v == target && nr.runsTarget(ctx) {
-			log.Info("reconciled: node already runs the target version")
+			e.log.Info("reconciled: node already runs the target version", "node", subject)
 
 			if !nr.record(ctx, store.Transition{State: store.NodeAccepted, Detail: "reconciled: node reports " + v}) {
 				return false
 			}
 		} else {
 			if nr.fellBack(ctx) {
-				log.Info("reconciled: node already tried the target version and fell back")
+				e.log.Info("reconciled: node already tried the target version and fell back", "node", subject)
 
 				return e.fail(ctx, wave, n, node, "reconciled: node tried "+target+" before the crash and fell back to "+v, true)
 			}

@@ -783,6 +783,16 @@ func (e *execution) runCluster(ctx context.Context, wave int, nodes []*store.Nod
 	for len(ws) > 0 {
 		k := min(batch, len(ws))
 
+		if k == 1 {
+			// One at a time (maxUnavailable 1, the default): no goroutine
+			// (and no new stack to grow) per node.
+			step(ws[0])
+
+			ws = ws[1:]
+
+			continue
+		}
+
 		var wg sync.WaitGroup
 		for _, n := range ws[:k] {
 			wg.Go(func() { step(n) })
