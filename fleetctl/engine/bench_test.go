@@ -2,28 +2,18 @@ package engine_test
 
 import (
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/labfleet/labfleet/fleetctl/engine"
+	"github.com/labfleet/labfleet/fleetctl/internal/cputime"
 	"github.com/labfleet/labfleet/fleetctl/inventory"
 	"github.com/labfleet/labfleet/fleetctl/plan"
 	"github.com/labfleet/labfleet/fleetctl/sim"
 	"github.com/labfleet/labfleet/fleetctl/store"
 )
-
-// processCPU is the process's user+system CPU time so far: the rollout's
-// goroutines (store writer, simulator, GC) run beside the benchmark's, so
-// wall time under a loaded machine says little.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru) //nolint:errcheck
-
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // BenchmarkRollout3000Nodes runs a whole SIMULATED rollout (1000 clusters x 3
 // nodes, 2% failures, in-process driver, real SQLite) per iteration and
@@ -59,9 +49,9 @@ func BenchmarkRollout3000Nodes(b *testing.B) {
 		st, err := store.Open(filepath.Join(dir, "fleet.db"), store.Options{})
 		require.NoError(b, err)
 
-		c0 := processCPU()
+		c0 := cputime.Process()
 		res, err := engine.Run(b.Context(), engine.Options{Inventory: inv, Plan: p, Store: st, Driver: fleet.Factory(), DriverName: "sim"})
-		cpu += processCPU() - c0
+		cpu += cputime.Process() - c0
 
 		require.NoError(b, err)
 		require.Equal(b, 3000, res.Done+res.Failed+res.Skipped)

@@ -5,25 +5,14 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/labfleet/labfleet/fleetctl/internal/cputime"
 	"github.com/labfleet/labfleet/fleetctl/inventory"
 	"github.com/labfleet/labfleet/fleetctl/sim"
 )
-
-// processCPU is the CPU time (user + system) of this process so far: the
-// bench's targets are about CPU, and it includes the garbage collector's
-// background work that ns/op spreads over wall time.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru) //nolint:errcheck
-
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 var (
 	simInventoriesMu sync.Mutex
@@ -65,7 +54,7 @@ func BenchmarkLoad(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 
-			c0 := processCPU()
+			c0 := cputime.Process()
 
 			for b.Loop() {
 				inv, err := inventory.Load(path)
@@ -78,7 +67,7 @@ func BenchmarkLoad(b *testing.B) {
 				}
 			}
 
-			b.ReportMetric((processCPU()-c0).Seconds()/float64(b.N), "cpu-s/op")
+			b.ReportMetric((cputime.Process()-c0).Seconds()/float64(b.N), "cpu-s/op")
 		})
 	}
 }
@@ -93,7 +82,7 @@ func BenchmarkValidate(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 
-			c0 := processCPU()
+			c0 := cputime.Process()
 
 			for b.Loop() {
 				if err := inv.Validate(); err != nil {
@@ -101,7 +90,7 @@ func BenchmarkValidate(b *testing.B) {
 				}
 			}
 
-			b.ReportMetric((processCPU()-c0).Seconds()/float64(b.N), "cpu-s/op")
+			b.ReportMetric((cputime.Process()-c0).Seconds()/float64(b.N), "cpu-s/op")
 		})
 	}
 }

@@ -3,13 +3,12 @@ package plan_test
 import (
 	"encoding/json"
 	"fmt"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/labfleet/labfleet/fleetctl/internal/cputime"
 	"github.com/labfleet/labfleet/fleetctl/inventory"
 	"github.com/labfleet/labfleet/fleetctl/plan"
 	"github.com/labfleet/labfleet/fleetctl/sim"
@@ -225,7 +224,7 @@ budget: {maxFailurePercent: 5}
 			b.ReportAllocs()
 			b.ResetTimer()
 
-			c0 := processCPU()
+			c0 := cputime.Process()
 
 			for b.Loop() {
 				if _, err := p.Assign(inv); err != nil {
@@ -233,14 +232,7 @@ budget: {maxFailurePercent: 5}
 				}
 			}
 
-			b.ReportMetric((processCPU()-c0).Seconds()/float64(b.N), "cpu-s/op")
+			b.ReportMetric((cputime.Process()-c0).Seconds()/float64(b.N), "cpu-s/op")
 		})
 	}
-}
-
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru) //nolint:errcheck
-
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

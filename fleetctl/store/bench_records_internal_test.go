@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/labfleet/labfleet/fleetctl/internal/cputime"
 )
 
 // BenchmarkWriteNodeRecords commits 30,000 nodes' requested, accepted and
@@ -53,7 +55,7 @@ func BenchmarkWriteNodeRecords(b *testing.B) {
 
 		b.StartTimer()
 
-		c0 := cpuNow()
+		c0 := cputime.Process()
 
 		for rest := recs; len(rest) > 0; {
 			n := min(batch, len(rest))
@@ -68,7 +70,7 @@ func BenchmarkWriteNodeRecords(b *testing.B) {
 			rest = rest[n:]
 		}
 
-		cpu += cpuNow() - c0
+		cpu += cputime.Process() - c0
 
 		b.StopTimer()
 		require.NoError(b, s.Close())

@@ -5,21 +5,14 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/labfleet/labfleet/fleetctl/internal/cputime"
 	"github.com/labfleet/labfleet/fleetctl/store"
 )
-
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru) //nolint:errcheck
-
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // benchNodes are 30,000 nodes shaped like the bench's simulated fleet.
 func benchNodes() []store.Node {
@@ -66,17 +59,17 @@ func BenchmarkCreateRollout(b *testing.B) {
 
 		b.StartTimer()
 
-		c0 := processCPU()
+		c0 := cputime.Process()
 		require.NoError(b, st.CreateRollout(context.Background(), store.Rollout{ID: "r1", Name: "bench", Image: "i", Version: "v1.2.0", Plan: "{}"},
 			[]store.Site{{Name: "s", TimeZone: "UTC", Windows: "[]"}},
 			[]store.Wave{{Index: 0, Name: "all", Nodes: len(ns), Concurrency: 500}}, ns, "tester@host"))
 
-		c1 := processCPU()
+		c1 := cputime.Process()
 		got, err := st.Nodes(context.Background(), "r1")
 		require.NoError(b, err)
 		require.Len(b, got, len(ns))
 
-		c2 := processCPU()
+		c2 := cputime.Process()
 		create += c1 - c0
 		read += c2 - c1
 
@@ -111,7 +104,7 @@ func BenchmarkRolloutWrites(b *testing.B) {
 		st, err := store.Open(filepath.Join(b.TempDir(), "f.db"), store.Options{})
 		require.NoError(b, err)
 
-		c0 := processCPU()
+		c0 := cputime.Process()
 		id := "r-20261130-184132-790292"
 
 		require.NoError(b, st.CreateRollout(context.Background(), store.Rollout{ID: id, Name: "bench", Image: "ghcr.io/x/installer:v1.2.0", Version: "v1.2.0", Plan: "{}"},
@@ -147,7 +140,7 @@ func BenchmarkRolloutWrites(b *testing.B) {
 		}
 
 		wg.Wait()
-		cpu += processCPU() - c0
+		cpu += cputime.Process() - c0
 
 		require.NoError(b, st.Close())
 	}
